@@ -1,0 +1,37 @@
+"""Test setup: offline hub, shared model fixtures (loaded once per session)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from pd.models import get_spec, load_model, load_tokenizer  # noqa: E402
+
+
+class Loaded:
+    """A spec with its tokenizer and (lazily) a fresh model copy."""
+
+    def __init__(self, name: str):
+        self.spec = get_spec(name)
+        self.tokenizer = load_tokenizer(self.spec)
+
+    def model(self):
+        return load_model(self.spec, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> Loaded:
+    return Loaded("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2() -> Loaded:
+    return Loaded("tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Loaded:
+    return Loaded("smollm2-135m-instruct")
