@@ -286,3 +286,25 @@ def _load_questions(path: Path, docs: dict[str, Document]) -> list[TestItem]:
             raise DataError(f"{where}: unknown document(s) {unknown}; known: {sorted(docs)[:10]}")
         items.append(TestItem(str(r.get("id") or f"q{n:04d}"), r["question"], tuple(answers), tuple(doc_ids), r.get("rewritten", "")))
     return items
+
+
+# --------------------------------------------------------------------------- from config
+
+
+def load_dataset(name: str, settings: dict) -> Dataset:
+    """The dataset a config entry (``datasets.<name>``, already validated) describes."""
+    loader = settings["loader"]
+    if loader == "squadshifts":
+        ds = load_squadshifts(settings["subset"], settings.get("root"), settings.get("limit"))
+    elif loader == "hotpotqa":
+        ds = load_hotpotqa(settings.get("path"), settings.get("limit"))
+    elif loader == "folder":
+        ds = load_folder(settings["path"], settings.get("questions"), name)
+    else:
+        raise DataError(f"datasets.{name}.loader: {loader!r}; allowed: squadshifts, hotpotqa, folder")
+    if settings.get("passages") or settings.get("passage_offset"):
+        ds = ds.select_passages(settings.get("passages"), settings.get("passage_offset", 0))
+        if not ds.items and loader != "folder":
+            raise DataError(f"datasets.{name}: the passage slice holds no test questions")
+    ds.name = name
+    return ds
