@@ -1,0 +1,89 @@
+"""A disk cache in front of any generator: a rerun with the same inputs makes no model call.
+
+The key of one conversation's completions is a content hash of (the generator's
+``name``, which holds the model identity and the adapter weights' hash; the
+conversation; the sampling parameters). A retrained adapter has new weights, hence a
+new hash, hence misses. Each entry is one JSON file written atomically (temporary file
++ rename), so two processes sharing the cache directory at worst both compute an entry
+and the last rename wins with an equally valid file; a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pd.generate.base import Completion, Conversation, SamplingParams
+from pd.io import stable_hash, write_json
+
+CACHE_VERSION = 1
+
+
+def completion_to_dict(c: Completion) -> dict:
+    d = {"text": c.text, "finish_reason": c.finish_reason, "n_tokens": c.n_tokens, "token_ids": list(c.token_ids)}
+    if c.top_logprobs is not None:
+        d["top_logprobs"] = [{str(k): v for k, v in step.items()} for step in c.top_logprobs]
+    return d
+
+
+def completion_from_dict(d: dict) -> Completion:
+    top = d.get("top_logprobs")
+    return Completion(text=d["text"], finish_reason=d["finish_reason"], n_tokens=d["n_tokens"],
+                      token_ids=list(d.get("token_ids", [])),
+                      top_logprobs=[{int(k): v for k, v in step.items()} for step in top] if top is not None else None)
+
+
+class CachedGenerator:
+    """Wraps ``inner``; ``hits`` and ``misses`` count conversations served and computed."""
+
+    def __init__(self, inner, cache_dir: str | os.PathLike):
+        self.inner = inner
+        self.name = inner.name
+        self.cache_dir = Path(cache_dir)
+        self.hits = 0
+        self.misses = 0
+
+    def __getattr__(self, attr):  # tokenizer, spec, backend, ... of the wrapped generator
+        if attr == "inner":
+            raise AttributeError(attr)
+        return getattr(self.inner, attr)
+
+    def key(self, conversation: Conversation, params: SamplingParams) -> str:
+        return stable_hash({"v": CACHE_VERSION, "generator": self.name, "conversation": conversation,
+                            "params": params.as_dict()}, 32)
+
+    def path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def _load(self, key: str) -> list[Completion] | None:
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        try:
+            entry = json.loads(p.read_text(encoding="utf-8"))
+            return [completion_from_dict(d) for d in entry["completions"]]
+        except (ValueError, KeyError, TypeError):
+            return None  # unreadable entry (e.g. written by an incompatible version): recompute and overwrite
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        keys = [self.key(c, params) for c in conversations]
+        results: dict[str, list[Completion]] = {}
+        todo: dict[str, Conversation] = {}
+        for k, c in zip(keys, conversations):
+            if k in results or k in todo:
+                continue
+            got = self._load(k)
+            if got is None:
+                todo[k] = c
+            else:
+                results[k] = got
+        self.hits += len(conversations) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            outs = self.inner.generate(list(todo.values()), params)
+            for (k, c), comps in zip(todo.items(), outs):
+                write_json(self.path(k), {"generator": self.name, "conversation": c, "params": params.as_dict(),
+                                          "completions": [completion_to_dict(x) for x in comps]})
+                results[k] = comps
+        return [results[k] for k in keys]

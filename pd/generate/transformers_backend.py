@@ -1,0 +1,269 @@
+"""The default generation backend: a transformers causal LM (optionally with a LoRA adapter).
+
+It runs its own decoding loop rather than ``model.generate`` for two reasons:
+
+- Each sample draws its random numbers from its own ``torch.Generator``, seeded from
+  (``params.seed``, the conversation, the sample index). A sample therefore does not
+  depend on which other conversations share its batch or in which order they come, so
+  results can be cached per conversation and a rerun gives the same text.
+- The top-k log-probabilities of every generated token come out of the same loop,
+  for the teacher cache.
+
+Reproducibility: on CPU the same seed and inputs give the same samples bit for bit.
+Batching changes only the floating-point arithmetic (left padding changes matrix
+shapes, so sums are taken in a different order); differences are around 1e-6 in the
+logits and can flip a greedy choice or a sample only at a near tie. On GPU, kernels
+are not bit-reproducible across batch sizes either. For exact reruns, rely on the
+cache (``pd.generate.cache``), not on recomputation.
+
+Conversation conventions (shared with the other backends):
+- If the model spec has a ``system_prompt`` and the conversation starts without a
+  system message, it is prepended (as ``pd.chat.messages`` does for training).
+- A final ``assistant`` message is a *prefill*: the reply is forced to start with its
+  text, and the completion holds only the continuation.
+- A single ``{"role": "raw", "content": text}`` message is sent as plain text with no
+  chat template (for base-format models such as Bonito).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from typing import Any
+
+from pd.errors import ConfigError, ModelUnavailableError
+from pd.generate.base import Completion, Conversation, SamplingParams
+from pd.io import file_hash, stable_hash
+from pd.models import ModelSpec, get_spec, load_model, load_tokenizer
+
+
+def sample_seed(seed: int, conversation: Conversation, index: int) -> int:
+    """The seed of one sample: independent of batch composition and order."""
+    return int(stable_hash([seed, conversation, index], 15), 16)
+
+
+def check_params(params: SamplingParams) -> None:
+    problems = []
+    if params.temperature < 0:
+        problems.append(f"temperature {params.temperature} (must be >= 0; 0 is greedy)")
+    if params.top_k < 0:
+        problems.append(f"top_k {params.top_k} (must be >= 0; 0 disables it)")
+    if not 0 < params.top_p <= 1:
+        problems.append(f"top_p {params.top_p} (must be in (0, 1])")
+    if params.max_new_tokens < 1:
+        problems.append(f"max_new_tokens {params.max_new_tokens} (must be >= 1)")
+    if params.n < 1:
+        problems.append(f"n {params.n} (must be >= 1)")
+    if params.logprobs < 0:
+        problems.append(f"logprobs {params.logprobs} (must be >= 0)")
+    if problems:
+        raise ConfigError("bad sampling parameters: " + "; ".join(problems))
+
+
+def check_conversation(conv: Conversation) -> None:
+    if not isinstance(conv, list) or not conv:
+        raise ConfigError("a conversation must be a non-empty list of {'role', 'content'} messages")
+    for m in conv:
+        if not isinstance(m, dict) or "role" not in m or not isinstance(m.get("content"), str):
+            raise ConfigError(f"bad message {m!r}: each needs 'role' and a string 'content'")
+        if m["role"] not in ("system", "user", "assistant", "raw"):
+            raise ConfigError(f"bad role {m['role']!r}; allowed: system, user, assistant (last = prefill), raw (alone)")
+    if any(m["role"] == "raw" for m in conv) and len(conv) != 1:
+        raise ConfigError("a 'raw' message must be the only message of its conversation")
+
+
+def render_prompt(tok, conv: Conversation, system_prompt: str | None = None) -> str:
+    """The text the model continues: chat template + generation header (+ prefill)."""
+    check_conversation(conv)
+    if conv[0]["role"] == "raw":
+        return conv[0]["content"]
+    msgs = list(conv)
+    prefill = ""
+    if msgs[-1]["role"] == "assistant":
+        prefill = msgs.pop()["content"]
+    if system_prompt and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    if not getattr(tok, "chat_template", None):
+        raise ConfigError("this tokenizer has no chat template: set `chat_template` in the model's config entry, "
+                          "or send a single {'role': 'raw'} message")
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + prefill
+
+
+def stop_token_ids(tok, model=None) -> list[int]:
+    """End-of-turn token(s) of the chat template, the tokenizer's EOS and the model's."""
+    from pd.chat import end_of_turn
+
+    ids: set[int] = set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    if getattr(tok, "chat_template", None):
+        eot = tok.encode(end_of_turn(tok).strip(), add_special_tokens=False)
+        if len(eot) == 1:
+            ids.add(eot[0])
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update([gen_eos] if isinstance(gen_eos, int) else gen_eos)
+    return sorted(ids)
+
+
+def adapter_hash(adapter: str | os.PathLike) -> str:
+    if not os.path.isdir(adapter) or not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+        raise ModelUnavailableError(f"LoRA adapter folder {adapter} not found (it must hold adapter_config.json, "
+                                    "as written by peft's save_pretrained)")
+    return file_hash(adapter)
+
+
+def model_identity(spec: ModelSpec) -> str:
+    """Name plus a hash of everything that determines the weights and prompts."""
+    return f"{spec.name}#{stable_hash(dataclasses.asdict(spec), 10)}"
+
+
+class TransformersGenerator:
+    """Batched, left-padded, KV-cached sampling from a local model.
+
+    ``calls`` counts model forward passes and ``conversations_generated`` the
+    conversations actually generated (not served from a cache): tests use them to
+    prove a cache hit made no model call.
+    """
+
+    backend = "transformers"
+
+    def __init__(self, model: str | ModelSpec, adapter: str | os.PathLike | None = None, *, device: str | None = None,
+                 batch_size: int = 8, progress: bool = True, loaded_model: Any = None, tokenizer: Any = None,
+                 name: str | None = None, models_extra: dict | None = None):
+        import torch  # noqa: F401  (fail early if missing)
+
+        self.spec = model if isinstance(model, ModelSpec) else get_spec(model, models_extra)
+        if batch_size < 1:
+            raise ConfigError(f"batch_size {batch_size}: must be >= 1")
+        self.batch_size = batch_size
+        self.progress = progress
+        self.adapter = str(adapter) if adapter else None
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.spec)
+        if loaded_model is not None:
+            if name is None:
+                raise ConfigError("a generator over an in-memory model needs an explicit `name` (its cache identity)")
+            self.model = loaded_model
+        else:
+            self.model = load_model(self.spec, device=device)
+        if self.adapter:
+            from peft import PeftModel
+
+            ahash = adapter_hash(self.adapter)
+            self.model = PeftModel.from_pretrained(self.model, self.adapter).eval()
+        self.name = name or (f"transformers:{model_identity(self.spec)}"
+                             + (f"+adapter:{ahash}" if self.adapter else ""))
+        self.device = next(self.model.parameters()).device
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        # transformers renamed ``past_key_values`` to ``cache`` during 5.x; use what this version takes.
+        self._cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        self.calls = 0
+        self.conversations_generated = 0
+
+    # ------------------------------------------------------------------ public
+
+    def prompt(self, conv: Conversation) -> str:
+        return render_prompt(self.tokenizer, conv, self.spec.system_prompt)
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        from tqdm.auto import tqdm
+
+        check_params(params)
+        if not conversations:
+            return []
+        greedy = params.temperature == 0
+        prompts = [self.tokenizer.encode(self.prompt(c), add_special_tokens=False) for c in conversations]
+        # One row per sample; greedy samples are identical, so compute one and copy it.
+        rows = [(i, j) for i in range(len(conversations)) for j in range(1 if greedy else params.n)]
+        rows.sort(key=lambda r: -len(prompts[r[0]]))  # similar lengths share a batch: less padding
+        done: dict[tuple[int, int], Completion] = {}
+        bar = tqdm(total=len(rows), desc=f"generate {self.spec.name}", disable=not self.progress, leave=False)
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start:start + self.batch_size]
+            seeds = [sample_seed(params.seed, conversations[i], j) for i, j in batch]
+            outs = self._generate_batch([prompts[i] for i, _ in batch], seeds, params)
+            done.update(zip(batch, outs))
+            bar.update(len(batch))
+        bar.close()
+        self.conversations_generated += len(conversations)
+        return [[done[(i, 0 if greedy else j)] for j in range(params.n)] for i in range(len(conversations))]
+
+    # ------------------------------------------------------------------ decoding
+
+    def _generate_batch(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        dev = self.device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: every prompt ends at the last column
+            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+        stop = torch.tensor(self.stop_ids, device=dev)
+        out_ids: list[list[int]] = [[] for _ in prompts]
+        top: list[list[dict[int, float]]] = [[] for _ in prompts]
+        finished = [False] * len(prompts)
+        reasons = ["length"] * len(prompts)
+        past = None
+        step_ids, step_mask = ids, mask
+        with torch.inference_mode():
+            for _ in range(params.max_new_tokens):
+                pos = (step_mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
+                out = self.model(input_ids=step_ids, attention_mask=step_mask, position_ids=pos,
+                                 use_cache=True, logits_to_keep=1, **{self._cache_kw: past})
+                self.calls += 1
+                past = getattr(out, self._cache_kw)
+                logits = out.logits[:, -1, :].float()
+                nxt = self._choose(logits, gens, params, finished)
+                if params.logprobs:
+                    lp = torch.log_softmax(logits, dim=-1)
+                    vals, idx = lp.topk(params.logprobs, dim=-1)
+                is_stop = torch.isin(nxt, stop).tolist()
+                nxt_list = nxt.tolist()
+                for r in range(len(prompts)):
+                    if finished[r]:
+                        continue
+                    if is_stop[r]:
+                        finished[r], reasons[r] = True, "stop"
+                        continue
+                    out_ids[r].append(nxt_list[r])
+                    if params.logprobs:
+                        top[r].append(dict(zip(idx[r].tolist(), vals[r].tolist())))
+                if all(finished):
+                    break
+                step_ids = nxt.masked_fill(torch.tensor(finished, device=dev), self.pad_id)[:, None]
+                step_mask = torch.cat([step_mask, torch.ones_like(step_ids)], dim=1)
+        return [Completion(text=self.tokenizer.decode(out_ids[r], skip_special_tokens=True), finish_reason=reasons[r],
+                           n_tokens=len(out_ids[r]), token_ids=out_ids[r],
+                           top_logprobs=top[r] if params.logprobs else None)
+                for r in range(len(prompts))]
+
+    @staticmethod
+    def _choose(logits, gens, params: SamplingParams, finished: list[bool]):
+        """Greedy at temperature 0; otherwise temperature, top-k, top-p, then a per-row draw."""
+        import torch
+
+        if params.temperature == 0:
+            return logits.argmax(dim=-1)
+        x = logits / params.temperature
+        if params.top_k and params.top_k < x.shape[-1]:
+            kth = x.topk(params.top_k, dim=-1).values[:, -1:]
+            x = x.masked_fill(x < kth, float("-inf"))
+        probs = torch.softmax(x, dim=-1)
+        if params.top_p < 1.0:
+            sp, si = probs.sort(dim=-1, descending=True)
+            drop = (sp.cumsum(-1) - sp) >= params.top_p  # keeps the smallest prefix reaching top_p
+            sp = sp.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, si, sp)
+            probs = probs / probs.sum(-1, keepdim=True)
+        nxt = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        for r, g in enumerate(gens):
+            if not finished[r]:
+                nxt[r] = torch.multinomial(probs[r], 1, generator=g)[0]
+        return nxt

@@ -1,0 +1,112 @@
+"""vLLM backend: offline ``vllm.LLM`` with an optional LoRA adapter (``LoRARequest``).
+
+vLLM is an optional extra (``pip install 'pd-harness[vllm]'``, CUDA only). It renders
+chat templates itself (``LLM.chat``), so conversations are passed as they are; a
+final assistant message is continued (``continue_final_message``) and a single
+``raw`` message is sent as a plain prompt, as in the transformers backend.
+Each conversation gets its own seed (derived as in the transformers backend), so a
+sample does not depend on its batch; vLLM's samples differ from transformers' samples
+for the same seed (different kernels and sampler), which is why the backend is part
+of the cache identity.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from pd.errors import ModelUnavailableError
+from pd.generate.base import Completion, Conversation, SamplingParams
+from pd.generate.transformers_backend import (adapter_hash, check_conversation, check_params, model_identity, sample_seed,
+                                              stop_token_ids)
+from pd.models import ModelSpec, get_spec, model_folder
+
+
+def require_vllm():
+    if importlib.util.find_spec("vllm") is None:
+        raise ModelUnavailableError(
+            "backend 'vllm' needs the vllm package, which is not installed: run `pip install 'pd-harness[vllm]'` "
+            "on a machine with a CUDA GPU, or use backend 'transformers' (the default)"
+        )
+    import vllm
+
+    return vllm
+
+
+class VLLMGenerator:
+    backend = "vllm"
+
+    def __init__(self, model: str | ModelSpec, adapter: str | os.PathLike | None = None, *,
+                 models_extra: dict | None = None, gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None, **llm_options):
+        vllm = require_vllm()
+        self.spec = model if isinstance(model, ModelSpec) else get_spec(model, models_extra)
+        self.adapter = str(adapter) if adapter else None
+        self.name = f"vllm:{model_identity(self.spec)}" + (f"+adapter:{adapter_hash(self.adapter)}" if self.adapter else "")
+        kwargs = dict(model=model_folder(self.spec), gpu_memory_utilization=gpu_memory_utilization, **llm_options)
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        if self.spec.dtype != "auto":
+            kwargs["dtype"] = self.spec.dtype
+        self.lora = None
+        if self.adapter:
+            from vllm.lora.request import LoRARequest
+
+            rank = json.loads((Path(self.adapter) / "adapter_config.json").read_text())["r"]
+            kwargs.update(enable_lora=True, max_lora_rank=max(int(rank), 8))
+            self.lora = LoRARequest("adapter", 1, self.adapter)
+        self.llm = vllm.LLM(**kwargs)
+        self.stop_ids = set(stop_token_ids(self.llm.get_tokenizer()))
+        self.calls = 0
+        self.conversations_generated = 0
+
+    def _messages(self, conv: Conversation) -> list[dict]:
+        msgs = list(conv)
+        if self.spec.system_prompt and msgs[0]["role"] not in ("system", "raw"):
+            msgs.insert(0, {"role": "system", "content": self.spec.system_prompt})
+        return msgs
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        import vllm
+
+        check_params(params)
+        for c in conversations:
+            check_conversation(c)
+        sps = [vllm.SamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                                   top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
+                                   seed=sample_seed(params.seed, c, 0) % (2**31), logprobs=params.logprobs or None)
+               for c in conversations]
+        raw = [i for i, c in enumerate(conversations) if c[0]["role"] == "raw"]
+        chat = [i for i, c in enumerate(conversations) if c[0]["role"] != "raw"]
+        outs: dict[int, object] = {}
+        if chat:
+            prefill = [conversations[i][-1]["role"] == "assistant" for i in chat]
+            # One call per prefill mode: vLLM takes continue_final_message for a whole call.
+            for mode in (False, True):
+                idx = [i for i, p in zip(chat, prefill) if p == mode]
+                if idx:
+                    res = self.llm.chat([self._messages(conversations[i]) for i in idx], [sps[i] for i in idx],
+                                        lora_request=self.lora, add_generation_prompt=not mode,
+                                        continue_final_message=mode, use_tqdm=True)
+                    outs.update(zip(idx, res))
+        if raw:
+            res = self.llm.generate([conversations[i][0]["content"] for i in raw], [sps[i] for i in raw],
+                                    lora_request=self.lora, use_tqdm=True)
+            outs.update(zip(raw, res))
+        self.calls += 1
+        self.conversations_generated += len(conversations)
+        return [[self._completion(o, params) for o in outs[i].outputs] for i in range(len(conversations))]
+
+    def _completion(self, o, params: SamplingParams) -> Completion:
+        top = None
+        if params.logprobs and o.logprobs is not None:
+            top = [dict(sorted(((int(t), float(lp.logprob)) for t, lp in step.items()), key=lambda kv: -kv[1])[:params.logprobs])
+                   for step in o.logprobs]
+        ids = list(o.token_ids)
+        if ids and ids[-1] in self.stop_ids:  # as in the transformers backend, the end-of-turn token is not counted
+            ids = ids[:-1]
+            top = top[:-1] if top else top
+        reason = "length" if o.finish_reason == "length" else "stop"
+        return Completion(text=o.text, finish_reason=reason, n_tokens=len(ids), token_ids=ids, top_logprobs=top)
