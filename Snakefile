@@ -1,0 +1,48 @@
+# The experiment matrix. All logic lives in the `pd` package: this file loads and
+# validates config.yaml, asks pd.plan for the artifacts the selected experiments need,
+# and hands each job's specification to pd.stages through one thin script.
+#
+#   snakemake --profile profiles/local                      # the experiments in `run`
+#   snakemake --profile profiles/local --config run=[main]  # others
+#   snakemake --profile profiles/slurm                      # on a SLURM cluster
+#   snakemake -n <path>                                     # one artifact (see `pd cells`)
+
+import sys
+
+from pd.errors import PDError
+from pd.workflow import Workflow
+
+configfile: "config.yaml"
+
+try:
+    WF = Workflow(config, workflow.basedir)
+except PDError as err:
+    sys.stderr.write(f"\npd: {err}\n\n")
+    sys.exit(2)
+
+R = WF.results_dir
+
+wildcard_constraints:
+    dataset=r"[^/]+",
+    stem=r"[^/]+",
+    qstem=r"[^/]+",
+    astem=r"[^/]+",
+    method=r"[^/]+",
+    model=r"[^/]+",
+    experiment=r"[^/]+",
+    grader=r"[^/.]+",
+    rest=r".+",
+
+
+localrules: all, manifest
+
+
+rule all:
+    input:
+        WF.final_targets(),
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"

@@ -1,0 +1,297 @@
+"""From a validated config to the set of artifacts the experiment grid needs.
+
+Each grid cell (one point of an experiment's grid) needs a chain of artifacts:
+questions -> expert answers -> [teacher statistics / top-k cache] -> adapter ->
+[retrieval results] -> evaluation answers -> grades. An artifact's path encodes only
+what it depends on (a readable prefix plus a short hash of its full specification), so
+two cells that share questions, answers, a teacher cache or retrieval results share the
+file, and Snakemake builds it once. A changed setting changes the hash of exactly the
+artifacts that depend on it.
+
+The Snakefile asks this module, by output path, for each job's specification and
+inputs; the ``pd`` command uses it to list cells and their targets.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from pd import config as pdc
+from pd.errors import ConfigError
+from pd.io import stable_hash
+from pd.models import registry
+
+AXES = ("model", "method", "dataset", "seed", "retrieval", "expert", "teacher", "qgen", "answer_temperature",
+        "kd_temperature", "n_questions", "rank", "snapshot", "subset")
+KINDS = ("questions", "answers", "teacher", "adapter", "retrieval", "eval", "grade", "manifest")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: str
+    path: str
+    spec: dict
+    inputs: tuple[str, ...] = ()
+    model: str | None = None  # the model the job loads, for its resources
+
+
+@dataclass
+class Cell:
+    experiment: str
+    axes: dict[str, Any]
+    grades: dict[str, str]  # grader -> grade file
+    eval_path: str
+    adapter: str | None
+
+    @property
+    def cell_id(self) -> str:
+        a = self.axes
+        extra = "_".join(f"{k}={a[k]}" for k in AXES[5:] if a.get(k) is not None and not (k == "subset" and a[k] == "all"))
+        parts = [a["dataset"], a["method"], a["model"], f"s{a['seed']}", a["retrieval"]]
+        return "/".join(parts + ([extra] if extra else []))
+
+
+@dataclass
+class Plan:
+    cfg: dict
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    cells: dict[str, list[Cell]] = field(default_factory=dict)
+
+    def add(self, art: Artifact) -> str:
+        old = self.artifacts.get(art.path)
+        if old is not None and old.spec != art.spec:  # a hash collision or a bug: never silently merge
+            raise RuntimeError(f"two different specifications map to {art.path}")
+        self.artifacts[art.path] = art
+        return art.path
+
+    def get(self, path: str) -> Artifact:
+        try:
+            return self.artifacts[path]
+        except KeyError:
+            raise ConfigError(f"{path} is not an artifact of the selected experiments ({', '.join(self.cells)}); "
+                              "`pd cells <experiment>` lists the targets") from None
+
+    def of_kind(self, kind: str) -> list[Artifact]:
+        return [a for a in self.artifacts.values() if a.kind == kind]
+
+    def targets(self, experiments: list[str] | None = None) -> list[str]:
+        """The manifests of the given (default: all planned) experiments."""
+        return [self.manifest_path(e) for e in (experiments or list(self.cells))]
+
+    def manifest_path(self, experiment: str) -> str:
+        return f"{self.cfg['results_dir']}/manifests/{experiment}.json"
+
+    def count(self) -> dict[str, int]:
+        out = {k: 0 for k in KINDS}
+        for a in self.artifacts.values():
+            out[a.kind] += 1
+        return out
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def expand_grid(cfg: dict, experiment: str) -> list[dict]:
+    """The experiment's cells as axis dicts, with defaults resolved and irrelevant axes cleared.
+
+    Axes a method does not use (a base model has no teacher; SFT has no distillation
+    temperature) are set to None, so cells that differ only there collapse into one.
+    """
+    exp = cfg["experiments"][experiment]
+    grid = exp["grid"]
+    qcfg = cfg["generation"]["questions"]
+    seen, cells = set(), []
+    for values in itertools.product(*(grid[a] for a in AXES)):
+        c = dict(zip(AXES, values))
+        m = c["method"]
+        train = pdc.training_settings(cfg, m, c["model"], experiment)
+        for axis in ("expert", "teacher", "qgen"):
+            if c[axis] == "self":
+                c[axis] = c["model"]
+        if c["answer_temperature"] is None:
+            c["answer_temperature"] = pdc.answer_temperature(cfg, m)
+        if c["kd_temperature"] is None:
+            c["kd_temperature"] = train["kd_temperature"]
+        if c["n_questions"] is None:
+            c["n_questions"] = qcfg["per_item"]
+        if c["rank"] is None:
+            c["rank"] = train["rank"]
+        if m == "base":
+            for axis in AXES[5:]:
+                c[axis] = None
+        else:
+            if m not in pdc.DISTILLING_METHODS:
+                c["teacher"] = c["kd_temperature"] = None
+                if c["subset"] != "all":
+                    raise ConfigError(f"experiments.{experiment}.grid.subset: quintile subsets need a distilling method "
+                                      f"({', '.join(pdc.DISTILLING_METHODS)}), not {m!r}")
+            if m == "uft":
+                c["expert"] = c["qgen"] = c["answer_temperature"] = c["n_questions"] = None
+        key = tuple(sorted((k, str(v)) for k, v in c.items()))
+        if key not in seen:
+            seen.add(key)
+            cells.append(c)
+    return cells
+
+
+class _Builder:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.plan = Plan(cfg)
+        self.reg = registry(cfg.get("models"))
+        self.R = cfg["results_dir"]
+
+    # -- artifacts, each returns its path ----------------------------------------------
+
+    def questions(self, c: dict) -> str:
+        q = self.cfg["generation"]["questions"]
+        dseed = c["seed"] if q["per_seed"] else 0
+        mode = "bonito" if c["qgen"].startswith("bonito") else q["mode"]  # a Bonito-style generator has its own prompt
+        spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "generator": c["qgen"],
+                "mode": mode, "per_item": c["n_questions"], "seed": dseed,
+                "sampling": {k: q[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")},
+                "max_calls_factor": q["max_calls_factor"], "prompts": self._prompt_overrides()}
+        stem = f"{c['qgen']}_{mode}_n{c['n_questions']}_s{dseed}_{stable_hash(spec, 8)}"
+        return self.plan.add(Artifact("questions", f"{self.R}/{c['dataset']}/questions/{stem}.jsonl", spec, (), c["qgen"]))
+
+    def answers(self, c: dict) -> str:
+        qpath = self.questions(c)
+        a = self.cfg["generation"]["answers"]
+        kind = "cot" if c["method"] == "sft_distractors" else "plain"
+        train = pdc.training_settings(self.cfg, c["method"], c["model"])
+        spec = {"questions": qpath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
+                "expert": c["expert"], "kind": kind, "seed": c["seed"] if self.cfg["generation"]["questions"]["per_seed"] else 0,
+                "sampling": {"temperature": c["answer_temperature"], **a}, "prompts": self._prompt_overrides()}
+        if kind == "cot":
+            spec["distractors"] = {"count": train["distractors"], "gold_drop_prob": train["gold_drop_prob"]}
+        qstem = qpath.rsplit("/", 1)[1][: -len(".jsonl")]
+        stem = f"{c['expert']}_{kind}_t{_fmt(c['answer_temperature'])}_{stable_hash(spec, 8)}"
+        return self.plan.add(Artifact("answers", f"{self.R}/{c['dataset']}/answers/{qstem}/{stem}.jsonl", spec,
+                                      (qpath,), c["expert"]))
+
+    def teacher(self, c: dict, apath: str, train: dict) -> str:
+        spec = {"answers": apath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
+                "teacher": c["teacher"], "student": c["model"], "topk": train["teacher_topk"],
+                "kd_temperature": c["kd_temperature"], "max_answer_tokens": train["max_answer_tokens"],
+                "max_teacher_tokens": train["max_teacher_tokens"]}
+        astem = "/".join(apath.rsplit("/", 2)[1:])[: -len(".jsonl")]
+        stem = f"{c['teacher']}_k{train['teacher_topk']}_T{_fmt(c['kd_temperature'])}_{stable_hash(spec, 8)}"
+        return self.plan.add(Artifact("teacher", f"{self.R}/{c['dataset']}/teacher/{astem}/{stem}", spec, (apath,),
+                                      c["teacher"]))
+
+    def adapter(self, c: dict, experiment: str) -> str:
+        m = c["method"]
+        train = pdc.training_settings(self.cfg, m, c["model"], experiment)
+        train["rank"] = c["rank"]
+        inputs: list[str] = []
+        spec: dict[str, Any] = {"method": m, "model": c["model"], "dataset": c["dataset"],
+                                "dataset_cfg": self.cfg["datasets"][c["dataset"]], "seed": c["seed"], "subset": c["subset"]}
+        if m != "uft":
+            apath = self.answers(c)
+            inputs.append(apath)
+            spec["answers"] = apath
+        if m in pdc.DISTILLING_METHODS:
+            train["kd_temperature"] = c["kd_temperature"]
+            spec["teacher_model"] = c["teacher"]
+            if train["teacher_topk"] > 0 or c["subset"] != "all":
+                tpath = self.teacher(c, spec["answers"], train)
+                inputs.append(tpath)
+                spec["teacher"] = tpath
+        spec["training"] = train
+        stem = f"r{c['rank']}_{stable_hash(spec, 8)}_s{c['seed']}"
+        path = f"{self.R}/{c['dataset']}/adapters/{m}/{c['model']}/{stem}"
+        return self.plan.add(Artifact("adapter", path, spec, tuple(inputs), c["model"]))
+
+    def retrieval(self, c: dict) -> str | None:
+        if c["retrieval"] == "none":
+            return None
+        r = self.cfg["retrieval"]
+        k = 10 if self.cfg["datasets"][c["dataset"]]["loader"] == "hotpotqa" and r["k"] == 7 else r["k"]
+        spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "retriever": c["retrieval"],
+                "k": k}
+        if c["retrieval"] == "dense":
+            spec["dense_model"] = r["dense_model"]
+        if c["retrieval"] == "openai":
+            spec["embedding_model"] = r["openai_embedding_model"]
+        stem = f"{c['retrieval']}_k{k}_{stable_hash(spec, 8)}"
+        return self.plan.add(Artifact("retrieval", f"{self.R}/{c['dataset']}/retrieval/{stem}.jsonl", spec))
+
+    def evaluation(self, c: dict, adapter: str | None) -> str:
+        rpath = self.retrieval(c)
+        spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "model": c["model"],
+                "adapter": adapter, "snapshot": c["snapshot"], "retrieval": rpath, "retriever": c["retrieval"],
+                "seed": c["seed"], "sampling": dict(self.cfg["generation"]["evaluation"]),
+                "backend": self.cfg["generation"]["backend"], "prompts": self._prompt_overrides()}
+        where = adapter.split("/adapters/", 1)[1] if adapter else f"base/{c['model']}/s{c['seed']}"
+        snap = f"snap{_fmt(c['snapshot'])}_" if c["snapshot"] is not None else ""
+        path = f"{self.R}/{c['dataset']}/eval/{where}/{snap}{c['retrieval']}_{stable_hash(spec, 8)}.jsonl"
+        inputs = tuple(p for p in (adapter, rpath) if p)
+        return self.plan.add(Artifact("eval", path, spec, inputs, c["model"]))
+
+    def grade(self, c: dict, epath: str, grader: str) -> str:
+        g = self.cfg["grading"]
+        spec: dict[str, Any] = {"eval": epath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
+                                "grader": grader}
+        judge = None
+        if grader == "judge":
+            judge = g["judge"]
+            spec.update(judge=judge, max_new_tokens=g["judge_max_new_tokens"], prompts=self._prompt_overrides(),
+                        backend=self.cfg["generation"]["backend"])
+            name = f"judge-{judge}"
+        else:
+            spec["mode"] = g["substring_mode"]
+            name = f"substring-{g['substring_mode']}"
+        stem = epath.split("/eval/", 1)[1][: -len(".jsonl")]
+        path = f"{self.R}/{c['dataset']}/grades/{stem}.{name}.jsonl"
+        return self.plan.add(Artifact("grade", path, spec, (epath,), judge))
+
+    def _prompt_overrides(self) -> dict:
+        from pathlib import Path
+
+        from pd.io import file_hash
+
+        return {k: {"path": v, "hash": file_hash(v) if Path(v).is_file() else None} for k, v in sorted(self.cfg["prompts"].items())}
+
+    # -- cells -------------------------------------------------------------------------
+
+    def add_experiment(self, name: str) -> None:
+        exp = self.cfg["experiments"][name]
+        graders = exp.get("graders") or self.cfg["grading"]["graders"]
+        cells = []
+        for c in expand_grid(self.cfg, name):
+            adapter = None if c["method"] == "base" else self.adapter(c, name)
+            epath = self.evaluation(c, adapter)
+            grades = {g: self.grade(c, epath, g) for g in graders}
+            cells.append(Cell(name, c, grades, epath, adapter))
+        self.plan.cells[name] = cells
+        inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), *([cell.adapter] if cell.adapter else [])]))
+        spec = {"experiment": name, "table": exp["table"], "paper_table": exp.get("paper_table"),
+                "description": exp.get("description", "")}
+        self.plan.add(Artifact("manifest", self.plan.manifest_path(name), spec, inputs))
+
+
+def build_plan(cfg: dict, experiments: list[str] | None = None) -> Plan:
+    """The artifacts of the given experiments (default: the config's ``run`` list)."""
+    b = _Builder(cfg)
+    for name in experiments or cfg["run"]:
+        if name not in cfg["experiments"]:
+            raise ConfigError(f"unknown experiment {name!r}; allowed: {', '.join(sorted(cfg['experiments']))}")
+        b.add_experiment(name)
+    return b.plan
+
+
+def manifest_records(plan: Plan, experiment: str) -> list[dict]:
+    """The report's view of an experiment: one record per cell and grader."""
+    out = []
+    for cell in plan.cells[experiment]:
+        for grader, path in cell.grades.items():
+            spec = plan.artifacts[path].spec
+            gname = f"judge:{spec['judge']}" if grader == "judge" else "substring"
+            adapter_spec = plan.artifacts[cell.adapter].spec if cell.adapter else None
+            out.append({"experiment": experiment, "cell_id": cell.cell_id, "axes": cell.axes, "grader": gname,
+                        "grades": path, "eval": cell.eval_path, "adapter": cell.adapter,
+                        "meta": {"training": adapter_spec["training"] if adapter_spec else None}})
+    return out

@@ -1,0 +1,75 @@
+"""What the Snakefile needs from the plan, as Snakemake-shaped callables.
+
+Each rule's output pattern is fixed here beside the plan's path scheme; a job's
+wildcards give back its output path, and the path gives its specification, inputs and
+resources. Keeping this glue in the package keeps the rules to a few lines each.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pd.config import load_config
+from pd.models import registry
+from pd.plan import Plan, build_plan
+
+PATTERNS = {
+    "questions": "{R}/{dataset}/questions/{stem}.jsonl",
+    "answers": "{R}/{dataset}/answers/{qstem}/{stem}.jsonl",
+    "teacher": "{R}/{dataset}/teacher/{qstem}/{astem}/{stem}",
+    "adapter": "{R}/{dataset}/adapters/{method}/{model}/{stem}",
+    "retrieval": "{R}/{dataset}/retrieval/{stem}.jsonl",
+    "eval": "{R}/{dataset}/eval/{rest}.jsonl",
+    "grade": "{R}/{dataset}/grades/{rest}.{grader}.jsonl",
+    "manifest": "{R}/manifests/{experiment}.json",
+}
+# Plan kinds -> pd.resources job kinds.
+RESOURCE_KINDS = {"questions": "questions", "answers": "answers", "teacher": "teacher_cache", "adapter": "train",
+                  "retrieval": "retrieve", "eval": "evaluate", "grade": "judge", "manifest": "report"}
+
+
+class Workflow:
+    def __init__(self, config: dict, basedir: str | None = None):
+        self.cfg = load_config(dict(config))
+        self.plan: Plan = build_plan(self.cfg)
+        self.results_dir = self.cfg["results_dir"]
+        self.registry = registry(self.cfg.get("models"))
+        from pd.resources import load_site
+
+        self.site = load_site(self.cfg.get("slurm_site"))
+        self.device = "gpu" if self.site is not None and self.site.device == "gpu" else "cpu"
+
+    def path(self, kind: str, wildcards) -> str:
+        return PATTERNS[kind].format(R=self.results_dir, **dict(wildcards.items()))
+
+    def artifact(self, kind: str, wildcards):
+        art = self.plan.get(self.path(kind, wildcards))
+        if art.kind != kind:
+            raise ValueError(f"{art.path} is a {art.kind} artifact, not {kind}")
+        return art
+
+    def spec(self, kind: str) -> Callable:
+        return lambda wildcards: self.artifact(kind, wildcards).spec
+
+    def inputs(self, kind: str) -> Callable:
+        return lambda wildcards: list(self.artifact(kind, wildcards).inputs)
+
+    def params_b(self, kind: str) -> Callable:
+        def size(wildcards) -> float:
+            model = self.artifact(kind, wildcards).model
+            return self.registry[model].params_b if model else 0.0
+
+        return size
+
+    def resources(self, kind: str) -> dict[str, Any]:
+        from pd.resources import rule_resources
+
+        def rank(wildcards):
+            spec = self.artifact(kind, wildcards).spec
+            return spec.get("training", {}).get("rank") if kind == "adapter" else None
+
+        return rule_resources(RESOURCE_KINDS[kind], self.params_b(kind), device=self.device, site=self.site,
+                              lora_rank=rank)
+
+    def final_targets(self) -> list[str]:
+        return self.plan.targets()

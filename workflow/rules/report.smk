@@ -1,0 +1,11 @@
+# Per-experiment manifests (which grade files make which table cell) and the reports.
+
+rule manifest:
+    input:
+        WF.inputs("manifest"),
+    output:
+        f"{R}/manifests/{{experiment}}.json",
+    params:
+        spec=WF.spec("manifest"),
+    script:
+        "../scripts/stage.py"
