@@ -44,11 +44,13 @@ class Cell:
     grades: dict[str, str]  # grader -> grade file
     eval_path: str
     adapter: str | None
+    varying: tuple[str, ...] = ()  # the secondary axes the experiment's grid varies
 
     @property
     def cell_id(self) -> str:
+        """Readable and unique within its experiment: the main axes, then those the grid varies."""
         a = self.axes
-        extra = "_".join(f"{k}={a[k]}" for k in AXES[5:] if a.get(k) is not None and not (k == "subset" and a[k] == "all"))
+        extra = ",".join(f"{k}={_fmt(a[k])}" for k in self.varying if a.get(k) is not None)
         parts = [a["dataset"], a["method"], a["model"], f"s{a['seed']}", a["retrieval"]]
         return "/".join(parts + ([extra] if extra else []))
 
@@ -261,11 +263,12 @@ class _Builder:
         exp = self.cfg["experiments"][name]
         graders = exp.get("graders") or self.cfg["grading"]["graders"]
         cells = []
+        varying = tuple(a for a in AXES[5:] if len(exp["grid"][a]) > 1)
         for c in expand_grid(self.cfg, name):
             adapter = None if c["method"] == "base" else self.adapter(c, name)
             epath = self.evaluation(c, adapter)
             grades = {g: self.grade(c, epath, g) for g in graders}
-            cells.append(Cell(name, c, grades, epath, adapter))
+            cells.append(Cell(name, c, grades, epath, adapter, varying))
         self.plan.cells[name] = cells
         inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), *([cell.adapter] if cell.adapter else [])]))
         spec = {"experiment": name, "table": exp["table"], "paper_table": exp.get("paper_table"),

@@ -1,0 +1,132 @@
+"""The ``pd`` command: inspect the config and grid, run single cells, report, inject.
+
+Errors that are the user's to fix (PDError) print as one message and exit with status
+2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pd.errors import PDError
+
+
+def _cfg(args):
+    from pd.config import load_config
+
+    return load_config(args.config)
+
+
+def cmd_validate(args) -> int:
+    cfg = _cfg(args)
+    from pd.plan import build_plan
+
+    plan = build_plan(cfg, list(cfg["experiments"]))
+    print(f"{args.config}: valid; {len(cfg['experiments'])} experiments, {sum(len(c) for c in plan.cells.values())} "
+          f"cells, {len(plan.artifacts)} artifacts in all; `run` selects {', '.join(cfg['run'])}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from pd.models import registry
+
+    cfg = _cfg(args)
+    for name, s in sorted(registry(cfg.get("models")).items()):
+        where = {"hub": s.repo, "local": s.path, "gguf_package": f"pip:{s.package}", "random": "random weights"}[s.source]
+        print(f"{name:28s} {s.family:12s} {s.params_b:8.3f}B  {where}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from pd.data import load_dataset
+
+    cfg = _cfg(args)
+    for name, d in sorted(cfg["datasets"].items()):
+        if args.load:
+            try:
+                ds = load_dataset(name, d)
+                print(f"{name:16s} {d['loader']:12s} {len(ds.documents):6d} passages {len(ds.items):6d} questions")
+            except PDError as err:
+                print(f"{name:16s} {d['loader']:12s} unavailable: {err}")
+        else:
+            print(f"{name:16s} {json.dumps(d)}")
+    return 0
+
+
+def cmd_cells(args) -> int:
+    """List an experiment's cells with the files that make each; optionally build some."""
+    from pd.plan import build_plan
+
+    cfg = _cfg(args)
+    plan = build_plan(cfg, [args.experiment])
+    cells = plan.cells[args.experiment]
+    chosen = cells
+    if args.match:
+        chosen = [c for c in cells if all(m in c.cell_id for m in args.match)]
+        if not chosen:
+            raise PDError(f"no cell of {args.experiment} matches {args.match}; `pd cells {args.experiment}` lists them")
+    targets = []
+    for i, c in enumerate(chosen):
+        print(f"[{i}] {c.cell_id}")
+        for grader, path in c.grades.items():
+            print(f"      {grader:10s} {path}")
+        targets.extend(c.grades.values())
+    counts = plan.count()
+    print(f"\n{len(chosen)} of {len(cells)} cells; the experiment needs "
+          + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    if args.run:
+        cmd = [sys.executable, "-m", "snakemake", "--profile", args.profile, "--config", f"run=[{args.experiment}]",
+               *targets]
+        print("running:", " ".join(cmd[2:]))
+        return subprocess.call(cmd)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pd.report import render_reports  # noqa: F401  (issue 6)
+
+    cfg = _cfg(args)
+    return render_reports(cfg, experiments=args.experiments or cfg["run"], print_table=args.print)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pd", description="Knowledge injection by prompt distillation")
+    p.add_argument("--config", default=os.environ.get("PD_CONFIG", "config.yaml"), help="config file (default: config.yaml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate", help="check config.yaml and count the grid")
+    s.set_defaults(func=cmd_validate)
+    s = sub.add_parser("models", help="list the model registry")
+    s.set_defaults(func=cmd_models)
+    s = sub.add_parser("datasets", help="list datasets (--load to count passages and questions)")
+    s.add_argument("--load", action="store_true")
+    s.set_defaults(func=cmd_datasets)
+    s = sub.add_parser("cells", help="list an experiment's cells and their target files; --run builds them")
+    s.add_argument("experiment")
+    s.add_argument("match", nargs="*", help="substrings a cell id must contain (e.g. pd s0 bm25)")
+    s.add_argument("--run", action="store_true", help="build the listed cells with snakemake")
+    s.add_argument("--profile", default="profiles/local")
+    s.set_defaults(func=cmd_cells)
+    s = sub.add_parser("report", help="re-render reports from existing results (no model is loaded)")
+    s.add_argument("experiments", nargs="*")
+    s.add_argument("--print", action="store_true", help="also print the Markdown tables")
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except PDError as err:
+        print(f"pd: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
