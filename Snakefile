@@ -7,12 +7,14 @@
 #   snakemake --profile profiles/slurm                      # on a SLURM cluster
 #   snakemake -n <path>                                     # one artifact (see `pd cells`)
 
+import os
 import sys
 
 from pd.errors import PDError
 from pd.workflow import Workflow
 
-configfile: "config.yaml"
+# The repository's config.yaml is the base; --configfile / --config merge on top of it.
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 try:
     WF = Workflow(config, workflow.basedir)

@@ -155,7 +155,7 @@ class _Builder:
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "generator": c["qgen"],
                 "mode": mode, "per_item": c["n_questions"], "seed": dseed,
                 "sampling": {k: q[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")},
-                "max_calls_factor": q["max_calls_factor"], "prompts": self._prompt_overrides()}
+                "max_rounds": q["max_rounds"], "prompts": self._prompt_overrides()}
         stem = f"{c['qgen']}_{mode}_n{c['n_questions']}_s{dseed}_{stable_hash(spec, 8)}"
         return self.plan.add(Artifact("questions", f"{self.R}/{c['dataset']}/questions/{stem}.jsonl", spec, (), c["qgen"]))
 
@@ -270,9 +270,10 @@ class _Builder:
             grades = {g: self.grade(c, epath, g) for g in graders}
             cells.append(Cell(name, c, grades, epath, adapter, varying))
         self.plan.cells[name] = cells
+        records = manifest_records(self.plan, name)
         inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), *([cell.adapter] if cell.adapter else [])]))
         spec = {"experiment": name, "table": exp["table"], "paper_table": exp.get("paper_table"),
-                "description": exp.get("description", "")}
+                "description": exp.get("description", ""), "records": records}
         self.plan.add(Artifact("manifest", self.plan.manifest_path(name), spec, inputs))
 
 
