@@ -1,0 +1,32 @@
+"""Reports: accuracy with +- 2 SE, paired tests, paper-style tables, figures, HTML.
+
+Input contract (what the workflow hands over)
+---------------------------------------------
+Per-sample grade files, JSONL, one per cell x retrieval x grader, written by pd.grade::
+
+    {"item_id": str, "grader": "substring" | "judge:<model>", "correct": true | false | null,
+     "valid": bool, "reason": str | null, "answer": str, "gold": [str], ...}
+
+``correct`` is null exactly when ``valid`` is false (a judge output that could not be
+parsed); such a grade counts as not correct and the invalid rate is reported.
+
+A manifest JSON (``{"cells": [...], "experiments": {...}}`` or just the list of cells);
+each cell (``aggregate.CellRecord``)::
+
+    {"experiment": str, "cell_id": str,
+     "axes": {"model", "method", "dataset", "retrieval", "seed", ...any other axis},
+     "grader": str, "grades": path, "benchmarks": [Snakemake benchmark TSV paths],
+     "meta": {resolved config, adapter pd_meta.json content, ...}}
+
+Relative paths are relative to the manifest's folder. Each experiment has a table spec
+(``aggregate.TableSpec``), e.g. ``{"rows": ["model", "method"], "columns": ["dataset"],
+"blocks": "retrieval", "grader": "judge:llama3-8b-instruct", "paper_table": "2",
+"figures": [{"x": "n_questions", "logx": true}]}``.
+
+Entry point: ``render_reports(manifest_path, out_dir)`` (``pd report`` calls it).
+"""
+
+from pd.report.aggregate import CellRecord, FigureSpec, TableSpec, load_manifest
+from pd.report.render import ReportResult, render_reports
+
+__all__ = ["CellRecord", "FigureSpec", "TableSpec", "load_manifest", "ReportResult", "render_reports"]

@@ -1,0 +1,311 @@
+"""From per-sample grade files to accuracy per cell and seed, then per group of seeds.
+
+A *cell record* is one graded run (one seed, one retrieval, one grader). A *group* is
+all records that differ only by seed; its accuracy is the mean over seeds with +- 2 SE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from pd.errors import ConfigError, DataError
+from pd.io import read_json, read_jsonl
+from pd.report.stats import MeanSE, mean_se
+
+SEED_AXIS = "seed"
+
+
+@dataclass
+class CellRecord:
+    """One graded run, as the workflow's manifest lists it."""
+
+    experiment: str
+    cell_id: str
+    axes: dict[str, Any]
+    grader: str
+    grades: str
+    benchmarks: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> "CellRecord":
+        missing = [k for k in ("experiment", "cell_id", "axes", "grader", "grades") if k not in d]
+        if missing:
+            raise DataError(f"manifest cell {d.get('cell_id', '?')!r} lacks {', '.join(missing)}; "
+                            "each cell needs experiment, cell_id, axes, grader, grades")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise DataError(f"manifest cell {d['cell_id']!r} has unknown keys {sorted(unknown)}; allowed: "
+                            + ", ".join(f.name for f in dataclasses.fields(cls)))
+        if not isinstance(d["axes"], Mapping):
+            raise DataError(f"manifest cell {d['cell_id']!r}: axes must be a mapping, got {type(d['axes']).__name__}")
+
+        def resolve(p: str) -> str:
+            return str(Path(base_dir) / p) if base_dir is not None and not os.path.isabs(p) else str(p)
+
+        return cls(
+            experiment=str(d["experiment"]), cell_id=str(d["cell_id"]), axes=dict(d["axes"]),
+            grader=str(d["grader"]), grades=resolve(str(d["grades"])),
+            benchmarks=[resolve(str(b)) for b in d.get("benchmarks") or []], meta=dict(d.get("meta") or {}),
+        )
+
+    @property
+    def seed(self) -> Any:
+        return self.axes.get(SEED_AXIS)
+
+
+@dataclass
+class FigureSpec:
+    """A line plot of accuracy against one numeric axis, one line per group value."""
+
+    x: str
+    group: str = "method"
+    logx: bool = False
+    title: str | None = None
+    xlabel: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FigureSpec":
+        return _from_dict(cls, d, "figure")
+
+
+@dataclass
+class TableSpec:
+    """How one experiment is laid out: which axes make rows, columns and blocks.
+
+    ``reference`` is the method every other row is tested against (paired tests);
+    ``where`` keeps only cells whose axes have these values; ``order`` fixes the order of
+    axis values (others follow in order of appearance); ``labels`` renames axis values.
+    """
+
+    rows: list[str] = field(default_factory=lambda: ["method"])
+    columns: list[str] = field(default_factory=lambda: ["dataset"])
+    blocks: str | None = "retrieval"
+    grader: str | None = None
+    paper_table: str | None = None
+    title: str | None = None
+    reference: str = "pd"
+    method_axis: str = "method"
+    alpha: float = 0.05
+    where: dict[str, Any] = field(default_factory=dict)
+    order: dict[str, list[Any]] = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    figures: list[FigureSpec] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TableSpec":
+        d = dict(d)
+        for key in ("rows", "columns"):
+            if isinstance(d.get(key), str):
+                d[key] = [d[key]]
+        figures = [f if isinstance(f, FigureSpec) else FigureSpec.from_dict(f) for f in d.pop("figures", []) or []]
+        spec = _from_dict(cls, d, "table spec")
+        spec.figures = figures
+        return spec
+
+
+def _from_dict(cls, d: Mapping[str, Any], what: str):
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ConfigError(f"{what}: unknown keys {unknown}; allowed: {', '.join(names)}")
+    return cls(**dict(d))
+
+
+@dataclass
+class Manifest:
+    """The cells and, per experiment, the table spec (a default spec where none is given)."""
+
+    cells: list[CellRecord]
+    experiments: dict[str, TableSpec]
+
+
+def load_manifest(path: str | os.PathLike, specs: Mapping[str, Any] | None = None) -> Manifest:
+    """Read the workflow's manifest: a list of cells, or ``{"cells": [...], "experiments": {...}}``.
+
+    Relative grade and benchmark paths are taken relative to the manifest's folder.
+    ``specs`` (from config) override the manifest's own experiment specs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"report manifest {path} does not exist; run the workflow first (it writes it)")
+    raw = read_json(path)
+    if isinstance(raw, list):
+        raw = {"cells": raw}
+    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
+        raise DataError(f"{path}: a manifest is a list of cells or an object with a 'cells' list")
+    cells = [CellRecord.from_dict(c, base_dir=path.parent) for c in raw["cells"]]
+    spec_dicts = dict(raw.get("experiments") or {})
+    spec_dicts.update(specs or {})
+    experiments: dict[str, TableSpec] = {}
+    for cell in cells:
+        if cell.experiment not in experiments:
+            s = spec_dicts.get(cell.experiment, {})
+            experiments[cell.experiment] = s if isinstance(s, TableSpec) else TableSpec.from_dict(s)
+    return Manifest(cells, experiments)
+
+
+# --------------------------------------------------------------------------- grades
+
+
+@dataclass
+class Grades:
+    """One grade file as arrays aligned by item; invalid grades count as not correct."""
+
+    path: str
+    item_ids: list[str]
+    correct: np.ndarray  # float64 0/1, invalid -> 0
+    valid: np.ndarray  # bool
+    rows: list[dict]
+
+    @property
+    def n(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if self.n else float("nan")
+
+    @property
+    def n_invalid(self) -> int:
+        return int((~self.valid).sum())
+
+    @property
+    def invalid_rate(self) -> float:
+        return self.n_invalid / self.n if self.n else 0.0
+
+
+def load_grades(path: str | os.PathLike) -> Grades:
+    """Read and check a per-sample grade file (pd.grade's rows)."""
+    try:
+        rows = read_jsonl(path)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    ids: list[str] = []
+    correct, valid = [], []
+    seen: set[str] = set()
+    for i, r in enumerate(rows, 1):
+        where = f"{path}:{i}"
+        for key in ("item_id", "correct", "valid"):
+            if key not in r:
+                raise DataError(f"{where}: grade row lacks {key!r}; rows need item_id, grader, correct, valid")
+        if not isinstance(r["valid"], bool):
+            raise DataError(f"{where}: 'valid' must be true or false, got {r['valid']!r}")
+        if r["valid"] and not isinstance(r["correct"], bool):
+            raise DataError(f"{where}: a valid grade needs 'correct' true or false, got {r['correct']!r}")
+        if not r["valid"] and r["correct"] is not None:
+            raise DataError(f"{where}: an invalid grade must have 'correct': null, got {r['correct']!r}")
+        item = str(r["item_id"])
+        if item in seen:
+            raise DataError(f"{where}: item {item!r} is graded twice in one file")
+        seen.add(item)
+        ids.append(item)
+        valid.append(r["valid"])
+        correct.append(1.0 if r["correct"] is True else 0.0)
+    return Grades(str(path), ids, np.asarray(correct, dtype=np.float64), np.asarray(valid, dtype=bool), rows)
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def group_key(axes: Mapping[str, Any]) -> tuple:
+    """The axes that identify a group: everything but the seed, in a stable order."""
+    return tuple(sorted((k, _hashable(v)) for k, v in axes.items() if k != SEED_AXIS))
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    return v
+
+
+@dataclass
+class Group:
+    """All seeds of one configuration, with their grades (None where a file is missing)."""
+
+    axes: dict[str, Any]  # without the seed
+    records: list[CellRecord]
+    grades: list[Grades | None]
+
+    @property
+    def present(self) -> list[tuple[CellRecord, Grades]]:
+        return [(r, g) for r, g in zip(self.records, self.grades) if g is not None and g.n > 0]
+
+    @property
+    def missing(self) -> list[CellRecord]:
+        return [r for r, g in zip(self.records, self.grades) if g is None or g.n == 0]
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [r.seed for r, _ in self.present]
+
+    @property
+    def accuracies(self) -> list[float]:
+        return [g.accuracy for _, g in self.present]
+
+    def summary(self) -> MeanSE | None:
+        """Mean +- SE over seeds (binomial over questions with one seed); None if nothing graded."""
+        present = self.present
+        if not present:
+            return None
+        return mean_se([g.accuracy for _, g in present], [g.n for _, g in present])
+
+    @property
+    def invalid_rate(self) -> float:
+        present = self.present
+        n = sum(g.n for _, g in present)
+        return sum(g.n_invalid for _, g in present) / n if n else 0.0
+
+    @property
+    def n_invalid(self) -> int:
+        return sum(g.n_invalid for _, g in self.present)
+
+    @property
+    def n_graded(self) -> int:
+        return sum(g.n for _, g in self.present)
+
+    def per_seed(self) -> dict[Any, float]:
+        return {r.seed: g.accuracy for r, g in self.present}
+
+    def per_item(self) -> dict[str, float]:
+        """Correctness per question averaged over the seeds that graded it."""
+        total: dict[str, float] = {}
+        count: dict[str, int] = {}
+        for _, g in self.present:
+            for item, c in zip(g.item_ids, g.correct):
+                total[item] = total.get(item, 0.0) + float(c)
+                count[item] = count.get(item, 0) + 1
+        return {k: total[k] / count[k] for k in total}
+
+
+def build_groups(records: Iterable[CellRecord], *, cache: dict[str, Grades | None] | None = None) -> list[Group]:
+    """Group records by their axes without the seed, reading each grade file once.
+
+    A missing grade file is kept as None (the cell renders as missing and is listed);
+    two records with the same axes and seed are an error.
+    """
+    cache = {} if cache is None else cache
+    groups: dict[tuple, Group] = {}
+    seen: dict[tuple, str] = {}
+    for rec in records:
+        full = (group_key(rec.axes), _hashable(rec.seed), rec.grader)
+        if full in seen:
+            raise DataError(f"cells {seen[full]!r} and {rec.cell_id!r} have the same axes, seed and grader")
+        seen[full] = rec.cell_id
+        if rec.grades not in cache:
+            cache[rec.grades] = load_grades(rec.grades) if Path(rec.grades).is_file() else None
+        key = (group_key(rec.axes), rec.grader)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = Group({k: v for k, v in rec.axes.items() if k != SEED_AXIS}, [], [])
+        g.records.append(rec)
+        g.grades.append(cache[rec.grades])
+    return list(groups.values())

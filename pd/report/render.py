@@ -1,0 +1,124 @@
+"""``render_reports``: every table, figure and the HTML page from existing results.
+
+Reads only the manifest and the files it names (grades, benchmarks); never loads a
+model, so ``pd report`` can re-render after any change to templates or specs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pd.io import write_json, write_text
+from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups, load_manifest
+from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot
+from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
+from pd.report.tables import Table, build_table, label_for, render_latex, render_markdown
+
+
+@dataclass
+class ReportResult:
+    """What was written, for the workflow and the CLI to list or mark for ``snakemake --report``."""
+
+    index: Path
+    tables: dict[str, dict[str, Path]] = field(default_factory=dict)  # experiment -> {"md", "tex", "json"}
+    figures: dict[str, list[Path]] = field(default_factory=dict)  # experiment -> png/pdf paths
+    captions: dict[str, str] = field(default_factory=dict)  # file -> .rst caption
+    missing: dict[str, list[str]] = field(default_factory=dict)  # experiment -> missing cells
+
+
+def summary_rows(table: Table) -> list[dict[str, Any]]:
+    """The table's numbers in machine-readable form (fractions, not percent)."""
+    rows = []
+    for block in table.blocks:
+        for row in block.rows:
+            for (ck, clabel), cell in zip(table.columns, row.cells):
+                s = cell.summary
+                g = cell.group
+                rows.append({
+                    "block": block.key, "row": list(row.key), "column": list(ck),
+                    "axes": g.axes if g is not None else None,
+                    "cell_ids": [r.cell_id for r in g.records] if g is not None else [],
+                    "mean": s.mean if s else None, "se": s.se if s else None, "se_kind": s.kind if s else None,
+                    "n_seeds": s.n_seeds if s else 0, "per_seed": {str(k): v for k, v in g.per_seed().items()} if g else {},
+                    "invalid_rate": g.invalid_rate if g is not None else None,
+                    "paper": cell.paper.value if cell.paper else None,
+                    "significant_bootstrap": cell.comparison.significant_bootstrap if cell.comparison else None,
+                    "p_bootstrap": cell.comparison.bootstrap.p if cell.comparison and cell.comparison.bootstrap else None,
+                    "p_t": cell.comparison.t.p if cell.comparison and cell.comparison.t else None,
+                })
+    return rows
+
+
+def render_reports(
+    manifest_path: str | os.PathLike,
+    out_dir: str | os.PathLike = "reports",
+    *,
+    specs: Mapping[str, Any] | None = None,
+    index_name: str = "index.html",
+    title: str = "Prompt distillation: results",
+    n_resamples: int = 10_000,
+    bootstrap_seed: int = 0,
+    paper_values_path: str | None = None,
+    figure6: bool = True,
+) -> ReportResult:
+    """Render ``out_dir/<experiment>/table.{md,tex,json}``, figures, captions and the HTML page.
+
+    ``specs`` maps experiment names to table specs (dicts or ``TableSpec``) and overrides
+    those in the manifest. With ``figure6``, experiments whose figures run along the
+    number of questions, training time and LoRA rank are also drawn side by side.
+    """
+    out_dir = Path(out_dir)
+    manifest: Manifest = load_manifest(manifest_path, specs)
+    cache: dict[str, Grades | None] = {}
+    result = ReportResult(index=out_dir / index_name)
+    pages: list[ExperimentPage] = []
+    fig6_panels: dict[str, dict] = {}
+    for name, spec in manifest.experiments.items():
+        exp_dir = out_dir / _safe(name)
+        groups = build_groups([c for c in manifest.cells if c.experiment == name], cache=cache)
+        table = build_table(name, spec, groups, n_resamples=n_resamples, seed=bootstrap_seed,
+                            paper_values_path=paper_values_path, display_root=str(out_dir))
+        paths = {"md": exp_dir / "table.md", "tex": exp_dir / "table.tex", "json": exp_dir / "summary.json"}
+        write_text(paths["md"], render_markdown(table))
+        write_text(paths["tex"], render_latex(table))
+        write_json(paths["json"], {"experiment": name, "grader": table.grader, "rows": summary_rows(table),
+                                   "missing": table.missing})
+        result.tables[name] = paths
+        result.missing[name] = list(table.missing)
+        page = ExperimentPage(name, table, files={
+            "Markdown": _rel(paths["md"], out_dir), "LaTeX": _rel(paths["tex"], out_dir), "JSON": _rel(paths["json"], out_dir)})
+        graded = [g for g in groups if g.records[0].grader == table.grader]
+        for fig in spec.figures:
+            stem = exp_dir / f"figure_{_safe(fig.x)}"
+            caption = fig.title or f"{table.title}: accuracy against {X_LABELS.get(fig.x, fig.x)}"
+            files = line_plot(graded, fig.x, stem, group_axis=fig.group, spec=spec, logx=fig.logx,
+                              title=fig.title, xlabel=fig.xlabel)
+            result.figures.setdefault(name, []).extend(files)
+            page.figures.append({"png": _rel(files[0], out_dir), "pdf": _rel(files[1], out_dir), "caption": caption})
+            if fig.x in FIGURE6_AXES and fig.x not in fig6_panels:
+                fig6_panels[fig.x] = {"groups": graded, "x": fig.x, "group_axis": fig.group, "spec": spec,
+                                      "logx": fig.logx, "title": X_LABELS[fig.x]}
+        page.details = group_details(groups, out_dir)
+        pages.append(page)
+    extra = []
+    if figure6 and len(fig6_panels) >= 2:
+        panels = [fig6_panels[x] for x in FIGURE6_AXES if x in fig6_panels]
+        files = panel_plot(panels, out_dir / "figure6")
+        result.figures["figure6"] = files
+        extra.append({"png": _rel(files[0], out_dir), "pdf": _rel(files[1], out_dir),
+                      "caption": "Accuracy against " + ", ".join(X_LABELS[p["x"]] for p in panels)
+                                 + " (as the paper's Figure 6), by method."})
+    result.captions = write_snakemake_captions(out_dir, pages, extra)
+    render_html(pages, result.index, title=title, extra_figures=extra)
+    return result
+
+
+def _rel(path: Path, root: Path) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))

@@ -1,0 +1,109 @@
+"""A small synthetic run (grade files, benchmark TSVs, manifest) for tests and demos.
+
+Each question gets a latent difficulty; a cell answers it correctly with a probability
+set by its method, retrieval and axes, so methods differ the way the paper's do and the
+paired tests have something to find. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pd.io import write_json, write_jsonl, write_text
+
+BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
+_METHOD_SKILL = {"pd": 1.2, "sft": 0.3, "base": -1.0, "uft": -0.6}
+_RETRIEVAL_SKILL = {"none": 0.0, "bm25": 1.5, "dense": 1.8, "oracle": 2.5}
+
+
+def _grade_rows(rng: np.random.Generator, item_ids: list[str], skill: float, difficulty: np.ndarray,
+                grader: str, invalid_rate: float) -> list[dict]:
+    p = 1.0 / (1.0 + np.exp(-(skill - difficulty)))
+    correct = rng.random(len(item_ids)) < p
+    invalid = rng.random(len(item_ids)) < invalid_rate
+    rows = []
+    for i, item in enumerate(item_ids):
+        gold = [f"answer {i}"]
+        ok = bool(correct[i])
+        answer = f"It is answer {i}." if ok else f"I believe it is something else ({i})."
+        if invalid[i]:
+            rows.append({"item_id": item, "grader": grader, "correct": None, "valid": False,
+                         "reason": "no <grade> tag in the judge output", "answer": answer, "gold": gold})
+        else:
+            rows.append({"item_id": item, "grader": grader, "correct": ok, "valid": True, "reason": None,
+                         "answer": answer, "gold": gold})
+    return rows
+
+
+def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed: int = 0,
+                        grader: str = "judge:tiny-judge", model: str = "tiny-llama") -> Path:
+    """Write grades, benchmarks and ``manifest.json`` under ``root``; returns the manifest path.
+
+    Experiments: ``main`` (pd/sft/base x two datasets x closed-book/bm25, three seeds, the
+    base model one seed, one cell without grades, some invalid judge grades) and
+    ``n_questions`` / ``rank`` / ``snapshot`` (pd vs sft along one numeric axis, for figures).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    cells: list[dict[str, Any]] = []
+    difficulty = {ds: rng.normal(0.0, 1.2, n_questions) for ds in ("amazon", "nyt")}
+
+    def add(experiment: str, axes: dict[str, Any], skill: float, *, invalid_rate: float = 0.0, write: bool = True) -> None:
+        ds = str(axes["dataset"])
+        item_ids = [f"{ds}-q{i:04d}" for i in range(n_questions)]
+        name = "_".join(f"{k}-{v}" for k, v in axes.items() if k not in ("model",))
+        cell_id = f"{experiment}/{name}"
+        grades = Path("grades") / experiment / f"{name}.jsonl"
+        if write:
+            write_jsonl(root / grades, _grade_rows(rng, item_ids, skill, difficulty[ds], grader, invalid_rate))
+        bench = Path("benchmarks") / experiment / f"{name}.tsv"
+        secs = 30.0 + 10.0 * rng.random()
+        write_text(root / bench, BENCHMARK_HEADER + "\n" +
+                   f"{secs:.4f}\t0:00:{int(secs):02d}\t{512 + 100 * rng.random():.2f}\t900.00\t400.00\t410.00\t1.00\t2.00\t95.00\t{secs * 1.9:.2f}\n")
+        meta: dict[str, Any] = {"config": {"model": model, "method": axes.get("method"), "lr": 1e-5}}
+        if axes.get("method") not in ("base", None):
+            meta["adapter"] = {"train_tokens": int(20000 + 1000 * rng.random()), "teacher_tokens": 31000, "steps": 40}
+        cells.append({"experiment": experiment, "cell_id": cell_id, "axes": dict(axes, model=model), "grader": grader,
+                      "grades": str(grades), "benchmarks": [str(bench)], "meta": meta})
+
+    for ds in ("amazon", "nyt"):
+        for retrieval in ("none", "bm25"):
+            for method in ("pd", "sft", "base"):
+                seeds = [0] if method == "base" else [0, 1, 2]
+                for s in seeds:
+                    skill = _METHOD_SKILL[method] + _RETRIEVAL_SKILL[retrieval] + rng.normal(0, 0.1)
+                    write = not (ds == "nyt" and retrieval == "bm25" and method == "sft" and s == 2)
+                    if ds == "nyt" and retrieval == "none" and method == "sft":
+                        write = False  # a whole cell the workflow has not produced yet
+                    add("main", {"dataset": ds, "retrieval": retrieval, "method": method, "seed": s}, skill,
+                        invalid_rate=0.05, write=write)
+    for nq in (5, 10, 30):
+        for method in ("pd", "sft"):
+            for s in (0, 1):
+                skill = _METHOD_SKILL[method] + 0.5 * np.log(nq / 5) * (1.5 if method == "pd" else 0.7)
+                add("n_questions", {"dataset": "nyt", "retrieval": "none", "method": method, "n_questions": nq, "seed": s},
+                    skill)
+    for rank in (4, 16, 64):
+        for method in ("pd", "sft"):
+            skill = _METHOD_SKILL[method] + 0.3 * np.log2(rank / 4)
+            add("rank", {"dataset": "nyt", "retrieval": "none", "method": method, "rank": rank, "seed": 0}, skill)
+    for t in (60, 120, 180):
+        for method in ("pd", "sft"):
+            skill = _METHOD_SKILL[method] * t / 180
+            add("snapshot", {"dataset": "nyt", "retrieval": "none", "method": method, "snapshot_s": t, "seed": 0}, skill)
+
+    experiments = {
+        "main": {"rows": ["method"], "columns": ["dataset"], "blocks": "retrieval", "title": "Synthetic main results"},
+        "n_questions": {"rows": ["method"], "columns": ["n_questions"], "blocks": "retrieval",
+                        "figures": [{"x": "n_questions", "logx": True}]},
+        "rank": {"rows": ["method"], "columns": ["rank"], "blocks": "retrieval", "figures": [{"x": "rank", "logx": True}]},
+        "snapshot": {"rows": ["method"], "columns": ["snapshot_s"], "blocks": "retrieval",
+                     "figures": [{"x": "snapshot_s"}]},
+    }
+    manifest = root / "manifest.json"
+    write_json(manifest, {"cells": cells, "experiments": experiments})
+    return manifest

@@ -1,0 +1,429 @@
+"""Paper-style tables: methods as rows, datasets as columns, a closed-book then a RAG block.
+
+``build_table`` turns an experiment's cell groups into a ``Table`` (numbers, bold best
+per column and block, paired tests against the reference method, the paper's value
+beside ours); ``render_markdown`` and ``render_latex`` lay it out with the Jinja2
+templates in ``pd/report/templates``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import jinja2
+
+from pd.errors import ConfigError
+from pd.report.aggregate import Group, TableSpec, group_key
+from pd.report.paper_values import PaperValue, lookup
+from pd.report.stats import Bootstrap, MeanSE, PairedT, paired_bootstrap, paired_t
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+MISSING = "—"
+
+MARK_BINOMIAL = "†"
+MARK_BOOT = "*"
+MARK_T = "§"
+
+DEFAULT_LABELS: dict[str, dict[str, str]] = {
+    "method": {
+        "pd": "Prompt Distillation", "pd_reverse": "PD (reverse KL)", "pd_reg": "Prompt Distillation + Tülu 3",
+        "pd_reg_xl": "Prompt Distillation XL + Tülu 3", "sft": "Supervised Fine-Tuning",
+        "sft_distractors": "SFT w/ Distractors", "uft": "Unsupervised Fine-Tuning", "base": "Base model",
+    },
+    "dataset": {
+        "amazon": "Amazon", "new_wiki": "New Wiki", "nyt": "NYT", "reddit": "Reddit",
+        "squadshifts-amazon": "Amazon", "squadshifts-new_wiki": "New Wiki", "squadshifts-nyt": "NYT",
+        "squadshifts-reddit": "Reddit", "hotpotqa": "HotpotQA",
+    },
+    "retrieval": {"none": "Closed-book", "bm25": "RAG (BM25)", "dense": "RAG (dense embeddings)",
+                  "oracle": "RAG (oracle passage)"},
+}
+DEFAULT_ORDER: dict[str, list[Any]] = {
+    "method": ["pd", "pd_reg", "pd_reg_xl", "pd_reverse", "sft", "sft_distractors", "uft", "base"],
+    "retrieval": ["none", "bm25", "dense", "oracle"],
+    "dataset": ["squadshifts-amazon", "amazon", "squadshifts-new_wiki", "new_wiki", "squadshifts-nyt", "nyt",
+                "squadshifts-reddit", "reddit", "hotpotqa"],
+}
+AXIS_HEADERS = {"n_questions": "Questions", "snapshot_s": "Time (s)", "kl_temperature": "T", "rank": "LoRA rank"}
+
+
+def pct(x: float) -> str:
+    """An accuracy fraction as a percentage with one decimal."""
+    return f"{100.0 * x:.1f}"
+
+
+def signed(x: float) -> str:
+    """A difference in percentage points with an explicit sign (+0.0 for zero)."""
+    return f"{x:+.1f}".replace("-0.0", "+0.0")
+
+
+@dataclass
+class Comparison:
+    """A baseline cell tested against the reference method's cell (baseline minus reference)."""
+
+    block: str
+    row: str
+    reference_row: str
+    column: str
+    diff: float  # fraction
+    bootstrap: Bootstrap | None
+    t: PairedT | None
+    significant_bootstrap: bool
+    significant_t: bool
+    shared_seeds: int = 0
+
+
+@dataclass
+class TableCell:
+    group: Group | None
+    summary: MeanSE | None
+    paper: PaperValue | None = None
+    bold: bool = False
+    comparison: Comparison | None = None
+
+    @property
+    def missing(self) -> bool:
+        return self.summary is None
+
+    @property
+    def paper_diff(self) -> float | None:
+        """Ours minus the paper's, in percentage points."""
+        if self.paper is None or self.summary is None:
+            return None
+        return 100.0 * self.summary.mean - self.paper.value
+
+    def marks(self) -> str:
+        m = ""
+        if self.summary is not None and self.summary.kind == "binomial":
+            m += MARK_BINOMIAL
+        if self.comparison is not None and self.comparison.significant_bootstrap:
+            m += MARK_BOOT
+        if self.comparison is not None and self.comparison.significant_t:
+            m += MARK_T
+        return m
+
+    def markdown(self) -> str:
+        if self.summary is None:
+            text = MISSING
+        else:
+            value = pct(self.summary.mean)
+            marks = self.marks().replace("*", r"\*")
+            text = (f"**{value}**" if self.bold else value) + f" ± {pct(self.summary.half_width)}{marks}"
+        if self.paper is not None:
+            p = f"paper {self.paper.value:.1f}" + ("°" if self.paper.inferred else "")
+            if self.paper_diff is not None:
+                p += f", Δ {signed(self.paper_diff)}"
+            text += f" ({p})"
+        return text
+
+    def latex(self) -> str:
+        if self.summary is None:
+            text = "--"
+        else:
+            value = pct(self.summary.mean)
+            text = (r"\textbf{" + value + "}" if self.bold else value) + r"\,{\scriptsize$\pm$" + pct(self.summary.half_width) + "}"
+            marks = self.marks().replace(MARK_BINOMIAL, r"\dagger").replace(MARK_BOOT, "*").replace(MARK_T, r"\S")
+            if marks:
+                text += "$^{" + marks + "}$"
+        if self.paper is not None:
+            p = f"{self.paper.value:.1f}" + (r"$^{\circ}$" if self.paper.inferred else "")
+            if self.paper_diff is not None:
+                p += ", " + signed(self.paper_diff).replace("-", "$-$")
+            text += r" {\scriptsize(" + p + ")}"
+        return text
+
+
+@dataclass
+class TableRow:
+    key: tuple
+    labels: list[str]
+    cells: list[TableCell]
+
+
+@dataclass
+class TableBlock:
+    key: Any
+    label: str
+    rows: list[TableRow]
+
+
+@dataclass
+class Table:
+    experiment: str
+    title: str
+    grader: str
+    spec: TableSpec
+    row_headers: list[str]
+    columns: list[tuple[Any, str]]
+    blocks: list[TableBlock]
+    comparisons: list[Comparison] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    inferred_paper: list[str] = field(default_factory=list)
+
+    @property
+    def has_binomial(self) -> bool:
+        return any(c.summary is not None and c.summary.kind == "binomial" for b in self.blocks for r in b.rows for c in r.cells)
+
+    @property
+    def has_paper(self) -> bool:
+        return any(c.paper is not None for b in self.blocks for r in b.rows for c in r.cells)
+
+    def notes(self) -> list[tuple[str, str]]:
+        """The footnotes as (marker, plain text); each format renders the marker and escapes the text."""
+        n = [("", "Accuracy in percent, mean ± 2 standard errors over seeds (sample std, ddof=1, / √seeds); "
+                  f"grader: {self.grader}. Bold: best per column and block.")]
+        if self.has_binomial:
+            n.append((MARK_BINOMIAL, "One seed only: ± 2 binomial standard errors over questions, √(p(1−p)/n)."))
+        if self.comparisons:
+            n.append((MARK_BOOT, f"Differs from {self.reference_label} in the same column and block at "
+                                 f"p < {self.spec.alpha:g} (paired bootstrap over questions)."))
+            n.append((MARK_T, "The same by a paired t-test over seeds (needs two or more shared seeds)."))
+        if self.has_paper:
+            n.append(("", f"(paper x, Δ d): the value paper table {self.spec.paper_table} reports for this cell and "
+                          "ours minus it in points; ° marks a paper value whose column was inferred "
+                          "(see pd/report/paper_values.yaml)."))
+        return n
+
+    @property
+    def reference_label(self) -> str:
+        return label_for(self.spec, self.spec.method_axis, self.spec.reference)
+
+
+def label_for(spec: TableSpec, axis: str, value: Any) -> str:
+    """Display label of an axis value: the spec's labels, the built-in ones, else the value."""
+    for table in (spec.labels.get(axis, {}), DEFAULT_LABELS.get(axis, {})):
+        if str(value) in table:
+            return str(table[str(value)])
+    return str(value)
+
+
+def header_for(axis: str) -> str:
+    return AXIS_HEADERS.get(axis, axis.replace("_", " ").capitalize())
+
+
+def _sort_values(spec: TableSpec, axis: str, values: Sequence[Any]) -> list[Any]:
+    """Order axis values: the spec's order, the built-in order, numbers ascending, else appearance."""
+    order = [str(v) for v in spec.order.get(axis, [])] or [str(v) for v in DEFAULT_ORDER.get(axis, [])]
+    unique = list(dict.fromkeys(values))
+    if not spec.order.get(axis) and unique and all(_is_number(v) for v in unique):
+        return sorted(unique, key=float)
+    pos = {v: i for i, v in enumerate(order)}
+    first = {v: i for i, v in enumerate(unique)}
+    return sorted(unique, key=lambda v: (pos.get(str(v), len(pos)), first[v]))
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def select_grader(spec: TableSpec, groups: Sequence[Group], experiment: str) -> str:
+    graders = sorted({r.grader for g in groups for r in g.records})
+    if spec.grader is not None:
+        if spec.grader not in graders:
+            raise ConfigError(f"experiment {experiment!r}: grader {spec.grader!r} has no cells; graded by: {', '.join(graders)}")
+        return spec.grader
+    if len(graders) != 1:
+        raise ConfigError(f"experiment {experiment!r} is graded by several graders ({', '.join(graders)}); "
+                          "set the table's `grader` to one of them")
+    return graders[0]
+
+
+def _matches(axes: dict, where: dict) -> bool:
+    return all(str(axes.get(k)) == str(v) for k, v in where.items())
+
+
+def build_table(
+    experiment: str,
+    spec: TableSpec,
+    groups: Sequence[Group],
+    *,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    paper_values_path: str | None = None,
+    display_root: str | None = None,
+) -> Table:
+    """Lay out an experiment's groups as the spec says and run the paired tests.
+
+    ``display_root``: file paths in the notes are shown relative to it (the report folder).
+    """
+
+    def show(path: str) -> str:
+        return os.path.relpath(path, display_root) if display_root else path
+
+    grader = select_grader(spec, groups, experiment)
+    groups = [g for g in groups if g.records[0].grader == grader and _matches(g.axes, spec.where)]
+    axes_used = list(spec.rows) + list(spec.columns) + ([spec.blocks] if spec.blocks else [])
+    for a in axes_used:
+        if not any(a in g.axes for g in groups):
+            raise ConfigError(f"experiment {experiment!r}: table axis {a!r} is not an axis of any cell; "
+                              f"cell axes: {', '.join(sorted({k for g in groups for k in g.axes}))}")
+
+    def key(g: Group, axes: Sequence[str]) -> tuple:
+        return tuple(g.axes.get(a) for a in axes)
+
+    placed: dict[tuple, Group] = {}
+    for g in groups:
+        k = (g.axes.get(spec.blocks) if spec.blocks else None, key(g, spec.rows), key(g, spec.columns))
+        if k in placed:
+            other = placed[k]
+            varying = sorted(a for a in set(g.axes) | set(other.axes) if g.axes.get(a) != other.axes.get(a))
+            raise ConfigError(f"experiment {experiment!r}: two cell groups land in one table cell {k}; they differ in "
+                              f"{', '.join(varying)}: add those axes to rows/columns or fix them with `where`")
+        placed[k] = g
+
+    col_keys = _sort_keys(spec, spec.columns, [key(g, spec.columns) for g in groups])
+    block_keys = _sort_values(spec, spec.blocks, [g.axes.get(spec.blocks) for g in groups]) if spec.blocks else [None]
+    columns = [(ck, " ".join(label_for(spec, a, v) for a, v in zip(spec.columns, ck))) for ck in col_keys]
+
+    table = Table(experiment, spec.title or experiment, grader, spec, [header_for(a) for a in spec.rows], columns, [])
+    for bk in block_keys:
+        row_keys = _sort_keys(spec, spec.rows, [rk for (b, rk, _) in placed if b == bk])
+        rows = []
+        for rk in row_keys:
+            labels = [label_for(spec, a, v) for a, v in zip(spec.rows, rk)]
+            cells = []
+            for ck, clabel in columns:
+                g = placed.get((bk, rk, ck))
+                summary = g.summary() if g is not None else None
+                cell = TableCell(g, summary)
+                if g is None:
+                    table.missing.append(f"{_block_label(spec, bk)} / {' / '.join(labels)} / {clabel}: no cell in the manifest")
+                elif summary is None:
+                    paths = ", ".join(show(r.grades) for r in g.missing)
+                    table.missing.append(f"{_block_label(spec, bk)} / {' / '.join(labels)} / {clabel}: no grades ({paths})")
+                else:
+                    if g.missing:
+                        table.missing.append(f"{_block_label(spec, bk)} / {' / '.join(labels)} / {clabel}: "
+                                             f"seeds missing ({', '.join(show(r.grades) for r in g.missing)})")
+                    if g.n_invalid:
+                        table.invalid.append(f"{' / '.join(labels)} / {clabel} ({_block_label(spec, bk)}): "
+                                             f"{100 * g.invalid_rate:.1f}% ({g.n_invalid}/{g.n_graded}) judge grades invalid")
+                if g is not None:
+                    cell.paper = lookup(spec.paper_table, g.axes, grader, paper_values_path)
+                    if cell.paper is not None and cell.paper.inferred:
+                        table.inferred_paper.append(f"{' / '.join(labels)} / {clabel}: {cell.paper.inferred}")
+                cells.append(cell)
+            rows.append(TableRow(rk, labels, cells))
+        _mark_best(rows, len(columns))
+        table.blocks.append(TableBlock(bk, _block_label(spec, bk), rows))
+    _compare(table, groups, n_resamples=n_resamples, seed=seed)
+    return table
+
+
+def _sort_keys(spec: TableSpec, axes: Sequence[str], keys: Iterable[tuple]) -> list[tuple]:
+    keys = list(dict.fromkeys(keys))
+    orders = [_sort_values(spec, a, [k[i] for k in keys]) for i, a in enumerate(axes)]
+    return sorted(keys, key=lambda k: tuple(orders[i].index(v) for i, v in enumerate(k)))
+
+
+def _block_label(spec: TableSpec, bk: Any) -> str:
+    return label_for(spec, spec.blocks, bk) if spec.blocks else ""
+
+
+def _mark_best(rows: list[TableRow], n_cols: int) -> None:
+    for j in range(n_cols):
+        means = [r.cells[j].summary.mean for r in rows if r.cells[j].summary is not None]
+        if not means:
+            continue
+        best = max(means)
+        for r in rows:
+            s = r.cells[j].summary
+            if s is not None and abs(s.mean - best) <= 1e-12:
+                r.cells[j].bold = True
+
+
+def _compare(table: Table, groups: Sequence[Group], *, n_resamples: int, seed: int) -> None:
+    """Test every non-reference cell against the reference method's cell with the same other axes."""
+    spec = table.spec
+    by_key = {group_key(g.axes): g for g in groups}
+    for block in table.blocks:
+        for row in block.rows:
+            for (ck, clabel), cell in zip(table.columns, row.cells):
+                g = cell.group
+                if g is None or cell.summary is None or spec.method_axis not in g.axes:
+                    continue
+                if str(g.axes[spec.method_axis]) == str(spec.reference):
+                    continue
+                ref = by_key.get(group_key(dict(g.axes, **{spec.method_axis: spec.reference})))
+                if ref is None or ref.summary() is None:
+                    continue
+                boot = None
+                a_items, b_items = g.per_item(), ref.per_item()
+                common = sorted(set(a_items) & set(b_items))
+                if common:
+                    boot = paired_bootstrap([a_items[i] for i in common], [b_items[i] for i in common],
+                                            n_resamples=n_resamples, seed=seed)
+                a_seeds, b_seeds = g.per_seed(), ref.per_seed()
+                shared = sorted(set(a_seeds) & set(b_seeds), key=str)
+                t = paired_t([a_seeds[s] for s in shared], [b_seeds[s] for s in shared]) if len(shared) >= 2 else None
+                ref_label = " / ".join(label_for(spec, a, ref.axes.get(a)) for a in spec.rows)
+                comp = Comparison(
+                    block.label, " / ".join(row.labels), ref_label, clabel,
+                    cell.summary.mean - ref.summary().mean, boot, t,
+                    significant_bootstrap=boot is not None and boot.p < spec.alpha,
+                    significant_t=t is not None and t.p < spec.alpha, shared_seeds=len(shared),
+                )
+                cell.comparison = comp
+                table.comparisons.append(comp)
+
+
+# --------------------------------------------------------------------------- rendering
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "—": "--", "√": r"$\surd$", "−": "-", "Δ": r"$\Delta$", "†": r"$^\dagger$",
+    "§": r"$^\S$", "°": r"$^\circ$", "<": r"$<$", ">": r"$>$",
+}
+
+
+def latex_escape(text: Any) -> str:
+    """Escape LaTeX's special characters (& % $ # _ { } ~ ^ \\) and a few symbols in names."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def markdown_escape(text: Any) -> str:
+    """Keep a name from breaking a Markdown table (pipes) or turning into emphasis."""
+    text = str(text).replace("\\", "\\\\")
+    for ch in "|*_`<>[]":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.filters["tex"] = latex_escape
+    env.filters["md"] = markdown_escape
+    env.filters["pct"] = pct
+    env.filters["signed"] = signed
+    env.filters["pval"] = format_p
+    env.filters["texmark"] = lambda m: {"": "", MARK_BINOMIAL: r"$^{\dagger}$", MARK_BOOT: r"$^{*}$", MARK_T: r"$^{\S}$"}[m]
+    env.filters["mdmark"] = lambda m: m.replace("*", r"\*")
+    return env
+
+
+def format_p(p: float | None) -> str:
+    if p is None:
+        return MISSING
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def render_markdown(table: Table) -> str:
+    return _env().get_template("table.md.j2").render(t=table)
+
+
+def render_latex(table: Table, label: str | None = None) -> str:
+    label = label or "tab:" + re.sub(r"[^A-Za-z0-9:.-]+", "-", table.experiment)
+    return _env().get_template("table.tex.j2").render(t=table, label=label)

@@ -1,0 +1,134 @@
+"""The rendered report: every referenced file exists, figures hold the right numbers,
+and the page opens in headless Chromium."""
+
+import shutil
+import statistics
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+
+from pd.report import render_reports
+from pd.report.aggregate import build_groups, load_manifest
+from pd.report.figures import series_for
+from pd.report.html import read_benchmarks, token_counts
+from pd.report.synthetic import write_synthetic_run
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs, self.tables, self.imgs = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for key in ("href", "src"):
+            if a.get(key):
+                self.refs.append(a[key])
+        if tag == "table" and a.get("class") == "results":
+            self.tables.append(a.get("id"))
+        if tag == "img":
+            self.imgs.append(a["src"])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    manifest = write_synthetic_run(root, n_questions=40)
+    result = render_reports(manifest, root / "reports", n_resamples=500)
+    return root, manifest, result
+
+
+def test_every_table_image_and_link_exists(report):
+    root, manifest, result = report
+    html = result.index.read_text(encoding="utf-8")
+    refs = _Refs()
+    refs.feed(html)
+    assert sorted(refs.tables) == sorted(f"table-{e}" for e in ("main", "n_questions", "rank", "snapshot"))
+    assert len(refs.imgs) == 4  # figure6 + one per figure experiment
+    for ref in refs.refs:
+        assert not ref.startswith(("http:", "https:", "//")), f"external resource {ref}"
+        if ref.startswith("#"):
+            assert f'id="{ref[1:]}"' in html
+            continue
+        assert (result.index.parent / ref).is_file(), f"{ref} is referenced but missing"
+    for img in refs.imgs:
+        assert (result.index.parent / img).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # raw per-sample files are linked (relative), and the missing ones are named, not linked
+    assert sum(r.endswith(".jsonl") for r in refs.refs) >= 10
+    assert "grades missing" in html
+    for name, paths in result.tables.items():
+        for p in paths.values():
+            assert p.is_file()
+    for file, caption in result.captions.items():
+        assert Path(file).is_file() and Path(caption).read_text().strip()
+
+
+def test_figure_points_are_the_table_numbers(report):
+    root, manifest, result = report
+    m = load_manifest(manifest)
+    groups = build_groups([c for c in m.cells if c.experiment == "n_questions"])
+    series = series_for(groups, "n_questions")
+    assert [s.group for s in series] == ["pd", "sft"]
+    from pd.io import read_jsonl
+    for s in series:
+        for x, y, half in s.points:
+            cells = [c for c in m.cells if c.experiment == "n_questions" and c.axes["method"] == s.group
+                     and c.axes["n_questions"] == x]
+            accs = [sum(r["correct"] is True for r in read_jsonl(c.grades)) / 40 for c in cells]
+            assert y == pytest.approx(100 * statistics.mean(accs))
+            assert half == pytest.approx(200 * statistics.stdev(accs) / len(accs) ** 0.5)
+    for files in result.figures.values():
+        png, pdf = files
+        assert png.suffix == ".png" and pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_cost_and_tokens_from_benchmarks_and_meta(tmp_path):
+    p = tmp_path / "b.tsv"
+    p.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                 "10.5\t0:00:10\t300.0\t1\t1\t1\t0\t0\t90\t20.0\n12.5\t0:00:12\t500.0\t1\t1\t1\t0\t0\t90\tNA\n")
+    q = tmp_path / "c.tsv"
+    q.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                 "4\t0:00:04\t100\t1\t1\t1\t0\t0\t90\t3\n")
+    cost = read_benchmarks([str(p), str(q), str(tmp_path / "absent.tsv")])
+    assert cost.files == 2
+    assert cost.wall_s == pytest.approx((10.5 + 12.5) / 2 + 4)  # repeats averaged, files summed
+    assert cost.cpu_s == pytest.approx((20.0 + 0.0) / 2 + 3)  # NA counts as unmeasured (0)
+    assert cost.max_rss_mb == 500.0
+    assert read_benchmarks([]) is None
+    assert token_counts({"adapter": {"train_tokens": 5, "steps": 3, "teacher": {"n_tokens": 7}}, "lr": 1}) == {
+        "adapter.train_tokens": 5, "adapter.teacher.n_tokens": 7}
+
+
+def test_rerender_is_byte_identical(report):
+    root, manifest, result = report
+    before = {p: p.read_bytes() for paths in result.tables.values() for p in paths.values()}
+    before[result.index] = result.index.read_bytes()
+    again = render_reports(manifest, root / "reports", n_resamples=500)
+    assert again.index == result.index
+    for p, data in before.items():
+        assert p.read_bytes() == data, f"{p} changed on a re-render"
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI: apt-get install -y --no-install-recommends chromium)")
+def test_report_opens_in_headless_chromium(report, tmp_path):
+    root, manifest, result = report
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    url = result.index.resolve().as_uri()
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for exp in ("main", "n_questions", "rank", "snapshot"):
+        assert f'id="table-{exp}"' in dom.stdout
+    shot = tmp_path / "report.png"
+    run = subprocess.run(flags + ["--window-size=1200,1800", f"--screenshot={shot}", url],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+    pixels = mpimg.imread(shot)
+    assert pixels.shape[0] == 1800 and pixels.shape[1] == 1200
+    assert pixels[..., :3].std() > 0.05  # not a blank page: text, tables and plots were drawn

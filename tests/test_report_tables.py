@@ -1,0 +1,172 @@
+"""Tables: numbers against hand computations, layout, escaping, golden Markdown and LaTeX."""
+
+import difflib
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pd.errors import ConfigError
+from pd.report.aggregate import CellRecord, TableSpec, build_groups
+from pd.report.tables import build_table, latex_escape, render_latex, render_markdown
+
+GOLDEN = Path(__file__).parent / "golden"
+JUDGE = "judge:llama3-8b-instruct"
+N = 40
+
+
+def _pattern(rng, p):
+    return [bool(x) for x in rng.random(N) < p]
+
+
+def small_experiment(root: Path):
+    """pd / sft / base on two datasets, closed-book and BM25; sft has no NYT closed-book
+    cell, base has one seed, pd has some unparseable judge grades. Returns (records, raw
+    patterns) so tests can recompute every number by hand."""
+    rng = np.random.default_rng(1234)
+    base_p = {"pd": 0.85, "sft": 0.6, "base": 0.2}
+    records, raw = [], {}
+    for retrieval, bonus in (("none", 0.0), ("bm25", 0.1)):
+        for ds in ("squadshifts-amazon", "squadshifts-nyt"):
+            for method in ("pd", "sft", "base"):
+                if method == "sft" and ds == "squadshifts-nyt" and retrieval == "none":
+                    continue
+                for seed in ([0] if method == "base" else [0, 1, 2]):
+                    pat = _pattern(rng, min(base_p[method] + bonus, 1.0))
+                    invalid = {1, 7} if method == "pd" and seed == 0 else set()
+                    rel = f"grades/{retrieval}/{ds}/{method}_s{seed}.jsonl"
+                    path = root / rel
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "w") as f:
+                        for i, c in enumerate(pat):
+                            bad = i in invalid
+                            f.write(json.dumps({"item_id": f"{ds}-q{i}", "grader": JUDGE, "correct": None if bad else c,
+                                                "valid": not bad, "reason": None, "answer": "x", "gold": ["y"]}) + "\n")
+                    axes = {"model": "llama3-8b-instruct", "method": method, "dataset": ds, "retrieval": retrieval, "seed": seed}
+                    records.append(CellRecord("small", f"{method}-{ds}-{retrieval}-{seed}", axes, JUDGE, str(path)))
+                    raw[(retrieval, ds, method, seed)] = [False if i in invalid else c for i, c in enumerate(pat)]
+    # a seed the workflow lists but has not graded yet
+    axes = {"model": "llama3-8b-instruct", "method": "sft", "dataset": "squadshifts-nyt", "retrieval": "bm25", "seed": 3}
+    records.append(CellRecord("small", "sft-nyt-bm25-3", axes, JUDGE, str(root / "grades/not-yet.jsonl")))
+    return records, raw
+
+
+SPEC = {"rows": ["method"], "columns": ["dataset"], "blocks": "retrieval", "paper_table": "2",
+        "title": "Small synthetic experiment",
+        "labels": {"method": {"sft": "SFT & co_50% #1 {x} ~ ^ $ \\"}}}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    records, raw = small_experiment(root)
+    table = build_table("small", TableSpec.from_dict(SPEC), build_groups(records), n_resamples=2000, seed=0,
+                        display_root=str(root))
+    return table, raw
+
+
+def _cell(table, retrieval, method, ds):
+    block = next(b for b in table.blocks if b.key == retrieval)
+    row = next(r for r in block.rows if r.key == (method,))
+    j = next(i for i, (ck, _) in enumerate(table.columns) if ck == (ds,))
+    return row.cells[j]
+
+
+def test_cell_numbers_match_hand_computation(built):
+    table, raw = built
+    for (retrieval, ds, method) in {(r, d, m) for (r, d, m, _) in raw}:
+        seeds = sorted(s for (r, d, m, s) in raw if (r, d, m) == (retrieval, ds, method))
+        accs = [sum(raw[(retrieval, ds, method, s)]) / N for s in seeds]
+        cell = _cell(table, retrieval, method, ds)
+        assert cell.summary.mean == pytest.approx(statistics.mean(accs), abs=1e-12)
+        if len(seeds) == 1:
+            expected = math.sqrt(accs[0] * (1 - accs[0]) / N)
+            assert cell.summary.kind == "binomial"
+        else:
+            expected = statistics.stdev(accs) / math.sqrt(len(accs))
+            assert cell.summary.kind == "seeds"
+        assert cell.summary.se == pytest.approx(expected, abs=1e-12)
+
+
+def test_bold_is_the_best_per_column_and_block(built):
+    table, _ = built
+    for block in table.blocks:
+        for j in range(len(table.columns)):
+            means = [r.cells[j].summary.mean for r in block.rows if r.cells[j].summary is not None]
+            for r in block.rows:
+                c = r.cells[j]
+                assert c.bold == (c.summary is not None and c.summary.mean == max(means))
+
+
+def test_missing_cells_render_as_dash_and_are_listed(built):
+    table, _ = built
+    cell = _cell(table, "none", "sft", "squadshifts-nyt")
+    assert cell.missing and cell.markdown().startswith("—") and cell.latex().startswith("--")
+    assert any("Closed-book" in m and "NYT" in m and "no cell" in m for m in table.missing)
+    assert any("seeds missing" in m and "grades/not-yet.jsonl" in m for m in table.missing)
+
+
+def test_invalid_rate_is_carried_and_paper_value_shown(built):
+    table, _ = built
+    pd_amazon = _cell(table, "none", "pd", "squadshifts-amazon")
+    assert pd_amazon.group.n_invalid == 2 and pd_amazon.group.invalid_rate == pytest.approx(2 / (3 * N))
+    assert any("2/120" in line for line in table.invalid)
+    assert pd_amazon.paper.value == 86.1
+    assert pd_amazon.paper_diff == pytest.approx(100 * pd_amazon.summary.mean - 86.1)
+    assert _cell(table, "bm25", "pd", "squadshifts-amazon").paper is None  # paper has no BM25 cell in table 2
+
+
+def test_significance_marks_follow_the_paired_tests(built):
+    table, _ = built
+    base = _cell(table, "none", "base", "squadshifts-amazon")
+    assert base.comparison.significant_bootstrap and "*" in base.marks() and "†" in base.marks()
+    assert base.comparison.t is None  # one seed: no t-test
+    for c in table.comparisons:
+        assert c.significant_bootstrap == (c.bootstrap.p < 0.05)
+        assert c.significant_t == (c.t is not None and c.t.p < 0.05)
+
+
+def test_latex_escapes_every_special_character():
+    assert latex_escape("a&b%c$d#e_f{g}h~i^j\\k") == (
+        r"a\&b\%c\$d\#e\_f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k")
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("PD_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    expected = path.read_text(encoding="utf-8")
+    if text != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), f"golden/{name}", "rendered"))
+        pytest.fail(f"{name} differs from the golden file (PD_UPDATE_GOLDEN=1 rewrites it after review):\n{diff}")
+
+
+def test_markdown_golden(built):
+    table, _ = built
+    _check_golden("report_small.md", render_markdown(table))
+
+
+def test_latex_golden_and_escaping(built):
+    table, _ = built
+    tex = render_latex(table)
+    assert r"SFT \& co\_50\% \#1 \{x\} \textasciitilde{} \textasciicircum{} \$ \textbackslash{}" in tex
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    _check_golden("report_small.tex", tex)
+
+
+def test_spec_errors_name_the_problem(tmp_path):
+    records, _ = small_experiment(tmp_path)
+    groups = build_groups(records)
+    with pytest.raises(ConfigError, match="allowed: rows"):
+        TableSpec.from_dict({"rowz": ["method"]})
+    with pytest.raises(ConfigError, match="two cell groups land in one table cell.*retrieval"):
+        build_table("small", TableSpec.from_dict({"rows": ["method"], "columns": ["dataset"], "blocks": None}), groups)
+    with pytest.raises(ConfigError, match="grader 'substring' has no cells"):
+        build_table("small", TableSpec.from_dict({"grader": "substring"}), groups)
+    with pytest.raises(ConfigError, match="axis 'expert' is not an axis"):
+        build_table("small", TableSpec.from_dict({"rows": ["expert"]}), groups)
