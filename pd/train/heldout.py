@@ -1,0 +1,82 @@
+"""The judge-free measure: KL(teacher || student) on held-out question-answer pairs.
+
+The teacher reads the passage, the student does not; both score the same answer
+tokens. Before training (student = base model) this is the information the passage
+adds about the answers; after training, what is left of it. The fraction closed is
+``1 - after / before``. Reduction as the training loss: per answer token summed over
+the vocabulary, averaged over each pair's answer tokens, then over pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from pd.data import Dataset, Document
+from pd.errors import DataError
+from pd.models import ModelSpec
+from pd.train.losses import kl_from_hidden
+from pd.train.lora import unwrap
+from pd.train.batch import gather_answers
+from pd.train.methods import final_hidden, teacher_logits
+from pd.train.sequences import Limits, Tokens, collate, pd_examples
+
+
+def heldout_rows(examples: Sequence[dict]) -> tuple[list[dict], Dataset]:
+    """Answer rows and a passage dataset from ``{"question", "answer", "passage"}`` dicts."""
+    docs: dict[str, Document] = {}
+    by_text: dict[str, str] = {}
+    rows = []
+    for n, ex in enumerate(examples):
+        missing = [k for k in ("question", "answer", "passage") if not ex.get(k)]
+        if missing:
+            raise DataError(f"held-out example {n + 1}: missing {missing}; each needs question, answer and passage")
+        doc_id = by_text.setdefault(ex["passage"], ex.get("doc_id") or f"heldout-p{len(by_text)}")
+        docs[doc_id] = Document(doc_id, ex["passage"])
+        rows.append({"id": str(ex.get("id") or f"heldout-{n}"), "doc_id": doc_id, "question": ex["question"],
+                     "answer": ex["answer"], "finish_reason": ex.get("finish_reason", "stop")})
+    return rows, Dataset("heldout", docs, [])
+
+
+@torch.no_grad()
+def heldout_kl_per_example(model, tokenizer, spec: ModelSpec | None, examples: Sequence[dict], temperature: float = 2.0,
+                           *, teacher_model=None, batch_size: int = 4, limits: Limits = Limits(),
+                           chunk_size: int | None = 128) -> dict[str, float]:
+    """KL(teacher || student) per held-out example id (see :func:`heldout_kl`)."""
+    rows, dataset = heldout_rows(examples)
+    tokens = Tokens(tokenizer, spec)
+    seqs, _ = pd_examples(rows, dataset, tokens, limits, kind="heldout")
+    if not seqs:
+        raise DataError("no held-out example fits the length limits")
+    was = model.training
+    model.eval()
+    device = next(unwrap(model).parameters()).device
+    out: dict[str, float] = {}
+    try:
+        for start in range(0, len(seqs), batch_size):
+            batch = collate(seqs[start:start + batch_size], tokens.pad_id)
+            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            teacher = teacher_logits(model, batch, teacher_model)
+            hidden = gather_answers(final_hidden(model, batch["student_input_ids"], batch["student_attention_mask"]),
+                                    batch["student_answer_positions"])
+            lm_head = unwrap(model).get_output_embeddings()
+            per = kl_from_hidden(hidden, lm_head, teacher, batch["answer_mask"], temperature=temperature,
+                                 chunk_size=chunk_size, reduction="sample")
+            out.update({i: float(v) for i, v in zip(batch["example_ids"], per.tolist())})
+    finally:
+        model.train(was)
+    return out
+
+
+def heldout_kl(model, tokenizer, spec: ModelSpec | None, examples: Sequence[dict], temperature: float = 2.0,
+               **kwargs) -> float:
+    """Mean KL(teacher || student) at ``temperature`` over held-out ``{"question", "answer", "passage"}`` pairs.
+
+    ``model``: a PeftModel (student = adapter on, teacher = adapter off) or a plain
+    model (both roles: the "before" value). ``teacher_model`` (keyword) replaces the
+    adapter-off teacher by another network of the same vocabulary.
+    """
+    per = heldout_kl_per_example(model, tokenizer, spec, examples, temperature, **kwargs)
+    return sum(per.values()) / len(per)
+

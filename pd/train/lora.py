@@ -1,0 +1,107 @@
+"""LoRA adapters: attach, read/write their weights, and the final adapter folder.
+
+The student is the base network plus a LoRA adapter whose B matrices start at zero, so
+student and teacher (adapter off) are the same function at step 0. The folder written
+at the end is what peft's ``PeftModel.from_pretrained`` and vLLM's LoRA loader read:
+``adapter_config.json`` + ``adapter_model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from pd.errors import ConfigError
+from pd.io import atomic_path, write_json
+
+META_FILE = "pd_meta.json"
+
+
+def attach_lora(model, *, rank: int, alpha: float, dropout: float = 0.0, target_modules="all-linear", seed: int = 0):
+    """Wrap ``model`` in a PeftModel with a fresh adapter; A is initialised from ``seed``."""
+    from peft import LoraConfig, get_peft_model
+
+    if rank < 1:
+        raise ConfigError(f"LoRA rank must be >= 1, got {rank}")
+    if target_modules == "all-linear":
+        target_modules = linear_module_names(model)
+    cfg = LoraConfig(r=int(rank), lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                     bias="none", task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, cfg)
+    return peft_model
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of every linear layer except the output head: what "all-linear" means.
+
+    Written out (``q_proj``, ``up_proj``...) rather than left as the keyword, so that the
+    saved adapter_config.json lists short module names that vLLM's loader understands.
+    """
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.Linear) and mod is not head}
+    if not names:
+        raise ConfigError(f"{type(model).__name__} has no linear layers to put LoRA on")
+    return sorted(names)
+
+
+def unwrap(model):
+    """The PeftModel under accelerate/DDP wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def adapter_disabled(model) -> Iterator[None]:
+    """Run the base network (the teacher): the adapter off, also under DDP wrappers."""
+    inner = unwrap(model)
+    if not hasattr(inner, "disable_adapter"):
+        yield  # a plain model has no adapter: it is its own base
+        return
+    with inner.disable_adapter():
+        yield
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    """The adapter's weights (names as peft saves them), detached copies on CPU."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(unwrap(model)).items()}
+
+
+def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(unwrap(model), state)
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise ConfigError(f"checkpoint adapter does not match this model: unexpected keys {unexpected[:5]}")
+
+
+def save_adapter(model, folder: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors into an existing or new folder."""
+    unwrap(model).save_pretrained(str(folder), safe_serialization=True)
+
+
+def write_adapter_folder(model, target: str | Path, meta: dict, extra_files: dict[str, Path] | None = None,
+                         extra_dirs: dict[str, Path] | None = None) -> Path:
+    """The final artifact, written atomically: adapter files, ``pd_meta.json`` and extras."""
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        save_adapter(model, tmp)
+        write_json(tmp / META_FILE, meta)
+        for name, src in (extra_files or {}).items():
+            if Path(src).is_file():
+                shutil.copyfile(src, tmp / name)
+        for name, src in (extra_dirs or {}).items():
+            if Path(src).is_dir() and any(Path(src).iterdir()):
+                shutil.copytree(src, tmp / name)
+    return target
