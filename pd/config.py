@@ -117,13 +117,31 @@ def _format(err) -> str:
 
 
 def _leaf_errors(errs) -> list:
+    """The errors worth showing: inside allOf/$ref, and inside the oneOf branch meant.
+
+    For a oneOf (e.g. a grid or a list of grids) the branch whose type fits the value is
+    the one the user meant; its errors name the real problem.
+    """
     out = []
     for e in errs:
         if e.validator in ("allOf", "$ref") and e.context:
             out.extend(_leaf_errors(e.context))
+        elif e.validator in ("oneOf", "anyOf") and e.context:
+            branches: dict[int, list] = {}
+            for sub in e.context:
+                branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+            fitting = [b for b in branches.values()
+                       if not any(x.validator == "type" and not x.relative_path for x in b)]
+            out.extend(_leaf_errors(fitting[0]) if len(fitting) == 1 else [e])
         else:
             out.append(e)
     return out
+
+
+def grids(experiment: dict) -> list[dict]:
+    """An experiment's grids: one, or several whose cells are united."""
+    g = experiment["grid"]
+    return g if isinstance(g, list) else [g]
 
 
 def validate_schema(cfg: dict) -> dict:
@@ -173,25 +191,13 @@ def validate_references(cfg: dict) -> None:
             problems.append(f"run[{i}]: unknown experiment {name!r}{_suggest(name, cfg['experiments'])}; "
                             f"allowed: {', '.join(sorted(cfg['experiments']))}")
     for ename, exp in cfg["experiments"].items():
-        g, where = exp["grid"], f"experiments.{ename}.grid"
-        _check_names(problems, f"{where}.model", g["model"], reg, "model")
-        _check_names(problems, f"{where}.dataset", g["dataset"], datasets, "dataset")
-        for axis in ("expert", "teacher", "qgen"):
-            _check_names(problems, f"{where}.{axis}", g[axis], reg, "model", extra_ok=("self",))
-        for t in g["teacher"]:
-            if t == "self" or t not in reg:
-                continue
-            for m in g["model"]:
-                if m in reg and reg[m].family != reg[t].family:
-                    problems.append(f"{where}.teacher: teacher {t!r} (vocabulary family {reg[t].family}) cannot teach "
-                                    f"student {m!r} (family {reg[m].family}); a teacher must share the student's vocabulary")
-        for axis in ("seed", "retrieval", "method"):
-            dup = {x for x in g[axis] if g[axis].count(x) > 1}
-            if dup:
-                problems.append(f"{where}.{axis}: repeated value(s) {sorted(dup)}")
-        unknown_axes = [a for a in exp["table"]["rows"] + exp["table"]["columns"] if a not in g]
+        for gi, g in enumerate(grids(exp)):
+            where = f"experiments.{ename}.grid" + (f"[{gi}]" if isinstance(exp["grid"], list) else "")
+            _check_grid(problems, where, g, reg, datasets)
+        axes = set().union(*(grids(exp)))
+        unknown_axes = [a for a in exp["table"]["rows"] + exp["table"]["columns"] if a not in axes]
         if unknown_axes:
-            problems.append(f"experiments.{ename}.table: unknown axis {unknown_axes}; allowed: {', '.join(sorted(g))}")
+            problems.append(f"experiments.{ename}.table: unknown axis {unknown_axes}; allowed: {', '.join(sorted(axes))}")
     if "judge" in cfg["grading"]["graders"] and cfg["grading"]["judge"] not in reg:
         problems.append(f"grading.judge: unknown model {cfg['grading']['judge']!r}; allowed: {', '.join(sorted(reg))}")
     known_prompts = prompts.builtin_names()
@@ -202,6 +208,27 @@ def validate_references(cfg: dict) -> None:
             problems.append(f"prompts.{name}: template file {path} does not exist")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _check_grid(problems: list[str], where: str, g: dict, reg: dict, datasets: dict) -> None:
+    """Names in one grid: models, datasets, experts/teachers/generators, teacher vocabularies."""
+    _check_names(problems, f"{where}.model", g["model"], reg, "model")
+    _check_names(problems, f"{where}.dataset", g["dataset"], datasets, "dataset")
+    for axis in ("expert", "teacher", "qgen"):
+        _check_names(problems, f"{where}.{axis}", g[axis], reg, "model", extra_ok=("self",))
+    for t in g["teacher"]:
+        if t == "self" or t not in reg:
+            continue
+        for m in g["model"]:
+            if m in reg and reg[m].family != reg[t].family:
+                problems.append(f"{where}.teacher: teacher {t!r} (vocabulary family {reg[t].family}) cannot teach "
+                                f"student {m!r} (family {reg[m].family}); a teacher must share the student's vocabulary")
+    for axis in ("seed", "retrieval", "method"):
+        dup = {x for x in g[axis] if g[axis].count(x) > 1}
+        if dup:
+            problems.append(f"{where}.{axis}: repeated value(s) {sorted(dup)}")
+
+
 
 
 def load_config(source: str | os.PathLike | dict | None = None, overrides: dict | None = None) -> dict:

@@ -102,11 +102,10 @@ def expand_grid(cfg: dict, experiment: str) -> list[dict]:
     Axes a method does not use (a base model has no teacher; SFT has no distillation
     temperature) are set to None, so cells that differ only there collapse into one.
     """
-    exp = cfg["experiments"][experiment]
-    grid = exp["grid"]
     qcfg = cfg["generation"]["questions"]
     seen, cells = set(), []
-    for values in itertools.product(*(grid[a] for a in AXES)):
+    points = (v for g in pdc.grids(cfg["experiments"][experiment]) for v in itertools.product(*(g[a] for a in AXES)))
+    for values in points:
         c = dict(zip(AXES, values))
         m = c["method"]
         train = pdc.training_settings(cfg, m, c["model"], experiment)
@@ -263,8 +262,10 @@ class _Builder:
         exp = self.cfg["experiments"][name]
         graders = exp.get("graders") or self.cfg["grading"]["graders"]
         cells = []
-        varying = tuple(a for a in AXES[5:] if len(exp["grid"][a]) > 1)
-        for c in expand_grid(self.cfg, name):
+        expanded = expand_grid(self.cfg, name)
+        listed = pdc.grids(exp)
+        varying = tuple(a for a in AXES[5:] if len({str(v) for g in listed for v in g[a]}) > 1)
+        for c in expanded:
             adapter = None if c["method"] == "base" else self.adapter(c, name)
             epath = self.evaluation(c, adapter)
             grades = {g: self.grade(c, epath, g) for g in graders}

@@ -140,3 +140,23 @@ def test_loading_does_not_mutate_input():
     before = copy.deepcopy(raw)
     load_config(raw)
     assert raw == before
+
+
+def test_a_list_of_grids_is_united():
+    cfg = minimal()
+    cfg["experiments"]["x"]["grid"] = [
+        {"model": ["tiny-llama"], "method": ["base"], "dataset": ["nyt"], "retrieval": ["none", "bm25", "oracle"]},
+        {"model": ["tiny-llama"], "method": ["pd", "sft"], "dataset": ["nyt"], "retrieval": ["none", "bm25"]},
+    ]
+    from pd.plan import expand_grid
+
+    cells = expand_grid(load_config(cfg), "x")
+    assert len(cells) == 3 + 4
+    bad = copy.deepcopy(cfg)
+    bad["experiments"]["x"]["grid"][1]["method"] = ["pd", "pdd"]
+    with pytest.raises(ConfigError, match=r"experiments\.x\.grid\[1\]\.method\[1\]: 'pdd' is not allowed"):
+        load_config(bad)
+    bad["experiments"]["x"]["grid"][1]["method"] = ["pd"]
+    bad["experiments"]["x"]["grid"][1]["model"] = ["tiny-llamma"]
+    with pytest.raises(ConfigError, match=r"experiments\.x\.grid\[1\]\.model\[0\]: unknown model 'tiny-llamma'"):
+        load_config(bad)
