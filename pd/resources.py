@@ -1,0 +1,386 @@
+"""Job resources (memory, runtime, CPUs, GPUs) for each rule kind, derived from model size.
+
+Snakemake asks for resources per job and passes ``attempt`` (1 on the first try, 2 on the
+first retry, ...) to resource callables; a retried job gets more memory and time here, so
+``--restart-times`` turns an out-of-memory or timeout failure into a bigger request.
+
+The estimates, in decimal GB (1 GB = 1e9 bytes, 1 GB = 1000 MB as Snakemake's ``mem_mb``):
+
+* weights: 2 bytes per parameter in bf16 on a GPU, 4 bytes (float32) on a CPU;
+* generation-like kinds (questions, answers, teacher_cache, evaluate, judge): weights
+  plus 20 % and 4 GB for the KV cache, activations and the CUDA context;
+* training with LoRA: weights (frozen) plus 16 bytes per adapter parameter (float32
+  weight, gradient and AdamW's two moments) plus activations (10 % of the weights and
+  4 GB, with gradient checkpointing and the chunked KL);
+* GPUs: the need divided by the usable part of one GPU (``GPU_USABLE`` of
+  ``gpu_mem_gb``, the size it is sold as, which counts GiB: an "80GB" H100 holds
+  85.9 GB), rounded up to a power of two (tensor parallelism needs a divisor of the
+  attention heads): an 8B model fits one 80GB GPU, a 70B judge gets four;
+* retrieve and report never ask for a GPU.
+
+A site (:class:`Site`, read from ``profiles/slurm/site.yaml``) adds the SLURM settings a
+cluster needs (partition, account, GPU type or gres string, constraint, caps) and can
+replace any estimate for a kind and size range (``sizes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pd.errors import ConfigError
+
+KINDS = ("questions", "answers", "teacher_cache", "train", "evaluate", "judge", "retrieve", "report")
+DEVICES = ("cpu", "gpu")
+GPU_KINDS = frozenset({"questions", "answers", "teacher_cache", "train", "evaluate", "judge"})
+GPU_REQUESTS = ("gpus", "gres")
+
+GPU_USABLE = 0.9  # fraction of a GPU's memory a job may plan to fill
+GIB_IN_GB = 2**30 / 1e9  # GPU sizes as sold ("80GB") are GiB
+CPU_BASE_GB = 2.0  # python + torch + tokenizer, before any weights
+GPU_HOST_BASE_GB = 8.0  # host RAM of a GPU job besides a copy of the weights
+ADAPTER_BYTES = 16  # float32 weight + gradient + two AdamW moments per adapter parameter
+
+# Minutes at attempt 1 for an 8B model on GPUs (or a 0.5B model on a CPU) at the paper's
+# data sizes (30 questions per test question, 10 epochs); ``work`` scales them.
+BASE_RUNTIME = {
+    "questions": 60,
+    "answers": 120,
+    "teacher_cache": 60,
+    "train": 720,
+    "evaluate": 30,
+    "judge": 60,
+    "retrieve": 30,
+    "report": 15,
+}
+REFERENCE_PARAMS_B = {"gpu": 8.0, "cpu": 0.5}
+SIZE_INDEPENDENT = frozenset({"retrieve", "report"})
+
+
+def lora_params_per_rank(params_b: float) -> float:
+    """Estimated LoRA parameters per unit of rank with adapters on every linear layer.
+
+    A layer of shape d_in x d_out gets rank x (d_in + d_out) parameters; summed over a
+    transformer's linear layers this grows like params^0.59 for the Llama/Qwen shapes:
+    0.93e6 x params_b^0.59 is 11 % under to 21 % over the exact counts from SmolLM2-135M
+    to Llama-3-70B (the largest miss is Llama-3-8B, over-estimated: the safe side).
+    """
+    return 0.93e6 * max(params_b, 1e-6) ** 0.59
+
+
+def default_lora_rank(params_b: float) -> int:
+    """The paper's ranks: 1024 for the 3B and 8B models, 512 for 14B."""
+    return 1024 if params_b <= 10 else 512
+
+
+@dataclass(frozen=True)
+class SizeTier:
+    """Explicit values for jobs of one kind whose model has at most ``max_params_b``."""
+
+    max_params_b: float
+    mem_mb: int | None = None
+    runtime: int | None = None
+    gpus: int | None = None
+    cpus_per_task: int | None = None
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a cluster needs in each job's submission; see profiles/slurm/site.yaml."""
+
+    device: str = "gpu"
+    partition: str | None = None
+    gpu_partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpu_constraint: str | None = None
+    gpu_model: str | None = None
+    gpu_request: str = "gpus"
+    gpu_mem_gb: float = 80.0
+    gpus_per_node: int = 8
+    cpus_per_gpu: int = 8
+    cpus_per_task: int = 4
+    max_cpus_per_task: int | None = None
+    max_mem_mb: int | None = None
+    max_runtime: int | None = None
+    runtime_factor: float = 1.0
+    slurm_extra: str | None = None
+    sizes: Mapping[str, tuple[SizeTier, ...]] = field(default_factory=dict)
+
+
+_SITE_FIELDS = {f.name: f for f in dataclasses.fields(Site)}
+_TIER_FIELDS = {f.name for f in dataclasses.fields(SizeTier)}
+_INT_FIELDS = {"gpus_per_node", "cpus_per_gpu", "cpus_per_task", "max_cpus_per_task", "max_mem_mb", "max_runtime"}
+_FLOAT_FIELDS = {"gpu_mem_gb", "runtime_factor"}
+
+
+def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "slurm_site") -> Site | None:
+    """A :class:`Site` from a mapping, a YAML file, or None (no site: local runs).
+
+    A YAML file may hold the settings at the top level or under ``slurm_site:`` (the
+    form profiles/slurm/site.yaml uses, so Snakemake can read it as a config file).
+    """
+    if source is None or isinstance(source, Site):
+        return source
+    if isinstance(source, (str, Path)):
+        import yaml
+
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"site file {path} does not exist (expected a YAML file like profiles/slurm/site.yaml)")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"site file {path}: expected a mapping of settings, got {type(data).__name__}")
+        where = str(path)
+        if key in data:
+            source, where = data[key] or {}, f"{path}: {key}"
+        else:
+            source = data
+    else:
+        where = key
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of site settings, got {type(source).__name__}")
+    return _site_from_mapping(dict(source), where)
+
+
+def _site_from_mapping(d: dict[str, Any], where: str) -> Site:
+    unknown = set(d) - set(_SITE_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}; allowed: {sorted(_SITE_FIELDS)}")
+    values: dict[str, Any] = {}
+    for name, value in d.items():
+        if value is None:
+            continue
+        if name == "sizes":
+            values[name] = _parse_sizes(value, where)
+        elif name in _INT_FIELDS:
+            values[name] = _positive(value, f"{where}.{name}", int)
+        elif name in _FLOAT_FIELDS:
+            values[name] = _positive(value, f"{where}.{name}", float)
+        else:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{name}: expected a string, got {value!r}")
+            values[name] = str(value)
+    site = Site(**values)
+    if site.device not in DEVICES:
+        raise ConfigError(f"{where}.device: {site.device!r} is not one of {list(DEVICES)}")
+    if site.gpu_request not in GPU_REQUESTS:
+        raise ConfigError(f"{where}.gpu_request: {site.gpu_request!r} is not one of {list(GPU_REQUESTS)}")
+    return site
+
+
+def _positive(value: Any, where: str, kind: type) -> Any:
+    ok_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types) or value <= 0:
+        raise ConfigError(f"{where}: expected a positive {kind.__name__}, got {value!r}")
+    return kind(value)
+
+
+def _parse_sizes(value: Any, where: str) -> dict[str, tuple[SizeTier, ...]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}.sizes: expected a mapping from rule kind to a list of tiers, got {value!r}")
+    out = {}
+    for kind, tiers in value.items():
+        if kind not in KINDS:
+            raise ConfigError(f"{where}.sizes: unknown kind {kind!r}; allowed: {list(KINDS)}")
+        if not isinstance(tiers, list):
+            raise ConfigError(f"{where}.sizes.{kind}: expected a list of tiers like {{max_params_b: 8, runtime: 600}}")
+        parsed = []
+        for i, tier in enumerate(tiers):
+            w = f"{where}.sizes.{kind}[{i}]"
+            if not isinstance(tier, Mapping) or "max_params_b" not in tier:
+                raise ConfigError(f"{w}: expected a mapping with 'max_params_b' and some of {sorted(_TIER_FIELDS - {'max_params_b'})}")
+            unknown = set(tier) - _TIER_FIELDS
+            if unknown:
+                raise ConfigError(f"{w}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TIER_FIELDS)}")
+            parsed.append(SizeTier(
+                max_params_b=_positive(tier["max_params_b"], f"{w}.max_params_b", float),
+                **{k: _positive(v, f"{w}.{k}", int) for k, v in tier.items() if k != "max_params_b" and v is not None},
+            ))
+        out[kind] = tuple(sorted(parsed, key=lambda t: t.max_params_b))
+    return out
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+def memory_growth(attempt: int) -> float:
+    """Memory multiplier on retries: 1, 1.5, 2, ..."""
+    return 1.0 + 0.5 * (attempt - 1)
+
+
+def gpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> float:
+    """GPU memory (GB) a job of this kind needs for a model of ``params_b`` billion parameters."""
+    weights = 2.0 * params_b
+    if kind == "train":
+        rank = default_lora_rank(params_b) if lora_rank is None else lora_rank
+        adapter = ADAPTER_BYTES * lora_params_per_rank(params_b) * rank / 1e9
+        return weights + adapter + 0.1 * weights + 4.0
+    return 1.2 * weights + 4.0
+
+
+def cpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> float:
+    """Host memory (GB) of a CPU-only job: float32 weights and, for training, adapter state."""
+    if kind in ("retrieve", "report"):
+        return CPU_BASE_GB
+    weights = 4.0 * params_b
+    if kind == "train":
+        rank = default_lora_rank(params_b) if lora_rank is None else lora_rank
+        adapter = ADAPTER_BYTES * lora_params_per_rank(params_b) * rank / 1e9
+        return CPU_BASE_GB + weights + adapter + 0.5 * weights
+    return CPU_BASE_GB + 1.2 * weights
+
+
+def gpus_for(need_gb: float, gpu_mem_gb: float) -> int:
+    """GPUs for a memory need (GB): enough usable memory, rounded up to a power of two."""
+    n = max(1, math.ceil(need_gb / (GPU_USABLE * gpu_mem_gb * GIB_IN_GB) - 1e-9))
+    return 1 << (n - 1).bit_length()
+
+
+def _tier(site: Site | None, kind: str, params_b: float) -> SizeTier | None:
+    if site is None:
+        return None
+    for tier in site.sizes.get(kind, ()):
+        if params_b <= tier.max_params_b:
+            return tier
+    return None
+
+
+def job_resources(
+    kind: str,
+    params_b: float,
+    attempt: int = 1,
+    device: str | None = None,
+    site: Site | Mapping[str, Any] | None = None,
+    *,
+    lora_rank: int | None = None,
+    work: float = 1.0,
+) -> dict[str, Any]:
+    """Resources of one job: ``mem_mb``, ``runtime`` (minutes), ``cpus_per_task``, ``gpus``.
+
+    ``device`` defaults to the site's (``gpu`` for a cluster site) or ``cpu`` without a
+    site. ``work`` scales the runtime (e.g. epochs x questions relative to the paper's).
+    With a GPU job the SLURM plugin's keys are added (``gpu`` and ``gpu_model``, or a
+    ``gres`` string when the site asks for ``gpu_request: gres``); with a site its
+    partition, account, qos, constraint and extra sbatch flags. Keys that do not apply
+    are left out.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown job kind {kind!r}; allowed: {list(KINDS)}")
+    if isinstance(params_b, bool) or not isinstance(params_b, (int, float)) or params_b < 0:
+        raise ConfigError(f"params_b must be a model size in billions (>= 0), got {params_b!r}")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ConfigError(f"attempt must be an integer >= 1, got {attempt!r}")
+    if not isinstance(work, (int, float)) or work <= 0:
+        raise ConfigError(f"work must be a positive number, got {work!r}")
+    site = load_site(site) if not isinstance(site, Site) else site
+    device = device or (site.device if site else "cpu")
+    if device not in DEVICES:
+        raise ConfigError(f"device {device!r} is not one of {list(DEVICES)}")
+    defaults = site or Site(device=device)
+    growth = memory_growth(attempt)
+
+    tier = _tier(site, kind, params_b)
+    on_gpu = device == "gpu" and kind in GPU_KINDS
+    if on_gpu:
+        need = gpu_need_gb(kind, params_b, lora_rank)
+        first_gpus = gpus_for(need, defaults.gpu_mem_gb)  # the runtime estimate's basis
+        gpus = gpus_for(need * growth, defaults.gpu_mem_gb)
+        if tier is not None and tier.gpus is not None:
+            gpus = first_gpus = tier.gpus
+        if first_gpus > defaults.gpus_per_node:
+            raise ConfigError(
+                f"a {kind} job for a {params_b:g}B model needs {first_gpus} GPUs of {defaults.gpu_mem_gb:g} GB, "
+                f"more than gpus_per_node={defaults.gpus_per_node}; set gpu_mem_gb, gpus_per_node or a "
+                f"sizes.{kind} tier in the site file"
+            )
+        gpus = min(gpus, defaults.gpus_per_node)  # a retry asks for at most one full node
+        host_gb = max(16.0, 1.25 * 2.0 * params_b + GPU_HOST_BASE_GB)
+        cpus = defaults.cpus_per_gpu * gpus
+    else:
+        gpus = first_gpus = 0
+        host_gb = cpu_need_gb(kind, params_b, lora_rank)
+        cpus = 1 if kind == "report" else defaults.cpus_per_task
+    mem_mb = math.ceil(host_gb * 1000 * growth / 100) * 100
+
+    if kind in SIZE_INDEPENDENT:
+        size_factor = 1.0
+    else:
+        size_factor = max(0.25, params_b / REFERENCE_PARAMS_B["gpu" if on_gpu else "cpu"])
+    # More GPUs on a retry are for memory: the runtime stays that of the first attempt's
+    # GPU count, times the attempt number.
+    runtime = BASE_RUNTIME[kind] * size_factor / max(first_gpus, 1) * work * defaults.runtime_factor
+
+    if tier is not None:
+        if tier.mem_mb is not None:
+            mem_mb = math.ceil(tier.mem_mb * growth)
+        if tier.runtime is not None:
+            runtime = tier.runtime
+        if tier.cpus_per_task is not None:
+            cpus = tier.cpus_per_task
+    runtime = math.ceil(runtime * attempt - 1e-9)
+
+    if defaults.max_mem_mb is not None:
+        mem_mb = min(mem_mb, defaults.max_mem_mb)
+    if defaults.max_runtime is not None:
+        runtime = min(runtime, defaults.max_runtime)
+    if defaults.max_cpus_per_task is not None:
+        cpus = min(cpus, defaults.max_cpus_per_task)
+    res: dict[str, Any] = {"mem_mb": mem_mb, "runtime": max(1, runtime), "cpus_per_task": max(1, cpus), "gpus": gpus}
+    if gpus:
+        if defaults.gpu_request == "gres":
+            res["gres"] = f"gpu:{defaults.gpu_model}:{gpus}" if defaults.gpu_model else f"gpu:{gpus}"
+        else:
+            res["gpu"] = gpus
+            if defaults.gpu_model:
+                res["gpu_model"] = defaults.gpu_model
+    if site is not None:
+        partition = (site.gpu_partition or site.partition) if gpus else site.partition
+        constraint = (site.gpu_constraint or site.constraint) if gpus else site.constraint
+        for key, value in (("slurm_partition", partition), ("slurm_account", site.account),
+                           ("qos", site.qos), ("constraint", constraint), ("slurm_extra", site.slurm_extra)):
+            if value is not None:
+                res[key] = value
+    return res
+
+
+RESOURCE_KEYS = ("mem_mb", "runtime", "cpus_per_task", "gpus", "gpu", "gpu_model", "gres",
+                 "slurm_partition", "slurm_account", "qos", "constraint", "slurm_extra")
+
+
+def rule_resources(
+    kind: str,
+    params_b: float | Callable[[Any], float],
+    *,
+    device: str | None = None,
+    site: Site | Mapping[str, Any] | None = None,
+    lora_rank: int | None | Callable[[Any], int | None] = None,
+    work: float | Callable[[Any], float] = 1.0,
+) -> dict[str, Callable]:
+    """Snakemake ``resources:`` callables for one rule: ``resources: **rule_resources(...)``.
+
+    ``params_b``, ``lora_rank`` and ``work`` may be functions of the job's wildcards.
+    Each callable takes ``(wildcards, attempt)``; a key that does not apply to a job
+    returns None, which Snakemake drops.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown job kind {kind!r}; allowed: {list(KINDS)}")
+    site = load_site(site) if not isinstance(site, Site) else site
+
+    def value(v, wildcards):
+        return v(wildcards) if callable(v) else v
+
+    def make(key: str) -> Callable:
+        def resource(wildcards, attempt):
+            res = job_resources(kind, value(params_b, wildcards), attempt, device, site,
+                                lora_rank=value(lora_rank, wildcards), work=value(work, wildcards))
+            return res.get(key)
+
+        resource.__name__ = f"{kind}_{key}"
+        return resource
+
+    return {key: make(key) for key in RESOURCE_KEYS}

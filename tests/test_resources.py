@@ -1,0 +1,258 @@
+"""pd.resources: job sizes per rule kind, model size, retry attempt and site.
+
+Expected values are worked out by hand from the rules in pd/resources.py's docstring
+(bf16 = 2 bytes/param, 16 bytes per LoRA parameter, 90 % of a GPU usable where an "80GB"
+GPU is 80 GiB = 85.9 GB, so 77.31 GB usable; powers of two),
+written out step by step in the comments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from pd.errors import ConfigError
+from pd.resources import (
+    KINDS,
+    Site,
+    gpus_for,
+    job_resources,
+    load_site,
+    lora_params_per_rank,
+    rule_resources,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- LoRA size
+
+
+def exact_lora_per_rank(layers: int, hidden: int, inter: int, kv: int) -> int:
+    """LoRA parameters per rank for a Llama/Qwen block: r x (d_in + d_out) per linear layer."""
+    q = o = hidden + hidden
+    k = v = hidden + kv
+    gate = up = down = hidden + inter
+    return layers * (q + k + v + o + gate + up + down)
+
+
+def test_exact_lora_count_matches_peft(tiny_llama):
+    """The hand count above is what PEFT really adds (tiny-llama: 2 layers, d=64, ffn=128, kv=2x16)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama.model(), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 8 * exact_lora_per_rank(2, 64, 128, 32) == 16384
+
+
+# (layers, hidden, intermediate, kv dim) from the models' published configs
+SHAPES = {
+    0.135: (30, 576, 1536, 192),  # SmolLM2-135M
+    3.1: (36, 2048, 11008, 256),  # Qwen2.5-3B
+    8.0: (32, 4096, 14336, 1024),  # Llama-3-8B
+    14.7: (48, 5120, 13824, 1024),  # Qwen2.5-14B
+    70.6: (80, 8192, 28672, 1024),  # Llama-3-70B
+}
+
+
+@pytest.mark.parametrize("params_b", sorted(SHAPES))
+def test_lora_estimate_close_to_exact(params_b):
+    exact = exact_lora_per_rank(*SHAPES[params_b])
+    assert -0.12 < lora_params_per_rank(params_b) / exact - 1 < 0.22
+
+
+# --------------------------------------------------------------------------- GPUs
+
+
+def test_gpus_for_rounds_to_power_of_two():
+    assert gpus_for(77.30, 80) == 1  # usable: 0.9 x 80 x 1.0737 = 77.309 GB
+    assert gpus_for(77.32, 80) == 2
+    assert gpus_for(160, 80) == 4  # 160 / 77.309 = 2.07 -> 3 -> 4
+    assert gpus_for(320, 80) == 8  # 4.14 -> 5 -> 8
+    assert gpus_for(0.001, 80) == 1
+
+
+def test_70b_judge_gets_four_gpus():
+    # need = 1.2 x (2 x 70.6) + 4 = 173.44 GB; / 77.31 = 2.24 -> 3 -> 4 GPUs
+    # host = 1.25 x 141.2 + 8 = 184.5 GB; runtime = 60 x (70.6 / 8) / 4 = 132.4 -> 133
+    assert job_resources("judge", 70.6, device="gpu") == {
+        "mem_mb": 184500, "runtime": 133, "cpus_per_task": 32, "gpus": 4, "gpu": 4}
+
+
+@pytest.mark.parametrize("kind", ["questions", "answers", "teacher_cache", "train", "evaluate", "judge"])
+def test_8b_fits_one_80gb_gpu(kind):
+    # train (rank 1024) is the worst case: adapter 16 B x (0.93e6 x 8^0.59 = 3.172e6) x 1024
+    # = 51.97 GB, + 16 GB weights + 1.6 + 4 = 73.57 GB < 77.31 GB usable.
+    res = job_resources(kind, 8.0, device="gpu")
+    assert res["gpus"] == 1 and res["gpu"] == 1
+    assert res["cpus_per_task"] == 8
+    assert res["mem_mb"] == 28000  # 1.25 x 16 GB + 8 GB
+
+
+def test_train_retry_gets_more_memory_gpus_and_time():
+    # attempt 2: memory x 1.5 (GPU need 73.57 x 1.5 = 110.4 GB -> 2 GPUs; host 28 -> 42 GB);
+    # runtime 720 min (one GPU at attempt 1) x 2 = 1440.
+    first = job_resources("train", 8.0, attempt=1, device="gpu")
+    second = job_resources("train", 8.0, attempt=2, device="gpu")
+    assert (first["gpus"], first["mem_mb"], first["runtime"]) == (1, 28000, 720)
+    assert (second["gpus"], second["mem_mb"], second["runtime"], second["cpus_per_task"]) == (2, 42000, 1440, 16)
+
+
+def test_cpu_jobs_hand_derived():
+    # questions, 135M on CPU: 2 GB + 1.2 x (4 x 0.135) = 2.648 GB -> 2700 MB;
+    # runtime 60 x max(0.25, 0.135 / 0.5) = 16.2 -> 17 min
+    assert job_resources("questions", 0.135) == {"mem_mb": 2700, "runtime": 17, "cpus_per_task": 4, "gpus": 0}
+    # attempt 3: x2 memory (5.296 GB -> 5300), x3 time (48.6 -> 49)
+    assert job_resources("questions", 0.135, attempt=3)["mem_mb"] == 5300
+    assert job_resources("questions", 0.135, attempt=3)["runtime"] == 49
+    # train rank 8: 2 + 0.54 + 16 x (0.93e6 x 0.135^0.59 = 285,350) x 8 / 1e9 + 0.27 = 2.847 GB
+    res = job_resources("train", 0.135, lora_rank=8)
+    assert res["mem_mb"] == 2900 and res["runtime"] == 195  # 720 x 0.27 = 194.4
+    # work scales the runtime only
+    assert job_resources("train", 0.135, lora_rank=8, work=0.5)["runtime"] == 98
+    assert job_resources("train", 0.135, lora_rank=8, work=0.5)["mem_mb"] == 2900
+
+
+def test_report_and_retrieve_never_use_gpus():
+    for kind in ("report", "retrieve"):
+        res = job_resources(kind, 70.6, device="gpu")
+        assert res["gpus"] == 0 and "gpu" not in res and res["mem_mb"] == 2000
+    assert job_resources("report", 70.6, device="gpu")["cpus_per_task"] == 1
+
+
+# --------------------------------------------------------------------------- site
+
+
+def write_site(tmp_path: Path, settings: dict) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({"slurm_site": settings}))
+    return path
+
+
+def test_site_partitions_account_gpu_model(tmp_path):
+    site = load_site(write_site(tmp_path, {
+        "partition": "cpu", "gpu_partition": "gpu", "account": "proj1", "gpu_model": "a100",
+        "constraint": "intel", "qos": "normal"}))
+    assert site.device == "gpu"
+    judge = job_resources("judge", 8.0, site=site)
+    assert judge["slurm_partition"] == "gpu" and judge["gpu"] == 1 and judge["gpu_model"] == "a100"
+    assert judge["slurm_account"] == "proj1" and judge["qos"] == "normal" and judge["constraint"] == "intel"
+    report = job_resources("report", 8.0, site=site)
+    assert report["slurm_partition"] == "cpu" and "gpu" not in report and "gpu_model" not in report
+    # the site's device can be overridden per call
+    assert job_resources("judge", 8.0, device="cpu", site=site)["slurm_partition"] == "cpu"
+
+
+def test_site_gres_form():
+    site = load_site({"gpu_request": "gres", "gpu_model": "h100"})
+    res = job_resources("judge", 70.6, site=site)
+    assert res["gres"] == "gpu:h100:4" and "gpu" not in res
+    assert job_resources("judge", 8.0, site=load_site({"gpu_request": "gres"}))["gres"] == "gpu:1"
+
+
+def test_site_caps_and_factor():
+    site = load_site({"max_mem_mb": 100000, "max_runtime": 90, "max_cpus_per_task": 16, "runtime_factor": 2})
+    res = job_resources("judge", 70.6, site=site)
+    assert res == {"mem_mb": 100000, "runtime": 90, "cpus_per_task": 16, "gpus": 4, "gpu": 4}
+    assert job_resources("evaluate", 8.0, site=site)["runtime"] == 60  # 30 x 1 x 2
+
+
+def test_site_smaller_gpus_and_node_limit():
+    # 40GB GPUs (38.65 GB usable): 8B judge 23.2 GB -> 1; train 73.57 / 38.65 = 1.90 -> 2
+    site = load_site({"gpu_mem_gb": 40, "gpus_per_node": 4})
+    assert job_resources("judge", 8.0, site=site)["gpus"] == 1
+    assert job_resources("train", 8.0, site=site)["gpus"] == 2
+    # 70B judge: 173.44 / 38.65 = 4.49 -> 5 -> 8 > 4 per node: a clear error
+    with pytest.raises(ConfigError, match="gpus_per_node=4"):
+        job_resources("judge", 70.6, site=site)
+    # train attempt 3: 73.57 x 2 / 38.65 = 3.8 -> 4; attempt 4: x 2.5 -> 4.76 -> 8, capped at 4
+    assert job_resources("train", 8.0, attempt=3, site=site)["gpus"] == 4
+    fourth = job_resources("train", 8.0, attempt=4, site=site)
+    assert fourth["gpus"] == 4 and fourth["cpus_per_task"] == 32
+
+
+def test_site_size_tiers():
+    site = load_site({"sizes": {"train": [
+        {"max_params_b": 10, "runtime": 1440, "mem_mb": 100000, "gpus": 2},
+        {"max_params_b": 4, "runtime": 600}]}})
+    small = job_resources("train", 3.1, site=site)  # first tier (sorted) with 3.1 <= 4
+    assert small["runtime"] == 600
+    mid = job_resources("train", 8.0, site=site)
+    assert (mid["runtime"], mid["mem_mb"], mid["gpus"], mid["cpus_per_task"]) == (1440, 100000, 2, 16)
+    retry = job_resources("train", 8.0, attempt=2, site=site)
+    assert (retry["runtime"], retry["mem_mb"], retry["gpus"]) == (2880, 150000, 2)
+    big = job_resources("train", 14.7, site=site)  # no tier: the estimate (rank 512 -> 1 GPU)
+    assert big["gpus"] == 1 and big["runtime"] == 1323  # 720 x 14.7 / 8 = 1323
+    assert job_resources("answers", 8.0, site=site)["runtime"] == 120  # other kinds untouched
+
+
+def test_shipped_site_file_loads():
+    site = load_site(REPO / "profiles/slurm/site.yaml")
+    assert isinstance(site, Site) and site.device == "gpu" and site.gpu_request == "gpus"
+    assert job_resources("judge", 70.6, site=site)["gpu"] == 4
+    assert job_resources("train", 8.0, site=site)["runtime"] == 1440
+
+
+def test_ci_site_file_loads():
+    site = load_site(REPO / "tests/fixtures/smoke/site-ci.yaml")
+    res = job_resources("train", 0.135, site=site, lora_rank=8)
+    assert res == {"mem_mb": 2900, "runtime": 10, "cpus_per_task": 1, "gpus": 0, "slurm_partition": "debug"}
+
+
+def test_slurm_profile_settings():
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    assert profile["slurm-status-command"] == "squeue"
+    assert profile["configfile"] == "site.yaml"
+    # squeue forgets a job MinJobAge (default 300 s) after it ends; the plugin wants 3 x the wait below it
+    assert 3 * profile["slurm-init-seconds-before-status-checks"] <= 300
+    assert "slurm_account" not in profile["default-resources"]
+    local = yaml.safe_load((REPO / "profiles/local/config.yaml").read_text())
+    assert "executor" not in local and local["rerun-incomplete"] is True and local["keep-going"] is False
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: job_resources("training", 1.0), "allowed: \\['questions'"),
+    (lambda: job_resources("train", -1.0), "params_b"),
+    (lambda: job_resources("train", 1.0, attempt=0), "attempt"),
+    (lambda: job_resources("train", 1.0, device="tpu"), "'cpu', 'gpu'"),
+    (lambda: job_resources("train", 1.0, work=0), "work"),
+    (lambda: load_site({"partion": "x"}), "unknown setting.*partion.*allowed"),
+    (lambda: load_site({"device": "tpu"}), "device"),
+    (lambda: load_site({"gpu_request": "both"}), "'gpus', 'gres'"),
+    (lambda: load_site({"gpu_mem_gb": -80}), "positive"),
+    (lambda: load_site({"sizes": {"training": []}}), "unknown kind"),
+    (lambda: load_site({"sizes": {"train": [{"runtime": 5}]}}), "max_params_b"),
+    (lambda: load_site({"sizes": {"train": [{"max_params_b": 5, "time": 5}]}}), "unknown key.*time"),
+    (lambda: load_site("/nonexistent/site.yaml"), "does not exist"),
+])
+def test_bad_input_is_a_clear_error(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()
+
+
+def test_site_none_means_local():
+    assert load_site(None) is None
+    assert "slurm_partition" not in job_resources("report", 0.0)
+
+
+# --------------------------------------------------------------------------- Snakemake callables
+
+
+def test_rule_resources_follow_wildcards_and_attempt():
+    sizes = {"small": 8.0, "large": 70.6}
+    rr = rule_resources("judge", lambda wc: sizes[wc.model], device="gpu")
+    small, large = SimpleNamespace(model="small"), SimpleNamespace(model="large")
+    assert rr["gpu"](large, 1) == 4 and rr["gpu"](small, 1) == 1
+    assert rr["mem_mb"](small, 2) == 42000  # 28000 x 1.5
+    assert rr["gpu_model"](small, 1) is None  # Snakemake drops None-valued resources
+    assert rr["slurm_partition"](small, 1) is None
+    assert set(KINDS) >= {"judge"}
+    with pytest.raises(ConfigError):
+        rule_resources("grading", 1.0)
