@@ -1,6 +1,7 @@
 """The rendered report: every referenced file exists, figures hold the right numbers,
 and the page opens in headless Chromium."""
 
+import json
 import shutil
 import statistics
 import subprocess
@@ -132,3 +133,41 @@ def test_report_opens_in_headless_chromium(report, tmp_path):
     pixels = mpimg.imread(shot)
     assert pixels.shape[0] == 1800 and pixels.shape[1] == 1200
     assert pixels[..., :3].std() > 0.05  # not a blank page: text, tables and plots were drawn
+
+
+def test_workflow_manifest_form_with_conventions(tmp_path, monkeypatch):
+    """The workflow's per-experiment manifest: records with eval/adapter paths relative to the
+    run folder, no benchmark list (found by convention), the adapter's pd_meta.json as meta."""
+    monkeypatch.chdir(tmp_path)
+    grades = "results/nyt/grades/pd/m/s0/none_ab.substring-word.jsonl"
+    ev = "results/nyt/eval/pd/m/s0/none_ab.jsonl"
+    adapter = "results/nyt/adapters/pd/m/r8_s0"
+    Path(grades).parent.mkdir(parents=True)
+    Path(grades).write_text("".join(json.dumps({"item_id": f"q{i}", "grader": "substring", "correct": i < 3, "valid": True,
+                                                "reason": None, "answer": "a", "gold": ["g"]}) + "\n" for i in range(4)))
+    Path(adapter).mkdir(parents=True)
+    (Path(adapter) / "pd_meta.json").write_text(json.dumps({"tokens": 1234, "elapsed": 5.0}))
+    bench = Path("results/benchmarks/nyt/grades/pd/m/s0/none_ab.substring-word.tsv")
+    bench.parent.mkdir(parents=True)
+    bench.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n2.5\t0\t10\t1\t1\t1\t0\t0\t1\t2\n")
+    manifest = Path("results/manifests/exp.json")
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({
+        "experiment": "exp", "description": "An experiment", "paper_table": None,
+        "table": {"rows": ["model", "method"], "columns": ["dataset"], "blocks": "retrieval", "figure_x": None},
+        "records": [{"experiment": "exp", "cell_id": "c0", "grader": "substring", "grades": grades, "eval": ev,
+                     "adapter": adapter, "axes": {"model": "m", "method": "pd", "dataset": "nyt", "retrieval": "none",
+                                                  "seed": 0, "rank": 8, "snapshot": None},
+                     "meta": {"training": {"lr": 1e-5}}}]}))
+    m = load_manifest("results/manifests")
+    (cell,) = m.cells
+    assert cell.extra["eval"].endswith(ev) and cell.meta["adapter"]["tokens"] == 1234
+    assert [Path(b).relative_to(tmp_path).as_posix() for b in cell.benchmarks] == [
+        "results/benchmarks/nyt/adapters/pd/m/r8_s0.tsv", "results/benchmarks/nyt/eval/pd/m/s0/none_ab.tsv",
+        "results/benchmarks/nyt/grades/pd/m/s0/none_ab.substring-word.tsv"]
+    assert m.experiments["exp"].title == "An experiment" and m.experiments["exp"].figures == []
+    result = render_reports("results/manifests", "reports", n_resamples=200)
+    html = result.index.read_text()
+    assert "adapter.tokens: 1,234" in html and "<td>2.5</td>" in html  # tokens and wall seconds
+    summary = json.loads(result.tables["exp"]["json"].read_text())
+    assert summary["rows"][0]["mean"] == 0.75

@@ -94,5 +94,13 @@ def test_lookup_by_cell_axes():
     # numeric column axes compare as numbers
     rank = lookup("13", dict(axes, rank=64.0), "judge:llama3-8b-instruct")
     assert rank.value == 92.9
-    inferred = lookup("5", dict(axes, method="base", retrieval="dense"), "judge:llama3-8b-instruct")
+    # "self" and unset mean the paper's standard setting
+    assert lookup("3", dict(axes, dataset="amazon", expert="self", teacher=None), "judge:llama3-8b-instruct").value == 86.1
+    assert lookup("4", dict(axes, kd_temperature=None, answer_temperature=None), "judge:llama3-8b-instruct").value == 93.6
+    assert lookup("4", dict(axes, kd_temperature=1.0), "judge:llama3-8b-instruct") is None
+    assert lookup("12", dict(axes, method="pd", snapshot=None), "judge:llama3-8b-instruct") is None
+    assert lookup("12", dict(axes, method="pd", snapshot=1800), "judge:llama3-8b-instruct").value == 76.8
+    assert lookup("10", dict(axes, n_questions=5, qgen="bonito-v1"), "judge:llama3-8b-instruct").value == 83.0
+    assert lookup("11", dict(axes, n_questions=5, qgen="self"), "judge:llama3-8b-instruct").value == 84.6
+    inferred = lookup("5", dict(axes, method="base", retrieval="openai"), "judge:llama3-8b-instruct")
     assert inferred.value == 96.3 and "M.4" in inferred.inferred

@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,7 +23,14 @@ SEED_AXIS = "seed"
 
 @dataclass
 class CellRecord:
-    """One graded run, as the workflow's manifest lists it."""
+    """One graded run, as the workflow's manifest lists it.
+
+    Keys beyond the contract (the workflow's ``eval`` and ``adapter`` paths) are kept in
+    ``extra``. Without ``benchmarks``, the Snakemake benchmark files are found by the
+    workflow's convention ``<results>/benchmarks/<path below results, no suffix>.tsv``
+    for the grade, eval and adapter paths; the adapter's ``pd_meta.json`` is read into
+    ``meta["adapter"]`` when the manifest does not carry it.
+    """
 
     experiment: str
     cell_id: str
@@ -32,32 +39,65 @@ class CellRecord:
     grades: str
     benchmarks: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> "CellRecord":
+    def from_dict(cls, d: Mapping[str, Any], base_dirs: Sequence[str | os.PathLike] = ()) -> "CellRecord":
         missing = [k for k in ("experiment", "cell_id", "axes", "grader", "grades") if k not in d]
         if missing:
             raise DataError(f"manifest cell {d.get('cell_id', '?')!r} lacks {', '.join(missing)}; "
                             "each cell needs experiment, cell_id, axes, grader, grades")
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise DataError(f"manifest cell {d['cell_id']!r} has unknown keys {sorted(unknown)}; allowed: "
-                            + ", ".join(f.name for f in dataclasses.fields(cls)))
         if not isinstance(d["axes"], Mapping):
             raise DataError(f"manifest cell {d['cell_id']!r}: axes must be a mapping, got {type(d['axes']).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in d.items() if k not in known}
 
-        def resolve(p: str) -> str:
-            return str(Path(base_dir) / p) if base_dir is not None and not os.path.isabs(p) else str(p)
+        def resolve(p: str | None) -> str | None:
+            if p is None or os.path.isabs(p) or not base_dirs:
+                return p
+            for base in base_dirs:
+                if (Path(base) / p).exists():
+                    return str(Path(base) / p)
+            return str(Path(base_dirs[0]) / p)
 
-        return cls(
+        for key in ("eval", "adapter"):
+            if isinstance(extra.get(key), str):
+                extra[key] = resolve(extra[key])
+        rec = cls(
             experiment=str(d["experiment"]), cell_id=str(d["cell_id"]), axes=dict(d["axes"]),
             grader=str(d["grader"]), grades=resolve(str(d["grades"])),
-            benchmarks=[resolve(str(b)) for b in d.get("benchmarks") or []], meta=dict(d.get("meta") or {}),
+            benchmarks=[resolve(str(b)) for b in d.get("benchmarks") or []], meta=dict(d.get("meta") or {}), extra=extra,
         )
+        if "benchmarks" not in d:
+            rec.benchmarks = [resolve(b) for b in _conventional_benchmarks(d, rec.axes.get("dataset"))]
+        adapter = rec.extra.get("adapter")
+        if adapter and "adapter" not in rec.meta and (Path(adapter) / "pd_meta.json").is_file():
+            rec.meta["adapter"] = read_json(Path(adapter) / "pd_meta.json")
+        return rec
 
     @property
     def seed(self) -> Any:
         return self.axes.get(SEED_AXIS)
+
+
+def _conventional_benchmarks(d: Mapping[str, Any], dataset: Any) -> list[str]:
+    """``results/<dataset>/eval/x.jsonl`` -> ``results/benchmarks/<dataset>/eval/x.tsv`` (see workflow/rules)."""
+    out = []
+    if dataset is None:
+        return out
+    marker = f"/{dataset}/"
+    for key in ("adapter", "eval", "grades"):
+        p = d.get(key)
+        if not isinstance(p, str) or marker not in "/" + p:
+            continue
+        if p.startswith("/"):
+            head, rest = p.split(marker, 1)
+        else:
+            head, rest = ("/" + p).split(marker, 1)
+            head = head[1:] or "."
+        rest = rest[: -len(".jsonl")] if rest.endswith(".jsonl") else rest
+        out.append(f"{head}/benchmarks/{dataset}/{rest}.tsv")
+    return out
 
 
 @dataclass
@@ -101,6 +141,12 @@ class TableSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TableSpec":
         d = dict(d)
+        figure_x = d.pop("figure_x", None)  # the config schema's short form of one figure
+        if figure_x:
+            d.setdefault("figures", [{"x": figure_x, "logx": figure_x in ("n_questions", "rank")}])
+        description = d.pop("description", None)
+        if description and not d.get("title"):
+            d["title"] = description
         for key in ("rows", "columns"):
             if isinstance(d.get(key), str):
                 d[key] = [d[key]]
@@ -126,22 +172,47 @@ class Manifest:
     experiments: dict[str, TableSpec]
 
 
-def load_manifest(path: str | os.PathLike, specs: Mapping[str, Any] | None = None) -> Manifest:
-    """Read the workflow's manifest: a list of cells, or ``{"cells": [...], "experiments": {...}}``.
+def load_manifest(paths: str | os.PathLike | Sequence[str | os.PathLike], specs: Mapping[str, Any] | None = None,
+                  root: str | os.PathLike | None = None) -> Manifest:
+    """Read one or more manifests (files, or folders of ``*.json`` manifests).
 
-    Relative grade and benchmark paths are taken relative to the manifest's folder.
-    ``specs`` (from config) override the manifest's own experiment specs.
+    A manifest is a list of cells, ``{"cells": [...], "experiments": {name: spec}}``, or
+    the workflow's per-experiment form ``{"experiment", "table", "paper_table",
+    "description", "records": [...]}``. Relative paths in cells are taken from ``root``
+    (default: the current folder, where Snakemake runs) or else the manifest's folder.
+    ``specs`` (from config) override the manifests' own experiment specs.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"report manifest {path} does not exist; run the workflow first (it writes it)")
-    raw = read_json(path)
-    if isinstance(raw, list):
-        raw = {"cells": raw}
-    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
-        raise DataError(f"{path}: a manifest is a list of cells or an object with a 'cells' list")
-    cells = [CellRecord.from_dict(c, base_dir=path.parent) for c in raw["cells"]]
-    spec_dicts = dict(raw.get("experiments") or {})
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.json")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"report manifest {p} does not exist; run the workflow first (it writes it)")
+    if not files:
+        raise DataError(f"no manifest files in {', '.join(map(str, paths))}")
+    cells: list[CellRecord] = []
+    spec_dicts: dict[str, Any] = {}
+    for path in files:
+        raw = read_json(path)
+        if isinstance(raw, list):
+            raw = {"cells": raw}
+        if isinstance(raw, dict) and isinstance(raw.get("records"), list) and "experiment" in raw:
+            spec = dict(raw.get("table") or {})
+            for key, target in (("paper_table", "paper_table"), ("description", "title")):
+                if raw.get(key) and target not in spec:
+                    spec[target] = raw[key]
+            spec_dicts[str(raw["experiment"])] = spec
+            raw = {"cells": raw["records"]}
+        if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
+            raise DataError(f"{path}: a manifest is a list of cells, an object with a 'cells' list, "
+                            "or an experiment object with 'records'")
+        bases = [root if root is not None else Path.cwd(), path.parent]
+        cells.extend(CellRecord.from_dict(c, base_dirs=bases) for c in raw["cells"])
+        spec_dicts.update(raw.get("experiments") or {})
     spec_dicts.update(specs or {})
     experiments: dict[str, TableSpec] = {}
     for cell in cells:

@@ -38,7 +38,8 @@ class Series:
 def series_for(groups: Sequence[Group], x: str, group_axis: str = "method", spec: TableSpec | None = None) -> list[Series]:
     """Split groups into lines: one per value of ``group_axis`` and of any other axis that varies."""
     spec = spec or TableSpec()
-    groups = [g for g in groups if x in g.axes and g.summary() is not None]
+    # unset x values (e.g. the final snapshot, null in config) have no place on the axis
+    groups = [g for g in groups if g.axes.get(x) is not None and g.summary() is not None]
     if not groups:
         return []
     for g in groups:

@@ -128,7 +128,7 @@ def group_details(groups: Iterable[Group], out_dir: str | os.PathLike, n_samples
                 [os.path.relpath(b, out_dir) for b in rec.benchmarks if Path(b).is_file()],
                 token_counts(rec.meta), json.dumps(rec.meta, indent=2, sort_keys=True, default=str), samples,
             ))
-        title = ", ".join(f"{k}={v}" for k, v in sorted(g.axes.items()))
+        title = ", ".join(f"{k}={v}" for k, v in sorted(g.axes.items()) if v is not None)
         out.append(GroupDetail(title, dict(g.axes), seeds, g.invalid_rate))
     return out
 

@@ -3,7 +3,8 @@
 A harness cell is "the same cell" as a paper value when the paper table's grader equals
 the cell's grader and every axis the paper row names (plus the table's column axis) has
 the same value in the cell. Dataset names are compared without a ``squadshifts-`` prefix;
-``expert`` and ``teacher`` default to the cell's model (self-distillation).
+``expert``, ``teacher`` and ``qgen`` that are unset or ``self`` mean the cell's model; other
+unset axes take the YAML's ``defaults`` (the paper's standard settings).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import yaml
 from pd.errors import ConfigError
 
 PAPER_VALUES_PATH = Path(__file__).parent / "paper_values.yaml"
-_SELF_DEFAULTS = ("expert", "teacher")
+_SELF_AXES = ("expert", "teacher", "qgen")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class PaperTable:
     columns: dict[str, str]
     rows: tuple[PaperRow, ...]
     kind: str = "accuracy"
+    defaults: tuple = ()  # (axis, value) pairs: what an unset cell axis means
 
 
 @functools.lru_cache(maxsize=4)
@@ -59,6 +61,7 @@ def load_paper_values(path: str | os.PathLike | None = None) -> dict[str, PaperT
     if not p.is_file():
         raise ConfigError(f"paper values file {p} does not exist")
     raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    defaults = tuple(sorted((raw.get("defaults") or {}).items()))
     tables: dict[str, PaperTable] = {}
     for tid, t in (raw.get("tables") or {}).items():
         columns = {str(k): str(v) for k, v in t["columns"].items()}
@@ -71,7 +74,8 @@ def load_paper_values(path: str | os.PathLike | None = None) -> dict[str, PaperT
             rows.append(PaperRow(str(r["label"]), str(r["block"]), r.get("axes"), values,
                                  {str(k): " ".join(str(v).split()) for k, v in (r.get("inferred") or {}).items()}))
         tables[str(tid)] = PaperTable(str(tid), " ".join(str(t["title"]).split()), t.get("grader"),
-                                      str(t["column_axis"]), columns, tuple(rows), str(t.get("kind", "accuracy")))
+                                      str(t["column_axis"]), columns, tuple(rows), str(t.get("kind", "accuracy")),
+                                      defaults)
     return tables
 
 
@@ -92,12 +96,11 @@ def normalise_value(axis: str, value: Any) -> str:
     return str(int(f)) if f.is_integer() else repr(f)
 
 
-def _cell_value(axes: Mapping[str, Any], axis: str) -> Any:
-    if axis in axes:
-        return axes[axis]
-    if axis in _SELF_DEFAULTS and "model" in axes:
-        return axes["model"]
-    return None
+def _cell_value(axes: Mapping[str, Any], axis: str, defaults: Mapping[str, Any] = {}) -> Any:
+    value = axes.get(axis)
+    if axis in _SELF_AXES and value in (None, "self"):
+        return axes.get("model")
+    return defaults.get(axis) if value is None else value
 
 
 def lookup(table_id: str | None, axes: Mapping[str, Any], grader: str | None,
@@ -111,14 +114,16 @@ def lookup(table_id: str | None, axes: Mapping[str, Any], grader: str | None,
         raise ConfigError(f"paper_table {table_id!r} is not in the paper values; known: {', '.join(tables)}")
     if table.kind != "accuracy" or (table.grader is not None and grader is not None and table.grader != grader):
         return None
-    col_value = _cell_value(axes, table.column_axis)
+    defaults = dict(table.defaults)
+    col_value = _cell_value(axes, table.column_axis, defaults)
     if col_value is None:
         return None
     col = normalise_value(table.column_axis, col_value)
     for row in table.rows:
         if row.axes is None or col not in row.values:
             continue
-        if all(_cell_value(axes, k) is not None and normalise_value(k, _cell_value(axes, k)) == normalise_value(k, v)
+        values = {k: _cell_value(axes, k, defaults) for k in row.axes}
+        if all(values[k] is not None and normalise_value(k, values[k]) == normalise_value(k, v)
                for k, v in row.axes.items()):
             return PaperValue(table.id, row.label, col, row.block, row.values[col], row.inferred.get(col))
     return None

@@ -49,7 +49,10 @@ DEFAULT_ORDER: dict[str, list[Any]] = {
     "dataset": ["squadshifts-amazon", "amazon", "squadshifts-new_wiki", "new_wiki", "squadshifts-nyt", "nyt",
                 "squadshifts-reddit", "reddit", "hotpotqa"],
 }
-AXIS_HEADERS = {"n_questions": "Questions", "snapshot_s": "Time (s)", "kl_temperature": "T", "rank": "LoRA rank"}
+AXIS_HEADERS = {"n_questions": "Questions", "snapshot": "Time (s)", "snapshot_s": "Time (s)", "kd_temperature": "T",
+                "answer_temperature": "Answer temperature", "rank": "LoRA rank", "qgen": "Question generator"}
+# What an unset (null) axis value means, per axis; others show "default".
+NONE_LABELS = {"snapshot": "end of training", "expert": "self", "teacher": "self", "qgen": "self"}
 
 
 def pct(x: float) -> str:
@@ -197,6 +200,8 @@ class Table:
 
 def label_for(spec: TableSpec, axis: str, value: Any) -> str:
     """Display label of an axis value: the spec's labels, the built-in ones, else the value."""
+    if value is None:
+        return str(spec.labels.get(axis, {}).get("null", NONE_LABELS.get(axis, "default")))
     for table in (spec.labels.get(axis, {}), DEFAULT_LABELS.get(axis, {})):
         if str(value) in table:
             return str(table[str(value)])
@@ -211,8 +216,9 @@ def _sort_values(spec: TableSpec, axis: str, values: Sequence[Any]) -> list[Any]
     """Order axis values: the spec's order, the built-in order, numbers ascending, else appearance."""
     order = [str(v) for v in spec.order.get(axis, [])] or [str(v) for v in DEFAULT_ORDER.get(axis, [])]
     unique = list(dict.fromkeys(values))
-    if not spec.order.get(axis) and unique and all(_is_number(v) for v in unique):
-        return sorted(unique, key=float)
+    numbers = [v for v in unique if v is not None]
+    if not spec.order.get(axis) and numbers and all(_is_number(v) for v in numbers):
+        return sorted(numbers, key=float) + [None] * (None in unique)  # unset (e.g. final snapshot) last
     pos = {v: i for i, v in enumerate(order)}
     first = {v: i for i, v in enumerate(unique)}
     return sorted(unique, key=lambda v: (pos.get(str(v), len(pos)), first[v]))
