@@ -14,6 +14,7 @@ from pd.config import load_config
 from pd.grade import substring_match
 from pd.io import read_jsonl
 from pd.plan import build_plan
+from test_slurm import slurm_cluster  # noqa: F401  (the fixture that finds or requires a cluster)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -87,4 +88,32 @@ def test_killed_run_leaves_nothing_that_looks_finished(tmp_path):
     subprocess.run(snakemake_cmd(tmp_path, "--unlock"), cwd=tmp_path, capture_output=True, timeout=120, check=True)
     out = subprocess.run(snakemake_cmd(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert all(Path(p).exists() for p in plan.artifacts)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_real_workflow_through_slurm(tmp_path, slurm_cluster):
+    """The real Snakefile on the tiny grid via profiles/slurm: every job went through sbatch."""
+    from test_slurm import CI_SITE, FAST_SLURM, run_workflow, slurm_profile, slurmctld_log, submitted_ids
+
+    before = submitted_ids(slurmctld_log())
+    profile = slurm_profile(tmp_path / "profile", CI_SITE)
+    work = tmp_path / "work"
+    work.mkdir()
+    # A --configfile on the command line replaces the profile's, so the site file is named again.
+    proc = run_workflow(work, profile, snakefile=ROOT / "Snakefile",
+                        config={"results_dir": str(work / "results")},
+                        extra=(*FAST_SLURM, "--configfile", str(TINY), str(profile / "site.yaml")), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    plan = plan_for(work)
+    new_ids = submitted_ids(slurmctld_log()) - before
+    job_ids = set()
+    for art in plan.of_kind("eval") + plan.of_kind("retrieval"):
+        stats = json.loads(Path(art.path[: -len(".jsonl")] + ".stats.json").read_text())
+        assert stats["slurm_job_id"], art.path
+        job_ids.add(stats["slurm_job_id"])
+    # Each of those jobs was its own sbatch submission, seen by slurmctld.
+    assert len(job_ids) == len(plan.of_kind("eval")) + len(plan.of_kind("retrieval"))
+    assert job_ids <= new_ids
     assert all(Path(p).exists() for p in plan.artifacts)
