@@ -60,6 +60,8 @@ def test_every_table_image_and_link_exists(report):
     # raw per-sample files are linked (relative), and the missing ones are named, not linked
     assert sum(r.endswith(".jsonl") for r in refs.refs) >= 10
     assert "grades missing" in html
+    # the cells not graded yet are listed with their paths, relative to the report folder
+    assert "seeds missing (../grades/main/dataset-nyt_retrieval-bm25_method-sft_seed-2.jsonl)" in html
     for name, paths in result.tables.items():
         for p in paths.values():
             assert p.is_file()

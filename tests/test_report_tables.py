@@ -168,5 +168,8 @@ def test_spec_errors_name_the_problem(tmp_path):
         build_table("small", TableSpec.from_dict({"rows": ["method"], "columns": ["dataset"], "blocks": None}), groups)
     with pytest.raises(ConfigError, match="grader 'substring' has no cells"):
         build_table("small", TableSpec.from_dict({"grader": "substring"}), groups)
+    no_blocks = build_table("small", TableSpec.from_dict({"blocks": "subset", "where": {"retrieval": "none"}}), groups,
+                            n_resamples=100)
+    assert len(no_blocks.blocks) == 1 and no_blocks.blocks[0].label == ""
     with pytest.raises(ConfigError, match="axis 'expert' is not an axis"):
         build_table("small", TableSpec.from_dict({"rows": ["expert"]}), groups)

@@ -58,6 +58,9 @@ class CellRecord:
             for base in base_dirs:
                 if (Path(base) / p).exists():
                     return str(Path(base) / p)
+            for base in base_dirs:  # a file not written yet: the base whose folder for it exists
+                if (Path(base) / p).parent.is_dir():
+                    return str(Path(base) / p)
             return str(Path(base_dirs[0]) / p)
 
         for key in ("eval", "adapter"):

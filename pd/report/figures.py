@@ -21,9 +21,9 @@ from pd.io import atomic_path  # noqa: E402
 from pd.report.aggregate import Group, TableSpec  # noqa: E402
 from pd.report.tables import _sort_values, header_for, label_for  # noqa: E402
 
-FIGURE6_AXES = ("n_questions", "snapshot_s", "rank")
-X_LABELS = {"n_questions": "Training questions per test question", "snapshot_s": "Wall-clock training time (s)",
-            "rank": "LoRA rank"}
+FIGURE6_AXES = ("n_questions", "snapshot", "snapshot_s", "rank")
+X_LABELS = {"n_questions": "Training questions per test question", "snapshot": "Wall-clock training time (s)",
+            "snapshot_s": "Wall-clock training time (s)", "rank": "LoRA rank"}
 
 
 @dataclass

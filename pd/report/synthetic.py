@@ -94,15 +94,15 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
     for t in (60, 120, 180):
         for method in ("pd", "sft"):
             skill = _METHOD_SKILL[method] * t / 180
-            add("snapshot", {"dataset": "nyt", "retrieval": "none", "method": method, "snapshot_s": t, "seed": 0}, skill)
+            add("snapshot", {"dataset": "nyt", "retrieval": "none", "method": method, "snapshot": t, "seed": 0}, skill)
 
     experiments = {
         "main": {"rows": ["method"], "columns": ["dataset"], "blocks": "retrieval", "title": "Synthetic main results"},
         "n_questions": {"rows": ["method"], "columns": ["n_questions"], "blocks": "retrieval",
                         "figures": [{"x": "n_questions", "logx": True}]},
         "rank": {"rows": ["method"], "columns": ["rank"], "blocks": "retrieval", "figures": [{"x": "rank", "logx": True}]},
-        "snapshot": {"rows": ["method"], "columns": ["snapshot_s"], "blocks": "retrieval",
-                     "figures": [{"x": "snapshot_s"}]},
+        "snapshot": {"rows": ["method"], "columns": ["snapshot"], "blocks": "retrieval",
+                     "figures": [{"x": "snapshot"}]},
     }
     manifest = root / "manifest.json"
     write_json(manifest, {"cells": cells, "experiments": experiments})

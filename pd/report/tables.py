@@ -8,6 +8,7 @@ templates in ``pd/report/templates``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -40,12 +41,12 @@ DEFAULT_LABELS: dict[str, dict[str, str]] = {
         "squadshifts-amazon": "Amazon", "squadshifts-new_wiki": "New Wiki", "squadshifts-nyt": "NYT",
         "squadshifts-reddit": "Reddit", "hotpotqa": "HotpotQA",
     },
-    "retrieval": {"none": "Closed-book", "bm25": "RAG (BM25)", "dense": "RAG (dense embeddings)",
-                  "oracle": "RAG (oracle passage)"},
+    "retrieval": {"none": "Closed-book", "bm25": "RAG (BM25)", "bm25_paper": "RAG (BM25, paper's tokenisation)",
+                  "dense": "RAG (dense embeddings)", "openai": "RAG (OpenAI embeddings)", "oracle": "RAG (oracle passage)"},
 }
 DEFAULT_ORDER: dict[str, list[Any]] = {
     "method": ["pd", "pd_reg", "pd_reg_xl", "pd_reverse", "sft", "sft_distractors", "uft", "base"],
-    "retrieval": ["none", "bm25", "dense", "oracle"],
+    "retrieval": ["none", "bm25", "bm25_paper", "dense", "openai", "oracle"],
     "dataset": ["squadshifts-amazon", "amazon", "squadshifts-new_wiki", "new_wiki", "squadshifts-nyt", "nyt",
                 "squadshifts-reddit", "reddit", "hotpotqa"],
 }
@@ -269,8 +270,9 @@ def build_table(
 
     grader = select_grader(spec, groups, experiment)
     groups = [g for g in groups if g.records[0].grader == grader and _matches(g.axes, spec.where)]
-    axes_used = list(spec.rows) + list(spec.columns) + ([spec.blocks] if spec.blocks else [])
-    for a in axes_used:
+    if spec.blocks and not any(spec.blocks in g.axes for g in groups):
+        spec = dataclasses.replace(spec, blocks=None)  # e.g. no retrieval axis at all: one block
+    for a in list(spec.rows) + list(spec.columns):
         if not any(a in g.axes for g in groups):
             raise ConfigError(f"experiment {experiment!r}: table axis {a!r} is not an axis of any cell; "
                               f"cell axes: {', '.join(sorted({k for g in groups for k in g.axes}))}")
