@@ -265,3 +265,27 @@ def test_bad_arguments_are_refused():
         kl_divergence(s, t, mask.long())
     with pytest.raises(ConfigError, match="temperature"):
         kl_divergence(s, t, mask, temperature=0.0)
+
+
+def test_chunked_from_hidden_saves_no_full_logits():
+    """What autograd keeps for backward stays at chunk size: no [B*A, V] tensor is saved."""
+    g = torch.Generator().manual_seed(20)
+    n_tok, vocab, chunk = 64, 301, 8
+    hidden = torch.randn(1, n_tok, H, generator=g, requires_grad=True)
+    head = torch.nn.Linear(H, vocab, bias=False)
+    teacher = torch.randn(1, n_tok, vocab, generator=g)
+    mask = torch.ones(1, n_tok, dtype=torch.bool)
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = kl_from_hidden(hidden, head, teacher, mask, chunk_size=chunk)
+    assert max(sizes) < chunk * vocab  # only chunk inputs and per-token values are kept between passes
+    sizes.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        kl_from_hidden(hidden, head, teacher, mask, chunk_size=None)
+    assert max(sizes) >= n_tok * vocab  # the unchunked path does keep full logits (the check can fail)
+    loss.backward()

@@ -1,0 +1,82 @@
+"""Peak memory of the chunked KL (kl_from_hidden) against plain float32 logits, on CPU.
+
+Each variant runs forward + backward in a fresh process; the number reported is the rise
+of the process's peak resident memory (ru_maxrss) over what the inputs already hold
+(hidden states, lm_head, teacher logits in bfloat16 or top-k targets).
+
+    python bench/loss_memory.py --vocab 128256 --tokens 1024 --hidden 1024 --chunk 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_one(mode: str, vocab: int, tokens: int, hidden: int, chunk: int, teacher_kind: str, train_head: bool) -> dict:
+    import torch
+
+    from pd.train.losses import kl_divergence, kl_from_hidden
+    from pd.train.targets import TopKTargets, topk_targets
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    h = torch.randn(1, tokens, hidden, requires_grad=True)
+    head = torch.nn.Linear(hidden, vocab, bias=False).requires_grad_(train_head)  # LoRA leaves lm_head frozen
+    mask = torch.ones(1, tokens, dtype=torch.bool)
+    teacher = torch.randn(1, tokens, vocab, dtype=torch.bfloat16)
+    if teacher_kind == "topk":
+        parts = [topk_targets(teacher[:, i:i + 64], 64, 2.0) for i in range(0, tokens, 64)]
+        teacher = TopKTargets(**{n: torch.cat([getattr(p, n) for p in parts], 1) for n in TopKTargets.TENSORS},
+                              temperature=2.0, vocab_size=vocab)
+    before = rss_peak_mib()
+    t0 = time.perf_counter()
+    if mode == "chunked":
+        loss = kl_from_hidden(h, head, teacher, mask, temperature=2.0, chunk_size=chunk)
+    else:
+        logits = head(h).float()
+        loss = kl_divergence(logits, teacher, mask, temperature=2.0)
+    loss.backward()
+    return {"mode": mode, "teacher": teacher_kind, "train_head": train_head, "peak_rise_mib": round(rss_peak_mib() - before, 1),
+            "seconds": round(time.perf_counter() - t0, 2), "loss": loss.item()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vocab", type=int, default=128256)
+    ap.add_argument("--tokens", type=int, default=1024, help="B x A answer tokens")
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--teacher", choices=["full", "topk"], default="full")
+    ap.add_argument("--train-head", action="store_true", help="also a gradient for lm_head (LoRA keeps it frozen)")
+    ap.add_argument("--one", choices=["chunked", "unchunked"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.vocab, args.tokens, args.hidden, args.chunk, args.teacher, args.train_head)))
+        return
+    rows = []
+    for mode in ("unchunked", "chunked"):
+        cmd = [sys.executable, __file__, "--one", mode] + [f"--{k}={v}" for k, v in
+                                                           (("vocab", args.vocab), ("tokens", args.tokens),
+                                                            ("hidden", args.hidden), ("chunk", args.chunk),
+                                                            ("teacher", args.teacher))]
+        cmd += ["--train-head"] if args.train_head else []
+        rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
+    full = rows[0]["peak_rise_mib"]
+    logits_mib = args.tokens * args.vocab * 4 / 2**20
+    print(json.dumps({"vocab": args.vocab, "tokens": args.tokens, "hidden": args.hidden, "chunk": args.chunk,
+                      "one_fp32_logits_mib": round(logits_mib, 1), "runs": rows,
+                      "ratio_unchunked_over_chunked": round(full / max(rows[1]["peak_rise_mib"], 1e-9), 1),
+                      "same_loss": abs(rows[0]["loss"] - rows[1]["loss"]) < 1e-5}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
