@@ -36,7 +36,7 @@ wildcard_constraints:
     rest=r".+",
 
 
-localrules: all, manifest
+localrules: all, manifest, report
 
 
 rule all:

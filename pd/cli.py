@@ -88,10 +88,27 @@ def cmd_cells(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pd.report import render_reports  # noqa: F401  (issue 6)
+    """Re-render the reports from the manifests and per-sample grades already on disk."""
+    from pd.plan import build_plan
+    from pd.report import render_reports
 
     cfg = _cfg(args)
-    return render_reports(cfg, experiments=args.experiments or cfg["run"], print_table=args.print)
+    names = args.experiments or cfg["run"]
+    plan = build_plan(cfg, names)
+    manifests = [m for m in plan.targets(names) if Path(m).is_file()]
+    if not manifests:
+        raise PDError(f"no results yet for {', '.join(names)} (no manifest under {cfg['results_dir']}/manifests); "
+                      "run `snakemake --profile profiles/local` first")
+    absent = sorted(set(plan.targets(names)) - set(manifests))
+    if absent:
+        print(f"pd: not finished, left out: {', '.join(absent)}", file=sys.stderr)
+    result = render_reports(manifests, cfg["reports_dir"])
+    for exp, paths in result.tables.items():
+        if args.print:
+            print(Path(paths["md"]).read_text(encoding="utf-8"))
+        print(f"{exp}: {paths['md']}  {paths['tex']}")
+    print(f"report: {result.index}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from pd.models import registry
 
 AXES = ("model", "method", "dataset", "seed", "retrieval", "expert", "teacher", "qgen", "answer_temperature",
         "kd_temperature", "n_questions", "rank", "snapshot", "subset")
-KINDS = ("questions", "answers", "teacher", "adapter", "retrieval", "eval", "grade", "manifest")
+KINDS = ("questions", "answers", "teacher", "adapter", "retrieval", "eval", "grade", "manifest", "report")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,9 @@ class Plan:
     def targets(self, experiments: list[str] | None = None) -> list[str]:
         """The manifests of the given (default: all planned) experiments."""
         return [self.manifest_path(e) for e in (experiments or list(self.cells))]
+
+    def report_path(self) -> str:
+        return f"{self.cfg['reports_dir']}/index.html"
 
     def manifest_path(self, experiment: str) -> str:
         return f"{self.cfg['results_dir']}/manifests/{experiment}.json"
@@ -281,10 +284,14 @@ class _Builder:
 def build_plan(cfg: dict, experiments: list[str] | None = None) -> Plan:
     """The artifacts of the given experiments (default: the config's ``run`` list)."""
     b = _Builder(cfg)
-    for name in experiments or cfg["run"]:
+    names = experiments or cfg["run"]
+    for name in names:
         if name not in cfg["experiments"]:
             raise ConfigError(f"unknown experiment {name!r}; allowed: {', '.join(sorted(cfg['experiments']))}")
         b.add_experiment(name)
+    manifests = b.plan.targets(list(names))
+    b.plan.add(Artifact("report", b.plan.report_path(), {"manifests": manifests, "out_dir": cfg["reports_dir"]},
+                        tuple(manifests)))
     return b.plan
 
 

@@ -148,9 +148,17 @@ def manifest(spec: dict, out: str) -> None:
     write_json(out, spec)
 
 
+def report(spec: dict, out: str) -> None:
+    from pd.report import render_reports
+
+    result = render_reports(spec["manifests"], spec["out_dir"])
+    if str(result.index) != out and Path(out).resolve() != Path(result.index).resolve():
+        raise RuntimeError(f"the report was written to {result.index}, expected {out}")
+
+
 STAGES: dict[str, Callable[[dict, str], None]] = {
     "questions": questions, "answers": answers, "retrieval": retrieval, "evaluate": evaluation, "grade": grade,
-    "manifest": manifest,
+    "manifest": manifest, "report": report,
 }
 
 

@@ -22,10 +22,11 @@ PATTERNS = {
     "eval": "{R}/{dataset}/eval/{rest}.jsonl",
     "grade": "{R}/{dataset}/grades/{rest}.{grader}.jsonl",
     "manifest": "{R}/manifests/{experiment}.json",
+    "report": "{reports}/index.html",
 }
 # Plan kinds -> pd.resources job kinds.
 RESOURCE_KINDS = {"questions": "questions", "answers": "answers", "teacher": "teacher_cache", "adapter": "train",
-                  "retrieval": "retrieve", "eval": "evaluate", "grade": "judge", "manifest": "report"}
+                  "retrieval": "retrieve", "eval": "evaluate", "grade": "judge", "manifest": "report", "report": "report"}
 
 
 class Workflow:
@@ -40,7 +41,7 @@ class Workflow:
         self.device = "gpu" if self.site is not None and self.site.device == "gpu" else "cpu"
 
     def path(self, kind: str, wildcards) -> str:
-        return PATTERNS[kind].format(R=self.results_dir, **dict(wildcards.items()))
+        return PATTERNS[kind].format(R=self.results_dir, reports=self.cfg["reports_dir"], **dict(wildcards.items()))
 
     def artifact(self, kind: str, wildcards):
         art = self.plan.get(self.path(kind, wildcards))
@@ -72,4 +73,4 @@ class Workflow:
                               lora_rank=rank)
 
     def final_targets(self) -> list[str]:
-        return self.plan.targets()
+        return [self.plan.report_path()]

@@ -22,7 +22,8 @@ TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 
 def snakemake_cmd(workdir: Path, *extra: str, config: Path = TINY) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles" / "local"),
-            "--configfile", str(config), "--config", f"results_dir={workdir / 'results'}", "--cores", "2", *extra]
+            "--configfile", str(config), "--config", f"results_dir={workdir / 'results'}",
+            f"reports_dir={workdir / 'reports'}", "--cores", "2", *extra]
 
 
 def plan_for(workdir: Path, config: Path = TINY):
@@ -31,6 +32,7 @@ def plan_for(workdir: Path, config: Path = TINY):
     raw = yaml.safe_load((ROOT / "config.yaml").read_text())
     over = yaml.safe_load(config.read_text())
     over["results_dir"] = str(workdir / "results")
+    over["reports_dir"] = str(workdir / "reports")
     return build_plan(load_config(raw, over))
 
 
@@ -43,6 +45,7 @@ def test_local_profile_end_to_end_then_nothing_to_do(tmp_path):
         assert Path(path).exists(), path
     manifest = json.loads(Path(plan.manifest_path("tiny")).read_text())
     assert len(manifest["records"]) == 3  # base x {none, bm25, oracle} x substring
+    assert Path(plan.report_path()).is_file() and "tiny-llama" in Path(plan.report_path()).read_text()
     from pd.data import load_dataset
 
     cfg = plan.cfg
@@ -103,7 +106,7 @@ def test_real_workflow_through_slurm(tmp_path, slurm_cluster):
     work.mkdir()
     # A --configfile on the command line replaces the profile's, so the site file is named again.
     proc = run_workflow(work, profile, snakefile=ROOT / "Snakefile",
-                        config={"results_dir": str(work / "results")},
+                        config={"results_dir": str(work / "results"), "reports_dir": str(work / "reports")},
                         extra=(*FAST_SLURM, "--configfile", str(TINY), str(profile / "site.yaml")), timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:]
     plan = plan_for(work)

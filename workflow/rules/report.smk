@@ -9,3 +9,14 @@ rule manifest:
         spec=WF.spec("manifest"),
     script:
         "../scripts/stage.py"
+
+
+rule report:
+    input:
+        WF.inputs("report"),
+    output:
+        f"{WF.cfg['reports_dir']}/index.html",
+    params:
+        spec=WF.spec("report"),
+    script:
+        "../scripts/stage.py"
