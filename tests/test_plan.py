@@ -86,7 +86,7 @@ def test_paths_encode_their_dependencies(cfg):
     for art in plan.artifacts.values():
         for dep in art.inputs:
             assert dep in plan.artifacts, dep
-        assert art.path.startswith(cfg["results_dir"] + "/")
+        assert art.path.startswith(cfg["reports_dir" if art.kind == "report" else "results_dir"] + "/")
     q = plan.of_kind("questions")[0].path
     assert re.search(r"/demo-nyt/questions/smollm2-135m-instruct_five_n30_s[01]_[0-9a-f]{8}\.jsonl$", q)
 
