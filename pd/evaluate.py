@@ -1,0 +1,81 @@
+"""Answers to the test questions, closed-book or with retrieved passages.
+
+The question asked is the rewritten one (``TestItem.closed_book_question``), as in the
+paper. Closed-book the user message is the bare question (``closed_book``: what the
+student was trained on); with retrieval it is the passages a retriever returned, most
+similar first, separated by blank lines, then ``Question: ...`` (``rag``). The caller
+passes the retriever's ordered doc ids per item (``pd.retrieve``), so this module does
+not know how they were found. Answers are sampled at T = 0.25 with up to 500 tokens
+(the paper's settings) unless the caller says otherwise; each sample becomes one JSONL
+row that names the item, the prompt's hash, the passages shown and the parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+from pd.data import Dataset
+from pd.errors import DataError
+from pd.generate.base import Conversation, Generator, SamplingParams
+from pd.io import stable_hash
+from pd.prompts import render
+
+EVAL_PARAMS = SamplingParams(temperature=0.25, max_new_tokens=500)
+
+
+def eval_conversation(question: str, passages: Sequence[str] | None = None) -> Conversation:
+    if passages:
+        return [{"role": "user", "content": render("rag", passages=list(passages), question=question)}]
+    return [{"role": "user", "content": render("closed_book", question=question)}]
+
+
+def _retrieved_per_item(dataset: Dataset, retrieved) -> list[list[str]]:
+    if retrieved is None:
+        return [[] for _ in dataset.items]
+    if isinstance(retrieved, Mapping):
+        missing = [it.id for it in dataset.items if it.id not in retrieved]
+        if missing:
+            raise DataError(f"retrieved passages missing for {len(missing)} item(s), e.g. {missing[:3]}")
+        lists = [list(retrieved[it.id]) for it in dataset.items]
+    else:
+        lists = [list(r) for r in retrieved]
+        if len(lists) != len(dataset.items):
+            raise DataError(f"got {len(lists)} retrieval lists for {len(dataset.items)} items; "
+                            "pass one ordered list of doc ids per item (or a dict by item id)")
+    for it, ids in zip(dataset.items, lists):
+        unknown = [d for d in ids if d not in dataset.documents]
+        if unknown:
+            raise DataError(f"item {it.id}: retrieved unknown document id(s) {unknown[:3]} (not in dataset {dataset.name})")
+    return lists
+
+
+def evaluate(dataset: Dataset, generator: Generator, retrieved: Sequence[Sequence[str]] | Mapping[str, Sequence[str]] | None = None,
+             params: SamplingParams = EVAL_PARAMS, *, model: str | None = None,
+             adapter: str | os.PathLike | None = None) -> tuple[list[dict], dict]:
+    """Rows ``{"item_id", "question", "prompt_hash", "retrieved", "params", "answer", "finish_reason",
+    "n_tokens", "model", "adapter", "generator"}`` (plus ``sample`` when ``params.n > 1``) and stats.
+
+    ``retrieved``: None for closed-book, else per item (aligned with ``dataset.items``
+    or keyed by item id) the ordered doc ids to show, already cut to k.
+    """
+    lists = _retrieved_per_item(dataset, retrieved)
+    convs = []
+    for it, ids in zip(dataset.items, lists):
+        convs.append(eval_conversation(it.closed_book_question, [dataset.documents[d].text for d in ids]))
+    outs = generator.generate(convs, params)
+    rows = []
+    for it, ids, conv, comps in zip(dataset.items, lists, convs, outs):
+        for j, c in enumerate(comps):
+            row = {"item_id": it.id, "question": it.closed_book_question, "prompt_hash": stable_hash(conv),
+                   "retrieved": ids, "params": params.as_dict(), "answer": c.text.strip(),
+                   "finish_reason": c.finish_reason, "n_tokens": c.n_tokens, "model": model or generator.name,
+                   "adapter": str(adapter) if adapter else None, "generator": generator.name}
+            if params.n > 1:
+                row["sample"] = j
+            rows.append(row)
+    stats = {"items": len(dataset.items), "rows": len(rows), "mode": "rag" if retrieved is not None else "closed_book",
+             "cut_at_max_tokens": sum(r["finish_reason"] == "length" for r in rows),
+             "mean_tokens": round(sum(r["n_tokens"] for r in rows) / len(rows), 2) if rows else 0.0,
+             "params": params.as_dict(), "generator": generator.name}
+    return rows, stats

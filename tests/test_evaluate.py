@@ -1,0 +1,76 @@
+"""Closed-book and RAG answering of test questions."""
+
+from __future__ import annotations
+
+import pytest
+
+from pd.data import Dataset, Document, TestItem
+from pd.errors import DataError
+from pd.evaluate import EVAL_PARAMS, evaluate
+from pd.generate.base import SamplingParams
+from pd.generate.transformers_backend import TransformersGenerator
+from pd.io import stable_hash
+
+# An invented fact: the model cannot know it closed-book. (A longer passage with the same fact
+# made SmolLM2-135M answer evasively; this short one it reads.)
+FACT = "The Harbor Bridge in Velmora is painted orange. It was built in 1987 by the engineer Tomas Reyl."
+
+
+def toy() -> Dataset:
+    docs = {"velmora": Document("velmora", FACT),
+            "lake": Document("lake", "Lake Tarnow freezes every January and hosts a skating race called the Tarnow Mile."),
+            "fest": Document("fest", "The Osk festival is held each spring in the city of Brell.")}
+    items = [TestItem("i1", "What colour was it painted?", ("orange",), ("velmora",),
+                      rewritten="What colour is the Harbor Bridge in Velmora?"),
+             TestItem("i2", "What is the race called?", ("Tarnow Mile",), ("lake",),
+                      rewritten="What is the skating race on Lake Tarnow called?")]
+    return Dataset("toy", docs, items)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    return TransformersGenerator(tiny_llama.spec, progress=False)
+
+
+def test_defaults_are_the_papers():
+    assert EVAL_PARAMS.temperature == 0.25 and EVAL_PARAMS.max_new_tokens == 500
+
+
+def test_rows_closed_book_and_rag(tiny):
+    ds = toy()
+    p = SamplingParams(temperature=0.25, max_new_tokens=3, seed=1)
+    closed, cstats = evaluate(ds, tiny, None, p, model="tiny-llama")
+    rag, rstats = evaluate(ds, tiny, [["lake", "velmora"], ["lake"]], p, model="tiny-llama", adapter="some/adapter")
+    assert [r["item_id"] for r in closed] == ["i1", "i2"]
+    assert closed[0]["question"] == "What colour is the Harbor Bridge in Velmora?"  # the rewritten one
+    assert closed[0]["retrieved"] == [] and rag[0]["retrieved"] == ["lake", "velmora"]
+    # The prompt hashes are those of the layouts, built here by hand.
+    q1 = "What colour is the Harbor Bridge in Velmora?"
+    assert closed[0]["prompt_hash"] == stable_hash([{"role": "user", "content": q1}])
+    rag_text = ds.documents["lake"].text + "\n\n" + FACT + "\n\nQuestion: " + q1
+    assert rag[0]["prompt_hash"] == stable_hash([{"role": "user", "content": rag_text}])
+    assert rag[0]["adapter"] == "some/adapter" and closed[0]["adapter"] is None and closed[0]["model"] == "tiny-llama"
+    assert rag[0]["params"] == p.as_dict() and rag[0]["finish_reason"] == "length" and rag[0]["n_tokens"] == 3
+    assert cstats["mode"] == "closed_book" and rstats["mode"] == "rag" and rstats["cut_at_max_tokens"] == 2
+    by_id, _ = evaluate(ds, tiny, {"i2": ["lake"], "i1": ["lake", "velmora"]}, p)
+    assert [r["answer"] for r in by_id] == [r["answer"] for r in rag]
+
+
+def test_bad_retrieval_input(tiny):
+    ds = toy()
+    with pytest.raises(DataError, match="one ordered list"):
+        evaluate(ds, tiny, [["lake"]])
+    with pytest.raises(DataError, match="unknown document"):
+        evaluate(ds, tiny, [["lake"], ["nope"]])
+    with pytest.raises(DataError, match="missing for 1 item"):
+        evaluate(ds, tiny, {"i1": ["lake"]})
+
+
+@pytest.mark.slow
+def test_smollm2_reads_the_passage_it_is_given(smollm2):
+    ds = toy().head(1)
+    gen = TransformersGenerator(smollm2.spec, progress=False)
+    p = SamplingParams(temperature=0.25, max_new_tokens=40, seed=0)
+    rows, _ = evaluate(ds, gen, [["velmora"]], p)
+    assert "orange" in rows[0]["answer"].lower()
+    assert rows[0]["finish_reason"] in ("stop", "length")

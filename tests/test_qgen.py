@@ -1,0 +1,159 @@
+"""Question and answer generation: parsing/rejection table, targets, yield accounting, answers."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+
+from pd.data import Dataset, Document, TestItem, load_squadshifts
+from pd.errors import ConfigError, DataError
+from pd.generate.base import SamplingParams
+from pd.generate.transformers_backend import TransformersGenerator
+from pd.prompts import render
+from pd.qgen import (FEW_SHOT, QGenConfig, generate_answers, generate_cot_answers, generate_questions, parse_output,
+                     question_targets, stats_path, write_with_stats)
+
+QGEN_PROMPT = render("qgen", passage="Some passage.", n=5, examples=FEW_SHOT)
+LONG = "Who " + " ".join(["very"] * 42) + " tall?"
+
+# (mode, output text, prefix, accepted questions, rejections by reason)
+CASES = [
+    ("five", "<question>Who founded the Boston Globe in 1872?</question>\n<question>Where is Fenway Park?</question>\n"
+             "<question>Which team plays at Fenway Park?</question>", "",
+     ["Who founded the Boston Globe in 1872?", "Where is Fenway Park?", "Which team plays at Fenway Park?"], {}),
+    ("five", "", "", [], {"no_question_tags": 1}),
+    ("five", "Here are questions: Who is the mayor of Boston?", "", [], {"no_question_tags": 1}),
+    ("five", "<question>Which river is the second-longest in Europe?</question>", "", [], {"echoed_example": 1}),
+    ("five", "<question>Who won the 1998 World Series?</question><question>who WON the 1998 world series ?</question>", "",
+     ["Who won the 1998 World Series?"], {"duplicate": 1}),
+    ("five", "<question>The Yankees won the game.</question>", "", [], {"not_a_question": 1}),
+    ("five", "<question>What does the passage say about taxes?</question>", "", [], {"refers_to_passage": 1}),
+    ("five", "<question>According to this article, who resigned?</question>", "", [], {"refers_to_passage": 1}),
+    ("five", "<question>Why?</question>", "", [], {"too_short": 1}),
+    ("five", f"<question>{LONG}</question>", "", [], {"too_long": 1}),
+    ("five", "<question>Who founded Apple in 1976?</question><question>What is the", "",
+     ["Who founded Apple in 1976?"], {"unclosed_tag": 1}),
+    ("five", "<question><b>Who</b> is the mayor of Boston?</question>", "", [], {"contains_markup": 1}),
+    ("five", "<QUESTION>Who is the mayor of Boston?</QUESTION>", "", ["Who is the mayor of Boston?"], {}),
+    ("five", "<question>Who is\n   the mayor of Boston?</question>", "", ["Who is the mayor of Boston?"], {}),
+    ("five", "<question></question>", "", [], {"empty": 1}),
+    ("single", " is the capital of France? The capital is Paris.", "What", ["What is the capital of France?"], {}),
+    ("single", "'s the tallest building in New York City?", "What", ["What's the tallest building in New York City?"], {}),
+    ("single", "", "Who", [], {"not_a_question": 1}),
+    ("single", " did the Titanic sink\n?", "When", [], {"not_a_question": 1}),
+    ("single", " people live in Lagos?", "How many", [], {"duplicate": 1}),  # seen already (see test)
+    ("bonito", "What year did the Berlin Wall fall?\n<|pipe|>\n1989", "", ["What year did the Berlin Wall fall?"], {}),
+    ("bonito", "Question: Who painted the Mona Lisa?\nAnswer using:\n{{context}}\n<|pipe|>Leonardo", "",
+     ["Who painted the Mona Lisa?"], {}),
+    ("bonito", "{{context}}\nSummarise this.<|pipe|>A summary", "", [], {"no_question": 1}),
+]
+
+
+@pytest.mark.parametrize("mode,text,prefix,accepted,rejected", CASES)
+def test_parse_and_reject(mode, text, prefix, accepted, rejected):
+    seen = {"how many people live in lagos"}
+    got, rej = parse_output(text, mode, QGEN_PROMPT if mode == "five" else "", prefix, seen)
+    assert got == accepted
+    assert dict(rej) == rejected
+    for q in accepted:
+        assert " ".join("".join(ch if ch.isalnum() else " " for ch in q.lower()).split()) in seen
+
+
+def test_targets_are_per_test_item_or_per_doc():
+    ds = load_squadshifts("nyt").select_passages(3)
+    counts = Counter(it.doc_ids[0] for it in ds.items)
+    assert question_targets(ds, per_item=30) == {d: 30 * counts[d] for d in ds.documents}
+    assert question_targets(ds, per_doc=4) == {d: 4 for d in ds.documents}
+    with pytest.raises(DataError, match="per_doc"):
+        question_targets(Dataset("x", {"a": Document("a", "text")}, []), per_item=30)
+    with pytest.raises(ConfigError, match="five, single, bonito"):
+        QGenConfig(mode="ten")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    return TransformersGenerator(tiny_llama.spec, progress=False, batch_size=8)
+
+
+def _two_docs() -> Dataset:
+    docs = {"d1": Document("d1", "The Velmora bridge was painted orange in 1987."),
+            "d2": Document("d2", "Lake Tarnow freezes every January and hosts a skating race."),
+            "d3": Document("d3", "The Osk festival is held each spring in the city of Brell.")}
+    items = [TestItem("t1", "What colour is the bridge?", ("orange",), ("d1",)),
+             TestItem("t2", "When does the lake freeze?", ("January",), ("d2",)),
+             TestItem("t3", "Which race is held on Lake Tarnow?", ("skating",), ("d2",))]
+    return Dataset("toy", docs, items)
+
+
+def test_yield_accounting_with_a_model_that_writes_junk(tiny, tmp_path):
+    """A random model never writes a tagged question: every call is counted, rounds are capped."""
+    ds = _two_docs()
+    cfg = QGenConfig(mode="five", per_item=4, max_rounds=2, max_new_tokens=8)
+    rows, stats = generate_questions(ds, tiny, cfg)
+    targets = {"d1": 4, "d2": 8}  # 4 per test item; d3 has no test item
+    per_round = sum(math.ceil(t / 5) for t in targets.values())
+    assert rows == []
+    assert stats["calls"] == 2 * per_round and stats["rounds"] == 2
+    assert stats["rejected"] == {"no_question_tags": 2 * per_round}
+    assert stats["shortfall"] == targets and stats["target"] == 12 and stats["accepted"] == 0
+    assert stats["outputs_cut"] == stats["calls"]  # 8 tokens never end a random model's turn
+    out = tmp_path / "q.jsonl"
+    write_with_stats(out, rows, stats)
+    assert out.read_text() == "" and stats_path(out).name == "q.stats.json" and stats_path(out).is_file()
+
+
+def test_answers_carry_ids_and_count_cuts(tiny):
+    ds = _two_docs()
+    qs = [{"id": "d1-q000", "doc_id": "d1", "question": "What colour is the Velmora bridge?"},
+          {"id": "d2-q000", "doc_id": "d2", "question": "When does Lake Tarnow freeze?"}]
+    rows, stats = generate_answers(qs, ds, tiny, SamplingParams(temperature=1.5, max_new_tokens=4, seed=1), expert="tiny")
+    assert [r["id"] for r in rows] == ["d1-q000", "d2-q000"] and [r["doc_id"] for r in rows] == ["d1", "d2"]
+    assert all(r["expert"] == "tiny" and r["temperature"] == 1.5 and r["n_tokens"] == 4 for r in rows)
+    assert stats["cut_at_max_tokens"] == sum(r["finish_reason"] == "length" for r in rows) == 2
+    with pytest.raises(DataError, match="unknown doc_id"):
+        generate_answers([{"id": "x", "doc_id": "nope", "question": "q"}], ds, tiny, SamplingParams())
+
+
+def test_cot_contexts_two_distractors_gold_dropped_about_40_percent(tiny):
+    docs = {f"p{i}": Document(f"p{i}", f"Short passage number {i}.") for i in range(12)}
+    ds = Dataset("toy12", docs, [])
+    qs = [{"id": f"q{i:03d}", "doc_id": f"p{i % 12}", "question": f"Question {i}?"} for i in range(100)]
+    rows, stats = generate_cot_answers(qs, ds, tiny, SamplingParams(temperature=0, max_new_tokens=1), seed=3)
+    gold_in = 0
+    for q, r in zip(qs, rows):
+        ctx = r["context_doc_ids"]
+        others = [d for d in ctx if d != q["doc_id"]]
+        assert len(others) == 2 and len(set(ctx)) == len(ctx) and all(d in ds.documents for d in ctx)
+        assert r["gold_in_context"] == (q["doc_id"] in ctx)
+        gold_in += r["gold_in_context"]
+    assert stats["gold_in_context"] == gold_in
+    # Binomial(100, 0.6): mean 60, sd 4.9; 4 sd either side.
+    assert 40 <= gold_in <= 80
+    # The prompt shows the chosen passages in the chosen order.
+    conv_text = render("cot_answer", passages=[docs[d].text for d in rows[0]["context_doc_ids"]], question="Question 0?")
+    assert conv_text.index(docs[rows[0]["context_doc_ids"][0]].text) < conv_text.index("---")
+    again, _ = generate_cot_answers(qs[:10], ds, tiny, SamplingParams(temperature=0, max_new_tokens=1), seed=3)
+    assert [r["context_doc_ids"] for r in again] == [r["context_doc_ids"] for r in rows[:10]]
+    other, _ = generate_cot_answers(qs[:10], ds, tiny, SamplingParams(temperature=0, max_new_tokens=1), seed=4)
+    assert [r["context_doc_ids"] for r in other] != [r["context_doc_ids"] for r in rows[:10]]
+
+
+@pytest.mark.slow
+def test_smollm2_writes_questions_in_single_mode(smollm2):
+    ds = load_squadshifts("nyt").select_passages(2)
+    gen = TransformersGenerator(smollm2.spec, progress=False, batch_size=8)
+    cfg = QGenConfig(mode="single", per_doc=4, max_rounds=2)
+    rows, stats = generate_questions(ds, gen, cfg)
+    assert stats["accepted"] == len(rows) >= 2
+    assert {r["doc_id"] for r in rows} <= set(ds.documents)
+    assert len({r["id"] for r in rows}) == len(rows)
+    # Every output was counted: candidates = accepted + surplus + rejected candidates.
+    per_output = {"no_question_tags", "unclosed_tag", "no_question"}
+    rejected_candidates = sum(v for k, v in stats["rejected"].items() if k not in per_output)
+    assert stats["candidates"] == stats["accepted"] + stats["surplus"] + rejected_candidates
+    assert stats["calls"] >= 8
+    for r in rows:
+        assert r["question"].endswith("?") and r["question"].split()[0] in {"What", "Who", "Which", "When", "Where",
+                                                                              "How", "In", "Why", "What's"}
