@@ -246,3 +246,42 @@ def test_instruction_pairs_from_jsonl_and_messages(tmp_path):
     pairs = load_instruction_pairs(p)
     assert pairs == [{"instruction": "a?", "response": "b.", "id": "reg000000"},
                      {"instruction": "hi", "response": "hello", "id": "m1"}]
+
+
+def test_cached_teacher_matches_live_teacher(tiny_llama, dataset, tmp_path):
+    """k = V top-k targets carry the full distribution: training follows the live-teacher run.
+
+    A separate, bigger teacher makes the KL large (so a relative tolerance means something);
+    with pd_reg the passage rows come from the cache and the instruction rows stay live.
+    """
+    from pd.models import get_spec
+
+    big = get_spec("tiny-llama-large")
+    live = train(_cfg("pd_reg", epochs=2), tiny_llama.spec, tmp_path / "live", rows=ROWS, dataset=dataset,
+                 instruction_pairs=PAIRS, device="cpu", teacher_spec=big)
+    cached = train(_cfg("pd_reg", epochs=2, teacher_topk=512, teacher_logprob_dtype="float32"), tiny_llama.spec,
+                   tmp_path / "cached", rows=ROWS, dataset=dataset, instruction_pairs=PAIRS, device="cpu",
+                   teacher_spec=big)
+    la = [json.loads(x) for x in (live.adapter_dir / "train_log.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (cached.adapter_dir / "train_log.jsonl").read_text().splitlines()]
+    assert la[0]["kl_pd"] > 3e-3  # the big teacher disagrees (the adapter-off self: ~1e-4)
+    assert [r["kl_pd"] for r in lb] == pytest.approx([r["kl_pd"] for r in la], rel=1e-4)
+    assert [r["kl_reg"] for r in lb] == pytest.approx([r["kl_reg"] for r in la], rel=1e-3, abs=1e-7)
+    assert cached.meta["teacher_cache"]["k"] == 512 and cached.meta["teacher_cache"]["covered_mass"] == pytest.approx(1.0)
+    small = train(_cfg("pd", epochs=1, teacher_topk=8), tiny_llama.spec, tmp_path / "k8", rows=ROWS, dataset=dataset,
+                  device="cpu")
+    assert 0.0 < small.meta["teacher_cache"]["covered_mass"] < 1.0
+
+
+def test_separate_teacher_same_vocabulary_only(tiny_llama, dataset, tmp_path):
+    from pd.errors import VocabularyMismatchError
+    from pd.models import get_spec
+
+    res = train(_cfg("pd", epochs=1), tiny_llama.spec, tmp_path / "big", rows=ROWS, dataset=dataset, device="cpu",
+                teacher_spec=get_spec("tiny-llama-large"))
+    assert res.meta["teacher"] == "tiny-llama-large"
+    # A bigger random teacher disagrees with the student far more than the adapter-off self.
+    assert res.meta["final"]["kl"] > 3e-3
+    with pytest.raises(VocabularyMismatchError):
+        train(_cfg("pd", epochs=1), tiny_llama.spec, tmp_path / "qwen", rows=ROWS, dataset=dataset, device="cpu",
+              teacher_spec=get_spec("tiny-qwen2"))

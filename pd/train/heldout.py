@@ -17,10 +17,8 @@ from pd.data import Dataset, Document
 from pd.errors import DataError
 from pd.models import ModelSpec
 from pd.train.losses import kl_from_hidden
-from pd.train.lora import unwrap
-from pd.train.batch import gather_answers
-from pd.train.methods import final_hidden, teacher_logits
 from pd.train.sequences import Limits, Tokens, collate, pd_examples
+from pd.train.teacher import answer_hidden, output_head, teacher_answer_logits, unwrap
 
 
 def heldout_rows(examples: Sequence[dict]) -> tuple[list[dict], Dataset]:
@@ -57,10 +55,10 @@ def heldout_kl_per_example(model, tokenizer, spec: ModelSpec | None, examples: S
         for start in range(0, len(seqs), batch_size):
             batch = collate(seqs[start:start + batch_size], tokens.pad_id)
             batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            teacher = teacher_logits(model, batch, teacher_model)
-            hidden = gather_answers(final_hidden(model, batch["student_input_ids"], batch["student_attention_mask"]),
-                                    batch["student_answer_positions"])
-            lm_head = unwrap(model).get_output_embeddings()
+            teacher = teacher_answer_logits(model, batch, teacher=teacher_model)
+            hidden = answer_hidden(model, batch["student_input_ids"], batch["student_attention_mask"],
+                                   batch["student_answer_positions"])
+            lm_head = output_head(model)
             per = kl_from_hidden(hidden, lm_head, teacher, batch["answer_mask"], temperature=temperature,
                                  chunk_size=chunk_size, reduction="sample")
             out.update({i: float(v) for i, v in zip(batch["example_ids"], per.tolist())})

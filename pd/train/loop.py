@@ -31,10 +31,11 @@ from pd.data import Dataset
 from pd.errors import ConfigError
 from pd.io import atomic_path, stable_hash
 from pd.models import ModelSpec, check_same_vocabulary, load_model, load_tokenizer
-from pd.train.lora import adapter_state, attach_lora, load_adapter_state, save_adapter, unwrap, write_adapter_folder
-from pd.train.methods import TrainingData, batch_loss, build_training_data
+from pd.train.lora import adapter_state, attach_lora, load_adapter_state, save_adapter, write_adapter_folder
+from pd.train.methods import TrainingData, batch_loss, build_cache, build_training_data
 from pd.train.sequences import Example, Tokens, collate, count_tokens
 from pd.train.settings import TrainConfig
+from pd.train.teacher import TeacherCache, check_teacher, load_teacher_cache, unwrap
 
 log = logging.getLogger("pd.train")
 
@@ -176,12 +177,31 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler, run_key: str) ->
 # --------------------------------------------------------------------------- the loop
 
 
-def _teacher_label(cfg: TrainConfig, teacher_spec: ModelSpec | None, teacher_cache) -> str:
+def _teacher_label(cfg: TrainConfig, teacher_spec: ModelSpec | None, caches: list[TeacherCache]) -> str:
     if not cfg.uses_kl:
         return "none"
-    if teacher_cache is not None:
-        return f"cache:{getattr(teacher_cache, 'key', 'topk')}"
-    return teacher_spec.name if teacher_spec is not None else "self (adapter off)"
+    who = teacher_spec.name if teacher_spec is not None else "self (adapter off)"
+    if caches:
+        return f"{who}, cached top-{caches[0].k} (key {caches[0].meta.get('key')})"
+    return who
+
+
+def _teacher_caches(cfg: TrainConfig, model, data: TrainingData, tokens: Tokens, teacher_model, given,
+                    work: Path, accelerator) -> list[TeacherCache]:
+    """The cache passed in (object or path), or one built now when ``teacher_topk`` asks for it."""
+    if given is not None:
+        return [given if isinstance(given, TeacherCache) else load_teacher_cache(given)]
+    if not cfg.uses_kl or cfg.teacher_topk < 1:
+        return []
+    path = work / "teacher_cache.safetensors"
+    if accelerator.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        build_cache(cfg, model, data, tokens, teacher_model=teacher_model, out=path)
+    accelerator.wait_for_everyone()
+    cache = load_teacher_cache(path)
+    log.info("teacher cache: top-%d, covered teacher mass %.4f at T=%g", cache.k, cache.meta["covered_mass"],
+             cfg.kd_temperature)
+    return [cache]
 
 
 def _tokens_in(batch: dict, live_teacher: bool) -> int:
@@ -201,8 +221,9 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     ``instruction_pairs``: pd_reg's instruction data (else loaded from ``cfg.reg_data``).
     ``work_dir`` (default ``<out_dir>.work``) holds checkpoints, snapshots and the step
     log while training; a run finds its latest checkpoint there and resumes from it.
-    ``teacher_spec``: a different teacher network (same vocabulary); ``teacher_cache``:
-    cached top-k targets with a ``targets(example_ids, answer_len, device)`` method.
+    ``teacher_spec``: a different teacher network (same vocabulary, checked);
+    ``teacher_cache``: a :class:`TeacherCache` or its path (built by the workflow); without
+    one, ``cfg.teacher_topk > 0`` builds it in the work folder before the first step.
     ``stop_after``: save a checkpoint after that many steps and return (tests use it
     to interrupt a run).
     """
@@ -211,7 +232,8 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
 
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
-    accelerator = Accelerator(cpu=(device == "cpu"))
+    # On a machine without GPUs, accelerate only sets up multi-process (gloo) DDP when told cpu=True.
+    accelerator = Accelerator(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     dev = accelerator.device
@@ -227,13 +249,15 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
                                              instruction_pairs=instruction_pairs)
     data_hash = data.content_hash()
 
+    model = load_model(spec, device=str(dev))
     teacher_model = None
     if teacher_spec is not None:
-        check_same_vocabulary(tok, load_tokenizer(teacher_spec), spec.name, teacher_spec.name)
+        teacher_tok = load_tokenizer(teacher_spec)
+        check_same_vocabulary(tok, teacher_tok, spec.name, teacher_spec.name)
         teacher_model = load_model(teacher_spec, device=str(dev))
         teacher_model.requires_grad_(False)
-
-    model = load_model(spec, device=str(dev))
+        check_teacher(model, teacher_model, student_tokenizer=tok, teacher_tokenizer=teacher_tok,
+                      student_name=spec.name, teacher_name=teacher_spec.name)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = attach_lora(model, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -245,7 +269,8 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, plan.warmup, plan.total))
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    teacher_name = _teacher_label(cfg, teacher_spec, teacher_cache)
+    caches = _teacher_caches(cfg, model, data, tokens, teacher_model, teacher_cache, work, accelerator)
+    teacher_name = _teacher_label(cfg, teacher_spec, caches)
     run_key = _run_key(cfg, spec, data_hash, world, teacher_name)
     start, elapsed0, tokens_total, taken, resumed_from = 0, 0.0, 0, [], None
     found = _checkpoints(work) if resume else []
@@ -263,7 +288,7 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
         work.mkdir(parents=True, exist_ok=True)
         _trim_log(log_path, start)
     thresholds = sorted(set(float(s) for s in cfg.snapshot_seconds))
-    live_teacher = cfg.uses_kl and teacher_cache is None
+    live_teacher = cfg.uses_kl and not caches
     last_metrics: list[dict] = []
     bar = tqdm(total=plan.total, initial=start, disable=not (main and cfg.progress), desc=f"{cfg.method}",
                dynamic_ncols=True)
@@ -280,13 +305,10 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
             for m, (idx, reg_idx) in enumerate(micro):
                 examples: list[Example] = [data.examples[i] for i in idx] + [data.reg[i] for i in reg_idx]
                 batch = _to_device(collate(examples, tokens.pad_id), dev)
-                teacher = None
-                if teacher_cache is not None:
-                    teacher = teacher_cache.targets(batch["example_ids"], batch["answer_mask"].shape[1], dev)
                 sync = m == len(micro) - 1
                 ctx = accelerator.no_sync(model) if (not sync and world > 1) else _nullcontext()
                 with ctx:
-                    loss, metrics = batch_loss(cfg, model, batch, teacher=teacher, teacher_model=teacher_model)
+                    loss, metrics = batch_loss(cfg, model, batch, teacher_model=teacher_model, caches=caches)
                     weight = len(examples) / n_rows
                     accelerator.backward(loss * weight)
                 for k, v in metrics.items():
@@ -355,6 +377,8 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
         "resumed_from_step": resumed_from, "world_size": world, "device": str(dev),
         "dtype": str(next(unwrap(model).parameters()).dtype).replace("torch.", ""),
         "snapshots": {snapshot_name(t): t for t in taken},
+        "teacher_cache": ({k: caches[0].meta.get(k) for k in ("key", "k", "temperature", "covered_mass", "covered_mass_t1",
+                                                               "answer_tokens", "logprob_dtype")} if caches else None),
         "versions": _versions(),
     }
     adapter_dir = None

@@ -8,15 +8,14 @@ at the end is what peft's ``PeftModel.from_pretrained`` and vLLM's LoRA loader r
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from pd.errors import ConfigError
 from pd.io import atomic_path, write_json
+from pd.train.teacher import unwrap
 
 META_FILE = "pd_meta.json"
 
@@ -49,24 +48,6 @@ def linear_module_names(model) -> list[str]:
     if not names:
         raise ConfigError(f"{type(model).__name__} has no linear layers to put LoRA on")
     return sorted(names)
-
-
-def unwrap(model):
-    """The PeftModel under accelerate/DDP wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
-
-
-@contextlib.contextmanager
-def adapter_disabled(model) -> Iterator[None]:
-    """Run the base network (the teacher): the adapter off, also under DDP wrappers."""
-    inner = unwrap(model)
-    if not hasattr(inner, "disable_adapter"):
-        yield  # a plain model has no adapter: it is its own base
-        return
-    with inner.disable_adapter():
-        yield
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:

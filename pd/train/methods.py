@@ -25,13 +25,12 @@ from torch import Tensor
 from pd.data import Dataset
 from pd.errors import ConfigError, DataError
 from pd.io import read_jsonl, stable_hash
-from pd.train.batch import gather_answers
-from pd.train.lora import adapter_disabled, unwrap
 from pd.train.losses import cross_entropy_from_hidden, kl_from_hidden
-from pd.train.sequences import (BuildStats, Example, Tokens, distractor_examples, pd_examples, reg_examples,
+from pd.train.sequences import (BuildStats, Example, Tokens, collate, distractor_examples, pd_examples, reg_examples,
                                 sft_examples, uft_examples)
 from pd.train.settings import TrainConfig
 from pd.train.targets import TopKTargets
+from pd.train.teacher import TeacherCache, answer_hidden, build_teacher_cache, output_head, teacher_answer_logits
 
 log = logging.getLogger("pd.train")
 
@@ -156,95 +155,81 @@ def _load_tulu3(limit: int | None, seed: int) -> list[dict]:
     return [{"id": r.get("id"), "messages": r["messages"]} for r in ds]
 
 
-# --------------------------------------------------------------------------- forward
+# --------------------------------------------------------------------------- teacher sources
 
 
-def final_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The decoder's final (normed) hidden states [B, L, H], without the full-vocabulary logits.
-
-    The top-level model is called (so DDP's hooks run) with ``logits_to_keep=1``; the
-    hidden states are taken from the decoder's output by a forward hook.
-    """
-    inner = unwrap(model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    decoder = base.get_decoder()
-    captured: list[Tensor] = []
-
-    def hook(_module, _args, out):
-        captured.append(out[0] if isinstance(out, tuple) else out.last_hidden_state)
-
-    handle = decoder.register_forward_hook(hook)
-    try:
-        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise RuntimeError(f"expected one decoder output, captured {len(captured)}")
-    return captured[0]
-
-
-def answer_logits(model, input_ids: Tensor, attention_mask: Tensor, positions: Tensor) -> Tensor:
-    """Logits [B, A, V] at the answer positions only (model dtype)."""
-    hidden = gather_answers(final_hidden(model, input_ids, attention_mask), positions)
-    return unwrap(model).get_output_embeddings()(hidden)
-
-
-@torch.no_grad()
-def teacher_logits(model, batch: dict, teacher_model=None) -> Tensor:
-    """The teacher's logits [B, A, V] at the answer positions.
-
-    Passage rows: ``teacher_model`` if given, else ``model`` with its adapter off.
-    Instruction rows of pd_reg (kind "reg"): always ``model`` with its adapter off (Eq. 2).
-    """
-    ids, att, pos = batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_answer_positions"]
-    kinds = batch.get("kind") or ["pd"] * ids.shape[0]
-    groups: dict[bool, list[int]] = {}
-    for b, kind in enumerate(kinds):
-        groups.setdefault(teacher_model is not None and kind != "reg", []).append(b)
-    out = None
-    for use_other, rows in groups.items():
-        idx = torch.tensor(rows, device=ids.device)
-        real = int(att.index_select(0, idx).sum(1).max())  # drop columns that are padding in every row
-        args = (ids.index_select(0, idx)[:, :real], att.index_select(0, idx)[:, :real], pos.index_select(0, idx))
-        if use_other:
-            part = answer_logits(teacher_model, *args)
+def _rows(batch: dict, rows: list[int]) -> dict:
+    """Rows of a batch, with columns that are padding in every kept row dropped."""
+    idx = torch.tensor(rows, device=batch["answer_mask"].device)
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, Tensor):
+            out[k] = v.index_select(0, idx.to(v.device))
         else:
-            with adapter_disabled(model):
-                part = answer_logits(model, *args)
-        if out is None:
-            out = part.new_empty((ids.shape[0], *part.shape[1:]))
-        out[idx] = part
+            out[k] = [v[i] for i in rows]
+    for side in ("student", "teacher"):
+        if f"{side}_attention_mask" in out:
+            real = int(out[f"{side}_attention_mask"].sum(1).max())
+            out[f"{side}_input_ids"] = out[f"{side}_input_ids"][:, :real]
+            out[f"{side}_attention_mask"] = out[f"{side}_attention_mask"][:, :real]
     return out
+
+
+def teacher_groups(batch: dict, *, teacher_model=None, caches: Sequence[TeacherCache] = ()) -> list[tuple[list[int], object]]:
+    """Split a batch's rows by where their teacher comes from.
+
+    A row whose example id is in one of ``caches`` takes its top-k targets from there;
+    otherwise the teacher runs live: ``teacher_model`` for passage rows when given, and
+    always ``model`` with the adapter off for pd_reg's instruction rows (Eq. 2).
+    Returns ``[(rows, source)]`` with source a cache, ``"self"`` or ``"other"``.
+    """
+    groups: dict[int, tuple[list[int], object]] = {}
+    kinds = batch.get("kind") or ["pd"] * len(batch["example_ids"])
+    for b, (ex_id, kind) in enumerate(zip(batch["example_ids"], kinds)):
+        source: object = next((c for c in caches if ex_id in c), None)
+        if source is None:
+            source = "other" if teacher_model is not None and kind != "reg" else "self"
+        groups.setdefault(id(source), ([], source))[0].append(b)
+    return list(groups.values())
+
+
+def teacher_for(model, batch: dict, rows: list[int], source, teacher_model=None) -> TopKTargets | Tensor:
+    """Top-k targets or live logits [n, A, V] for ``rows`` of the batch."""
+    sub = _rows(batch, rows)
+    if isinstance(source, TeacherCache):
+        return source.targets_for(sub["example_ids"], sub["answer_mask"], sub["answer_mask"].device)
+    return teacher_answer_logits(model, sub, teacher=teacher_model if source == "other" else None)
 
 
 # --------------------------------------------------------------------------- loss
 
 
-def batch_loss(cfg: TrainConfig, model, batch: dict, *, teacher: TopKTargets | Tensor | None = None,
-               teacher_model=None) -> tuple[Tensor, dict]:
+def batch_loss(cfg: TrainConfig, model, batch: dict, *, teacher_model=None,
+               caches: Sequence[TeacherCache] = ()) -> tuple[Tensor, dict]:
     """The method's loss on one batch (mean over samples of the per-sample token mean) and metrics.
 
-    For KL methods ``teacher`` may be cached top-k targets [B, A, k] or precomputed
-    logits; otherwise the teacher forward pass runs here.
+    The student runs once over the whole batch; KL methods then compare it, group by
+    group, with the teacher each row has (see :func:`teacher_groups`).
     """
     mask = batch["answer_mask"]
-    lm_head = unwrap(model).get_output_embeddings()
-    if cfg.uses_kl and teacher is None:
-        teacher = teacher_logits(model, batch, teacher_model)
-    # The student: padding columns beyond the longest real row are dropped before the forward.
-    real = int(batch["student_attention_mask"].sum(1).max())
-    hidden = gather_answers(final_hidden(model, batch["student_input_ids"][:, :real],
-                                         batch["student_attention_mask"][:, :real]),
-                            batch["student_answer_positions"])
+    lm_head = output_head(model)
+    student = _rows(batch, list(range(mask.shape[0])))  # trims all-padding columns
+    hidden = answer_hidden(model, student["student_input_ids"], student["student_attention_mask"],
+                           student["student_answer_positions"])
     if cfg.uses_kl:
-        per_sample = kl_from_hidden(hidden, lm_head, teacher, mask, temperature=cfg.kd_temperature,
-                                    direction=cfg.direction, t2_scale=cfg.t2_scale, chunk_size=cfg.chunk_size,
-                                    reduction="sample")
         name = "kl"
+        per_sample = hidden.new_zeros(mask.shape[0], dtype=torch.float32)
+        for rows, source in teacher_groups(batch, teacher_model=teacher_model, caches=caches):
+            teacher = teacher_for(model, batch, rows, source, teacher_model)
+            idx = torch.tensor(rows, device=hidden.device)
+            part = kl_from_hidden(hidden.index_select(0, idx), lm_head, teacher, mask.index_select(0, idx.to(mask.device)),
+                                  temperature=cfg.kd_temperature, direction=cfg.direction, t2_scale=cfg.t2_scale,
+                                  chunk_size=cfg.chunk_size, reduction="sample")
+            per_sample = per_sample.index_put((idx,), part)
     else:
+        name = "ce"
         per_sample = cross_entropy_from_hidden(hidden, lm_head, batch["answer_ids"], mask, chunk_size=cfg.chunk_size,
                                                reduction="sample")
-        name = "ce"
     valid = ~torch.isnan(per_sample)
     if not bool(valid.any()):
         raise DataError(f"batch {batch['example_ids']} has no answer tokens")
@@ -258,3 +243,21 @@ def batch_loss(cfg: TrainConfig, model, batch: dict, *, teacher: TopKTargets | T
                 metrics[f"{name}_{kind}"] = float(per_sample[sel].detach().mean())
     return loss, metrics
 
+
+def build_cache(cfg: TrainConfig, model, data: TrainingData, tokens: Tokens, *, teacher_model=None,
+                out: str | Path | None = None, batch_size: int | None = None, **kwargs) -> TeacherCache:
+    """Top-k teacher targets for a run's examples (H1's :func:`build_teacher_cache`).
+
+    Covers the passage examples and, when the teacher is the model itself, pd_reg's
+    instruction rows too; with a separate teacher the instruction rows stay live (their
+    teacher is the adapter-off student, Eq. 2).
+    """
+    if not cfg.uses_kl or cfg.teacher_topk < 1:
+        raise ConfigError(f"a teacher cache needs a KL method and training.teacher_topk >= 1 "
+                          f"(method {cfg.method}, teacher_topk {cfg.teacher_topk})")
+    examples = data.examples + (data.reg if teacher_model is None else [])
+    bs = batch_size or cfg.batch_size
+    batches = [collate(examples[i:i + bs], tokens.pad_id) for i in range(0, len(examples), bs)]
+    return build_teacher_cache(model, batches, k=cfg.teacher_topk, temperature=cfg.kd_temperature, teacher=teacher_model,
+                               out=out, chunk_size=cfg.chunk_size or 256, logprob_dtype=cfg.teacher_logprob_dtype,
+                               **kwargs)

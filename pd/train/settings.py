@@ -45,6 +45,7 @@ class TrainConfig:
     t2_scale: bool = False
     kl_direction: str | None = None  # None: "reverse" for pd_reverse, else "forward"
     teacher_topk: int = 0  # 0: live teacher forward pass; k > 0: cached top-k targets
+    teacher_logprob_dtype: str = "float16"  # storage of cached log-probabilities (float32: exact)
     chunk_size: int | None = 128  # answer tokens per loss chunk (None: all at once)
     # sequences
     max_answer_tokens: int = 512
