@@ -34,6 +34,10 @@ or ``judge_hotpotqa``) asks for reasoning in ``<reasoning>`` tags, then
    (``conflicting_grades``) if they differ or if any of them is unrecognised.
 6. Text before or after the grade element is ignored; reasoning is recorded when present
    but not required (its absence is noted in the row, not counted invalid).
+7. A judge that goes on to invent a further case after its grade (a line starting with
+   ``Question:``, the few-shot format echoed) is cut there before rules 2-5 apply: the
+   invented case's grade is not the judge's verdict. Conflicting grades within the
+   judge's own answer still make it invalid (rule 5).
 
 An invalid grade is never dropped and never counted correct: it is a row with
 ``"valid": false, "correct": null`` and a reason, and summaries report the validity rate
@@ -106,6 +110,7 @@ class JudgeVerdict:
 
 _GRADE_OPEN = re.compile(r"<\s*grade\s*>", re.IGNORECASE)
 _REASONING = re.compile(r"<\s*reasoning\s*>(.*?)(?:<\s*/\s*reasoning\s*>|$)", re.IGNORECASE | re.DOTALL)
+_NEW_CASE = re.compile(r"\n\s*question\s*:", re.IGNORECASE)
 _WRAPPERS = " \t\r\n\"'`*_“”‘’"
 
 
@@ -124,6 +129,11 @@ def parse_judge(output: str | None) -> JudgeVerdict:
     reasoning = m.group(1).strip() if m else None
     if not text.strip():
         return JudgeVerdict(None, False, "empty_output", reasoning)
+    first = _GRADE_OPEN.search(text)
+    if first:
+        echo = _NEW_CASE.search(text, first.end())
+        if echo:
+            text = text[: echo.start()]
     spans = []  # (open tag start, body start, body end) per <grade>
     for om in _GRADE_OPEN.finditer(text):
         nxt = text.find("<", om.end())

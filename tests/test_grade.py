@@ -119,6 +119,11 @@ JUDGE_CASES = [
     ("grade inside reasoning disagrees", "<reasoning>I'd say <grade>false</grade></reasoning><grade>true</grade>",
      None, False, "conflicting_grades"),
     ("one valid, one unreadable", "<grade>true</grade> then <grade>maybe</grade>", None, False, "conflicting_grades"),
+    ("invented next case after the grade is cut off",
+     "<reasoning>Same.</reasoning>\n<grade>true</grade>\n\nQuestion: Who?\nAccepted answers: \"x\"\nResponse: y\n"
+     "<reasoning>No.</reasoning>\n<grade>false</grade>", True, True, ""),
+    ("invented case before any grade is not cut", "<reasoning>x</reasoning>\nQuestion: Who?\n<grade>false</grade>",
+     False, True, ""),
     ("repeated tag with a second word", "<grade>true<grade>false</grade>", None, False, "conflicting_grades"),
 ]
 
@@ -224,3 +229,60 @@ def test_summarise_counts_invalid_as_not_correct():
     assert s["accuracy"] == 0.25 and s["accuracy_valid"] == 0.5 and s["validity_rate"] == 0.5
     assert s["invalid_reasons"] == {"no_grade_tag": 1, "unrecognised_grade": 1}
     json.dumps(s)
+
+
+# --------------------------------------------------------------------------- judge driver on real models
+
+
+def _eval_rows():
+    return [
+        {"item_id": "q0", "answer": "The capital of France is Paris.", "prompt_hash": "h0"},
+        {"item_id": "q1", "answer": "It is Ag.", "prompt_hash": "h1"},
+        {"item_id": "q2", "answer": "No, it is a solid metal.", "prompt_hash": "h2"},
+    ]
+
+
+def test_judge_driver_tiny_model_reports_validity_and_is_cached(tmp_path):
+    """A random-weight judge writes no grade tags: every row must be invalid, none correct, all kept."""
+    from pd.generate import make_generator
+    from pd.grade import judge_params
+
+    ds = _toy_dataset()
+    write_jsonl(tmp_path / "eval.jsonl", _eval_rows())
+    gen = make_generator("tiny-llama", cache_dir=tmp_path / "cache", progress=False)
+    s = grade_file(tmp_path / "eval.jsonl", ds, tmp_path / "j.jsonl", grader="judge", generator=gen,
+                   params=judge_params(12))
+    rows = read_jsonl(tmp_path / "j.jsonl")
+    assert [r["item_id"] for r in rows] == ["q0", "q1", "q2"] and rows[0]["prompt_hash"] == "h0"
+    reparsed = [parse_judge(r["judge_output"]) for r in rows]
+    assert [r["valid"] for r in rows] == [v.valid for v in reparsed]
+    assert [r["correct"] for r in rows] == [v.correct for v in reparsed]
+    assert all(r["grader"].startswith("judge:transformers:tiny-llama") for r in rows)
+    assert s["n"] == 3 and s["validity_rate"] == sum(v.valid for v in reparsed) / 3
+    assert s["correct"] == sum(v.correct is True for v in reparsed)
+    assert gen.misses == 3 and gen.inner.conversations_generated == 3
+    # the same judge calls again: served from the cache, no model call
+    s2 = grade_file(tmp_path / "eval.jsonl", ds, tmp_path / "j2.jsonl", grader="judge", generator=gen,
+                    params=judge_params(12))
+    assert gen.inner.conversations_generated == 3 and gen.hits == 3
+    assert read_jsonl(tmp_path / "j2.jsonl") == rows and s2["validity_rate"] == s["validity_rate"]
+
+
+@pytest.mark.slow
+def test_judge_driver_smollm2(tmp_path):
+    """SmolLM2 as a stand-in judge (prefilled "<reasoning>"): its outputs are parsed and its validity reported."""
+    from pd.generate import make_generator
+    from pd.grade import judge_params
+
+    ds = _toy_dataset()
+    write_jsonl(tmp_path / "eval.jsonl", _eval_rows()[:2])
+    gen = make_generator("smollm2-135m-instruct", progress=False)
+    s = grade_file(tmp_path / "eval.jsonl", ds, tmp_path / "j.jsonl", grader="judge", generator=gen,
+                   params=judge_params(48), prefill="<reasoning>")
+    rows = read_jsonl(tmp_path / "j.jsonl")
+    assert all(r["judge_output"].startswith("<reasoning>") for r in rows)
+    # SmolLM2 follows the format at least once here (measured: it writes reasoning, then a grade tag)
+    assert any(r["has_reasoning"] for r in rows)
+    reparsed = [parse_judge(r["judge_output"]) for r in rows]
+    assert s["validity_rate"] == sum(v.valid for v in reparsed) / 2
+    assert [r["correct"] for r in rows] == [v.correct for v in reparsed]
