@@ -147,15 +147,18 @@ class _Builder:
         self.plan = Plan(cfg)
         self.reg = registry(cfg.get("models"))
         self.R = cfg["results_dir"]
+        self.experiment: str | None = None  # the experiment whose cells are being added
 
     # -- artifacts, each returns its path ----------------------------------------------
 
     def questions(self, c: dict) -> str:
         q = self.cfg["generation"]["questions"]
         dseed = c["seed"] if q["per_seed"] else 0
+        heldout = pdc.training_settings(self.cfg, c["method"], c["model"], self.experiment)["heldout_fraction"]
+        total = c["n_questions"] + (max(1, round(c["n_questions"] * heldout)) if heldout > 0 else 0)
         mode = "bonito" if c["qgen"].startswith("bonito") else q["mode"]  # a Bonito-style generator has its own prompt
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "generator": c["qgen"],
-                "mode": mode, "per_item": c["n_questions"], "seed": dseed,
+                "mode": mode, "per_item": total, "heldout_per_item": total - c["n_questions"], "seed": dseed,
                 "sampling": {k: q[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")},
                 "max_rounds": q["max_rounds"], "prompts": self._prompt_overrides()}
         stem = f"{c['qgen']}_{mode}_n{c['n_questions']}_s{dseed}_{stable_hash(spec, 8)}"
@@ -165,7 +168,7 @@ class _Builder:
         qpath = self.questions(c)
         a = self.cfg["generation"]["answers"]
         kind = "cot" if c["method"] == "sft_distractors" else "plain"
-        train = pdc.training_settings(self.cfg, c["method"], c["model"])
+        train = pdc.training_settings(self.cfg, c["method"], c["model"], self.experiment)
         spec = {"questions": qpath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
                 "expert": c["expert"], "kind": kind, "seed": c["seed"] if self.cfg["generation"]["questions"]["per_seed"] else 0,
                 "sampling": {"temperature": c["answer_temperature"], **a}, "prompts": self._prompt_overrides()}
@@ -262,6 +265,7 @@ class _Builder:
     # -- cells -------------------------------------------------------------------------
 
     def add_experiment(self, name: str) -> None:
+        self.experiment = name
         exp = self.cfg["experiments"][name]
         graders = exp.get("graders") or self.cfg["grading"]["graders"]
         cells = []

@@ -1,0 +1,150 @@
+"""Workflow entry points for training jobs: the teacher statistics and the adapter.
+
+These read a plan artifact's specification (pd.plan), pick the training rows, run
+:func:`pd.train.loop.train`, and measure the judge-free quantity every trained cell
+reports: KL(teacher || student) on held-out question-answer pairs about the same
+passages, before and after training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from pd.data import Dataset, load_dataset
+from pd.errors import DataError
+from pd.io import atomic_path, read_json, read_jsonl, write_json
+from pd.models import get_spec, load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "stats.jsonl"
+HELDOUT_FILE = "heldout.json"
+
+
+def _dataset(spec: dict) -> Dataset:
+    return load_dataset(spec["dataset"], spec["dataset_cfg"])
+
+
+def split_heldout(rows: Sequence[dict], fraction: float, minimum: int = 1) -> tuple[list[dict], list[dict]]:
+    """Hold out about ``fraction`` of the questions (whole questions, chosen by a hash of their id).
+
+    A hash, not a random draw: the same question is held out in every cell and seed
+    that uses the same data, so before/after numbers compare like with like.
+    """
+    if fraction <= 0 or not rows:
+        return list(rows), []
+
+    def score(r: dict) -> str:
+        return hashlib.sha256(str(r.get("question_id", r["id"])).encode()).hexdigest()
+
+    qids = sorted({str(r.get("question_id", r["id"])) for r in rows}, key=lambda q: score({"id": q}))
+    n = max(minimum, round(fraction * len(qids)))
+    if n >= len(qids):
+        return list(rows), []
+    held = set(qids[:n])
+    train = [r for r in rows if str(r.get("question_id", r["id"])) not in held]
+    heldout = [r for r in rows if str(r.get("question_id", r["id"])) in held]
+    return train, heldout
+
+
+def quintile_rows(rows: Sequence[dict], stats: Sequence[dict], subset: str) -> list[dict]:
+    """The rows in one quintile of teacher entropy or initial KL (the paper's Tables 15-16).
+
+    ``subset`` is ``entropy_q1`` ... ``kl_q5``; q1 holds the lowest fifth.
+    """
+    measure, q = subset.split("_q")
+    key = {"entropy": "teacher_entropy", "kl": "initial_kl"}[measure]
+    by_id = {str(s["example_id"]): float(s[key]) for s in stats}
+    ranked = sorted((r for r in rows if str(r["id"]) in by_id), key=lambda r: (by_id[str(r["id"])], str(r["id"])))
+    if len(ranked) < 5:
+        raise DataError(f"{len(ranked)} examples have teacher statistics; quintiles need at least 5")
+    i = int(q) - 1
+    lo, hi = round(i * len(ranked) / 5), round((i + 1) * len(ranked) / 5)
+    return ranked[lo:hi]
+
+
+def _examples(rows: Sequence[dict], ds: Dataset) -> list[dict]:
+    return [{"id": r["id"], "question": r["question"], "answer": r["answer"], "passage": ds.documents[r["doc_id"]].text}
+            for r in rows]
+
+
+def run_teacher(spec: dict, out: str) -> None:
+    """Per-example teacher entropy and initial KL (and, with topk > 0, the top-k targets)."""
+    from pd.train.sequences import Limits, Tokens, collate, pd_examples
+    from pd.train.teacher import build_teacher_cache
+
+    ds = _dataset(spec)
+    rows = read_jsonl(spec["answers"])
+    student = get_spec(spec["student"])
+    tok = load_tokenizer(student)
+    tokens = Tokens(tok, student)
+    examples, build = pd_examples(rows, ds, tokens, Limits(spec["max_answer_tokens"], spec["max_teacher_tokens"]))
+    model = load_model(student)
+    from pd.train.lora import attach_lora
+
+    model = attach_lora(model, rank=1, alpha=2.0)  # a zero-initialised adapter: student == base at step 0
+    teacher = None
+    if spec["teacher"] != spec["student"]:
+        teacher = load_model(get_spec(spec["teacher"]))
+    batches = [collate(examples[i:i + 8], tokens.pad_id) for i in range(0, len(examples), 8)]
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        build_teacher_cache(model, batches, k=max(1, spec["topk"]), temperature=spec["kd_temperature"], teacher=teacher,
+                            out=tmp / "topk.safetensors" if spec["topk"] > 0 else None, stats_path=tmp / STATS_FILE,
+                            student_tokenizer=tok, teacher_tokenizer=load_tokenizer(get_spec(spec["teacher"])),
+                            student_name=spec["student"], teacher_name=spec["teacher"])
+        write_json(tmp / "build.json", {"spec": spec, "sequences": build.as_dict()})
+
+
+def run_adapter(spec: dict, out: str) -> None:
+    """Train one adapter; write it with pd_meta.json and the held-out KL before and after."""
+    from pd.train.heldout import heldout_kl
+    from pd.train.loop import train
+    from pd.train.settings import TrainConfig
+
+    ds = _dataset(spec)
+    settings = dict(spec["training"])
+    extra = settings.pop("heldout_fraction", 0.0)
+    heldout_fraction = extra / (1 + extra)  # the questions were generated with that many extra
+    cfg = TrainConfig.from_dict(settings, method=spec["method"], seed=spec["seed"])
+    model_spec = get_spec(spec["model"])
+    rows = read_jsonl(spec["answers"]) if spec.get("answers") else None
+    heldout: list[dict] = []
+    if rows is not None:
+        rows, heldout = split_heldout(rows, heldout_fraction)
+        if spec.get("subset", "all") != "all":
+            stats = read_jsonl(Path(spec["teacher"]) / STATS_FILE)
+            rows = quintile_rows(rows, stats, spec["subset"])
+        if not rows:
+            raise DataError(f"no training rows left for {spec['method']} on {spec['dataset']} (check the answers file)")
+    teacher_name = spec.get("teacher_model")
+    teacher_spec = get_spec(teacher_name) if teacher_name and teacher_name != spec["model"] else None
+
+    tok = load_tokenizer(model_spec)
+    before = None
+    if heldout:
+        base = load_model(model_spec)
+        teacher_model = load_model(teacher_spec) if teacher_spec else None
+        before = heldout_kl(base, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature, teacher_model=teacher_model)
+        del base
+    result = train(cfg, model_spec, out, rows=rows, dataset=ds, teacher_spec=teacher_spec)
+    record = {"n_heldout": len(heldout), "temperature": cfg.kd_temperature, "before": before, "after": None,
+              "closed_fraction": None, "teacher": teacher_name or spec["model"]}
+    if heldout and result.model is not None:
+        teacher_model = load_model(teacher_spec) if teacher_spec else None
+        after = heldout_kl(result.model, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature,
+                           teacher_model=teacher_model)
+        record.update(after=after, closed_fraction=(1 - after / before) if before else None)
+        log.info("held-out KL(teacher || student) at T=%g: %.4f -> %.4f (%d pairs)", cfg.kd_temperature, before, after,
+                 len(heldout))
+    # The adapter folder is complete; add the held-out measurement beside pd_meta.json.
+    write_json(Path(out) / HELDOUT_FILE, record)
+    meta_path = Path(out) / "pd_meta.json"
+    if meta_path.is_file():
+        meta = read_json(meta_path)
+        meta["heldout_kl"] = record
+        meta["workflow_spec"] = spec
+        write_json(meta_path, meta)
