@@ -47,36 +47,37 @@ def main() -> None:
     }
     summary: dict = {"items": len(ds.items), "answer_params": params.as_dict(), "judge_prefill": "<reasoning>",
                      "judge_max_new_tokens": judge_tokens}
-    evals = {}
-    for name, retrieved in settings.items():
-        t0 = time.time()
-        rows = []
-        for i in range(0, len(ds.items), CHUNK):
-            part = Dataset(ds.name, full.documents, ds.items[i : i + CHUNK])
+    evals: dict[str, list[dict]] = {name: [] for name in settings}
+    judged: dict[str, list[dict]] = {name: [] for name in settings}
+    seconds = {name: [0.0, 0.0] for name in settings}
+    # Round-robin over chunks of items, so that whatever has finished when the run is
+    # stopped covers the same items in every setting, for both graders.
+    for i in range(0, len(ds.items), CHUNK):
+        part = Dataset(ds.name, full.documents, ds.items[i : i + CHUNK])
+        for name, retrieved in settings.items():
+            t0 = time.time()
             sub = None if retrieved is None else {it.id: retrieved[it.id] for it in part.items}
-            r, _ = evaluate(part, gen, sub, params, model="smollm2-135m-instruct")
-            rows.extend(r)
-        write_jsonl(out / f"eval.{name}.jsonl", rows)
-        evals[name] = rows
-        subs = {m: summarise(grade_substring_rows(rows, ds, m)) for m in ("word", "plain")}
-        summary[name] = {"substring_word": subs["word"]["accuracy"], "substring_plain": subs["plain"]["accuracy"],
-                         "cut_at_max_tokens": sum(r["finish_reason"] == "length" for r in rows),
-                         "answer_seconds": round(time.time() - t0, 1)}
-        write_json(out / "summary.json", summary)
-        print(name, summary[name], flush=True)
-    for name, rows in evals.items():
-        t0 = time.time()
-        graded = []
-        for i in range(0, min(judge_limit, len(rows)), CHUNK):
-            graded.extend(grade_judge_rows(rows[i : i + CHUNK], ds, gen, params=judge_params(judge_tokens), prefill="<reasoning>",
-                                           batch_size=CHUNK))
-            write_jsonl(out / f"grades.{name}.judge.jsonl", graded)
-        s = summarise(graded)
-        summary[name] |= {"judge_n": s["n"], "judge_accuracy": s["accuracy"], "judge_accuracy_valid": s["accuracy_valid"],
-                          "judge_validity": s["validity_rate"], "judge_invalid_reasons": s["invalid_reasons"],
-                          "judge_seconds": round(time.time() - t0, 1)}
-        write_json(out / "summary.json", summary)
-        print(name, "judge", s, flush=True)
+            rows, _ = evaluate(part, gen, sub, params, model="smollm2-135m-instruct")
+            evals[name].extend(rows)
+            t1 = time.time()
+            if i < judge_limit:
+                judged[name].extend(grade_judge_rows(rows, ds, gen, params=judge_params(judge_tokens),
+                                                     prefill="<reasoning>", batch_size=CHUNK))
+            seconds[name][0] += t1 - t0
+            seconds[name][1] += time.time() - t1
+            write_jsonl(out / f"eval.{name}.jsonl", evals[name])
+            write_jsonl(out / f"grades.{name}.judge.jsonl", judged[name])
+            subs = {m: summarise(grade_substring_rows(evals[name], ds, m)) for m in ("word", "plain")}
+            j = summarise(judged[name])
+            summary[name] = {"n": len(evals[name]), "substring_word": subs["word"]["accuracy"],
+                             "substring_plain": subs["plain"]["accuracy"],
+                             "cut_at_max_tokens": sum(r["finish_reason"] == "length" for r in evals[name]),
+                             "judge_n": j["n"], "judge_accuracy": j["accuracy"], "judge_accuracy_valid": j["accuracy_valid"],
+                             "judge_validity": j["validity_rate"], "judge_invalid_reasons": j["invalid_reasons"],
+                             "answer_seconds": round(seconds[name][0], 1), "judge_seconds": round(seconds[name][1], 1)}
+            write_json(out / "summary.json", summary)
+        print(i + CHUNK, {n: (v["n"], v["substring_word"], v["judge_validity"]) for n, v in summary.items()
+                          if isinstance(v, dict) and "n" in v}, flush=True)
 
 
 if __name__ == "__main__":

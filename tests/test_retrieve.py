@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pd.data import Dataset, Document, TestItem, load_squadshifts
-from pd.errors import ConfigError, PDError
+from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.retrieve import (
     RETRIEVERS,
     format_context,
@@ -187,3 +187,46 @@ def test_dense_recall_on_nyt(tmp_path):
     r = measure_recall(load_squadshifts("nyt"), "dense", (1, 7), cache_dir=tmp_path)
     assert r[7] == pytest.approx(NYT_DENSE[7], abs=0.02)
     assert r[1] == pytest.approx(NYT_DENSE[1], abs=0.02)
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible embeddings over HTTP
+
+
+class CountingEmbedder:
+    """The real MiniLM model; counts the texts the server asks it to embed."""
+
+    def __init__(self, st):
+        self.st, self.texts = st, 0
+        self.tokenizer = getattr(st, "tokenizer", None)
+
+    def encode(self, texts, **kw):
+        self.texts += len(texts)
+        return self.st.encode(texts, **kw)
+
+
+def test_openai_retriever_over_http_is_cached(tmp_path):
+    from pd.retrieve import openai_retriever, sentence_transformer
+    from pd.serve import create_app, serve_in_thread
+
+    emb = CountingEmbedder(sentence_transformer("all-minilm-l6-v2"))
+    local = make_retriever("dense", DOCS, cache_dir=tmp_path / "local")
+    queries = ["Which river runs through Budapest?", "symbol of gold"]
+    with serve_in_thread(create_app(embedder=emb, embedding_model_name="minilm")) as url:
+        r1 = openai_retriever(DOCS, model="minilm", base_url=url, cache_dir=tmp_path)
+        np.testing.assert_allclose(r1.scores(queries), local.scores(queries), atol=1e-5)
+        assert r1.search(queries, 2) == local.search(queries, 2)
+        assert emb.texts == len(DOCS) + len(queries)
+        r2 = make_retriever("openai", DOCS, model="minilm", base_url=url, cache_dir=tmp_path)
+        assert r2.search(queries, 2) == local.search(queries, 2)
+        assert emb.texts == len(DOCS) + len(queries)  # documents and queries came from the disk cache
+        with pytest.raises(ModelUnavailableError, match="not served here"):
+            openai_retriever(DOCS, model="text-embedding-3-small", base_url=url, cache_dir=tmp_path / "other")
+
+
+def test_openai_retriever_needs_key_or_url(monkeypatch):
+    from pd.retrieve import openai_retriever
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        openai_retriever(DOCS)
