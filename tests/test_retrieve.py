@@ -84,6 +84,17 @@ def test_bm25_paper_keeps_the_casing_bug(tmp_path):
     assert paper.tokenize_query("Budapest Hungary") == ["budapest", "hungary"]
 
 
+def test_bm25_paper_with_a_model_tokenizer(tmp_path, tiny_llama):
+    """The paper tokenised with the model's tokenizer: documents as written, queries lower-cased."""
+    from rank_bm25 import BM25Okapi
+
+    r = make_retriever("bm25_paper", DOCS, tokenizer_model="tiny-llama", cache_dir=tmp_path)
+    tok = tiny_llama.tokenizer
+    assert r.tokenize_query("Capital of FRANCE") == tok.tokenize("capital of france")
+    ref = BM25Okapi([tok.tokenize(d.text) for d in DOCS])
+    np.testing.assert_allclose(r.scores(["Capital of FRANCE"])[0], ref.get_scores(tok.tokenize("capital of france")))
+
+
 def test_factory_rejects_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="allowed: bm25, bm25_paper, dense, openai, oracle"):
         make_retriever("tfidf", DOCS)
