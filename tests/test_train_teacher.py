@@ -13,8 +13,8 @@ from pd.io import read_jsonl
 from pd.train.batch import gather_answers
 from pd.train.losses import kl_divergence, kl_from_hidden
 from pd.train.sequences import Example, Tokens, collate, passage_question
-from pd.train.teacher import (adapter_disabled, answer_hidden, build_teacher_cache, load_teacher_cache, output_head,
-                              teacher_answer_logits)
+from pd.train.teacher import (adapter_disabled, answer_hidden, build_teacher_cache, load_teacher_cache, model_identity,
+                              output_head, teacher_answer_logits)
 
 PASSAGE = ("Don Mattingly played first base for the New York Yankees. In 1991 the team's management fined and "
            "benched him for not getting a haircut. Back trouble ended his career at the age of 34.")
@@ -266,5 +266,7 @@ def test_separate_teacher_same_vocabulary(tiny_llama):
     sep = build_teacher_cache(student, batches, k=8, temperature=2.0, teacher=teacher,
                               student_tokenizer=tiny_llama.tokenizer, teacher_tokenizer=large.tokenizer)
     assert sep.meta["key"] != own.meta["key"] and sep.meta["separate_teacher"]
+    # the fingerprint sees the base weights only: a LoRA-wrapped model is its base, another network is not
+    assert model_identity(student) == model_identity(tiny_llama.model()) != model_identity(teacher)
     # the initial KL's student is the base student either way; only the teacher side changed
     assert [r["initial_kl"] for r in sep.stats] != [r["initial_kl"] for r in own.stats]
