@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +216,35 @@ def test_cache_roundtrips_logprobs_and_recovers_from_a_corrupt_entry(gen, tmp_pa
 def test_adapter_folder_must_exist(tmp_path):
     with pytest.raises(PDError, match="adapter_config.json"):
         make_generator("tiny-llama", adapter=tmp_path / "missing", progress=False)
+
+
+_WORKER = """
+import json, sys
+from pd.generate import make_generator
+from pd.generate.base import SamplingParams
+convs = json.loads(sys.argv[2])
+g = make_generator("tiny-llama", cache_dir=sys.argv[1], progress=False)
+out = g.generate(convs, SamplingParams(temperature=1.0, max_new_tokens=5, seed=3))
+print(json.dumps([[c.token_ids for c in r] for r in out]))
+"""
+
+
+def test_two_processes_sharing_a_cache_dir(tmp_path):
+    """Both write the same entries at once: each gets the same samples, every entry stays valid JSON."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    convs = [[{"role": "user", "content": f"Question number {i}?"}] for i in range(6)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path), json.dumps(convs)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    a, b = (json.loads(o[0].strip().splitlines()[-1]) for o in outs)
+    assert a == b
+    files = list(tmp_path.rglob("*.json"))
+    assert len(files) == len(convs) and not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+    for f in files:
+        json.loads(f.read_text())

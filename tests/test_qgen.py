@@ -140,6 +140,16 @@ def test_cot_contexts_two_distractors_gold_dropped_about_40_percent(tiny):
     assert [r["context_doc_ids"] for r in other] != [r["context_doc_ids"] for r in rows[:10]]
 
 
+def test_rewrite_keeps_the_original_when_the_output_is_unusable(tiny):
+    from pd.qgen import rewrite_questions
+
+    ds = _two_docs()
+    rows, stats = rewrite_questions(ds, tiny, SamplingParams(temperature=0, max_new_tokens=4))
+    assert [r["item_id"] for r in rows] == ["t1", "t2", "t3"]
+    assert all(not r["ok"] and r["rewritten"] == r["question"] for r in rows)  # a random model writes no tags
+    assert stats == {"items": 3, "rewritten": 0, "generator": tiny.name}
+
+
 @pytest.mark.slow
 def test_smollm2_writes_questions_in_single_mode(smollm2):
     ds = load_squadshifts("nyt").select_passages(2)
