@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from pd.data import Dataset, Document
 from pd.errors import ConfigError, DataError
 from pd.train.lora import attach_lora
-from pd.train.loop import Plan, lr_factor, snapshot_name, train
+from pd.train.loop import Plan, lr_factor, snapshot_folder, snapshot_name, train
 from pd.train.methods import batch_loss, build_training_data, load_instruction_pairs
 from pd.train.sequences import Tokens, collate
 from pd.train.settings import METHODS, TrainConfig
@@ -218,6 +218,11 @@ def test_snapshots_by_elapsed_seconds(tiny_llama, dataset, tmp_path):
     final = load_file(str(res.adapter_dir / "adapter_model.safetensors"))
     assert any(not torch.equal(first[k], final[k]) for k in first)
     PeftModel.from_pretrained(tiny_llama.model(), str(snap))
+    assert snapshot_folder(res.adapter_dir, 0) == snap
+    assert snapshot_folder(res.adapter_dir, 10**6) == res.adapter_dir  # the run ended earlier: the final adapter
+    (res.adapter_dir / "pd_meta.json").write_text(json.dumps({"stopped_by": "max_seconds", "wall_clock_s": 5}))
+    with pytest.raises(DataError, match="no snapshot at 1000000"):
+        snapshot_folder(res.adapter_dir, 10**6)
 
 
 def test_settings_and_inputs_are_checked(tiny_llama, dataset, tmp_path):

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from pd.data import Dataset
-from pd.errors import ConfigError
+from pd.errors import ConfigError, DataError
 from pd.io import atomic_path, stable_hash
 from pd.models import ModelSpec, check_same_vocabulary, load_model, load_tokenizer
-from pd.train.lora import adapter_state, attach_lora, load_adapter_state, save_adapter, write_adapter_folder
+from pd.train.lora import META_FILE, adapter_state, attach_lora, load_adapter_state, save_adapter, write_adapter_folder
 from pd.train.methods import TrainingData, batch_loss, build_cache, build_training_data
 from pd.train.sequences import Example, Tokens, collate, count_tokens
 from pd.train.settings import TrainConfig
@@ -62,6 +62,26 @@ def seed_everything(seed: int) -> None:
 def snapshot_name(seconds: float) -> str:
     """Folder name of the adapter snapshot taken at ``seconds`` of training wall-clock."""
     return f"t{int(round(seconds))}"
+
+
+def snapshot_folder(adapter_dir: str | os.PathLike, seconds: float) -> Path:
+    """The adapter as it was ``seconds`` into training.
+
+    A snapshot folder when one was taken; the final adapter when the run ended before
+    that time (it did not change afterwards); otherwise a DataError naming what exists.
+    """
+    adapter_dir = Path(adapter_dir)
+    snap = adapter_dir / "snapshots" / snapshot_name(seconds)
+    if (snap / "adapter_config.json").is_file():
+        return snap
+    meta_path = adapter_dir / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("stopped_by") == "steps" and float(meta.get("wall_clock_s", float("inf"))) <= float(seconds):
+            return adapter_dir
+    have = sorted(p.name for p in (adapter_dir / "snapshots").glob("t*")) if (adapter_dir / "snapshots").is_dir() else []
+    raise DataError(f"{adapter_dir} has no snapshot at {seconds} s (have: {have or 'none'}); train with "
+                    f"training.snapshot_seconds including {seconds}")
 
 
 # --------------------------------------------------------------------------- schedule and data order

@@ -31,6 +31,7 @@ from pd.data import Dataset
 from pd.errors import ConfigError, DataError
 from pd.io import stable_hash
 from pd.models import ModelSpec
+from pd.prompts import render
 
 log = logging.getLogger("pd.train")
 
@@ -38,8 +39,11 @@ PASSAGE_SEPARATOR = "\n\n---\n\n"
 
 
 def passage_question(passage: str, question: str) -> str:
-    """The teacher's (and the expert's) user message: passage, blank line, ``---``, blank line, question."""
-    return f"{passage}{PASSAGE_SEPARATOR}{question}"
+    """The teacher's user message: the expert's prompt (``expert_answer``), so a config override changes both.
+
+    By default: passage, blank line, ``---``, blank line, question.
+    """
+    return render("expert_answer", passage=passage, question=question)
 
 
 @dataclass(frozen=True)
@@ -265,8 +269,9 @@ def choose_context(question_id: str, gold_doc_id: str, doc_ids: Sequence[str], *
 
 
 def context_message(passages: Sequence[str], question: str) -> str:
-    """Several passages (blank-line separated) then the question, in the teacher's layout."""
-    return passage_question("\n\n".join(passages), question)
+    """Several passages (blank-line separated), ``---``, the question: the ``cot_answer`` layout
+    without its answer-format instruction (the student is evaluated without it)."""
+    return "\n\n".join(passages) + PASSAGE_SEPARATOR + question
 
 
 def distractor_examples(rows: Sequence[dict], dataset: Dataset, tokens: Tokens, limits: Limits = Limits(), *,
