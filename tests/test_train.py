@@ -290,3 +290,16 @@ def test_separate_teacher_same_vocabulary_only(tiny_llama, dataset, tmp_path):
     with pytest.raises(VocabularyMismatchError):
         train(_cfg("pd", epochs=1), tiny_llama.spec, tmp_path / "qwen", rows=ROWS, dataset=dataset, device="cpu",
               teacher_spec=get_spec("tiny-qwen2"))
+
+
+def test_gradient_checkpointing_and_time_budget(tiny_llama, dataset, tmp_path):
+    plain = train(_cfg("pd", epochs=1), tiny_llama.spec, tmp_path / "p", rows=ROWS, dataset=dataset, device="cpu")
+    ckpt = train(_cfg("pd", epochs=1, gradient_checkpointing=True), tiny_llama.spec, tmp_path / "c", rows=ROWS,
+                 dataset=dataset, device="cpu")
+    a = load_file(str(plain.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(ckpt.adapter_dir / "adapter_model.safetensors"))
+    for k in a:  # recomputing activations in the backward pass changes nothing but memory
+        torch.testing.assert_close(a[k], b[k], atol=1e-7, rtol=1e-5)
+    short = train(_cfg("pd", epochs=5, max_seconds=0), tiny_llama.spec, tmp_path / "t", rows=ROWS, dataset=dataset,
+                  device="cpu")
+    assert short.steps == 1 and short.meta["stopped_by"] == "max_seconds" and short.meta["total_steps"] == 10

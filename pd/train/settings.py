@@ -14,6 +14,9 @@ from pd.errors import ConfigError
 from pd.train.losses import DIRECTIONS
 from pd.train.sequences import Limits
 
+# Keys of config.yaml's training block that other stages read (the data generation step).
+OUTSIDE_LOOP = ("heldout_fraction",)
+
 METHODS = ("pd", "pd_reverse", "pd_reg", "sft", "sft_distractors", "uft")
 KL_METHODS = ("pd", "pd_reverse", "pd_reg")
 TEACHER_FREE = ("sft", "sft_distractors", "uft")
@@ -125,8 +128,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], **overrides) -> "TrainConfig":
-        """Build from a (config.yaml) dict; unknown keys are an error naming the allowed ones."""
-        d = {**d, **overrides}
+        """Build from a (config.yaml) dict; unknown keys are an error naming the allowed ones.
+
+        Keys in :data:`OUTSIDE_LOOP` belong to other stages and are skipped.
+        """
+        d = {k: v for k, v in {**d, **overrides}.items() if k not in OUTSIDE_LOOP}
         allowed = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - allowed)
         if unknown:
