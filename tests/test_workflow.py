@@ -120,3 +120,42 @@ def test_real_workflow_through_slurm(tmp_path, slurm_cluster):
     assert len(job_ids) == len(plan.of_kind("eval")) + len(plan.of_kind("retrieval"))
     assert job_ids <= new_ids
     assert all(Path(p).exists() for p in plan.artifacts)
+
+
+TINY_TRAIN = ROOT / "tests" / "configs" / "tiny-train.yaml"
+
+
+@pytest.mark.slow
+def test_training_cells_end_to_end(tmp_path):
+    """PD, SFT and UFT cells: data generation, adapters, held-out KL, evaluation, grades, report."""
+    import torch
+    from peft import PeftModel
+
+    from pd.models import get_spec, load_model
+
+    out = subprocess.run(snakemake_cmd(tmp_path, config=TINY_TRAIN), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plan = plan_for(tmp_path, TINY_TRAIN)
+    assert all(Path(p).exists() for p in plan.artifacts)
+    adapters = {plan.artifacts[p].spec["method"]: Path(p) for p in (a.path for a in plan.of_kind("adapter"))}
+    assert set(adapters) == {"pd", "sft", "uft"}
+    # PD and SFT share the questions; each has its own answers (T = 1.5 and 0.25).
+    assert len(plan.of_kind("questions")) == 1 and len(plan.of_kind("answers")) == 2
+    for method, folder in adapters.items():
+        meta = json.loads((folder / "pd_meta.json").read_text())
+        assert meta["method"] == method and meta["steps"] >= 1
+        held = json.loads((folder / "heldout.json").read_text())
+        if method == "uft":
+            assert held["n_heldout"] == 0
+        else:
+            assert held["n_heldout"] >= 1 and held["before"] > 0 and held["after"] is not None
+            assert held["after"] != held["before"]  # the adapter changed the student
+    # The adapter folder is a real PEFT adapter whose trained weights change the logits.
+    spec = get_spec("tiny-llama")
+    base = load_model(spec, device="cpu")
+    x = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        ref = base(x).logits
+        tuned = PeftModel.from_pretrained(load_model(spec, device="cpu"), str(adapters["pd"]))(x).logits
+    assert not torch.allclose(ref, tuned)
