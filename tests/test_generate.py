@@ -57,6 +57,27 @@ def test_batched_greedy_equals_single_and_unpadded_reference(gen, tiny_llama):
     assert len(lengths) == len(CONVS)
 
 
+def test_rows_that_stop_early_leave_the_batch_without_disturbing_the_others(tiny_llama):
+    """Make one generated token a stop token so that rows end at different steps."""
+    g = TransformersGenerator(tiny_llama.spec, progress=False, batch_size=4)
+    refs = [reference_greedy(g.model, tiny_llama.tokenizer, g.prompt(c), 16) for c in CONVS]
+    first = lambda ref, t: ref.index(t) if t in ref else len(ref)  # noqa: E731
+    # A token whose first occurrence differs between rows (absent from some counts as "never").
+    tok = next(t for t in sorted({t for r in refs for t in r}) if len({first(r, t) for r in refs}) >= 2
+               and min(first(r, t) for r in refs) >= 1)
+    g.stop_ids = [tok]
+    p = SamplingParams(temperature=0, max_new_tokens=16, logprobs=2)
+    batched = g.generate(CONVS, p)
+    assert len({first(r, tok) for r in refs}) >= 2
+    for conv, ref, b in zip(CONVS, refs, batched):
+        cut = first(ref, tok)
+        assert b[0].token_ids == ref[:cut]
+        assert b[0].finish_reason == ("stop" if cut < len(ref) else "length")
+        single = g.generate([conv], p)[0][0]
+        for x, y in zip(b[0].top_logprobs, single.top_logprobs):
+            assert list(x) == list(y) and max(abs(u - v) for u, v in zip(x.values(), y.values())) < 1e-4
+
+
 def test_greedy_also_on_a_qwen2_model(tiny_qwen2):
     g = TransformersGenerator(tiny_qwen2.spec, progress=False, batch_size=3)
     p = SamplingParams(temperature=0, max_new_tokens=8)

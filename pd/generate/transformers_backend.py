@@ -208,8 +208,8 @@ class TransformersGenerator:
         stop = torch.tensor(self.stop_ids, device=dev)
         out_ids: list[list[int]] = [[] for _ in prompts]
         top: list[list[dict[int, float]]] = [[] for _ in prompts]
-        finished = [False] * len(prompts)
         reasons = ["length"] * len(prompts)
+        active = list(range(len(prompts)))  # rows still generating; finished rows leave the batch
         past = None
         step_ids, step_mask = ids, mask
         with torch.inference_mode():
@@ -220,24 +220,29 @@ class TransformersGenerator:
                 self.calls += 1
                 past = getattr(out, self._cache_kw)
                 logits = out.logits[:, -1, :].float()
-                nxt = self._choose(logits, gens, params, finished)
+                nxt = self._choose(logits, [gens[r] for r in active], params)
                 if params.logprobs:
-                    lp = torch.log_softmax(logits, dim=-1)
-                    vals, idx = lp.topk(params.logprobs, dim=-1)
+                    vals, idx = torch.log_softmax(logits, dim=-1).topk(params.logprobs, dim=-1)
+                    vals, idx = vals.tolist(), idx.tolist()
                 is_stop = torch.isin(nxt, stop).tolist()
                 nxt_list = nxt.tolist()
-                for r in range(len(prompts)):
-                    if finished[r]:
+                keep = []
+                for a, r in enumerate(active):
+                    if is_stop[a]:
+                        reasons[r] = "stop"
                         continue
-                    if is_stop[r]:
-                        finished[r], reasons[r] = True, "stop"
-                        continue
-                    out_ids[r].append(nxt_list[r])
+                    keep.append(a)
+                    out_ids[r].append(nxt_list[a])
                     if params.logprobs:
-                        top[r].append(dict(zip(idx[r].tolist(), vals[r].tolist())))
-                if all(finished):
+                        top[r].append(dict(zip(idx[a], vals[a])))
+                if not keep:
                     break
-                step_ids = nxt.masked_fill(torch.tensor(finished, device=dev), self.pad_id)[:, None]
+                if len(keep) < len(active):  # drop finished rows from the batch and the KV cache
+                    sel = torch.tensor(keep, device=dev)
+                    past.reorder_cache(sel)
+                    step_mask, nxt = step_mask[sel], nxt[sel]
+                    active = [active[a] for a in keep]
+                step_ids = nxt[:, None]
                 step_mask = torch.cat([step_mask, torch.ones_like(step_ids)], dim=1)
         return [Completion(text=self.tokenizer.decode(out_ids[r], skip_special_tokens=True), finish_reason=reasons[r],
                            n_tokens=len(out_ids[r]), token_ids=out_ids[r],
@@ -245,8 +250,8 @@ class TransformersGenerator:
                 for r in range(len(prompts))]
 
     @staticmethod
-    def _choose(logits, gens, params: SamplingParams, finished: list[bool]):
-        """Greedy at temperature 0; otherwise temperature, top-k, top-p, then a per-row draw."""
+    def _choose(logits, gens, params: SamplingParams):
+        """Greedy at temperature 0; otherwise temperature, top-k, top-p, then a draw from each row's generator."""
         import torch
 
         if params.temperature == 0:
@@ -262,8 +267,4 @@ class TransformersGenerator:
             sp = sp.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, si, sp)
             probs = probs / probs.sum(-1, keepdim=True)
-        nxt = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        for r, g in enumerate(gens):
-            if not finished[r]:
-                nxt[r] = torch.multinomial(probs[r], 1, generator=g)[0]
-        return nxt
+        return torch.stack([torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)])
