@@ -153,3 +153,41 @@ def test_smollm2_served_answers_a_chat_question(smollm2):
                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in resp.choices[0].message.content
     assert resp.choices[0].finish_reason in ("stop", "length") and resp.usage.completion_tokens > 0
+
+
+def test_command_line_server_in_a_subprocess():
+    """`python -m pd.serve` as a user starts it: chat and embeddings from one process."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-m", "pd.serve", "--model", "tiny-llama", "--embedding-model", EMB_NAME,
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "server did not come up"
+            time.sleep(0.5)
+        out = remote(url).generate(CONVS[:1], SamplingParams(temperature=0, max_new_tokens=3))
+        assert out[0][0].n_tokens == 3
+        emb = httpx.post(f"{url}/embeddings", json={"model": EMB_NAME, "input": "hello", "encoding_format": "float"}).json()
+        assert len(emb["data"][0]["embedding"]) == 384
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
