@@ -1,7 +1,6 @@
 """The training loop on tiny-llama: every method lowers its loss, exact resume, schedule, output folder."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -132,16 +131,19 @@ def test_adapter_folder_gives_the_trained_logits(tiny_llama, dataset, tmp_path):
     assert cfg["r"] == 8 and cfg["lora_alpha"] == 16
 
 
-def test_resume_is_bit_identical(tiny_llama, dataset, tmp_path):
-    # Dropout, accumulation and warmup make RNG, optimizer and scheduler state all matter.
-    cfg = _cfg("pd", batch_size=2, grad_accum=2, lora_dropout=0.1, warmup_steps=2, epochs=3)
-    full = train(cfg, tiny_llama.spec, tmp_path / "full", rows=ROWS, dataset=dataset, device="cpu")
+@pytest.mark.parametrize("method,extra", [("pd", {}), ("pd_reg", {"teacher_topk": 16})])
+def test_resume_is_bit_identical(method, extra, tiny_llama, dataset, tmp_path):
+    # Dropout, accumulation and warmup make RNG, optimizer and scheduler state all matter;
+    # pd_reg adds the instruction stream and a teacher cache kept in the work folder.
+    cfg = _cfg(method, batch_size=2, grad_accum=2, lora_dropout=0.1, warmup_steps=2, epochs=3, **extra)
+    kw = dict(rows=ROWS, dataset=dataset, device="cpu", instruction_pairs=PAIRS)
+    full = train(cfg, tiny_llama.spec, tmp_path / "full", **kw)
     n = full.steps
-    assert n == 6
-    part = train(cfg, tiny_llama.spec, tmp_path / "cut", rows=ROWS, dataset=dataset, device="cpu", stop_after=n // 2)
+    assert n == (6 if method == "pd" else 12)
+    part = train(cfg, tiny_llama.spec, tmp_path / "cut", stop_after=n // 2, **kw)
     assert part.adapter_dir is None and not (tmp_path / "cut").exists()
     assert (tmp_path / "cut.work" / "checkpoints" / f"step-{n // 2:08d}").is_dir()
-    resumed = train(cfg, tiny_llama.spec, tmp_path / "cut", rows=ROWS, dataset=dataset, device="cpu")
+    resumed = train(cfg, tiny_llama.spec, tmp_path / "cut", **kw)
     assert resumed.meta["resumed_from_step"] == n // 2 and resumed.steps == n
     a = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "adapter_model.safetensors"))
@@ -236,6 +238,8 @@ def test_settings_and_inputs_are_checked(tiny_llama, dataset, tmp_path):
         load_instruction_pairs(None)
     with pytest.raises(DataError, match="does not exist"):
         load_instruction_pairs(tmp_path / "missing.jsonl")
+    with pytest.raises(DataError, match="tulu-3-sft-mixture"):  # offline: no hub, or no `datasets` package
+        load_instruction_pairs("tulu3")
     with pytest.raises(DataError, match="training rows"):
         train(_cfg("pd"), tiny_llama.spec, tmp_path / "z", rows=[], dataset=dataset, device="cpu")
     assert TrainConfig.from_dict({"method": "pd_reverse"}).direction == "reverse"
