@@ -154,7 +154,7 @@ def test_rewrite_keeps_the_original_when_the_output_is_unusable(tiny):
 def test_smollm2_writes_questions_in_single_mode(smollm2):
     ds = load_squadshifts("nyt").select_passages(2)
     gen = TransformersGenerator(smollm2.spec, progress=False, batch_size=8)
-    cfg = QGenConfig(mode="single", per_doc=4, max_rounds=2)
+    cfg = QGenConfig(mode="single", per_doc=3, max_rounds=2, max_new_tokens=40)
     rows, stats = generate_questions(ds, gen, cfg)
     assert stats["accepted"] == len(rows) >= 2
     assert {r["doc_id"] for r in rows} <= set(ds.documents)
@@ -163,7 +163,7 @@ def test_smollm2_writes_questions_in_single_mode(smollm2):
     per_output = {"no_question_tags", "unclosed_tag", "no_question"}
     rejected_candidates = sum(v for k, v in stats["rejected"].items() if k not in per_output)
     assert stats["candidates"] == stats["accepted"] + stats["surplus"] + rejected_candidates
-    assert stats["calls"] >= 8
+    assert stats["calls"] >= 6
     for r in rows:
         assert r["question"].endswith("?") and r["question"].split()[0] in {"What", "Who", "Which", "When", "Where",
                                                                               "How", "In", "Why", "What's"}
