@@ -13,6 +13,8 @@ samples. Conventions shared with the local backends:
 - A ``raw`` message goes to ``/v1/completions`` as a plain prompt.
 - Top-k log-probabilities by token id cannot be had from this API (it returns token
   strings): asking for them is an error; use the transformers or vLLM backend.
+- ``n_tokens`` is the server's ``usage.completion_tokens``; servers usually count the
+  end-of-turn token, which the local backends leave out (one more on "stop" replies).
 """
 
 from __future__ import annotations
