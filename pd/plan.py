@@ -99,13 +99,20 @@ def _fmt(x: Any) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
+def generation_settings(cfg: dict, experiment: str | None) -> dict:
+    """The generation settings an experiment's cells use: the top level, then its overrides."""
+    base = cfg["generation"]
+    over = cfg["experiments"][experiment].get("generation", {}) if experiment else {}
+    return pdc._deep_merge(base, over)
+
+
 def expand_grid(cfg: dict, experiment: str) -> list[dict]:
     """The experiment's cells as axis dicts, with defaults resolved and irrelevant axes cleared.
 
     Axes a method does not use (a base model has no teacher; SFT has no distillation
     temperature) are set to None, so cells that differ only there collapse into one.
     """
-    qcfg = cfg["generation"]["questions"]
+    qcfg = generation_settings(cfg, experiment)["questions"]
     seen, cells = set(), []
     points = (v for g in pdc.grids(cfg["experiments"][experiment]) for v in itertools.product(*(g[a] for a in AXES)))
     for values in points:
@@ -148,11 +155,12 @@ class _Builder:
         self.reg = registry(cfg.get("models"))
         self.R = cfg["results_dir"]
         self.experiment: str | None = None  # the experiment whose cells are being added
+        self.gen = cfg["generation"]  # its generation settings
 
     # -- artifacts, each returns its path ----------------------------------------------
 
     def questions(self, c: dict) -> str:
-        q = self.cfg["generation"]["questions"]
+        q = self.gen["questions"]
         dseed = c["seed"] if q["per_seed"] else 0
         heldout = pdc.training_settings(self.cfg, c["method"], c["model"], self.experiment)["heldout_fraction"]
         total = c["n_questions"] + (max(1, round(c["n_questions"] * heldout)) if heldout > 0 else 0)
@@ -160,18 +168,19 @@ class _Builder:
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "generator": c["qgen"],
                 "mode": mode, "per_item": total, "heldout_per_item": total - c["n_questions"], "seed": dseed,
                 "sampling": {k: q[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")},
-                "max_rounds": q["max_rounds"], "prompts": self._prompt_overrides()}
+                "max_rounds": q["max_rounds"], "prompts": self._prompt_overrides(), **self._backend()}
         stem = f"{c['qgen']}_{mode}_n{c['n_questions']}_s{dseed}_{stable_hash(spec, 8)}"
         return self.plan.add(Artifact("questions", f"{self.R}/{c['dataset']}/questions/{stem}.jsonl", spec, (), c["qgen"]))
 
     def answers(self, c: dict) -> str:
         qpath = self.questions(c)
-        a = self.cfg["generation"]["answers"]
+        a = self.gen["answers"]
         kind = "cot" if c["method"] == "sft_distractors" else "plain"
         train = pdc.training_settings(self.cfg, c["method"], c["model"], self.experiment)
         spec = {"questions": qpath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
-                "expert": c["expert"], "kind": kind, "seed": c["seed"] if self.cfg["generation"]["questions"]["per_seed"] else 0,
-                "sampling": {"temperature": c["answer_temperature"], **a}, "prompts": self._prompt_overrides()}
+                "expert": c["expert"], "kind": kind, "seed": c["seed"] if self.gen["questions"]["per_seed"] else 0,
+                "sampling": {"temperature": c["answer_temperature"], **a}, "prompts": self._prompt_overrides(),
+                **self._backend()}
         if kind == "cot":
             spec["distractors"] = {"count": train["distractors"], "gold_drop_prob": train["gold_drop_prob"]}
         qstem = qpath.rsplit("/", 1)[1][: -len(".jsonl")]
@@ -230,8 +239,8 @@ class _Builder:
         rpath = self.retrieval(c)
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "model": c["model"],
                 "adapter": adapter, "snapshot": c["snapshot"], "retrieval": rpath, "retriever": c["retrieval"],
-                "seed": c["seed"], "sampling": dict(self.cfg["generation"]["evaluation"]),
-                "backend": self.cfg["generation"]["backend"], "prompts": self._prompt_overrides()}
+                "seed": c["seed"], "sampling": dict(self.gen["evaluation"]),
+                "prompts": self._prompt_overrides(), **self._backend()}
         where = adapter.split("/adapters/", 1)[1] if adapter else f"base/{c['model']}/s{c['seed']}"
         snap = f"snap{_fmt(c['snapshot'])}_" if c["snapshot"] is not None else ""
         path = f"{self.R}/{c['dataset']}/eval/{where}/{snap}{c['retrieval']}_{stable_hash(spec, 8)}.jsonl"
@@ -246,7 +255,7 @@ class _Builder:
         if grader == "judge":
             judge = g["judge"]
             spec.update(judge=judge, max_new_tokens=g["judge_max_new_tokens"], prompts=self._prompt_overrides(),
-                        backend=self.cfg["generation"]["backend"])
+                        **self._backend())
             name = f"judge-{judge}"
         else:
             spec["mode"] = g["substring_mode"]
@@ -254,6 +263,13 @@ class _Builder:
         stem = epath.split("/eval/", 1)[1][: -len(".jsonl")]
         path = f"{self.R}/{c['dataset']}/grades/{stem}.{name}.jsonl"
         return self.plan.add(Artifact("grade", path, spec, (epath,), judge))
+
+    def _backend(self) -> dict:
+        """How a generating job runs its model (not what it computes, but part of its spec)."""
+        out = {"backend": self.gen["backend"], "batch_size": self.gen["batch_size"]}
+        if self.gen.get("openai_base_url"):
+            out["base_url"] = self.gen["openai_base_url"]
+        return out
 
     def _prompt_overrides(self) -> dict:
         from pathlib import Path
@@ -266,6 +282,7 @@ class _Builder:
 
     def add_experiment(self, name: str) -> None:
         self.experiment = name
+        self.gen = generation_settings(self.cfg, name)
         exp = self.cfg["experiments"][name]
         graders = exp.get("graders") or self.cfg["grading"]["graders"]
         cells = []

@@ -38,7 +38,9 @@ def _generator(model: str, spec: dict, adapter: str | None = None, **options):
 
     backend = spec.get("backend", "transformers")
     if backend == "transformers":
-        options.setdefault("batch_size", int(os.environ.get("PD_BATCH_SIZE", "8")))
+        options.setdefault("batch_size", spec.get("batch_size", 8))
+    if backend == "openai" and spec.get("base_url"):
+        options.setdefault("base_url", spec["base_url"])
     return make_generator(model, backend, adapter=adapter, cache_dir=_generation_cache(),
                           models_extra=spec.get("models_extra"), **options)
 
