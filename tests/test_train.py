@@ -40,6 +40,15 @@ PAIRS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models are overhead-bound: one intra-op thread avoids OpenMP spin-waiting on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def dataset():
     return Dataset("toy", {k: Document(k, v) for k, v in PASSAGES.items()}, [])
