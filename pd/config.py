@@ -35,7 +35,8 @@ PAPER_TRAINING: dict[str, Any] = {
     "epochs": 10, "warmup_epochs": 1, "warmup_steps": 0, "rank": 1024, "alpha_factor": 2.0,
     "lora_dropout": 0.0, "kd_temperature": 2.0, "t2_scale": False, "teacher_topk": 0,
     "max_answer_tokens": 512, "max_teacher_tokens": 768, "chunk_size": 128, "checkpoint_every": 0,
-    "snapshot_seconds": [], "reg_fraction": 0.5, "reg_data": None, "uft_chunk_tokens": 256,
+    "teacher_logprob_dtype": "float16",
+    "snapshot_seconds": [], "reg_fraction": 0.5, "reg_data": "tulu3", "uft_chunk_tokens": 256,
     "uft_overlap": 64, "distractors": 2, "gold_drop_prob": 0.4,
     # Not the paper's: 10% extra questions are generated and held out of training, to measure
     # KL(teacher || student) on unseen pairs before and after (every trained cell reports it).

@@ -191,6 +191,7 @@ class _Builder:
     def teacher(self, c: dict, apath: str, train: dict) -> str:
         spec = {"answers": apath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
                 "teacher": c["teacher"], "student": c["model"], "topk": train["teacher_topk"],
+                "logprob_dtype": train["teacher_logprob_dtype"], "chunk_size": train["chunk_size"],
                 "kd_temperature": c["kd_temperature"], "max_answer_tokens": train["max_answer_tokens"],
                 "max_teacher_tokens": train["max_teacher_tokens"]}
         astem = "/".join(apath.rsplit("/", 2)[1:])[: -len(".jsonl")]

@@ -93,6 +93,7 @@ def run_teacher(spec: dict, out: str) -> None:
     with atomic_path(out) as tmp:
         tmp.mkdir()
         build_teacher_cache(model, batches, k=max(1, spec["topk"]), temperature=spec["kd_temperature"], teacher=teacher,
+                            logprob_dtype=spec["logprob_dtype"], chunk_size=spec["chunk_size"] or 256,
                             out=tmp / "topk.safetensors" if spec["topk"] > 0 else None, stats_path=tmp / STATS_FILE,
                             student_tokenizer=tok, teacher_tokenizer=load_tokenizer(get_spec(spec["teacher"])),
                             student_name=spec["student"], teacher_name=spec["teacher"])
@@ -130,7 +131,11 @@ def run_adapter(spec: dict, out: str) -> None:
         teacher_model = load_model(teacher_spec) if teacher_spec else None
         before = heldout_kl(base, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature, teacher_model=teacher_model)
         del base
-    result = train(cfg, model_spec, out, rows=rows, dataset=ds, teacher_spec=teacher_spec)
+    cache = None
+    if cfg.uses_kl and cfg.teacher_topk > 0 and spec.get("teacher"):
+        cache = Path(spec["teacher"]) / "topk.safetensors"  # built once by the teacher job, shared by cells
+    result = train(cfg, model_spec, out, rows=rows, dataset=ds, teacher_spec=None if cache else teacher_spec,
+                   teacher_cache=cache)
     record = {"n_heldout": len(heldout), "temperature": cfg.kd_temperature, "before": before, "after": None,
               "closed_fraction": None, "teacher": teacher_name or spec["model"]}
     if heldout and result.model is not None:
