@@ -225,7 +225,7 @@ class _Builder:
     def retrieval(self, c: dict) -> str | None:
         if c["retrieval"] == "none":
             return None
-        r = self.cfg["retrieval"]
+        r = pdc._deep_merge(self.cfg["retrieval"], self.cfg["experiments"][self.experiment].get("retrieval", {}))
         k = 10 if self.cfg["datasets"][c["dataset"]]["loader"] == "hotpotqa" and r["k"] == 7 else r["k"]
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "retriever": c["retrieval"],
                 "k": k}
