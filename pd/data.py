@@ -154,6 +154,26 @@ def load_squadshifts(subset: str, root: str | os.PathLike | None = None, limit: 
     return Dataset(f"squadshifts-{subset}", docs, items, {"source": str(main), "subset": subset})
 
 
+# --------------------------------------------------------------------------- the hub
+
+
+def load_hub_dataset(repo: str, name: str | None = None, *, split: str, offline_hint: str):
+    """A dataset from the Hugging Face hub through ``datasets``.
+
+    Every failure (package missing, offline, gated, not found) becomes one DataError that
+    ends with ``offline_hint``: how to do without the hub.
+    """
+    try:
+        import datasets  # type: ignore
+    except ImportError:
+        raise DataError(f"loading {repo} from the hub needs the `datasets` package (pip install datasets); "
+                        f"{offline_hint}") from None
+    try:
+        return datasets.load_dataset(repo, name, split=split)
+    except Exception as err:  # the hub client raises many types; all mean "not available"
+        raise DataError(f"{repo} could not be loaded from the hub ({type(err).__name__}: {err}); {offline_hint}") from None
+
+
 # --------------------------------------------------------------------------- HotpotQA
 
 
@@ -208,19 +228,10 @@ def load_hotpotqa(path: str | os.PathLike | None = None, limit: int | None = Non
         except json.JSONDecodeError as err:
             raise DataError(f"{p}: not valid JSON ({err.msg} at line {err.lineno})") from None
         return hotpotqa_from_examples(examples, limit)
-    try:
-        import datasets  # type: ignore
-    except ImportError:
-        raise DataError("loading HotpotQA from the hub needs the `datasets` package (pip install datasets), "
-                        "or set the dataset's `path` to a local hotpot_dev_distractor_v1.json") from None
-    try:
-        split = "validation" if limit is None else f"validation[:{limit}]"
-        ds = datasets.load_dataset("hotpotqa/hotpot_qa", "distractor", split=split)
-    except Exception as err:  # the hub client raises many types; all mean "not available"
-        raise DataError(
-            f"HotpotQA could not be loaded from the hub ({type(err).__name__}: {err}). Offline, download "
-            "hotpot_dev_distractor_v1.json on a connected machine and set the dataset's `path` to it."
-        ) from None
+    split = "validation" if limit is None else f"validation[:{limit}]"
+    ds = load_hub_dataset("hotpotqa/hotpot_qa", "distractor", split=split,
+                          offline_hint="offline, download hotpot_dev_distractor_v1.json on a connected machine "
+                                       "and set the dataset's `path` to it")
     return hotpotqa_from_examples(ds, limit)
 
 

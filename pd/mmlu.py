@@ -87,16 +87,10 @@ def load_mmlu_pro(path: str | os.PathLike | None = None, limit: int | None = Non
             raise DataError(str(err)) from None
         where = str(p)
     else:
-        try:
-            import datasets  # type: ignore
-        except ImportError:
-            raise DataError(f"loading MMLU-Pro from the hub needs the `datasets` package (pip install datasets); "
-                            "offline, give a local JSONL in the MMLU-Pro format as the path") from None
-        try:
-            rows = datasets.load_dataset(HUB_ID, split="test")
-        except Exception as err:  # the hub client raises many types; all mean "not available"
-            raise DataError(f"MMLU-Pro could not be loaded from the hub ({type(err).__name__}: {err}); "
-                            f"download {HUB_ID} on a connected machine and give its JSONL as the path") from None
+        from pd.data import load_hub_dataset
+
+        rows = load_hub_dataset(HUB_ID, split="test",
+                                offline_hint="offline, give a local JSONL in the MMLU-Pro format as the path")
         where = HUB_ID
     qs = questions_from_rows(rows, where)
     if categories:

@@ -145,3 +145,11 @@ def test_folder_errors(tmp_path):
     c.write_text("q,a\nx,y\n")
     with pytest.raises(DataError, match="missing column"):
         load_folder(tmp_path / "d", c)
+
+
+def test_hub_dataset_offline_says_how_to_do_without(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if the package were not installed
+    with pytest.raises(DataError, match="needs the `datasets` package.*hotpot_dev_distractor_v1.json"):
+        load_hotpotqa(None, limit=5)

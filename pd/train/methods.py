@@ -140,16 +140,10 @@ def load_instruction_pairs(source: str | Path | None, *, limit: int | None = 200
 
 
 def _load_tulu3(limit: int | None, seed: int) -> list[dict]:
-    try:
-        import datasets  # type: ignore
-    except ImportError:
-        raise DataError(f"loading {TULU3} needs the `datasets` package (pip install datasets); offline, set "
-                        "training.reg_data to a local JSONL of {instruction, response} rows") from None
-    try:
-        ds = datasets.load_dataset(TULU3, split="train")
-    except Exception as err:  # the hub client raises many types; all mean "not available"
-        raise DataError(f"{TULU3} could not be loaded from the hub ({type(err).__name__}: {err}). Offline, set "
-                        "training.reg_data to a local JSONL of {instruction, response} rows") from None
+    from pd.data import load_hub_dataset
+
+    ds = load_hub_dataset(TULU3, split="train", offline_hint="offline, set training.reg_data to a local JSONL of "
+                                                             "{instruction, response} rows")
     if limit is not None:
         ds = ds.shuffle(seed=seed).select(range(min(len(ds), 2 * limit)))  # some rows are multi-turn or empty
     return [{"id": r.get("id"), "messages": r["messages"]} for r in ds]
