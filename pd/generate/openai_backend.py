@@ -40,7 +40,7 @@ class OpenAIGenerator:
         if not key:
             if not self.base_url:
                 raise ConfigError("backend 'openai' needs an API key: set OPENAI_API_KEY, or set OPENAI_BASE_URL "
-                                  "(or generation.base_url) to a local OpenAI-compatible server")
+                                  "(or generation.openai_base_url in config.yaml) to a local OpenAI-compatible server")
             key = "unused"  # local servers ignore it, the client requires one
         if max_workers < 1:
             raise ConfigError(f"max_workers {max_workers}: must be >= 1")
