@@ -90,7 +90,7 @@ def test_paths_encode_their_dependencies(cfg):
         assert art.path.startswith(cfg["reports_dir" if art.kind == "report" else "results_dir"] + "/")
     q = plan.of_kind("questions")[0].path
     # The demo generates its questions one per call and shares them between seeds.
-    assert re.search(r"/demo-nyt/questions/smollm2-135m-instruct_single_n4_s0_[0-9a-f]{8}\.jsonl$", q)
+    assert re.search(r"/demo-nyt/questions/smollm2-135m-instruct_single_n3_s0_[0-9a-f]{8}\.jsonl$", q)
 
 
 def test_snakemake_dry_run_counts_full_grid():
