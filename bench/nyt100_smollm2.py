@@ -76,8 +76,8 @@ def main() -> None:
                              "judge_validity": j["validity_rate"], "judge_invalid_reasons": j["invalid_reasons"],
                              "answer_seconds": round(seconds[name][0], 1), "judge_seconds": round(seconds[name][1], 1)}
             write_json(out / "summary.json", summary)
-        print(i + CHUNK, {n: (v["n"], v["substring_word"], v["judge_validity"]) for n, v in summary.items()
-                          if isinstance(v, dict) and "n" in v}, flush=True)
+        print(i + CHUNK, {n: (summary[n]["n"], summary[n]["substring_word"], summary[n]["judge_validity"])
+                          for n in settings}, flush=True)
 
 
 if __name__ == "__main__":
