@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pd import config as pdc
 from pd.errors import ConfigError
-from pd.io import stable_hash
+from pd.io import file_hash, stable_hash
 from pd.models import registry
 
 AXES = ("model", "method", "dataset", "seed", "retrieval", "expert", "teacher", "qgen", "answer_temperature",
         "kd_temperature", "n_questions", "rank", "snapshot", "subset")
-KINDS = ("questions", "answers", "teacher", "adapter", "retrieval", "eval", "grade", "manifest", "report")
+KINDS = ("questions", "answers", "teacher", "adapter", "retrieval", "eval", "grade", "capability", "manifest", "report")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Cell:
     eval_path: str
     adapter: str | None
     varying: tuple[str, ...] = ()  # the secondary axes the experiment's grid varies
+    capability: str | None = None  # MMLU-Pro rows of the cell's model, when the experiment measures forgetting
 
     @property
     def cell_id(self) -> str:
@@ -265,6 +267,15 @@ class _Builder:
         path = f"{self.R}/{c['dataset']}/grades/{stem}.{name}.jsonl"
         return self.plan.add(Artifact("grade", path, spec, (epath,), judge))
 
+    def capability(self, c: dict, adapter: str | None) -> str:
+        """MMLU-Pro accuracy of a cell's model (base or with its adapter): the forgetting check."""
+        cap = self.cfg["capability"]
+        spec = {"model": c["model"], "adapter": adapter, "path": cap["path"], "limit": cap["limit"],
+                "hash": file_hash(cap["path"]) if cap["path"] and Path(cap["path"]).is_file() else None}
+        where = adapter.split("/adapters/", 1)[1] if adapter else f"base/{c['model']}"
+        path = f"{self.R}/capability/{where}/mmlu_pro_{stable_hash(spec, 8)}.jsonl"
+        return self.plan.add(Artifact("capability", path, spec, (adapter,) if adapter else (), c["model"]))
+
     def _backend(self) -> dict:
         """How a generating job runs its model (not what it computes, but part of its spec)."""
         out = {"backend": self.gen["backend"], "batch_size": self.gen["batch_size"]}
@@ -273,10 +284,6 @@ class _Builder:
         return out
 
     def _prompt_overrides(self) -> dict:
-        from pathlib import Path
-
-        from pd.io import file_hash
-
         return {k: {"path": v, "hash": file_hash(v) if Path(v).is_file() else None} for k, v in sorted(self.cfg["prompts"].items())}
 
     # -- cells -------------------------------------------------------------------------
@@ -294,10 +301,12 @@ class _Builder:
             adapter = None if c["method"] == "base" else self.adapter(c, name)
             epath = self.evaluation(c, adapter)
             grades = {g: self.grade(c, epath, g) for g in graders}
-            cells.append(Cell(name, c, grades, epath, adapter, varying))
+            capability = self.capability(c, adapter) if exp["capability"] else None
+            cells.append(Cell(name, c, grades, epath, adapter, varying, capability))
         self.plan.cells[name] = cells
         records = manifest_records(self.plan, name)
-        inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), *([cell.adapter] if cell.adapter else [])]))
+        inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), cell.adapter, cell.capability]
+                                     if p))
         spec = {"experiment": name, "table": exp["table"], "paper_table": exp.get("paper_table"),
                 "description": exp.get("description", ""), "records": records}
         self.plan.add(Artifact("manifest", self.plan.manifest_path(name), spec, inputs))
@@ -326,6 +335,6 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
             gname = f"judge:{spec['judge']}" if grader == "judge" else "substring"
             adapter_spec = plan.artifacts[cell.adapter].spec if cell.adapter else None
             out.append({"experiment": experiment, "cell_id": cell.cell_id, "axes": cell.axes, "grader": gname,
-                        "grades": path, "eval": cell.eval_path, "adapter": cell.adapter,
+                        "grades": path, "eval": cell.eval_path, "adapter": cell.adapter, "capability": cell.capability,
                         "meta": {"training": adapter_spec["training"] if adapter_spec else None}})
     return out

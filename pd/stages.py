@@ -146,6 +146,12 @@ def grade(spec: dict, out: str) -> None:
         grade_file(spec["eval"], ds, out, "substring", mode=spec["mode"])
 
 
+def capability(spec: dict, out: str) -> None:
+    from pd.mmlu import run_mmlu
+
+    run_mmlu(spec["model"], spec["path"], out, adapter=spec["adapter"], limit=spec["limit"])
+
+
 def manifest(spec: dict, out: str) -> None:
     write_json(out, spec)
 
@@ -160,7 +166,7 @@ def report(spec: dict, out: str) -> None:
 
 STAGES: dict[str, Callable[[dict, str], None]] = {
     "questions": questions, "answers": answers, "retrieval": retrieval, "evaluate": evaluation, "grade": grade,
-    "manifest": manifest, "report": report,
+    "capability": capability, "manifest": manifest, "report": report,
 }
 
 

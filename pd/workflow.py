@@ -21,12 +21,13 @@ PATTERNS = {
     "retrieval": "{R}/{dataset}/retrieval/{stem}.jsonl",
     "eval": "{R}/{dataset}/eval/{rest}.jsonl",
     "grade": "{R}/{dataset}/grades/{rest}.{grader}.jsonl",
+    "capability": "{R}/capability/{rest}.jsonl",
     "manifest": "{R}/manifests/{experiment}.json",
     "report": "{reports}/index.html",
 }
 # Plan kinds -> pd.resources job kinds.
 RESOURCE_KINDS = {"questions": "questions", "answers": "answers", "teacher": "teacher_cache", "adapter": "train",
-                  "retrieval": "retrieve", "eval": "evaluate", "grade": "judge", "manifest": "report", "report": "report"}
+                  "retrieval": "retrieve", "eval": "evaluate", "grade": "judge", "capability": "evaluate", "manifest": "report", "report": "report"}
 
 
 class Workflow:

@@ -33,8 +33,10 @@ PAPER = ["main", "expert_teacher", "temperatures", "regularisation", "hotpotqa",
 #    x 2 retrieval); hotpotqa 54; rag_variants 144 - 48 (openai in main) = 96; n_questions 42 - 6
 #    = 36; Bonito 9; wall_clock 5 snapshots x 6 = 30; lora_rank 36; reverse 12; quintiles 30 -> 711.
 #  grades: 2 graders x 711 = 1422; manifests: 12.
+#  capability (MMLU-Pro, regularisation only): the base model once (its seeds and retrievals share
+#    it) + 12 pd + 12 pd_reg adapters = 25.
 PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 3, "adapter": 363, "retrieval": 13, "eval": 711,
-                "grade": 1422, "manifest": 12, "report": 1}
+                "grade": 1422, "capability": 25, "manifest": 12, "report": 1}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def test_main_grid_alone(cfg):
     # base (no training data) + pd/sft (shared questions, own answers) + uft (no questions).
     plan = build_plan(cfg, ["main"])
     assert plan.count() == {"questions": 36, "answers": 72, "teacher": 0, "adapter": 108, "retrieval": 4,
-                            "eval": 288, "grade": 576, "manifest": 1, "report": 1}
+                            "eval": 288, "grade": 576, "capability": 0, "manifest": 1, "report": 1}
 
 
 def test_irrelevant_axes_collapse(cfg):
@@ -103,7 +105,7 @@ def test_snakemake_dry_run_counts_full_grid():
     assert out.returncode == 0, out.stderr[-2000:]
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, re.M)}
     expected = {"questions": 72, "answers": 159, "teacher": 3, "adapter": 363, "retrieval": 13, "evaluate": 711,
-                "grade": 1422, "manifest": 12, "report": 1, "all": 1}
+                "grade": 1422, "capability": 25, "manifest": 12, "report": 1, "all": 1}
     assert {k: counts.get(k) for k in expected} == expected
     assert elapsed < 30
 

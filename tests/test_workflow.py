@@ -26,11 +26,11 @@ def snakemake_cmd(workdir: Path, *extra: str, config: Path = TINY) -> list[str]:
             f"reports_dir={workdir / 'reports'}", "--cores", "2", *extra]
 
 
-def plan_for(workdir: Path, config: Path = TINY):
+def plan_for(workdir: Path, config: Path = TINY, extra: dict | None = None):
     import yaml
 
     raw = yaml.safe_load((ROOT / "config.yaml").read_text())
-    over = yaml.safe_load(config.read_text())
+    over = yaml.safe_load(config.read_text()) | (extra or {})
     over["results_dir"] = str(workdir / "results")
     over["reports_dir"] = str(workdir / "reports")
     return build_plan(load_config(raw, over))
@@ -133,10 +133,15 @@ def test_training_cells_end_to_end(tmp_path):
 
     from pd.models import get_spec, load_model
 
-    out = subprocess.run(snakemake_cmd(tmp_path, config=TINY_TRAIN), cwd=tmp_path, capture_output=True, text=True,
-                         timeout=900)
+    import yaml
+
+    # The forgetting check reads a small MMLU-Pro file; config paths are relative to the run folder.
+    mmlu = ROOT / "tests" / "data" / "mmlu_pro_easy.jsonl"
+    config = tmp_path / "tiny-train.yaml"
+    config.write_text(yaml.safe_dump(yaml.safe_load(TINY_TRAIN.read_text()) | {"capability": {"path": str(mmlu), "limit": 4}}))
+    out = subprocess.run(snakemake_cmd(tmp_path, config=config), cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    plan = plan_for(tmp_path, TINY_TRAIN)
+    plan = plan_for(tmp_path, config)
     assert all(Path(p).exists() for p in plan.artifacts)
     adapters = {plan.artifacts[p].spec["method"]: Path(p) for p in (a.path for a in plan.of_kind("adapter"))}
     assert set(adapters) == {"pd", "sft", "uft"}
@@ -151,6 +156,12 @@ def test_training_cells_end_to_end(tmp_path):
         else:
             assert held["n_heldout"] >= 1 and held["before"] > 0 and held["after"] is not None
             assert held["after"] != held["before"]  # the adapter changed the student
+    # The forgetting check ran on every adapter: MMLU-Pro rows, one per question.
+    caps = plan.of_kind("capability")
+    assert sorted(a.spec["adapter"] for a in caps) == sorted(str(p) for p in adapters.values())
+    for art in caps:
+        rows = read_jsonl(art.path)
+        assert len(rows) == 4 and all(r["pred"] in "ABCD" and r["correct"] == (r["pred"] == r["answer"]) for r in rows)
     # The adapter folder is a real PEFT adapter whose trained weights change the logits.
     spec = get_spec("tiny-llama")
     base = load_model(spec, device="cpu")

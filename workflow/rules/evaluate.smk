@@ -47,3 +47,20 @@ rule grade:
         f"{R}/logs/{{dataset}}/grades/{{rest}}.{{grader}}.log",
     script:
         "../scripts/stage.py"
+
+
+rule capability:
+    input:
+        WF.inputs("capability"),
+    output:
+        f"{R}/capability/{{rest}}.jsonl",
+    params:
+        spec=WF.spec("capability"),
+    resources:
+        **WF.resources("capability"),
+    benchmark:
+        f"{R}/benchmarks/capability/{{rest}}.tsv"
+    log:
+        f"{R}/logs/capability/{{rest}}.log",
+    script:
+        "../scripts/stage.py"
