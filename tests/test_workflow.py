@@ -64,6 +64,15 @@ def test_local_profile_end_to_end_then_nothing_to_do(tmp_path):
     again = subprocess.run(snakemake_cmd(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+    # `snakemake --report` bundles the HTML report and the tables with their captions.
+    import zipfile
+
+    rep = subprocess.run(snakemake_cmd(tmp_path, "--report", str(tmp_path / "report.zip")), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    raw = [n for n in names if "/data/raw/" in n]
+    assert any(n.endswith("/index.html") for n in raw) and any(n.endswith("/table.md") for n in raw)
 
 
 @pytest.mark.slow

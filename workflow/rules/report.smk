@@ -15,7 +15,10 @@ rule report:
     input:
         WF.inputs("report"),
     output:
-        f"{WF.cfg['reports_dir']}/index.html",
+        report(f"{WF.cfg['reports_dir']}/index.html", caption="../report/index.rst", category="Overview"),
+        # Each experiment's table, with the caption the report writes beside it (for `snakemake --report`).
+        [report(f"{WF.cfg['reports_dir']}/{e}/table.md", category=e,
+                caption=os.path.abspath(f"{WF.cfg['reports_dir']}/{e}/table.rst")) for e in WF.cfg["run"]],
     params:
         spec=WF.spec("report"),
     script:
