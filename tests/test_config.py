@@ -57,7 +57,7 @@ def _mutate(path, value):
 # Each bad configuration, and the fragments its error must contain (key path + allowed values).
 BAD = [
     ("unknown top-level key", _mutate(["colour"], "red"),
-     ["(top level): unknown key 'colour'", "allowed: datasets, device"]),
+     ["(top level): unknown key 'colour'", "allowed: capability, datasets, device"]),
     ("misspelt key with suggestion", _mutate(["retreival"], {"k": 3}),
      ["unknown key 'retreival' (did you mean 'retrieval'?)"]),
     ("wrong type", _mutate(["training"], {"lr": "fast"}),
