@@ -173,3 +173,33 @@ def test_spec_errors_name_the_problem(tmp_path):
     assert len(no_blocks.blocks) == 1 and no_blocks.blocks[0].label == ""
     with pytest.raises(ConfigError, match="axis 'expert' is not an axis"):
         build_table("small", TableSpec.from_dict({"rows": ["expert"]}), groups)
+
+
+def test_methods_compare_despite_their_own_settings(tmp_path):
+    """PD and SFT cells differ in axes each method sets for itself (answer temperature, KL
+    temperature); the paired test still pairs them by block, row and column."""
+    import json
+
+    from pd.report.aggregate import build_groups, load_manifest
+    from pd.report.tables import build_table
+
+    records = []
+    correct = {"pd": [1, 1, 1, 1, 1, 1, 1, 1, 0, 0], "sft": [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]}
+    for method, temps in (("pd", (1.5, 2.0)), ("sft", (0.25, None))):
+        for seed in (0, 1):
+            path = tmp_path / f"{method}{seed}.jsonl"
+            path.write_text("".join(json.dumps({"item_id": f"q{i}", "grader": "substring", "correct": bool(c),
+                                                "valid": True}) + "\n" for i, c in enumerate(correct[method])))
+            axes = {"model": "m", "method": method, "dataset": "d", "retrieval": "none", "seed": seed,
+                    "answer_temperature": temps[0], "kd_temperature": temps[1]}
+            records.append({"experiment": "x", "cell_id": f"{method}/{seed}", "axes": axes, "grader": "substring",
+                            "grades": str(path)})
+    manifest = tmp_path / "x.json"
+    manifest.write_text(json.dumps({"experiment": "x", "table": {"rows": ["model", "method"], "columns": ["dataset"],
+                                                                  "blocks": "retrieval"}, "records": records}))
+    m = load_manifest([manifest])
+    table = build_table("x", m.experiments["x"], build_groups(m.cells), n_resamples=2000, seed=0)
+    assert len(table.comparisons) == 1
+    comp = table.comparisons[0]
+    # 1 of 10 right against 8 of 10, the same in both seeds: -70 points.
+    assert abs(comp.diff - (-0.7)) < 1e-9 and comp.significant_bootstrap

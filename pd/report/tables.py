@@ -14,12 +14,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jinja2
 
 from pd.errors import ConfigError
-from pd.report.aggregate import Group, TableSpec, group_key
+from pd.report.aggregate import Group, TableSpec, _hashable, group_key
 from pd.report.paper_values import PaperValue, lookup
 from pd.report.stats import Bootstrap, MeanSE, PairedT, paired_bootstrap, paired_t
 
@@ -354,7 +354,16 @@ def _mark_best(rows: list[TableRow], n_cols: int) -> None:
 def _compare(table: Table, groups: Sequence[Group], *, n_resamples: int, seed: int) -> None:
     """Test every non-reference cell against the reference method's cell with the same other axes."""
     spec = table.spec
-    by_key = {group_key(g.axes): g for g in groups}
+    # The reference is the cell shown in the same block and column, in the reference method's
+    # row: axes a method sets for itself (an SFT cell has no distillation temperature, its
+    # answers are sampled at 0.25) must not stop PD and SFT from being compared.
+    shown = ([spec.blocks] if spec.blocks else []) + list(spec.rows) + list(spec.columns)
+    if spec.method_axis in shown:
+        def key_of(axes: Mapping[str, Any]) -> tuple:
+            return tuple(_hashable(axes.get(a)) for a in shown)
+    else:
+        key_of = group_key
+    by_key = {key_of(g.axes): g for g in groups}
     for block in table.blocks:
         for row in block.rows:
             for (ck, clabel), cell in zip(table.columns, row.cells):
@@ -363,7 +372,7 @@ def _compare(table: Table, groups: Sequence[Group], *, n_resamples: int, seed: i
                     continue
                 if str(g.axes[spec.method_axis]) == str(spec.reference):
                     continue
-                ref = by_key.get(group_key(dict(g.axes, **{spec.method_axis: spec.reference})))
+                ref = by_key.get(key_of(dict(g.axes, **{spec.method_axis: spec.reference})))
                 if ref is None or ref.summary() is None:
                     continue
                 boot = None
