@@ -35,3 +35,14 @@ def tiny_qwen2() -> Loaded:
 @pytest.fixture(scope="session")
 def smollm2() -> Loaded:
     return Loaded("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models are overhead-bound: one intra-op thread avoids OpenMP spin-waiting on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

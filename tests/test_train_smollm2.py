@@ -37,13 +37,7 @@ HELD_OUT = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models are overhead-bound: one intra-op thread avoids OpenMP spin-waiting on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference_heldout_kl(model, tok, spec, passage, pairs, temperature=2.0) -> float:
