@@ -157,10 +157,10 @@ def validate_schema(cfg: dict) -> dict:
     return cfg
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in (over or {}).items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 
@@ -256,7 +256,7 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
             raise ConfigError(f"{p}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(raw).__name__}")
-    cfg = _deep_merge(raw, overrides or {})
+    cfg = deep_merge(raw, overrides or {})
     validate_schema(cfg)
     cfg["datasets"] = {**copy.deepcopy(BUILTIN_DATASETS), **cfg["datasets"]}
     validate_references(cfg)
@@ -265,16 +265,16 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
 
 def training_settings(cfg: dict, method: str, model: str, experiment: str | None = None) -> dict:
     """Resolved training settings: paper defaults < training < per_model < method < experiment."""
-    out = _deep_merge(PAPER_TRAINING, cfg.get("training", {}))
-    out = _deep_merge(out, cfg.get("per_model", {}).get(model, {}))
-    out = _deep_merge(out, PAPER_METHODS.get(method, {}).get("training", {}))
-    out = _deep_merge(out, cfg.get("methods", {}).get(method, {}).get("training", {}))
+    out = deep_merge(PAPER_TRAINING, cfg.get("training", {}))
+    out = deep_merge(out, cfg.get("per_model", {}).get(model, {}))
+    out = deep_merge(out, PAPER_METHODS.get(method, {}).get("training", {}))
+    out = deep_merge(out, cfg.get("methods", {}).get(method, {}).get("training", {}))
     if experiment:
-        out = _deep_merge(out, cfg["experiments"][experiment].get("training", {}))
+        out = deep_merge(out, cfg["experiments"][experiment].get("training", {}))
     return out
 
 
 def answer_temperature(cfg: dict, method: str) -> float | None:
     """The expert's sampling temperature for a method's training answers (1.5 PD, 0.25 SFT)."""
-    m = _deep_merge(PAPER_METHODS.get(method, {}), cfg.get("methods", {}).get(method, {}))
+    m = deep_merge(PAPER_METHODS.get(method, {}), cfg.get("methods", {}).get(method, {}))
     return m.get("answer_temperature")

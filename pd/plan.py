@@ -105,7 +105,7 @@ def generation_settings(cfg: dict, experiment: str | None) -> dict:
     """The generation settings an experiment's cells use: the top level, then its overrides."""
     base = cfg["generation"]
     over = cfg["experiments"][experiment].get("generation", {}) if experiment else {}
-    return pdc._deep_merge(base, over)
+    return pdc.deep_merge(base, over)
 
 
 def expand_grid(cfg: dict, experiment: str) -> list[dict]:
@@ -227,7 +227,7 @@ class _Builder:
     def retrieval(self, c: dict) -> str | None:
         if c["retrieval"] == "none":
             return None
-        r = pdc._deep_merge(self.cfg["retrieval"], self.cfg["experiments"][self.experiment].get("retrieval", {}))
+        r = pdc.deep_merge(self.cfg["retrieval"], self.cfg["experiments"][self.experiment].get("retrieval", {}))
         k = 10 if self.cfg["datasets"][c["dataset"]]["loader"] == "hotpotqa" and r["k"] == 7 else r["k"]
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "retriever": c["retrieval"],
                 "k": k}

@@ -23,7 +23,8 @@ from pd.io import read_jsonl, write_json, write_jsonl
 log = logging.getLogger("pd")
 
 
-def _dataset(spec: dict) -> Dataset:
+def spec_dataset(spec: dict) -> Dataset:
+    """The dataset a job specification names, as its config entry describes it."""
     return load_dataset(spec["dataset"], spec["dataset_cfg"])
 
 
@@ -61,7 +62,7 @@ def _install_prompts(spec: dict) -> None:
 def questions(spec: dict, out: str) -> None:
     from pd.qgen import QGenConfig, generate_questions, write_with_stats
 
-    ds = _dataset(spec)
+    ds = spec_dataset(spec)
     s = spec["sampling"]
     cfg = QGenConfig(mode=spec["mode"], per_item=spec["per_item"], seed=spec["seed"], max_rounds=spec["max_rounds"],
                      temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], max_new_tokens=s["max_new_tokens"])
@@ -73,7 +74,7 @@ def answers(spec: dict, out: str) -> None:
     from pd.generate import SamplingParams
     from pd.qgen import generate_answers, generate_cot_answers, write_with_stats
 
-    ds = _dataset(spec)
+    ds = spec_dataset(spec)
     rows = read_jsonl(spec["questions"])
     s = spec["sampling"]
     params = SamplingParams(temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"],
@@ -94,7 +95,7 @@ def answers(spec: dict, out: str) -> None:
 def retrieval(spec: dict, out: str) -> None:
     from pd.retrieve import recall_at_k, retrieve_for_items
 
-    ds = _dataset(spec)
+    ds = spec_dataset(spec)
     opts: dict[str, Any] = {}
     if spec["retriever"] == "dense":
         opts["model"] = spec["dense_model"]
@@ -121,7 +122,7 @@ def evaluation(spec: dict, out: str) -> None:
     from pd.generate import SamplingParams
     from pd.qgen import write_with_stats
 
-    ds = _dataset(spec)
+    ds = spec_dataset(spec)
     retrieved = None
     if spec["retrieval"]:
         retrieved = {r["item_id"]: r["retrieved"] for r in read_jsonl(spec["retrieval"])}
@@ -137,7 +138,7 @@ def evaluation(spec: dict, out: str) -> None:
 def grade(spec: dict, out: str) -> None:
     from pd.grade import grade_file, judge_params
 
-    ds = _dataset(spec)
+    ds = spec_dataset(spec)
     if spec["grader"] == "judge":
         template = "judge_hotpotqa" if spec["dataset_cfg"]["loader"] == "hotpotqa" else "judge_squadshifts"
         grade_file(spec["eval"], ds, out, "judge", generator=_generator(spec["judge"], spec), template=template,

@@ -13,19 +13,16 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from pd.data import Dataset, load_dataset
+from pd.data import Dataset
 from pd.errors import DataError
 from pd.io import atomic_path, read_json, read_jsonl, write_json
 from pd.models import get_spec, load_model, load_tokenizer
+from pd.stages import spec_dataset
 
 log = logging.getLogger(__name__)
 
 STATS_FILE = "stats.jsonl"
 HELDOUT_FILE = "heldout.json"
-
-
-def _dataset(spec: dict) -> Dataset:
-    return load_dataset(spec["dataset"], spec["dataset_cfg"])
 
 
 def split_heldout(rows: Sequence[dict], fraction: float, minimum: int = 1) -> tuple[list[dict], list[dict]]:
@@ -76,7 +73,7 @@ def run_teacher(spec: dict, out: str) -> None:
     from pd.train.sequences import Limits, Tokens, collate, pd_examples
     from pd.train.teacher import build_teacher_cache
 
-    ds = _dataset(spec)
+    ds = spec_dataset(spec)
     rows = read_jsonl(spec["answers"])
     student = get_spec(spec["student"])
     tok = load_tokenizer(student)
@@ -106,7 +103,7 @@ def run_adapter(spec: dict, out: str) -> None:
     from pd.train.loop import train
     from pd.train.settings import TrainConfig
 
-    ds = _dataset(spec)
+    ds = spec_dataset(spec)
     settings = dict(spec["training"])
     extra = settings.pop("heldout_fraction", 0.0)
     heldout_fraction = extra / (1 + extra)  # the questions were generated with that many extra
