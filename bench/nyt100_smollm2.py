@@ -7,7 +7,7 @@ graded by substring match (word and plain) and by SmolLM2 itself as a stand-in j
 disk cache in chunks, so a restarted run resumes where it stopped. Writes eval and grade
 JSONL plus summary.json under the output folder.
 
-    python bench/nyt100_smollm2.py [out_dir] [--judge-limit N] [--max-tokens N] [--judge-tokens N]
+    python bench/nyt100_smollm2.py [out_dir] [--judge-limit N] [--max-tokens N] [--judge-tokens N] [--chunk N]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pd.grade import grade_judge_rows, grade_substring_rows, judge_params, summa
 from pd.io import write_json, write_jsonl
 from pd.retrieve import retrieve_for_items
 
-CHUNK = 4
+CHUNK = 4  # default items per batch; --chunk N changes it (the generation cache is per prompt)
 
 
 def _opt(name: str, default: int) -> int:
@@ -33,12 +33,13 @@ def _opt(name: str, default: int) -> int:
 def main() -> None:
     args = [a for a in sys.argv[1:2] if not a.startswith("--")]
     out = Path(args[0] if args else "/tmp/h4_nyt100")
-    judge_limit, max_tokens, judge_tokens = (_opt(name, default) for name, default in
-                                             (("--judge-limit", 100), ("--max-tokens", 64), ("--judge-tokens", 48)))
+    judge_limit, max_tokens, judge_tokens, chunk = (
+        _opt(name, default) for name, default in
+        (("--judge-limit", 100), ("--max-tokens", 64), ("--judge-tokens", 48), ("--chunk", CHUNK)))
     out.mkdir(parents=True, exist_ok=True)
     ds = load_squadshifts("nyt").head(100)
     full = load_squadshifts("nyt")  # BM25 searches the subset's whole corpus (188 passages)
-    gen = make_generator("smollm2-135m-instruct", cache_dir=out / "gencache", progress=False, batch_size=CHUNK)
+    gen = make_generator("smollm2-135m-instruct", cache_dir=out / "gencache", progress=False, batch_size=chunk)
     params = SamplingParams(temperature=0.25, max_new_tokens=max_tokens, seed=0)
     settings = {
         "closed_book": None,
@@ -52,8 +53,8 @@ def main() -> None:
     seconds = {name: [0.0, 0.0] for name in settings}
     # Round-robin over chunks of items, so that whatever has finished when the run is
     # stopped covers the same items in every setting, for both graders.
-    for i in range(0, len(ds.items), CHUNK):
-        part = Dataset(ds.name, full.documents, ds.items[i : i + CHUNK])
+    for i in range(0, len(ds.items), chunk):
+        part = Dataset(ds.name, full.documents, ds.items[i : i + chunk])
         for name, retrieved in settings.items():
             t0 = time.time()
             sub = None if retrieved is None else {it.id: retrieved[it.id] for it in part.items}
@@ -62,7 +63,7 @@ def main() -> None:
             t1 = time.time()
             if i < judge_limit:
                 judged[name].extend(grade_judge_rows(rows, ds, gen, params=judge_params(judge_tokens),
-                                                     prefill="<reasoning>", batch_size=CHUNK))
+                                                     prefill="<reasoning>", batch_size=chunk))
             seconds[name][0] += t1 - t0
             seconds[name][1] += time.time() - t1
             write_jsonl(out / f"eval.{name}.jsonl", evals[name])
@@ -76,7 +77,7 @@ def main() -> None:
                              "judge_validity": j["validity_rate"], "judge_invalid_reasons": j["invalid_reasons"],
                              "answer_seconds": round(seconds[name][0], 1), "judge_seconds": round(seconds[name][1], 1)}
             write_json(out / "summary.json", summary)
-        print(i + CHUNK, {n: (summary[n]["n"], summary[n]["substring_word"], summary[n]["judge_validity"])
+        print(i + chunk, {n: (summary[n]["n"], summary[n]["substring_word"], summary[n]["judge_validity"])
                           for n in settings}, flush=True)
 
 

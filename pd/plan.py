@@ -170,7 +170,8 @@ class _Builder:
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "generator": c["qgen"],
                 "mode": mode, "per_item": total, "heldout_per_item": total - c["n_questions"], "seed": dseed,
                 "sampling": {k: q[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")},
-                "max_rounds": q["max_rounds"], "prompts": self._prompt_overrides(), **self._backend()}
+                "max_rounds": q["max_rounds"], "prompts": self._prompt_overrides(), **self._backend(),
+                **self._models(c["qgen"])}
         stem = f"{c['qgen']}_{mode}_n{c['n_questions']}_s{dseed}_{stable_hash(spec, 8)}"
         return self.plan.add(Artifact("questions", f"{self.R}/{c['dataset']}/questions/{stem}.jsonl", spec, (), c["qgen"]))
 
@@ -182,7 +183,7 @@ class _Builder:
         spec = {"questions": qpath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
                 "expert": c["expert"], "kind": kind, "seed": c["seed"] if self.gen["questions"]["per_seed"] else 0,
                 "sampling": {"temperature": c["answer_temperature"], **a}, "prompts": self._prompt_overrides(),
-                **self._backend()}
+                **self._backend(), **self._models(c["expert"])}
         if kind == "cot":
             spec["distractors"] = {"count": train["distractors"], "gold_drop_prob": train["gold_drop_prob"]}
         qstem = qpath.rsplit("/", 1)[1][: -len(".jsonl")]
@@ -195,7 +196,7 @@ class _Builder:
                 "teacher": c["teacher"], "student": c["model"], "topk": train["teacher_topk"],
                 "logprob_dtype": train["teacher_logprob_dtype"], "chunk_size": train["chunk_size"],
                 "kd_temperature": c["kd_temperature"], "max_answer_tokens": train["max_answer_tokens"],
-                "max_teacher_tokens": train["max_teacher_tokens"]}
+                "max_teacher_tokens": train["max_teacher_tokens"], **self._models(c["teacher"], c["model"])}
         astem = "/".join(apath.rsplit("/", 2)[1:])[: -len(".jsonl")]
         stem = f"{c['teacher']}_k{train['teacher_topk']}_T{_fmt(c['kd_temperature'])}_{stable_hash(spec, 8)}"
         return self.plan.add(Artifact("teacher", f"{self.R}/{c['dataset']}/teacher/{astem}/{stem}", spec, (apath,),
@@ -220,6 +221,7 @@ class _Builder:
                 inputs.append(tpath)
                 spec["teacher"] = tpath
         spec["training"] = train
+        spec.update(self._models(c["model"], spec.get("teacher_model")))
         stem = f"r{c['rank']}_{stable_hash(spec, 8)}_s{c['seed']}"
         path = f"{self.R}/{c['dataset']}/adapters/{m}/{c['model']}/{stem}"
         return self.plan.add(Artifact("adapter", path, spec, tuple(inputs), c["model"]))
@@ -243,7 +245,7 @@ class _Builder:
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "model": c["model"],
                 "adapter": adapter, "snapshot": c["snapshot"], "retrieval": rpath, "retriever": c["retrieval"],
                 "seed": c["seed"], "sampling": dict(self.gen["evaluation"]),
-                "prompts": self._prompt_overrides(), **self._backend()}
+                "prompts": self._prompt_overrides(), **self._backend(), **self._models(c["model"])}
         where = adapter.split("/adapters/", 1)[1] if adapter else f"base/{c['model']}/s{c['seed']}"
         snap = f"snap{_fmt(c['snapshot'])}_" if c["snapshot"] is not None else ""
         path = f"{self.R}/{c['dataset']}/eval/{where}/{snap}{c['retrieval']}_{stable_hash(spec, 8)}.jsonl"
@@ -258,7 +260,7 @@ class _Builder:
         if grader == "judge":
             judge = g["judge"]
             spec.update(judge=judge, max_new_tokens=g["judge_max_new_tokens"], prompts=self._prompt_overrides(),
-                        **self._backend())
+                        **self._backend(), **self._models(judge))
             name = f"judge-{judge}"
         else:
             spec["mode"] = g["substring_mode"]
@@ -271,7 +273,8 @@ class _Builder:
         """MMLU-Pro accuracy of a cell's model (base or with its adapter): the forgetting check."""
         cap = self.cfg["capability"]
         spec = {"model": c["model"], "adapter": adapter, "path": cap["path"], "limit": cap["limit"],
-                "hash": file_hash(cap["path"]) if cap["path"] and Path(cap["path"]).is_file() else None}
+                "hash": file_hash(cap["path"]) if cap["path"] and Path(cap["path"]).is_file() else None,
+                **self._models(c["model"])}
         where = adapter.split("/adapters/", 1)[1] if adapter else f"base/{c['model']}"
         path = f"{self.R}/capability/{where}/mmlu_pro_{stable_hash(spec, 8)}.jsonl"
         return self.plan.add(Artifact("capability", path, spec, (adapter,) if adapter else (), c["model"]))
@@ -282,6 +285,14 @@ class _Builder:
         if self.gen.get("openai_base_url"):
             out["base_url"] = self.gen["openai_base_url"]
         return out
+
+    def _models(self, *names: str | None) -> dict:
+        """The config's own entries (`models:`) for the models a job loads, so the job resolves them
+        and a changed entry (another path or dtype) changes the job's hash; {} for built-in models.
+        (An entry's `base:` is always a built-in model, so nothing else is needed.)"""
+        own = self.cfg.get("models") or {}
+        extra = {n: own[n] for n in sorted({n for n in names if n and n in own})}
+        return {"models_extra": extra} if extra else {}
 
     def _prompt_overrides(self) -> dict:
         return {k: {"path": v, "hash": file_hash(v) if Path(v).is_file() else None} for k, v in sorted(self.cfg["prompts"].items())}

@@ -9,6 +9,10 @@ in :func:`question_targets`). Three modes:
 - ``single`` (fallback for small models, which fail at the five-question format):
   one question per call, the reply forced to start with a question word drawn at
   random per call (a prefill), cut at the first ``?``.
+- ``sentence`` (small models too): like ``single``, but each call also quotes one sentence
+  of the passage and asks about it, the sentences taken in turn; a small model then spreads
+  its questions over the whole passage instead of asking about its first line again and
+  again (the duplicates that dominate ``single``'s rejections).
 - ``bonito``: a Bonito-style question generator, prompted with ``<|tasktype|>`` /
   ``<|context|>`` / ``<|task|>`` as raw text; its question is the part before
   ``<|pipe|>``.
@@ -43,7 +47,7 @@ from pd.generate.base import Generator, SamplingParams
 from pd.io import stable_hash, write_json, write_jsonl
 from pd.prompts import render
 
-MODES = ("five", "single", "bonito")
+MODES = ("five", "single", "sentence", "bonito")
 
 # The few-shot example for the ``five`` prompt (written for this project).
 FEW_SHOT = [{
@@ -66,9 +70,13 @@ QUESTION_WORDS = ("What", "Who", "Which", "When", "Where", "How many", "In which
 MODE_DEFAULTS = {
     "five": dict(temperature=1.5, top_k=50, top_p=1.0, max_new_tokens=512),
     "single": dict(temperature=0.8, top_k=50, top_p=1.0, max_new_tokens=48),
+    "sentence": dict(temperature=0.8, top_k=50, top_p=1.0, max_new_tokens=48),
     "bonito": dict(temperature=1.0, top_k=0, top_p=0.95, max_new_tokens=256),
 }
-PER_CALL = {"five": 5, "single": 1, "bonito": 1}
+PER_CALL = {"five": 5, "single": 1, "sentence": 1, "bonito": 1}
+_ABBREVIATION_END = re.compile(r"(?:^|\s)(?:[A-Z][a-z]{0,2}\.)+$")  # "Dr." "W." "U.S.": no sentence ends here
+PREFILLED = ("single", "sentence")  # modes whose reply starts with a question word
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"\u201d\u2019)]))\s+(?=[\"\u201c\u2018(]?[A-Z0-9])")
 
 MIN_WORDS, MAX_WORDS = 3, 40
 _PASSAGE_REF = re.compile(r"\b(the|this|that|above|given) (passage|text|article|paragraph|excerpt|document|context)\b", re.I)
@@ -147,7 +155,7 @@ def candidates(text: str, mode: str, prefix: str = "") -> tuple[list[str], list[
         if not found and not problems:
             problems = ["no_question_tags"]
         return found, problems
-    if mode == "single":
+    if mode in PREFILLED:
         if not prefix:
             body = text
         elif text[:1] in ("'", ",", "?"):  # "What" + "'s ..." / "What" + "?"
@@ -208,11 +216,30 @@ def question_targets(dataset: Dataset, per_item: int = 30, per_doc: int | None =
     return targets
 
 
-def _conversation(mode: str, passage: str, cfg: QGenConfig, prefix: str = "") -> list[dict]:
+def sentences(text: str, min_words: int = 4) -> list[str]:
+    """The passage's sentences (split after . ! ? before a capital or digit); short fragments join the next one."""
+    out: list[str] = []
+    carry = ""
+    for part in _SENTENCE_END.split(" ".join(text.split())):
+        part = (carry + " " + part).strip() if carry else part.strip()
+        if len(part.split()) < min_words or _ABBREVIATION_END.search(part):
+            carry = part
+            continue
+        out.append(part)
+        carry = ""
+    if carry:
+        if out:
+            out[-1] = out[-1] + " " + carry
+        else:
+            out.append(carry)
+    return out
+
+
+def _conversation(mode: str, passage: str, cfg: QGenConfig, prefix: str = "", focus: str = "") -> list[dict]:
     if mode == "five":
         return [{"role": "user", "content": render("qgen", passage=passage, n=PER_CALL["five"], examples=FEW_SHOT)}]
-    if mode == "single":
-        return [{"role": "user", "content": render("qgen_single", passage=passage)},
+    if mode in PREFILLED:
+        return [{"role": "user", "content": render(f"qgen_{mode}", passage=passage, sentence=focus)},
                 {"role": "assistant", "content": prefix}]
     return [{"role": "raw", "content": render("qgen_bonito", passage=passage, task_type=cfg.bonito_task_type) + "\n"}]
 
@@ -225,6 +252,7 @@ def generate_questions(dataset: Dataset, generator: Generator, cfg: QGenConfig =
     seen: dict[str, set[str]] = {d: set() for d in targets}
     rejected: Counter = Counter()
     st = dict(calls=0, outputs_cut=0, candidates=0, surplus=0, rounds=0)
+    sent_turn: Counter = Counter()  # per passage: how many calls have quoted one of its sentences
     per_call = PER_CALL[cfg.mode]
     for rnd in range(cfg.max_rounds):
         need = {d: targets[d] - len(accepted[d]) for d in targets if len(accepted[d]) < targets[d]}
@@ -236,11 +264,15 @@ def generate_questions(dataset: Dataset, generator: Generator, cfg: QGenConfig =
         jobs = []
         for d, m in need.items():
             calls = math.ceil(m / per_call)
-            if cfg.mode == "single":
+            if cfg.mode in PREFILLED:
+                text = dataset.documents[d].text
+                sents = sentences(text) if cfg.mode == "sentence" else [""]
                 rng = random.Random(stable_hash(["qgen-prefix", cfg.seed, rnd, d]))
                 for _ in range(calls):
                     w = rng.choice(QUESTION_WORDS)
-                    jobs.append((d, _conversation("single", dataset.documents[d].text, cfg, w), w, 1))
+                    focus = sents[sent_turn[d] % len(sents)]
+                    sent_turn[d] += 1
+                    jobs.append((d, _conversation(cfg.mode, text, cfg, w, focus), w, 1))
             else:
                 jobs.append((d, _conversation(cfg.mode, dataset.documents[d].text, cfg), "", calls))
         for n in sorted({j[3] for j in jobs}):

@@ -150,7 +150,8 @@ def grade(spec: dict, out: str) -> None:
 def capability(spec: dict, out: str) -> None:
     from pd.mmlu import run_mmlu
 
-    run_mmlu(spec["model"], spec["path"], out, adapter=spec["adapter"], limit=spec["limit"])
+    run_mmlu(spec["model"], spec["path"], out, adapter=spec["adapter"], limit=spec["limit"],
+             models_extra=spec.get("models_extra"))
 
 
 def manifest(spec: dict, out: str) -> None:

@@ -115,3 +115,33 @@ def test_snakemake_names_a_bad_config():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "run[0]: unknown experiment 'mian' (did you mean 'main'?)" in out.stderr
+
+
+def test_user_models_reach_their_jobs(tmp_path):
+    """A model defined under `models:` must be resolvable inside every job that loads it, and a
+    changed entry (here its dtype) must move those jobs' outputs to new paths."""
+    import yaml
+
+    from pd.io import read_jsonl
+    from pd.stages import run_job, spec_dataset
+
+    raw = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
+    raw["results_dir"] = str(tmp_path / "results")
+    raw["experiments"]["tiny"]["grid"].update(model=["my-tiny"], retrieval=["none"])
+    raw["models"] = {"my-tiny": {"base": "tiny-llama", "dtype": "bfloat16"}}
+    plan = build_plan(load_config(raw), ["tiny"])
+    loading = [a for a in plan.artifacts.values() if a.model == "my-tiny"]
+    assert {a.kind for a in loading} == {"eval"}
+    for a in loading:
+        assert a.spec["models_extra"] == {"my-tiny": {"base": "tiny-llama", "dtype": "bfloat16"}}
+    assert all("models_extra" not in a.spec for a in plan.artifacts.values() if a.model is None)
+
+    raw["models"]["my-tiny"]["dtype"] = "float32"
+    other = build_plan(load_config(raw), ["tiny"])
+    assert {a.path for a in other.of_kind("eval")}.isdisjoint(a.path for a in loading)
+
+    # The job itself: "my-tiny" is not built in, so it resolves only through the spec.
+    ev = loading[0]
+    run_job("evaluate", ev.spec, [str(tmp_path / "eval.jsonl")], [])
+    rows = read_jsonl(tmp_path / "eval.jsonl")
+    assert [r["item_id"] for r in rows] == [it.id for it in spec_dataset(ev.spec).items]

@@ -44,6 +44,7 @@ CASES = [
     ("single", "", "Who", [], {"not_a_question": 1}),
     ("single", " did the Titanic sink\n?", "When", [], {"not_a_question": 1}),
     ("single", " people live in Lagos?", "How many", [], {"duplicate": 1}),  # seen already (see test)
+    ("sentence", " did the Berlin Wall fall? It fell in 1989.", "When", ["When did the Berlin Wall fall?"], {}),
     ("bonito", "What year did the Berlin Wall fall?\n<|pipe|>\n1989", "", ["What year did the Berlin Wall fall?"], {}),
     ("bonito", "Question: Who painted the Mona Lisa?\nAnswer using:\n{{context}}\n<|pipe|>Leonardo", "",
      ["Who painted the Mona Lisa?"], {}),
@@ -68,7 +69,7 @@ def test_targets_are_per_test_item_or_per_doc():
     assert question_targets(ds, per_doc=4) == {d: 4 for d in ds.documents}
     with pytest.raises(DataError, match="per_doc"):
         question_targets(Dataset("x", {"a": Document("a", "text")}, []), per_item=30)
-    with pytest.raises(ConfigError, match="five, single, bonito"):
+    with pytest.raises(ConfigError, match="five, single, sentence, bonito"):
         QGenConfig(mode="ten")
 
 
@@ -167,3 +168,39 @@ def test_smollm2_writes_questions_in_single_mode(smollm2):
     for r in rows:
         assert r["question"].endswith("?") and r["question"].split()[0] in {"What", "Who", "Which", "When", "Where",
                                                                               "How", "In", "Why", "What's"}
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Dr. Smith went home. He stayed there for years.", ["Dr. Smith went home.", "He stayed there for years."]),
+    # an initial or an abbreviation is not a sentence end
+    ("The poet W. H. Auden lived in New York. So did many others later.",
+     ["The poet W. H. Auden lived in New York.", "So did many others later."]),
+    ("It moved to the U.S. Army base in 1990. Nobody knew why at first.",
+     ["It moved to the U.S. Army base in 1990.", "Nobody knew why at first."]),
+    # a closing quote stays with its sentence; a fragment under 4 words joins the next sentence
+    ("\u201cWe won,\u201d she said. \u201cYes.\u201d The crowd cheered for a long time.",
+     ["\u201cWe won,\u201d she said.", "\u201cYes.\u201d The crowd cheered for a long time."]),
+    ("Prices rose 4.5 percent in 2019! Why? Nobody could say for certain.",
+     ["Prices rose 4.5 percent in 2019!", "Why? Nobody could say for certain."]),
+    ("Just one short line", ["Just one short line"]),
+])
+def test_sentences(text, expected):
+    from pd.qgen import sentences
+
+    assert sentences(text) == expected
+
+
+def test_sentence_mode_quotes_each_sentence_in_turn(tiny):
+    from pd.qgen import _conversation, sentences
+
+    ds = _two_docs()
+    doc = next(iter(ds.documents.values()))
+    sents = sentences(doc.text)
+    conv = _conversation("sentence", doc.text, QGenConfig(mode="sentence"), "Who", sents[-1])
+    assert f'"{sents[-1]}"' in conv[0]["content"] and doc.text in conv[0]["content"]
+    assert conv[1] == {"role": "assistant", "content": "Who"}
+    # One call per missing question in the first round; later rounds only for what is missing.
+    cfg = QGenConfig(mode="sentence", per_doc=2, max_rounds=2, max_new_tokens=8)
+    rows, stats = generate_questions(ds, tiny, cfg)
+    assert stats["mode"] == "sentence" and stats["accepted"] == len(rows) <= 2 * len(ds.documents)
+    assert 2 * len(ds.documents) <= stats["calls"] <= 2 * 2 * len(ds.documents)

@@ -75,7 +75,8 @@ def run_teacher(spec: dict, out: str) -> None:
 
     ds = spec_dataset(spec)
     rows = read_jsonl(spec["answers"])
-    student = get_spec(spec["student"])
+    extra = spec.get("models_extra")
+    student = get_spec(spec["student"], extra)
     tok = load_tokenizer(student)
     tokens = Tokens(tok, student)
     examples, build = pd_examples(rows, ds, tokens, Limits(spec["max_answer_tokens"], spec["max_teacher_tokens"]))
@@ -85,14 +86,14 @@ def run_teacher(spec: dict, out: str) -> None:
     model = attach_lora(model, rank=1, alpha=2.0)  # a zero-initialised adapter: student == base at step 0
     teacher = None
     if spec["teacher"] != spec["student"]:
-        teacher = load_model(get_spec(spec["teacher"]))
+        teacher = load_model(get_spec(spec["teacher"], extra))
     batches = [collate(examples[i:i + 8], tokens.pad_id) for i in range(0, len(examples), 8)]
     with atomic_path(out) as tmp:
         tmp.mkdir()
         build_teacher_cache(model, batches, k=max(1, spec["topk"]), temperature=spec["kd_temperature"], teacher=teacher,
                             logprob_dtype=spec["logprob_dtype"], chunk_size=spec["chunk_size"] or 256,
                             out=tmp / "topk.safetensors" if spec["topk"] > 0 else None, stats_path=tmp / STATS_FILE,
-                            student_tokenizer=tok, teacher_tokenizer=load_tokenizer(get_spec(spec["teacher"])),
+                            student_tokenizer=tok, teacher_tokenizer=load_tokenizer(get_spec(spec["teacher"], extra)),
                             student_name=spec["student"], teacher_name=spec["teacher"])
         write_json(tmp / "build.json", {"spec": spec, "sequences": build.as_dict()})
 
@@ -108,7 +109,7 @@ def run_adapter(spec: dict, out: str) -> None:
     extra = settings.pop("heldout_fraction", 0.0)
     heldout_fraction = extra / (1 + extra)  # the questions were generated with that many extra
     cfg = TrainConfig.from_dict(settings, method=spec["method"], seed=spec["seed"])
-    model_spec = get_spec(spec["model"])
+    model_spec = get_spec(spec["model"], spec.get("models_extra"))
     rows = read_jsonl(spec["answers"]) if spec.get("answers") else None
     heldout: list[dict] = []
     if rows is not None:
@@ -119,7 +120,7 @@ def run_adapter(spec: dict, out: str) -> None:
         if not rows:
             raise DataError(f"no training rows left for {spec['method']} on {spec['dataset']} (check the answers file)")
     teacher_name = spec.get("teacher_model")
-    teacher_spec = get_spec(teacher_name) if teacher_name and teacher_name != spec["model"] else None
+    teacher_spec = get_spec(teacher_name, spec.get("models_extra")) if teacher_name and teacher_name != spec["model"] else None
 
     tok = load_tokenizer(model_spec)
     before = None
