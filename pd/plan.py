@@ -90,6 +90,17 @@ class Plan:
     def manifest_path(self, experiment: str) -> str:
         return f"{self.cfg['results_dir']}/manifests/{experiment}.json"
 
+    def upstream(self, path: str) -> list[str]:
+        """``path`` and every artifact it needs, transitively (the jobs that produce it), sorted."""
+        seen, todo = set(), [path]
+        while todo:
+            p = todo.pop()
+            if p in seen or p not in self.artifacts:
+                continue
+            seen.add(p)
+            todo.extend(self.artifacts[p].inputs)
+        return sorted(seen)
+
     def count(self) -> dict[str, int]:
         out = {k: 0 for k in KINDS}
         for a in self.artifacts.values():
@@ -347,5 +358,6 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
             adapter_spec = plan.artifacts[cell.adapter].spec if cell.adapter else None
             out.append({"experiment": experiment, "cell_id": cell.cell_id, "axes": cell.axes, "grader": gname,
                         "grades": path, "eval": cell.eval_path, "adapter": cell.adapter, "capability": cell.capability,
+                        "jobs": plan.upstream(path),
                         "meta": {"training": adapter_spec["training"] if adapter_spec else None}})
     return out

@@ -3,7 +3,6 @@
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -91,23 +90,20 @@ def test_paths_encode_their_dependencies(cfg):
             assert dep in plan.artifacts, dep
         assert art.path.startswith(cfg["reports_dir" if art.kind == "report" else "results_dir"] + "/")
     q = plan.of_kind("questions")[0].path
-    # The demo generates its questions one per call and shares them between seeds.
-    assert re.search(r"/demo-nyt/questions/smollm2-135m-instruct_single_n3_s0_[0-9a-f]{8}\.jsonl$", q)
+    # The demo generates its questions one per call (one quoted sentence each) and shares them between seeds.
+    assert re.search(r"/demo-nyt/questions/smollm2-135m-instruct_sentence_n3_s0_[0-9a-f]{8}\.jsonl$", q)
 
 
 def test_snakemake_dry_run_counts_full_grid():
-    """`snakemake -n` over every experiment: per-rule job counts, and the DAG is quick."""
+    """`snakemake -n` over every experiment: per-rule job counts (the DAG takes ~6 s on an idle machine)."""
     run = "[" + ",".join(PAPER) + "]"
-    t = time.time()
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--config", f"run={run}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    elapsed = time.time() - t
     assert out.returncode == 0, out.stderr[-2000:]
     counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out.stdout + out.stderr, re.M)}
     expected = {"questions": 72, "answers": 159, "teacher": 3, "adapter": 363, "retrieval": 13, "evaluate": 711,
                 "grade": 1422, "capability": 25, "manifest": 12, "report": 1, "all": 1}
     assert {k: counts.get(k) for k in expected} == expected
-    assert elapsed < 30
 
 
 def test_snakemake_names_a_bad_config():

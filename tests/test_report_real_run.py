@@ -79,3 +79,26 @@ def test_real_run_report_opens_in_chromium(real_run, tmp_path):
                          timeout=120)
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     assert mpimg.imread(shot)[..., :3].std() > 0.05
+
+
+@pytest.mark.slow
+def test_real_run_report_states_its_cost_and_machine(real_run):
+    import csv
+    import json
+
+    work, result = real_run
+    run = json.loads(result.tables["tiny"]["json"].read_text())["run"]
+    # The tiny grid's jobs behind its cells: retrieval (bm25, oracle), 3 evaluations, 3 grades.
+    bench = [p for p in (work / "results" / "benchmarks" / "tiny-nyt").rglob("*.tsv")]
+    assert run["jobs"] == len(bench) == 8
+    seconds = []
+    for p in bench:
+        with open(p, newline="") as f:
+            seconds.append(float(next(csv.DictReader(f, delimiter="\t"))["s"]))
+    assert run["job_s"] == pytest.approx(sum(seconds))
+    assert max(seconds) <= run["wall_s"] <= sum(seconds) + max(p.stat().st_mtime for p in bench) - min(
+        p.stat().st_mtime for p in bench)
+    assert set(run["by_kind"]) == {"retrieval", "eval", "grades"}
+    md = result.tables["tiny"]["md"].read_text()
+    assert "- Command: `snakemake --profile profiles/local --config 'run=[tiny]'`\n" in md
+    assert "- Machine: " in md and "logical cores" in md and "- Wall-clock: " in md

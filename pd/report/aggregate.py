@@ -66,13 +66,15 @@ class CellRecord:
         for key in ("eval", "adapter"):
             if isinstance(extra.get(key), str):
                 extra[key] = resolve(extra[key])
+        if isinstance(extra.get("jobs"), list):  # every artifact behind the cell (see pd.plan.Plan.upstream)
+            extra["jobs"] = [resolve(str(j)) for j in extra["jobs"]]
         rec = cls(
             experiment=str(d["experiment"]), cell_id=str(d["cell_id"]), axes=dict(d["axes"]),
             grader=str(d["grader"]), grades=resolve(str(d["grades"])),
             benchmarks=[resolve(str(b)) for b in d.get("benchmarks") or []], meta=dict(d.get("meta") or {}), extra=extra,
         )
         if "benchmarks" not in d:
-            rec.benchmarks = [resolve(b) for b in _conventional_benchmarks(d, rec.axes.get("dataset"))]
+            rec.benchmarks = [resolve(b) for b in conventional_benchmarks(d, rec.axes.get("dataset"))]
         adapter = rec.extra.get("adapter")
         if adapter and "adapter" not in rec.meta and (Path(adapter) / "pd_meta.json").is_file():
             rec.meta["adapter"] = read_json(Path(adapter) / "pd_meta.json")
@@ -83,7 +85,7 @@ class CellRecord:
         return self.axes.get(SEED_AXIS)
 
 
-def _conventional_benchmarks(d: Mapping[str, Any], dataset: Any) -> list[str]:
+def conventional_benchmarks(d: Mapping[str, Any], dataset: Any) -> list[str]:
     """``results/<dataset>/eval/x.jsonl`` -> ``results/benchmarks/<dataset>/eval/x.tsv`` (see workflow/rules)."""
     out = []
     if dataset is None:

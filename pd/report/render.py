@@ -6,6 +6,7 @@ model, so ``pd report`` can re-render after any change to templates or specs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pd.io import write_json, write_text
 from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups, load_manifest
 from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
+from pd.report.runinfo import machine_description, run_info
 from pd.report.tables import Table, build_table, label_for, render_latex, render_markdown
 
 
@@ -76,16 +78,19 @@ def render_reports(
     result = ReportResult(index=out_dir / index_name)
     pages: list[ExperimentPage] = []
     fig6_panels: dict[str, dict] = {}
+    machine = machine_description()
     for name, spec in manifest.experiments.items():
         exp_dir = out_dir / _safe(name)
         groups = build_groups([c for c in manifest.cells if c.experiment == name], cache=cache)
         table = build_table(name, spec, groups, n_resamples=n_resamples, seed=bootstrap_seed,
                             paper_values_path=paper_values_path, display_root=str(out_dir))
+        info = run_info([c for c in manifest.cells if c.experiment == name], name, machine)
+        table.run = info.lines()
         paths = {"md": exp_dir / "table.md", "tex": exp_dir / "table.tex", "json": exp_dir / "summary.json"}
         write_text(paths["md"], render_markdown(table))
         write_text(paths["tex"], render_latex(table))
         write_json(paths["json"], {"experiment": name, "grader": table.grader, "rows": summary_rows(table),
-                                   "missing": table.missing})
+                                   "missing": table.missing, "run": dataclasses.asdict(info)})
         result.tables[name] = paths
         result.missing[name] = list(table.missing)
         page = ExperimentPage(name, table, files={

@@ -169,6 +169,7 @@ class Table:
     missing: list[str] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
     inferred_paper: list[str] = field(default_factory=list)
+    run: list[tuple[str, str, bool]] = field(default_factory=list)  # (label, text, is_code): pd.report.runinfo
 
     @property
     def has_binomial(self) -> bool:
