@@ -8,6 +8,8 @@ states it makes a resumed run bit-identical to an uninterrupted one (on CPU).
 
 Data parallelism goes through ``accelerate`` (DDP when launched on several processes):
 each process takes its own rows of the global batch; ``batch_size`` is per process.
+With ``parallel: fsdp`` the processes shard the model instead of replicating it
+(:mod:`pd.train.fsdp`); the data split, the loss and the saved files are the same.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pd.data import Dataset
 from pd.errors import ConfigError, DataError
 from pd.io import atomic_path, stable_hash
 from pd.models import ModelSpec, check_same_vocabulary, load_model, load_tokenizer
+from pd.train import fsdp as sharding
 from pd.train.lora import META_FILE, adapter_state, attach_lora, load_adapter_state, save_adapter, write_adapter_folder
 from pd.train.methods import TrainingData, batch_loss, build_cache, build_training_data
 from pd.train.sequences import Example, Tokens, collate, count_tokens
@@ -163,14 +166,16 @@ def _checkpoints(work: Path) -> list[Path]:
     return sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
 
 
-def _save_checkpoint(work: Path, model, optimizer, scheduler, state: dict, keep_old: bool = False) -> Path:
+def _save_checkpoint(work: Path, model, optimizer, scheduler, state: dict, keep_old: bool = False,
+                     gathered: tuple[dict, dict] | None = None) -> Path:
+    """``gathered``: (LoRA state dict, optimizer state dict) already gathered from a sharded model."""
     from safetensors.torch import save_file
 
     target = work / "checkpoints" / f"step-{state['step']:08d}"
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        save_file(adapter_state(model), str(tmp / "adapter.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(adapter_state(model, gathered and gathered[0]), str(tmp / "adapter.safetensors"))
+        torch.save(gathered[1] if gathered else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({**state, "scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "state.pt")
     if not keep_old:
         for old in _checkpoints(work):
@@ -179,7 +184,7 @@ def _save_checkpoint(work: Path, model, optimizer, scheduler, state: dict, keep_
     return target
 
 
-def _load_checkpoint(folder: Path, model, optimizer, scheduler, run_key: str) -> dict:
+def _load_checkpoint(folder: Path, model, optimizer, scheduler, run_key: str, sharded: bool = False) -> dict:
     from safetensors.torch import load_file
 
     state = torch.load(folder / "state.pt", weights_only=False)
@@ -187,8 +192,14 @@ def _load_checkpoint(folder: Path, model, optimizer, scheduler, run_key: str) ->
         raise ConfigError(f"{folder} is a checkpoint of a different run (other settings, model or data); "
                           "delete the work folder or train with resume=False")
     device = next(p for p in unwrap(model).parameters() if p.requires_grad).device
-    load_adapter_state(model, {k: v.to(device) for k, v in load_file(str(folder / "adapter.safetensors")).items()})
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+    adapter = {k: v.to(device) for k, v in load_file(str(folder / "adapter.safetensors")).items()}
+    optim_state = torch.load(folder / "optimizer.pt", weights_only=False)
+    if sharded:  # every rank reads the full tensors and keeps its slice
+        sharding.load_full_adapter_state(model, adapter)
+        sharding.load_full_optimizer_state(optimizer, optim_state)
+    else:
+        load_adapter_state(model, adapter)
+        optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return state
@@ -257,6 +268,13 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     dev = accelerator.device
+    sharded = cfg.parallel == "fsdp" and world > 1
+    if cfg.parallel == "fsdp" and world == 1:
+        log.warning("training.parallel: fsdp with one process: nothing to shard, training unsharded")
+    if sharded and cfg.uses_kl and cfg.teacher_topk > 0 and teacher_cache is None:
+        raise ConfigError("training.parallel: fsdp cannot build the teacher cache inside the run (that pass runs on "
+                          "one process); build it first (the workflow's teacher job, or pd.train.methods.build_cache) "
+                          "and pass it as teacher_cache, or use training.teacher_topk: 0")
     if cfg.uses_kl and teacher_cache is not None and teacher_spec is not None:
         raise ConfigError("give either a teacher model or a teacher cache, not both")
     if not cfg.uses_kl and (teacher_spec is not None or teacher_cache is not None):
@@ -283,11 +301,16 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     model = attach_lora(model, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         target_modules=cfg.target_modules, seed=cfg.seed)
     model.train()
+    if sharded:  # before the optimizer exists: it must hold the sharded parameters
+        model = sharding.shard_model(model, dev)
+        if teacher_model is not None:
+            teacher_model = sharding.shard_model(teacher_model, dev)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = Plan(cfg, len(data.examples), len(data.reg), world, rank)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, plan.warmup, plan.total))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     caches = _teacher_caches(cfg, model, data, tokens, teacher_model, teacher_cache, work, accelerator)
     teacher_name = _teacher_label(cfg, teacher_spec, caches)
@@ -295,7 +318,7 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     start, elapsed0, tokens_total, taken, resumed_from = 0, 0.0, 0, [], None
     found = _checkpoints(work) if resume else []
     if found:
-        state = _load_checkpoint(found[-1], model, optimizer, scheduler, run_key)
+        state = _load_checkpoint(found[-1], model, optimizer, scheduler, run_key, sharded)
         start, elapsed0, tokens_total, taken = state["step"], state["elapsed"], state["tokens_total"], state["snapshots"]
         resumed_from = start
         log.info("resumed from %s (step %d of %d)", found[-1], start, plan.total)
@@ -326,7 +349,9 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
                 examples: list[Example] = [data.examples[i] for i in idx] + [data.reg[i] for i in reg_idx]
                 batch = _to_device(collate(examples, tokens.pad_id), dev)
                 sync = m == len(micro) - 1
-                ctx = accelerator.no_sync(model) if (not sync and world > 1) else _nullcontext()
+                if sharded:
+                    sharding.gradient_sync(model, sync)
+                ctx = accelerator.no_sync(model) if (not sync and world > 1 and not sharded) else _nullcontext()
                 with ctx:
                     loss, metrics = batch_loss(cfg, model, batch, teacher_model=teacher_model, caches=caches)
                     weight = len(examples) / n_rows
@@ -336,7 +361,10 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * weight
                 step_tokens += _tokens_in(batch, live_teacher)
                 answer_tokens += int(batch["answer_mask"].sum())
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            if sharded:
+                grad_norm = sharding.clip_grad_norm(params, cfg.max_grad_norm)
+            else:
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -346,6 +374,8 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
             reduced = _reduce(accelerator, sums, step_tokens, answer_tokens)
             tokens_total += reduced["tokens"]
             elapsed = elapsed0 + (time.monotonic() - t0)
+            if sharded:  # timed snapshots and the time budget gather collectively: all ranks must agree
+                elapsed = sharding.agree(elapsed, dev)
             row = {"step": step, "epoch": round(step / plan.steps_per_epoch, 4), **reduced["metrics"], "lr": lr,
                    "grad_norm": float(grad_norm), "tokens": reduced["tokens"], "answer_tokens": reduced["answer_tokens"],
                    "tokens_total": tokens_total, "elapsed": round(elapsed, 3),
@@ -363,16 +393,20 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
                 k = int(elapsed // cfg.snapshot_interval)
                 due += [i * cfg.snapshot_interval for i in range(1, k + 1) if i * cfg.snapshot_interval not in taken]
             for t in sorted(set(due)):
+                gathered = sharding.full_adapter_state(model) if sharded else None
                 if main:
-                    _snapshot(model, work, t, step, elapsed)
+                    _snapshot(model, work, t, step, elapsed, gathered)
                 taken.append(t)
 
             state = {"step": step, "elapsed": elapsed, "tokens_total": tokens_total, "snapshots": taken,
                      "run_key": run_key}
             interrupted = stop_after is not None and step >= stop_after and step < plan.total
             if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < plan.total) or interrupted:
+                gathered = ((sharding.full_adapter_state(model), sharding.full_optimizer_state(optimizer))
+                            if sharded else None)
                 if main:
-                    _save_checkpoint(work, model, optimizer, scheduler, state, keep_old=cfg.keep_checkpoints)
+                    _save_checkpoint(work, model, optimizer, scheduler, state, keep_old=cfg.keep_checkpoints,
+                                     gathered=gathered)
                 accelerator.wait_for_everyone()
             if interrupted:
                 bar.close()
@@ -394,7 +428,7 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
         "steps": step, "total_steps": plan.total, "steps_per_epoch": plan.steps_per_epoch, "warmup_steps": plan.warmup,
         "epochs_done": round(step / plan.steps_per_epoch, 4), "stopped_by": stopped_by, "tokens": tokens_total,
         "wall_clock_s": round(elapsed, 3), "final": final, "final_step": last_metrics[-1] if last_metrics else None,
-        "resumed_from_step": resumed_from, "world_size": world, "device": str(dev),
+        "resumed_from_step": resumed_from, "world_size": world, "sharded": sharded, "device": str(dev),
         "dtype": str(next(unwrap(model).parameters()).dtype).replace("torch.", ""),
         "snapshots": {snapshot_name(t): t for t in taken},
         "teacher_cache": ({k: caches[0].meta.get(k) for k in ("key", "k", "temperature", "covered_mass", "covered_mass_t1",
@@ -402,9 +436,10 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
         "versions": _versions(),
     }
     adapter_dir = None
+    gathered = sharding.full_adapter_state(model) if sharded else None
     if main:
         adapter_dir = write_adapter_folder(model, out_dir, meta, extra_files={LOG_FILE: log_path},
-                                           extra_dirs={"snapshots": work / "snapshots"})
+                                           extra_dirs={"snapshots": work / "snapshots"}, state_dict=gathered)
         if not cfg.keep_checkpoints:
             shutil.rmtree(work, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -447,13 +482,13 @@ def _trim_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
-def _snapshot(model, work: Path, seconds: float, step: int, elapsed: float) -> None:
+def _snapshot(model, work: Path, seconds: float, step: int, elapsed: float, gathered: dict | None = None) -> None:
     from pd.io import write_json
 
     target = work / "snapshots" / snapshot_name(seconds)
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        save_adapter(model, tmp)
+        save_adapter(model, tmp, gathered)
         write_json(tmp / "pd_meta.json", {"snapshot_seconds": seconds, "elapsed": elapsed, "step": step})
 
 

@@ -50,11 +50,16 @@ def linear_module_names(model) -> list[str]:
     return sorted(names)
 
 
-def adapter_state(model) -> dict[str, torch.Tensor]:
-    """The adapter's weights (names as peft saves them), detached copies on CPU."""
+def adapter_state(model, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The adapter's weights (names as peft saves them), detached copies on CPU.
+
+    ``state_dict``: the model's LoRA tensors already gathered (sharded training, see
+    :func:`pd.train.fsdp.full_adapter_state`); default: read from the model.
+    """
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(unwrap(model)).items()}
+    state = get_peft_model_state_dict(unwrap(model), state_dict=state_dict)
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
@@ -66,18 +71,23 @@ def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
         raise ConfigError(f"checkpoint adapter does not match this model: unexpected keys {unexpected[:5]}")
 
 
-def save_adapter(model, folder: Path) -> None:
-    """adapter_config.json + adapter_model.safetensors into an existing or new folder."""
-    unwrap(model).save_pretrained(str(folder), safe_serialization=True)
+def save_adapter(model, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """adapter_config.json + adapter_model.safetensors into an existing or new folder.
+
+    ``state_dict`` as in :func:`adapter_state` (gathered LoRA tensors of a sharded model).
+    """
+    extra = {} if state_dict is None else {"state_dict": state_dict}
+    unwrap(model).save_pretrained(str(folder), safe_serialization=True, **extra)
 
 
 def write_adapter_folder(model, target: str | Path, meta: dict, extra_files: dict[str, Path] | None = None,
-                         extra_dirs: dict[str, Path] | None = None) -> Path:
+                         extra_dirs: dict[str, Path] | None = None,
+                         state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """The final artifact, written atomically: adapter files, ``pd_meta.json`` and extras."""
     target = Path(target)
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        save_adapter(model, tmp)
+        save_adapter(model, tmp, state_dict)
         write_json(tmp / META_FILE, meta)
         for name, src in (extra_files or {}).items():
             if Path(src).is_file():

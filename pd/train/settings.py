@@ -14,6 +14,8 @@ from pd.errors import ConfigError
 from pd.train.losses import DIRECTIONS
 from pd.train.sequences import Limits
 
+PARALLEL = ("ddp", "fsdp")
+
 # Keys of config.yaml's training block that other stages read (the data generation step).
 OUTSIDE_LOOP = ("heldout_fraction",)
 
@@ -43,6 +45,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
     gradient_checkpointing: bool = False
+    parallel: str = "ddp"  # several processes: "ddp" replicates the model, "fsdp" shards it (pd.train.fsdp)
     # distillation
     kd_temperature: float = 2.0
     t2_scale: bool = False
@@ -85,6 +88,8 @@ class TrainConfig:
             raise ConfigError("training: weight_decay, warmup_steps, warmup_epochs and checkpoint_every must be >= 0")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"training.lora_dropout must lie in [0, 1), got {self.lora_dropout}")
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"training.parallel {self.parallel!r}; allowed: {list(PARALLEL)}")
         if self.teacher_topk < 0:
             raise ConfigError(f"training.teacher_topk must be 0 (live teacher) or a positive k, got {self.teacher_topk}")
         if self.method == "pd_reg":
