@@ -73,5 +73,20 @@ class Workflow:
         return rule_resources(RESOURCE_KINDS[kind], self.params_b(kind), device=self.device, site=self.site,
                               lora_rank=rank)
 
+    def threads(self, kind: str) -> Callable:
+        """The job's CPU threads: its ``cpus_per_task``, 1 for jobs that run no model (Snakemake caps it
+        at ``--cores``). A job sets torch's thread count to it (pd.stages.run_job), so jobs that run side
+        by side do not oversubscribe the cores."""
+        from pd.resources import job_resources
+
+        def threads(wildcards) -> int:
+            art = self.artifact(kind, wildcards)
+            if art.model is None and not (kind == "retrieval" and art.spec.get("retriever") == "dense"):
+                return 1  # BM25/oracle retrieval, substring grades, manifests, the report
+            res = job_resources(RESOURCE_KINDS[kind], self.params_b(kind)(wildcards), 1, self.device, self.site)
+            return int(res.get("cpus_per_task") or 1)
+
+        return threads
+
     def final_targets(self) -> list[str]:
         return [self.plan.report_path()]

@@ -5,6 +5,7 @@ rule questions:
         f"{R}/{{dataset}}/questions/{{stem}}.jsonl",
     params:
         spec=WF.spec("questions"),
+    threads: WF.threads("questions")
     resources:
         **WF.resources("questions"),
     benchmark:
@@ -22,6 +23,7 @@ rule answers:
         f"{R}/{{dataset}}/answers/{{qstem}}/{{stem}}.jsonl",
     params:
         spec=WF.spec("answers"),
+    threads: WF.threads("answers")
     resources:
         **WF.resources("answers"),
     benchmark:
@@ -39,6 +41,7 @@ rule teacher:
         directory(f"{R}/{{dataset}}/teacher/{{qstem}}/{{astem}}/{{stem}}"),
     params:
         spec=WF.spec("teacher"),
+    threads: WF.threads("teacher")
     resources:
         **WF.resources("teacher"),
     benchmark:

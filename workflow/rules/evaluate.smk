@@ -5,6 +5,7 @@ rule retrieval:
         f"{R}/{{dataset}}/retrieval/{{stem}}.jsonl",
     params:
         spec=WF.spec("retrieval"),
+    threads: WF.threads("retrieval")
     resources:
         **WF.resources("retrieval"),
     benchmark:
@@ -22,6 +23,7 @@ rule evaluate:
         f"{R}/{{dataset}}/eval/{{rest}}.jsonl",
     params:
         spec=WF.spec("eval"),
+    threads: WF.threads("eval")
     resources:
         **WF.resources("eval"),
     benchmark:
@@ -39,6 +41,7 @@ rule grade:
         f"{R}/{{dataset}}/grades/{{rest}}.{{grader}}.jsonl",
     params:
         spec=WF.spec("grade"),
+    threads: WF.threads("grade")
     resources:
         **WF.resources("grade"),
     benchmark:
@@ -56,6 +59,7 @@ rule capability:
         f"{R}/capability/{{rest}}.jsonl",
     params:
         spec=WF.spec("capability"),
+    threads: WF.threads("capability")
     resources:
         **WF.resources("capability"),
     benchmark:

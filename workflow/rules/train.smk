@@ -7,6 +7,7 @@ rule adapter:
         directory(f"{R}/{{dataset}}/adapters/{{method}}/{{model}}/{{stem}}"),
     params:
         spec=WF.spec("adapter"),
+    threads: WF.threads("adapter")
     resources:
         **WF.resources("adapter"),
     benchmark:
