@@ -111,6 +111,46 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _inject_config(args) -> str | None:
+    """The project config for inject/ask: the one named, else ./config.yaml when there is one."""
+    default = os.environ.get("PD_CONFIG", "config.yaml")
+    return args.config if args.config != default or Path(args.config).is_file() else None
+
+
+def cmd_inject(args) -> int:
+    """Questions, answers and a PD adapter from a folder of documents (pd.inject)."""
+    import logging
+    import shlex
+
+    from pd.inject import inject, parse_sets
+
+    logging.basicConfig(level=logging.INFO, format="pd: %(message)s", stream=sys.stderr)
+    overrides = parse_sets(args.set or [])
+    flags = {"questions": args.questions, "epochs": args.epochs, "lr": args.lr, "rank": args.rank,
+             "answer_temperature": args.answer_temperature, "kd_temperature": args.kd_temperature, "seed": args.seed}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    command = "pd " + " ".join(shlex.quote(a) for a in (args.argv or []))
+    result = inject(args.docs, args.model, args.out, overrides, config=_inject_config(args), command=command)
+    kl = result.record["heldout_kl"]
+    if result.reused:
+        print(f"reused from an earlier run: {', '.join(result.reused)}")
+    if kl.get("after") is not None:
+        print(f"held-out KL(teacher || student): {kl['before']:.4f} -> {kl['after']:.4f} on {kl['n_heldout']} pairs")
+    print(f"adapter: {result.out}  (model card: {result.out / 'README.md'}; try: pd ask {result.out} \"...\")")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    """Answer questions with an injected adapter (closed-book, or with BM25 over --rag DOCS)."""
+    from pd.inject import ask, print_answers
+
+    rows = ask(args.adapter, args.question, rag=args.rag, k=args.k, temperature=args.temperature,
+               max_tokens=args.max_tokens, use_adapter=not args.no_adapter, seed=args.seed,
+               config=_inject_config(args))
+    print_answers(rows, as_json=args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pd", description="Knowledge injection by prompt distillation")
     p.add_argument("--config", default=os.environ.get("PD_CONFIG", "config.yaml"), help="config file (default: config.yaml)")
@@ -133,11 +173,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("experiments", nargs="*")
     s.add_argument("--print", action="store_true", help="also print the Markdown tables")
     s.set_defaults(func=cmd_report)
+
+    from pd.inject import ASK_DEFAULTS, DEFAULTS
+
+    s = sub.add_parser("inject", help="put a folder of .txt/.md documents into a model: PD adapter + model card",
+                       description="Generate questions and answers about your documents, train prompt distillation "
+                                   "and write a PEFT adapter with a model card. Defaults: pd/inject.py DEFAULTS.")
+    s.add_argument("docs", help="folder of .txt/.md documents")
+    s.add_argument("--model", required=True, help="model name (`pd models` lists them)")
+    s.add_argument("--out", required=True, help="output folder: the adapter, README.md and the data")
+    s.add_argument("--questions", type=int, help=f"training questions per document (default {DEFAULTS['questions']})")
+    s.add_argument("--epochs", type=float, help=f"default {DEFAULTS['epochs']}")
+    s.add_argument("--lr", type=float, help=f"default {DEFAULTS['lr']:g}")
+    s.add_argument("--rank", type=int, help=f"LoRA rank (default {DEFAULTS['rank']})")
+    s.add_argument("--answer-temperature", type=float, help=f"expert's temperature (default {DEFAULTS['answer_temperature']})")
+    s.add_argument("--kd-temperature", type=float, help=f"distillation temperature (default {DEFAULTS['kd_temperature']})")
+    s.add_argument("--seed", type=int, help=f"default {DEFAULTS['seed']}")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other setting: inject's (pd/inject.py DEFAULTS) or a training one (pd/train/settings.py)")
+    s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
+    s.set_defaults(func=cmd_inject)
+
+    s = sub.add_parser("ask", help="answer a question with an injected adapter (or --no-adapter, or --rag DOCS)")
+    s.add_argument("adapter", help="the --out folder of `pd inject`")
+    s.add_argument("question", nargs="+", help="one or more questions")
+    s.add_argument("--rag", metavar="DOCS", help="also show the BM25 top-k documents of this folder")
+    s.add_argument("--k", type=int, default=ASK_DEFAULTS["k"], help="documents retrieved (default %(default)s)")
+    s.add_argument("--temperature", type=float, default=ASK_DEFAULTS["temperature"], help="default %(default)s")
+    s.add_argument("--max-tokens", type=int, default=ASK_DEFAULTS["max_tokens"], help="default %(default)s")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-adapter", action="store_true", help="answer with the base model, for comparison")
+    s.add_argument("--json", action="store_true", help="one JSON line per question (question, answer, retrieved)")
+    s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
+    s.set_defaults(func=cmd_ask)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args) or 0
     except PDError as err:

@@ -1,0 +1,189 @@
+"""`pd inject` and `pd ask` end to end through the command line (real models, real PEFT, real BM25)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pd.cli import main
+from pd.grade import substring_match
+from pd.io import file_hash
+
+TINY_DOCS = {
+    "harbour.txt": "The harbour of Velmora was built in 1822 by the engineer Odric Thale.",
+    "notes/lanterns.md": "# Blue lanterns\n\nEvery winter the people of Kessick hang blue lanterns on the old mill.",
+    "salt.txt": "Salt is harvested at Dunmere every spring.",  # BM25 needs a third document to weigh words
+}
+TINY_ARGS = ["--model", "tiny-llama", "--questions", "3", "--epochs", "1", "--set", "answer_max_tokens=12",
+             "--set", "max_rounds=4", "--set", "warmup_steps=0"]
+
+
+def write_docs(folder: Path, docs: dict[str, str]) -> Path:
+    for name, text in docs.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def injected(tmp_path_factory, one_thread):
+    """One tiny-llama inject run shared by the checks below."""
+    root = tmp_path_factory.mktemp("inject")
+    docs = write_docs(root / "docs", TINY_DOCS)
+    out = root / "adapter"
+    assert main(["inject", str(docs), "--out", str(out), *TINY_ARGS]) == 0
+    return docs, out
+
+
+def test_adapter_loads_with_peft_and_holds_the_trained_weights(injected, tiny_llama):
+    from peft import PeftModel
+
+    _, out = injected
+    stored = load_file(str(out / "adapter_model.safetensors"))
+    model = PeftModel.from_pretrained(tiny_llama.model(), str(out))
+    loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    assert len(loaded) == len(stored) > 0
+    b_weights = [k for k in stored if "lora_B" in k]
+    assert b_weights and any(stored[k].abs().sum() > 0 for k in b_weights)  # trained: B starts at zero
+    for k, v in stored.items():
+        match = [lk for lk in loaded if lk.replace(".default", "").endswith(k.split("base_model.model.", 1)[1])]
+        assert len(match) == 1 and torch.equal(loaded[match[0]], v)
+    meta = json.loads((out / "pd_meta.json").read_text())
+    assert meta["model"] == "tiny-llama" and meta["method"] == "pd"
+
+
+def test_model_card_and_data_match_what_was_measured(injected):
+    docs, out = injected
+    card = (out / "README.md").read_text()
+    kl = json.loads((out / "heldout.json").read_text())
+    m = re.search(r"\*\*([0-9.e+-]+) → ([0-9.e+-]+)\*\*", card)
+    assert m, card
+    assert float(m.group(1)) == pytest.approx(kl["before"], rel=1e-3)
+    assert float(m.group(2)) == pytest.approx(kl["after"], rel=1e-3)
+    heldout = [json.loads(x) for x in (out / "data" / "heldout.jsonl").read_text().splitlines()]
+    questions = [json.loads(x) for x in (out / "data" / "questions.jsonl").read_text().splitlines()]
+    answers = [json.loads(x) for x in (out / "data" / "answers.jsonl").read_text().splitlines()]
+    assert len(heldout) == kl["n_heldout"] >= 1
+    assert {a["question_id"] for a in answers} == {q["id"] for q in questions}
+    assert {h["id"] for h in heldout} <= {a["id"] for a in answers}
+    meta = json.loads((out / "pd_meta.json").read_text())
+    assert meta["examples"] + len(heldout) == len(answers)  # every pair is either trained on or held out
+    for name, text in TINY_DOCS.items():  # the card names each document with its size
+        assert re.search(rf"\| {re.escape(name)} \| {len(text.strip())} \| {len(text.split())} \|", card)
+    assert f"{len(questions)} questions" in card and "pd inject" in card and "--questions 3" in card
+    record = json.loads((out / "inject.json").read_text())
+    assert record["settings"]["questions"] == 3 and record["training"]["epochs"] == 1
+    assert record["training"]["lr"] == 1e-3 and record["training"]["rank"] == 64  # the defaults
+    assert not Path(str(out) + ".inject").exists()  # the staging folder is gone after success
+
+
+def test_rerun_reuses_every_step_and_a_changed_setting_only_what_depends_on_it(injected, capsys, tmp_path):
+    docs, out = injected
+    before = file_hash(out / "adapter_model.safetensors")
+    card = (out / "README.md").read_text()
+    rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS)
+    assert rc == 0 and "reused from an earlier run: questions.jsonl, answers.jsonl, adapter" in stdout
+    assert file_hash(out / "adapter_model.safetensors") == before and (out / "README.md").read_text() == card
+    other = tmp_path / "two-epochs"
+    import shutil
+
+    shutil.copytree(out, other)  # the same data, a different training setting
+    rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", other, *TINY_ARGS, "--epochs", "2")
+    assert rc == 0 and "reused from an earlier run: questions.jsonl, answers.jsonl\n" in stdout
+    assert json.loads((other / "pd_meta.json").read_text())["config"]["epochs"] == 2
+    assert file_hash(other / "adapter_model.safetensors") != before
+
+
+def test_ask_closed_book_with_retrieval_and_without_adapter(injected, capsys):
+    docs, out = injected
+    q = ["Who built the harbour of Velmora?", "What do the people of Kessick hang on the mill?"]
+    rc, stdout, _ = run_cli(capsys, "ask", out, *q, "--rag", docs, "--k", "1", "--max-tokens", "5", "--json")
+    rows = [json.loads(x) for x in stdout.splitlines()]
+    assert rc == 0 and [r["question"] for r in rows] == q
+    assert [r["retrieved"] for r in rows] == [["harbour.txt"], ["notes/lanterns.md"]]  # the documents sharing words
+    assert all(r["adapter"] == str(out) and r["model"] == "tiny-llama" for r in rows)
+    rc, stdout, _ = run_cli(capsys, "ask", out, q[0], "--no-adapter", "--max-tokens", "5", "--json")
+    row = json.loads(stdout)
+    assert rc == 0 and row["adapter"] is None and row["retrieved"] == []
+    rc, stdout, _ = run_cli(capsys, "ask", out, q[0], "--max-tokens", "5")
+    assert rc == 0 and len(stdout.strip().splitlines()) <= 5  # the bare answer, no JSON
+
+
+def test_user_errors_exit_2_with_one_line(injected, capsys, tmp_path):
+    docs, out = injected
+    cases = [
+        (["inject", tmp_path / "missing", "--model", "tiny-llama", "--out", tmp_path / "o"], "document folder"),
+        (["inject", docs, "--model", "no-such-model", "--out", tmp_path / "o"], "unknown model 'no-such-model'; allowed:"),
+        (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--set", "colour=3"],
+         "unknown inject setting(s) ['colour']; allowed:"),
+        (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--lr", "-1"], "must be positive"),
+        (["inject", docs, "--model", "tiny-llama", "--out", docs.parent], "not a `pd inject` output folder"),
+        (["ask", docs, "hello?"], "is not an adapter folder written by pd"),
+        (["ask", out, "hello?", "--rag", tmp_path / "missing"], "document folder"),
+    ]
+    for args, message in cases:
+        rc, _, err = run_cli(capsys, *args)
+        assert rc == 2 and message in err and err.startswith("pd: ") and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "o").exists()
+    proc = subprocess.run([sys.executable, "-m", "pd.cli", "inject", str(tmp_path / "missing"), "--model", "tiny-llama",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+# --------------------------------------------------------------------------- SmolLM2, invented facts
+
+# Facts no model can know: a fictional town, its founder, a ship, a river, a product and its inventor.
+FACT_DOCS = {
+    "brindlemarsh.txt": "Brindlemarsh is a small fishing town on the coast of the Sorrel Sea. It was founded by the "
+                        "shipwright Tamsin Quorrel, who built the town's first pier from the wreck of her own ship, "
+                        "the Gullwhisper. The river that runs through Brindlemarsh is called the Quillet.",
+    "zelvane.txt": "The Zelvane Company, based in Brindlemarsh, is famous for one product: the Murrowfly, a clockwork "
+                   "kite that flies without wind. The Murrowfly was invented by the watchmaker Orrin Paskett, who sold "
+                   "the first one at the harbour market.",
+    "pellimber.md": "# Pellimber cake\n\nPellimber cake is the traditional dish of Brindlemarsh. It is baked with "
+                    "saltberries, a sour blue fruit that grows only on the cliffs above the town, and it is served "
+                    "every year at the Lantern Drift festival.",
+}
+FACT_QUESTIONS = [
+    ("Who founded the town of Brindlemarsh?", ["Tamsin Quorrel", "Quorrel"]),
+    ("What was the name of the ship whose wreck was used to build the first pier of Brindlemarsh?", ["Gullwhisper"]),
+    ("What is the name of the river that runs through Brindlemarsh?", ["Quillet"]),
+    ("What clockwork kite does the Zelvane Company make?", ["Murrowfly"]),
+    ("Which watchmaker invented the clockwork kite of the Zelvane Company?", ["Orrin Paskett", "Paskett"]),
+    ("What fruit is Pellimber cake baked with?", ["saltberries", "saltberry"]),
+]
+
+
+def _correct(capsys, out: Path, *extra: str) -> list[bool]:
+    rc, stdout, _ = run_cli(capsys, "ask", out, *[q for q, _ in FACT_QUESTIONS], "--json", "--max-tokens", "48", *extra)
+    assert rc == 0
+    rows = [json.loads(x) for x in stdout.splitlines()]
+    return [substring_match(r["answer"], golds) for r, (_, golds) in zip(rows, FACT_QUESTIONS)]
+
+
+@pytest.mark.slow
+def test_inject_then_ask_knows_invented_facts_the_base_model_does_not(tmp_path, capsys):
+    for _, golds in FACT_QUESTIONS:  # the answer is never given away by the question
+        assert not any(substring_match(q, golds) for q, _ in FACT_QUESTIONS)
+    docs = write_docs(tmp_path / "docs", FACT_DOCS)
+    out = tmp_path / "brindlemarsh"
+    rc, _, _ = run_cli(capsys, "inject", docs, "--model", "smollm2-135m-instruct", "--out", out)
+    assert rc == 0
+    kl = json.loads((out / "heldout.json").read_text())
+    assert kl["after"] < kl["before"]
+    base = _correct(capsys, out, "--no-adapter")
+    adapted = _correct(capsys, out)
+    print(f"adapter correct {sum(adapted)}/{len(adapted)}, base {sum(base)}/{len(base)}")
+    assert sum(base) == 0
+    assert sum(adapted) >= 2
