@@ -1,10 +1,12 @@
 """The training loop: LoRA + AdamW + warmup/decay, checkpoints with exact resume, snapshots.
 
 Data order is a pure function of (seed, step): epoch e visits the examples in the order
-of a permutation drawn from a generator seeded with (seed, e), and optimizer step s
-takes the s-th slice of it. A checkpoint therefore needs only the step number as its
-data position; together with the adapter, the optimizer, the scheduler and the RNG
-states it makes a resumed run bit-identical to an uninterrupted one (on CPU).
+of a permutation drawn from a generator seeded with (seed, e), regrouped into batches of
+similar length (:mod:`pd.train.buckets`, ``bucket_batches``) by a generator seeded the
+same way, and optimizer step s takes the s-th slice of it. A checkpoint therefore needs
+only the step number as its data position; together with the adapter, the optimizer, the
+scheduler and the RNG states it makes a resumed run bit-identical to an uninterrupted one
+(on CPU).
 
 Data parallelism goes through ``accelerate`` (DDP when launched on several processes):
 each process takes its own rows of the global batch; ``batch_size`` is per process.
@@ -33,6 +35,7 @@ from pd.data import Dataset
 from pd.errors import ConfigError, DataError
 from pd.io import atomic_path, stable_hash
 from pd.models import ModelSpec, check_same_vocabulary, load_model, load_tokenizer
+from pd.train.buckets import bucketed_order, sort_length
 from pd.train import fsdp as sharding
 from pd.train.lora import META_FILE, adapter_state, attach_lora, load_adapter_state, save_adapter, write_adapter_folder
 from pd.train.methods import TrainingData, batch_loss, build_cache, build_training_data
@@ -100,8 +103,13 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 class Plan:
     """Which example indices every process uses at every optimizer step."""
 
-    def __init__(self, cfg: TrainConfig, n_examples: int, n_reg: int, world: int, rank: int):
+    def __init__(self, cfg: TrainConfig, n_examples: int, n_reg: int, world: int, rank: int,
+                 lengths: Sequence[int] | None = None):
         self.cfg, self.n, self.n_reg, self.world, self.rank = cfg, n_examples, n_reg, world, rank
+        if lengths is not None and len(lengths) != n_examples:
+            raise DataError(f"Plan: {len(lengths)} lengths for {n_examples} examples")
+        self.lengths = lengths  # per example, for length bucketing (None: plain shuffle)
+        self._epoch_order: tuple[int, list[int]] | None = None
         self.rows = cfg.batch_size - cfg.reg_rows  # passage rows per micro-batch
         self.global_rows = self.rows * cfg.grad_accum * world
         self.steps_per_epoch = math.ceil(n_examples / self.global_rows)
@@ -109,14 +117,26 @@ class Plan:
         self.total = cfg.max_steps if cfg.max_steps is not None else epoch_steps
         self.warmup = min(self.total, cfg.warmup_steps + round(cfg.warmup_epochs * self.steps_per_epoch))
 
+    def _gen(self, tag: str, k: int) -> torch.Generator:
+        return torch.Generator().manual_seed(int(stable_hash([tag, self.cfg.seed, k], 15), 16))
+
     def _perm(self, tag: str, k: int, n: int) -> list[int]:
-        g = torch.Generator().manual_seed(int(stable_hash([tag, self.cfg.seed, k], 15), 16))
-        return torch.randperm(n, generator=g).tolist()
+        return torch.randperm(n, generator=self._gen(tag, k)).tolist()
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """All example indices in the order epoch ``epoch`` visits them (global batches back to back)."""
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            perm = self._perm("epoch", epoch, self.n)
+            if self.lengths is not None and self.cfg.bucket_batches > 1:
+                perm = bucketed_order(perm, self.lengths, self.global_rows, self.cfg.bucket_batches,
+                                      self._gen("buckets", epoch))
+            self._epoch_order = (epoch, perm)
+        return self._epoch_order[1]
 
     def micro_batches(self, step: int) -> list[tuple[list[int], list[int]]]:
         """This process's micro-batches at ``step``: (passage example indices, instruction indices)."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        perm = self._perm("epoch", epoch, self.n)
+        perm = self.epoch_order(epoch)
         idx = perm[k * self.global_rows:(k + 1) * self.global_rows]
         if self.world > 1 and len(idx) < self.global_rows:  # every process needs rows: wrap around
             idx = (idx + perm * math.ceil(self.global_rows / self.n))[: self.global_rows]
@@ -307,7 +327,7 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
             teacher_model = sharding.shard_model(teacher_model, dev)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    plan = Plan(cfg, len(data.examples), len(data.reg), world, rank)
+    plan = Plan(cfg, len(data.examples), len(data.reg), world, rank, lengths=[sort_length(e) for e in data.examples])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, plan.warmup, plan.total))
     if not sharded:
         model, optimizer = accelerator.prepare(model, optimizer)

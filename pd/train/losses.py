@@ -51,18 +51,65 @@ def token_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
 
 def token_kl_topk(student_logits: Tensor, targets: TopKTargets, temperature: float, direction: str) -> Tensor:
     """KL per row over the buckets {teacher's top-k ids} + {rest} (flat targets [n, k])."""
-    z = student_logits.float() / temperature
-    lse = torch.logsumexp(z, -1, keepdim=True)
-    ids = targets.ids.long()
-    logq = z.gather(-1, ids) - lse
     logp, logp_rest = targets.log_probs_at(temperature)
-    if targets.k < z.shape[-1]:
-        logq_rest = torch.logsumexp(z.scatter(-1, ids, float("-inf")), -1, keepdim=True) - lse
-        logq = torch.cat([logq, logq_rest], -1)
+    has_rest = targets.k < student_logits.shape[-1]
+    if has_rest:
         logp = torch.cat([logp, logp_rest.unsqueeze(-1)], -1)
-    # The stored log-probabilities are rounded (float16); renormalise the k + 1 buckets.
+    # The stored log-probabilities are rounded (float16); renormalise the k (+ 1) buckets.
     logp = logp - torch.logsumexp(logp, -1, keepdim=True)
-    return _kl_terms(logq, logp, direction)
+    return _TopKKL.apply(student_logits, targets.ids.long(), logp, float(temperature), direction == "forward",
+                         has_rest)
+
+
+class _TopKKL(torch.autograd.Function):
+    """The bucketed KL of :func:`token_kl_topk` with its gradient written out.
+
+    Autograd through the plain formula makes two log-sum-exps over the vocabulary, a
+    scattered copy and their backward passes; the student's softmax q is all the gradient
+    needs. With buckets b (top-k ids, rest), per row and z = logits / T:
+
+    * forward KL(p || q): dKL/dz_j = q_j - p_j for a top-k id, q_j (1 - p_rest / q_rest) for the rest;
+    * reverse KL(q || p): dKL/dz_j = q_j (c_b(j) - KL) with c_b = log q_b - log p_b;
+
+    each divided by T. The rest mass q_rest is summed from q (not 1 - sum of the top-k),
+    so it stays exact when small; below the float32 floor (1e-38) it is held there.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, ids: Tensor, logp: Tensor, temperature: float, forward_kl: bool,
+                has_rest: bool) -> Tensor:
+        z = logits.float()
+        if temperature != 1.0:
+            z = z.div_(temperature) if z is not logits else z / temperature  # in place only on our own copy
+        logq_all = torch.log_softmax(z, -1)
+        logq = logq_all.gather(-1, ids)
+        q = logq_all.exp_()  # logq_all is not needed any more
+        if has_rest:
+            # Zero the top-k entries in place: q then holds the rest, and the backward pass
+            # takes the top-k probabilities from logq.
+            q_rest = q.scatter_(-1, ids, 0.0).sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+            logq = torch.cat([logq, q_rest.log()], -1)
+        kl = _kl_terms(logq, logp, "forward" if forward_kl else "reverse")
+        ctx.save_for_backward(q, ids, logq, logp, kl)
+        ctx.temperature, ctx.forward_kl, ctx.has_rest, ctx.dtype = temperature, forward_kl, has_rest, logits.dtype
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl: Tensor):
+        q, ids, logq, logp, kl = ctx.saved_tensors  # q: zero at the top-k ids when there is a rest bucket
+        k = ids.shape[-1]
+        g = grad_kl[:, None] / ctx.temperature
+        q_top = logq[:, :k].exp()
+        if ctx.forward_kl:
+            p = logp.exp()
+            rest_scale = (1.0 - p[:, k:] / logq[:, k:].exp()) if ctx.has_rest else torch.zeros_like(g)
+            top = q_top - p[:, :k]
+        else:
+            c = torch.where(logq.exp() > 0, logq - logp, 0.0) - kl[:, None]
+            rest_scale = c[:, k:] if ctx.has_rest else torch.zeros_like(g)
+            top = q_top * c[:, :k]
+        grad = torch.mul(q, rest_scale * g).scatter_(-1, ids, top * g)
+        return grad.to(ctx.dtype), None, None, None, None, None
 
 
 def token_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

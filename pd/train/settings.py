@@ -34,6 +34,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     batch_size: int = 4  # per process (the paper: per GPU)
     grad_accum: int = 1
+    bucket_batches: int = 8  # batches per length bucket (pd.train.buckets): less padding; 1 = plain shuffle
     epochs: float = 10
     warmup_epochs: float = 1.0  # added to warmup_steps; Llama-3: 1 epoch, Qwen2.5: 0 epochs + 100 steps
     warmup_steps: int = 0
@@ -102,6 +103,9 @@ class TrainConfig:
         if self.snapshot_interval and self.snapshot_interval < 1:
             raise ConfigError(f"training.snapshot_interval is in seconds and names snapshots by whole seconds: "
                               f"use 0 (off) or >= 1, got {self.snapshot_interval}")
+        if not (isinstance(self.bucket_batches, int) and self.bucket_batches >= 1):
+            raise ConfigError(f"training.bucket_batches must be an integer >= 1 (1: no length bucketing), "
+                              f"got {self.bucket_batches!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"training.max_steps must be >= 1 or null, got {self.max_steps}")
         self.limits()  # validates the token limits
