@@ -17,7 +17,12 @@ from pd.workflow import Workflow
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 try:
-    WF = Workflow(config, workflow.basedir)
+    _cores = workflow.cores  # unset for some invocations (a dry run without --cores)
+except Exception:
+    _cores = None
+
+try:
+    WF = Workflow(config, workflow.basedir, cores=_cores)
 except PDError as err:
     sys.stderr.write(f"\npd: {err}\n\n")
     sys.exit(2)

@@ -31,8 +31,9 @@ RESOURCE_KINDS = {"questions": "questions", "answers": "answers", "teacher": "te
 
 
 class Workflow:
-    def __init__(self, config: dict, basedir: str | None = None):
+    def __init__(self, config: dict, basedir: str | None = None, cores: int | None = None):
         self.cfg = load_config(dict(config))
+        self.cores = cores  # --cores of a local run: model jobs then get half each, so two run side by side
         self.plan: Plan = build_plan(self.cfg)
         self.results_dir = self.cfg["results_dir"]
         self.registry = registry(self.cfg.get("models"))
@@ -84,7 +85,13 @@ class Workflow:
             if art.model is None and not (kind == "retrieval" and art.spec.get("retriever") == "dense"):
                 return 1  # BM25/oracle retrieval, substring grades, manifests, the report
             res = job_resources(RESOURCE_KINDS[kind], self.params_b(kind)(wildcards), 1, self.device, self.site)
-            return int(res.get("cpus_per_task") or 1)
+            n = int(res.get("cpus_per_task") or 1)
+            if self.site is None and self.cores:
+                # On one machine, two model jobs side by side keep the cores busier than one job on
+                # all of them: small-batch decoding and small matrices scale poorly over threads, and
+                # the DAG usually has a second job ready (base-model evaluations beside training data).
+                n = min(n, max(1, self.cores // 2))
+            return n
 
         return threads
 
