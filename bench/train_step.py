@@ -8,6 +8,8 @@ gradient clipping, on random token sequences of a fixed shape. Variants:
   pd_live      PD, teacher (adapter off) forward pass every step, KL over all answer tokens at once
   pd_chunked   PD, teacher forward every step, KL in chunks of --chunk answer tokens (recomputed in backward)
   pd_cached    PD, top-k teacher targets from pd.train.teacher.build_teacher_cache, chunked KL
+  pd_cached_autograd  pd_cached with the top-k KL through plain autograd (bench/topk_kl.py), as before
+               pd.train.losses wrote its gradient out: the before/after of that change
   pd_naive     the plain two-forward-pass PD: full [B, L, V] logits of teacher and student, KL on them
                (the reference that the GPU target compares against; not what pd.train runs)
 
@@ -41,10 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 VARIANTS = ("sft", "pd_live", "pd_chunked", "pd_cached", "pd_naive")
+EXTRA_VARIANTS = ("pd_cached_autograd",)
 LLAMA3 = {  # Llama-3.2-1B and Llama-3-8B shapes (random weights)
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, tie_word_embeddings=True),
@@ -169,11 +173,12 @@ class Stepper:
         pd_batch, sft_batch = batches(shape, vocab)
         self.batch = _to(sft_batch if variant == "sft" else pd_batch, device)
         chunk_size = None if variant == "pd_live" else chunk
+        cached = variant.startswith("pd_cached")
         self.cfg = TrainConfig(method="sft" if variant == "sft" else "pd", chunk_size=chunk_size, progress=False,
-                               teacher_topk=topk if variant == "pd_cached" else 0)
+                               teacher_topk=topk if cached else 0)
         self.caches = []
         self.cache_build_s = None
-        if variant == "pd_cached":
+        if cached:
             t0 = time.perf_counter()
             self.caches = [build_teacher_cache(model, [self.batch], k=topk, temperature=self.cfg.kd_temperature,
                                                chunk_size=chunk)]
@@ -182,9 +187,7 @@ class Stepper:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=1e-5, weight_decay=0.1)
 
-    def step(self) -> float:
-        import torch
-
+    def _loss_backward(self):
         from pd.train.methods import batch_loss
 
         if self.variant == "pd_naive":
@@ -192,6 +195,22 @@ class Stepper:
         else:
             loss, _ = batch_loss(self.cfg, self.model, self.batch, caches=self.caches)
         loss.backward()
+        return loss
+
+    def step(self) -> float:
+        import torch
+
+        if self.variant == "pd_cached_autograd":
+            from pd.train import losses
+            from topk_kl import kl_topk_autograd
+
+            fast, losses.token_kl_topk = losses.token_kl_topk, kl_topk_autograd  # the backward recomputes it too
+            try:
+                loss = self._loss_backward()
+            finally:
+                losses.token_kl_topk = fast
+        else:
+            loss = self._loss_backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -356,9 +375,10 @@ def main() -> None:
         return
 
     variants = [v for v in args.variants.split(",") if v]
-    bad = sorted(set(variants) - set(VARIANTS))
+    bad = sorted(set(variants) - set(VARIANTS) - set(EXTRA_VARIANTS))
     if bad or "sft" not in variants:
-        raise SystemExit(f"--variants: unknown {bad}; allowed {list(VARIANTS)}, and sft (the baseline) must be one")
+        raise SystemExit(f"--variants: unknown {bad}; allowed {list(VARIANTS + EXTRA_VARIANTS)}, and sft (the baseline) "
+                         "must be one")
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     report = {"command": " ".join([Path(sys.executable).name] + sys.argv), "machine": machine(),
