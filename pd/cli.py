@@ -186,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=float, help=f"default {DEFAULTS['epochs']}")
     s.add_argument("--lr", type=float, help=f"default {DEFAULTS['lr']:g}")
     s.add_argument("--rank", type=int, help=f"LoRA rank (default {DEFAULTS['rank']})")
-    s.add_argument("--answer-temperature", type=float, help=f"expert's temperature (default {DEFAULTS['answer_temperature']})")
-    s.add_argument("--kd-temperature", type=float, help=f"distillation temperature (default {DEFAULTS['kd_temperature']})")
+    s.add_argument("--answer-temperature", type=float,
+                   help=f"expert's temperature (default {DEFAULTS['answer_temperature']})")
+    s.add_argument("--kd-temperature", type=float,
+                   help=f"distillation temperature (default {DEFAULTS['kd_temperature']})")
     s.add_argument("--seed", type=int, help=f"default {DEFAULTS['seed']}")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any other setting: inject's (pd/inject.py DEFAULTS) or a training one (pd/train/settings.py)")

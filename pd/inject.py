@@ -40,7 +40,8 @@ log = logging.getLogger("pd.inject")
 DEFAULTS: dict[str, Any] = {
     "questions": 12,
     "heldout_fraction": 0.1,  # this many extra questions are generated and held out for the KL measurement
-    "qgen_mode": "sentence",  # small models cannot follow the five-question prompt; this covers every sentence (pd/qgen.py)
+    "qgen_mode": "sentence",  # small models fail at the five-question prompt; this asks about each sentence
+    "qgen_temperature": None,  # None: the mode's default (pd/qgen.py MODE_DEFAULTS)
     "max_rounds": 6,
     "answer_temperature": 0.25,
     "answer_max_tokens": 64,
@@ -54,8 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "generation_batch_size": 16,
 }
-INJECT_KEYS = ("questions", "heldout_fraction", "qgen_mode", "max_rounds", "answer_temperature", "answer_max_tokens",
-               "seed", "generation_batch_size")
+INJECT_KEYS = ("questions", "heldout_fraction", "qgen_mode", "qgen_temperature", "max_rounds", "answer_temperature",
+               "answer_max_tokens", "seed", "generation_batch_size")
 META_FILE = "pd_meta.json"
 RECORD_FILE = "inject.json"
 DATA_DIR = "data"
@@ -73,9 +74,15 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {p!r}: expected key=value")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            v = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {p!r}: value is not valid YAML: {err}") from None
+        if isinstance(v, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        out[key.strip()] = v
     return out
 
 
@@ -103,6 +110,9 @@ def resolve_settings(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
         raise ConfigError(f"heldout_fraction must lie in [0, 1), got {s['heldout_fraction']!r}")
     if s["qgen_mode"] not in MODES:
         raise ConfigError(f"qgen_mode {s['qgen_mode']!r}; allowed: {', '.join(MODES)}")
+    qt = s["qgen_temperature"]
+    if qt is not None and (not isinstance(qt, (int, float)) or qt < 0):
+        raise ConfigError(f"qgen_temperature must be >= 0 or null, got {s['qgen_temperature']!r}")
     if not isinstance(s["answer_temperature"], (int, float)) or s["answer_temperature"] < 0:
         raise ConfigError(f"answer_temperature must be >= 0, got {s['answer_temperature']!r}")
     inject = {k: s[k] for k in INJECT_KEYS}
@@ -158,19 +168,15 @@ def _step(name: str, spec: dict, stage: Path, places: Sequence[Path], make: Call
     return rows
 
 
-def _generator(model: str, cfg: dict, batch_size: int, adapter: str | None = None, cache: bool = True,
-               progress: bool = True):
-    from pd.generate import make_generator
-    from pd.models import cache_dir
+def _generator(model: str, cfg: dict, batch_size: int, adapter: str | None = None, progress: bool = True):
+    """The workflow's generator (pd.stages), with the backend and model registry of the project config."""
+    from pd.stages import _generator as stage_generator
 
-    backend = cfg.get("generation", {}).get("backend", "transformers")
-    opts: dict[str, Any] = {}
-    if backend == "transformers":
-        opts.update(batch_size=batch_size, progress=progress)
-    if backend == "openai" and cfg.get("generation", {}).get("openai_base_url"):
-        opts["base_url"] = cfg["generation"]["openai_base_url"]
-    return make_generator(model, backend, adapter=adapter, cache_dir=cache_dir() / "generations" if cache else None,
-                          models_extra=cfg.get("models"), **opts)
+    gen = cfg.get("generation", {})
+    spec = {"backend": gen.get("backend", "transformers"), "batch_size": batch_size,
+            "base_url": gen.get("openai_base_url"), "models_extra": cfg.get("models")}
+    options = {"progress": progress} if spec["backend"] == "transformers" else {}
+    return stage_generator(model, spec, adapter, **options)
 
 
 def _config(path: str | None) -> dict:
@@ -200,7 +206,8 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
     ds = load_folder(docs)
     get_spec(model, cfg.get("models"))  # an unknown model fails before any work
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RECORD_FILE).is_file())):
-        raise DataError(f"{out} exists and is not a `pd inject` output folder; choose another --out (it would be replaced)")
+        raise DataError(f"{out} exists and is not a `pd inject` output folder; choose another --out "
+                        "(it would be replaced)")
     if docs.resolve() == out.resolve() or out.resolve() in docs.resolve().parents:
         raise DataError(f"--out {out} must not contain the documents folder {docs}")
     stage = out.with_name(out.name + ".inject")
@@ -215,7 +222,7 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
     # 1. questions
     t = time.time()
     qcfg = QGenConfig(mode=settings["qgen_mode"], per_doc=settings["questions"] + extra, seed=settings["seed"],
-                      max_rounds=settings["max_rounds"])
+                      max_rounds=settings["max_rounds"], temperature=settings["qgen_temperature"])
     qspec = {"docs": fingerprint, "generator": model, "qgen": dataclasses.asdict(qcfg), "prompts": prompt_overrides}
     log.info("questions: %d per document (%d held out) for %d document(s)", qcfg.per_doc, extra, len(ds.documents))
     questions = _step("questions.jsonl", qspec, stage, places,
@@ -318,7 +325,8 @@ def model_card(record: dict, out: Path) -> str:
     lines = [f"# {out.name}: knowledge injected into {record['model']}", "",
              f"A LoRA adapter (PEFT) for `{record['model']}` trained by prompt distillation on the documents of "
              f"`{record['documents_folder']}` with `pd inject` (pd {record['pd_version']}).", "",
-             "## What was injected", "", "| document | characters | words | questions | answers |", "| --- | ---: | ---: | ---: | ---: |"]
+             "## What was injected", "", "| document | characters | words | questions | answers |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for d in record["documents"]:
         lines.append(f"| {d['id']} | {d['characters']} | {d['words']} | {d['questions']} | {d['answers']} |")
     lines += ["", f"{record['questions']} questions ({s['qgen_mode']} mode, {s['questions']} per document requested, "
@@ -387,8 +395,7 @@ def ask(adapter_dir: str | Path, questions: Sequence[str], *, rag: str | Path | 
         retrieved = make_retriever("bm25", ds.documents).search(list(questions), min(k, len(ds.documents)))
     cfg = _config(config)
     params = SamplingParams(temperature=temperature, max_new_tokens=max_tokens, seed=seed)
-    gen = _generator(model, cfg, batch_size=8, adapter=str(adapter_dir) if use_adapter else None, cache=False,
-                     progress=False)
+    gen = _generator(model, cfg, batch_size=8, adapter=str(adapter_dir) if use_adapter else None, progress=False)
     convs = [eval_conversation(q, [ds.documents[d].text for d in ids] if ds else None)
              for q, ids in zip(questions, retrieved)]
     outs = gen.generate(convs, params)

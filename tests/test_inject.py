@@ -141,6 +141,17 @@ def test_user_errors_exit_2_with_one_line(injected, capsys, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
 
 
+def test_settings_come_from_defaults_then_set_then_flags():
+    from pd.inject import DEFAULTS, parse_sets, resolve_settings
+
+    sets = parse_sets(["lr=2e-3", "epochs=5", "target_modules=[q_proj, v_proj]", "qgen_mode=single"])
+    assert sets == {"lr": 0.002, "epochs": 5, "target_modules": ["q_proj", "v_proj"], "qgen_mode": "single"}
+    inject, training = resolve_settings({**sets, "epochs": 1})  # what `--set epochs=5 --epochs 1` passes
+    assert training["epochs"] == 1 and training["lr"] == 0.002 and training["rank"] == DEFAULTS["rank"]
+    assert inject["qgen_mode"] == "single" and inject["questions"] == DEFAULTS["questions"]
+    assert "method" not in training and "questions" not in training
+
+
 # --------------------------------------------------------------------------- SmolLM2, invented facts
 
 # Facts no model can know: a fictional town, its founder, a ship, a river, a product and its inventor.
