@@ -36,24 +36,27 @@ from pd.io import atomic_path, file_hash, read_json, read_jsonl, stable_hash, wr
 log = logging.getLogger("pd.inject")
 
 # The one place for inject's defaults (command-line flags and --set override them). Chosen
-# for smollm2-135m-instruct on a CPU; `questions` is per document.
+# for smollm2-135m-instruct on a CPU; `questions` is per document. Measured on the three
+# invented-fact documents of tests/test_inject.py (6 questions): these settings gave 1/6
+# right closed-book (base 0/6) and held-out KL 0.82 -> 0.17; 12 questions/document at
+# distillation temperature 2 and 3 epochs, or 9 questions at T=2 and 8 epochs, gave 0/6.
 DEFAULTS: dict[str, Any] = {
-    "questions": 12,
+    "questions": 20,
     "heldout_fraction": 0.1,  # this many extra questions are generated and held out for the KL measurement
     "qgen_mode": "sentence",  # small models fail at the five-question prompt; this asks about each sentence
-    "qgen_temperature": None,  # None: the mode's default (pd/qgen.py MODE_DEFAULTS)
+    "qgen_temperature": 0.6,  # None: the mode's default (pd/qgen.py MODE_DEFAULTS, 0.8); lower keeps SmolLM2 on topic
     "max_rounds": 6,
     "answer_temperature": 0.25,
-    "answer_max_tokens": 64,
-    "epochs": 3,
+    "answer_max_tokens": 48,
+    "epochs": 4,
     "lr": 1e-3,
     "rank": 64,
-    "kd_temperature": 2.0,
+    "kd_temperature": 1.0,  # the paper's 2 spreads the loss over the vocabulary; 1 did better for SmolLM2 (config.yaml, tune-demo)
     "batch_size": 8,
     "warmup_epochs": 0,
     "warmup_steps": 2,
     "seed": 0,
-    "generation_batch_size": 16,
+    "generation_batch_size": 40,
 }
 INJECT_KEYS = ("questions", "heldout_fraction", "qgen_mode", "qgen_temperature", "max_rounds", "answer_temperature",
                "answer_max_tokens", "seed", "generation_batch_size")
