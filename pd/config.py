@@ -42,6 +42,11 @@ PAPER_TRAINING: dict[str, Any] = {
     # KL(teacher || student) on unseen pairs before and after (every trained cell reports it).
     "heldout_fraction": 0.1,
 }
+def heldout_extra(questions: int, fraction: float) -> int:
+    """Questions generated on top of ``questions`` and held out for the held-out KL (at least one)."""
+    return max(1, round(questions * fraction)) if fraction > 0 else 0
+
+
 PAPER_METHODS: dict[str, dict[str, Any]] = {
     "base": {},
     "pd": {"answer_temperature": 1.5},

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from pd.config import heldout_extra
 from pd.data import Dataset, load_folder
 from pd.errors import ConfigError, DataError, PDError
 from pd.io import atomic_path, file_hash, read_json, read_jsonl, stable_hash, write_json, write_jsonl, write_text
@@ -124,11 +125,6 @@ def resolve_settings(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return inject, training
 
 
-def heldout_per_doc(questions: int, fraction: float) -> int:
-    """Extra questions per document for the held-out measurement (as the workflow counts them)."""
-    return max(1, round(questions * fraction)) if fraction > 0 else 0
-
-
 # --------------------------------------------------------------------------- steps
 
 
@@ -219,7 +215,7 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
     reused: list[str] = []
     fingerprint = _docs_fingerprint(ds)
     prompt_overrides = {k: file_hash(v) for k, v in sorted((cfg.get("prompts") or {}).items()) if Path(v).is_file()}
-    extra = heldout_per_doc(settings["questions"], settings["heldout_fraction"])
+    extra = heldout_extra(settings["questions"], settings["heldout_fraction"])
     timings: dict[str, float] = {}
 
     # 1. questions

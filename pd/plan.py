@@ -176,7 +176,7 @@ class _Builder:
         q = self.gen["questions"]
         dseed = c["seed"] if q["per_seed"] else 0
         heldout = pdc.training_settings(self.cfg, c["method"], c["model"], self.experiment)["heldout_fraction"]
-        total = c["n_questions"] + (max(1, round(c["n_questions"] * heldout)) if heldout > 0 else 0)
+        total = c["n_questions"] + pdc.heldout_extra(c["n_questions"], heldout)
         mode = "bonito" if c["qgen"].startswith("bonito") else q["mode"]  # a Bonito-style generator has its own prompt
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "generator": c["qgen"],
                 "mode": mode, "per_item": total, "heldout_per_item": total - c["n_questions"], "seed": dseed,

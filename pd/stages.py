@@ -206,10 +206,12 @@ def run_job(rule: str, spec: dict, outputs: list[str], logs: list[str], threads:
         _register_training()
     if rule not in STAGES:
         raise KeyError(f"no stage for rule {rule!r}; known: {', '.join(sorted(STAGES))}")
-    if threads and threads > 0 and rule not in ("grade", "manifest", "report", "retrieval"):
-        import torch
-
-        torch.set_num_threads(threads)  # torch would take every core, whatever other jobs run beside it
+    if threads and threads > 0:
+        # torch would take every core, whatever other jobs run beside it. It reads the variable when
+        # it is imported (jobs that never load a model never import it); if it already is, tell it.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
     with _job_log(logs[0] if logs else None):
         if os.environ.get("SLURM_JOB_ID"):
             log.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.uname().nodename)

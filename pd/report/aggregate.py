@@ -85,24 +85,23 @@ class CellRecord:
         return self.axes.get(SEED_AXIS)
 
 
-def conventional_benchmarks(d: Mapping[str, Any], dataset: Any) -> list[str]:
+def benchmark_file(path: Any, dataset: Any) -> str | None:
     """``results/<dataset>/eval/x.jsonl`` -> ``results/benchmarks/<dataset>/eval/x.tsv`` (see workflow/rules)."""
-    out = []
-    if dataset is None:
-        return out
     marker = f"/{dataset}/"
-    for key in ("adapter", "eval", "grades"):
-        p = d.get(key)
-        if not isinstance(p, str) or marker not in "/" + p:
-            continue
-        if p.startswith("/"):
-            head, rest = p.split(marker, 1)
-        else:
-            head, rest = ("/" + p).split(marker, 1)
-            head = head[1:] or "."
-        rest = rest[: -len(".jsonl")] if rest.endswith(".jsonl") else rest
-        out.append(f"{head}/benchmarks/{dataset}/{rest}.tsv")
-    return out
+    if dataset is None or not isinstance(path, str) or marker not in "/" + path:
+        return None
+    if path.startswith("/"):
+        head, rest = path.split(marker, 1)
+    else:
+        head, rest = ("/" + path).split(marker, 1)
+        head = head[1:] or "."
+    rest = rest[: -len(".jsonl")] if rest.endswith(".jsonl") else rest
+    return f"{head}/benchmarks/{dataset}/{rest}.tsv"
+
+
+def conventional_benchmarks(d: Mapping[str, Any], dataset: Any) -> list[str]:
+    """The benchmark files of a record's adapter, evaluation and grades."""
+    return [b for b in (benchmark_file(d.get(k), dataset) for k in ("adapter", "eval", "grades")) if b]
 
 
 @dataclass

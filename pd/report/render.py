@@ -81,10 +81,11 @@ def render_reports(
     machine = machine_description()
     for name, spec in manifest.experiments.items():
         exp_dir = out_dir / _safe(name)
-        groups = build_groups([c for c in manifest.cells if c.experiment == name], cache=cache)
+        records = [c for c in manifest.cells if c.experiment == name]
+        groups = build_groups(records, cache=cache)
         table = build_table(name, spec, groups, n_resamples=n_resamples, seed=bootstrap_seed,
                             paper_values_path=paper_values_path, display_root=str(out_dir))
-        info = run_info([c for c in manifest.cells if c.experiment == name], name, machine)
+        info = run_info(records, name, machine)
         table.run = info.lines()
         paths = {"md": exp_dir / "table.md", "tex": exp_dir / "table.tex", "json": exp_dir / "summary.json"}
         write_text(paths["md"], render_markdown(table))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from pd.report.aggregate import CellRecord, conventional_benchmarks
+from pd.report.aggregate import CellRecord, benchmark_file
 from pd.report.html import read_benchmarks
 
 
@@ -86,7 +86,8 @@ def run_info(records: Iterable[CellRecord], experiment: str, machine: str | None
     for rec in records:
         dataset = rec.axes.get("dataset")
         for job in rec.extra.get("jobs") or []:
-            for b in conventional_benchmarks({"eval": job}, dataset):
+            b = benchmark_file(job, dataset)
+            if b:
                 files[b] = job.split(f"/{dataset}/", 1)[-1].split("/", 1)[0]
     info = RunInfo(machine=machine if machine is not None else machine_description(),
                    command=reproduce_command(experiment))
