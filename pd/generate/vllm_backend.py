@@ -12,6 +12,7 @@ of the cache identity.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -22,6 +23,7 @@ from pd.generate.base import Completion, Conversation, SamplingParams
 from pd.generate.transformers_backend import (adapter_hash, check_conversation, check_params, model_identity, sample_seed,
                                               stop_token_ids)
 from pd.models import ModelSpec, get_spec, model_folder
+from pd.precision import resolve_precision
 
 
 def require_vllm():
@@ -42,14 +44,15 @@ class VLLMGenerator:
                  models_extra: dict | None = None, gpu_memory_utilization: float = 0.85,
                  max_model_len: int | None = None, **llm_options):
         vllm = require_vllm()
-        self.spec = model if isinstance(model, ModelSpec) else get_spec(model, models_extra)
+        spec = model if isinstance(model, ModelSpec) else get_spec(model, models_extra)
+        # The precision vLLM runs in is part of the cache identity (``auto`` resolved on this GPU).
+        self.spec = dataclasses.replace(spec, dtype=resolve_precision(spec.dtype, "cuda"))
         self.adapter = str(adapter) if adapter else None
         self.name = f"vllm:{model_identity(self.spec)}" + (f"+adapter:{adapter_hash(self.adapter)}" if self.adapter else "")
         kwargs = dict(model=model_folder(self.spec), gpu_memory_utilization=gpu_memory_utilization, **llm_options)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        if self.spec.dtype != "auto":
-            kwargs["dtype"] = self.spec.dtype
+        kwargs["dtype"] = self.spec.dtype
         self.lora = None
         if self.adapter:
             from vllm.lora.request import LoRARequest
