@@ -336,21 +336,44 @@ def load_tokenizer(spec: ModelSpec):
     return tok
 
 
-def load_model(spec: ModelSpec, device: str | None = None, dtype: Any = None):
-    """The causal LM for ``spec`` in eval mode on ``device``."""
+def load_model(spec: ModelSpec, device: str | None = None, dtype: Any = None, device_map: str | dict | None = None):
+    """The causal LM for ``spec``, in eval mode.
+
+    Placement: ``device_map`` (accelerate's: ``"auto"`` spreads the layers over every
+    visible GPU, then the CPU) if given; else ``device``; else, where the process sees
+    several GPUs (a SLURM job's ``CUDA_VISIBLE_DEVICES``), ``device_map="auto"`` so a model
+    larger than one GPU spreads over the job's GPUs; else the one GPU or the CPU.
+
+    Args:
+        spec: the model.
+        device: a torch device string.
+        dtype: a torch dtype; default: :func:`resolve_dtype` on the model's first device.
+        device_map: an accelerate device map (``"auto"`` or a module-name -> device dict).
+
+    Returns:
+        The ``transformers`` model (its weights on the devices chosen).
+
+    Raises:
+        ModelUnavailableError: a hub model is not in the local cache and cannot be fetched.
+    """
+    import torch
     from transformers import AutoModelForCausalLM
 
+    if device_map is None and device is None and torch.cuda.device_count() > 1:
+        device_map = "auto"
     device = device or default_device()
-    dtype = dtype or resolve_dtype(spec, device)
+    dtype = dtype or resolve_dtype(spec, "cuda" if device_map is not None and torch.cuda.is_available() else device)
     src = model_folder(spec)
+    kwargs: dict[str, Any] = {"revision": spec.revision} if spec.source == "hub" else {}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
-        kwargs = {"revision": spec.revision} if spec.source == "hub" else {}
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kwargs)
     except (OSError, ValueError) as err:
         if spec.source == "hub":
             raise _hub_error(spec, err) from None
         raise
-    return model.to(device).eval()
+    return (model if device_map is not None else model.to(device)).eval()
 
 
 def check_same_vocabulary(student_tok, teacher_tok, student: str, teacher: str) -> None:

@@ -121,3 +121,22 @@ def test_smollm2_answers_from_a_passage(smollm2):
         answers.append(tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
     assert "Moosbrugger" in answers[0]
     assert "1887" in answers[1]
+
+
+def test_device_map_placement_gives_the_same_greedy_text(tiny_llama):
+    """accelerate's device_map over the devices this machine has (the CPU here, the job's GPUs on a
+    cluster) gives the same greedy answer as moving the model to one device."""
+    from pd.generate.base import SamplingParams
+    from pd.generate.transformers_backend import TransformersGenerator
+
+    conv = [[{"role": "user", "content": "Where does the bridge cross the river?"}]]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    texts = []
+    layers = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
+              "lm_head": "cpu"}
+    for kw in ({"device": "cpu"}, {"device_map": "auto"}, {"device_map": layers}):
+        model = load_model(tiny_llama.spec, **kw)
+        gen = TransformersGenerator(tiny_llama.spec, loaded_model=model, tokenizer=tiny_llama.tokenizer,
+                                    name="tiny", progress=False)
+        texts.append(gen.generate(conv, params)[0][0])
+    assert texts[0].token_ids == texts[1].token_ids == texts[2].token_ids and len(texts[0].token_ids) > 0
