@@ -156,9 +156,12 @@ def cpu_bfloat16_speedup(layer: tuple[int, int] = DEFAULT_LAYER, refresh: bool =
 
 
 def cuda_precision() -> str:
-    """``bfloat16`` on a GPU that supports it, else ``float16``."""
+    """``bfloat16`` on a GPU that supports it, else ``float16``; ``bfloat16`` where no GPU is visible
+    (planning here for a GPU elsewhere: every GPU since Ampere supports it)."""
     import torch
 
+    if not torch.cuda.is_available():
+        return "bfloat16"
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
-from pathlib import Path
+from dataclasses import dataclass
 
-from pd.errors import ModelUnavailableError
+from pd.errors import ConfigError, ModelUnavailableError
 from pd.generate.base import Completion, Conversation, SamplingParams
 from pd.generate.transformers_backend import (adapter_hash, check_conversation, check_params, model_identity, sample_seed,
                                               stop_token_ids)
+from pd.merge import VLLM_MAX_LORA_RANK, adapter_config, merged_model, vllm_can_serve
 from pd.models import ModelSpec, get_spec, model_folder
 from pd.precision import resolve_precision
+
+
+# The LoRA ranks vLLM takes for max_lora_rank.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def require_vllm():
@@ -37,30 +41,81 @@ def require_vllm():
     return vllm
 
 
+@dataclass(frozen=True)
+class EnginePlan:
+    """How one job runs vLLM: the engine's arguments and the LoRA adapter it serves (if any).
+
+    ``engine``: keyword arguments of ``vllm.LLM``; ``lora_path``: the adapter folder served
+    as a LoRA, None when there is none or it was merged into the weights; ``spec``: the
+    model actually loaded (the merged one, if merged).
+    """
+
+    engine: dict
+    lora_path: str | None
+    spec: ModelSpec
+
+
+def engine_plan(spec: ModelSpec, adapter: str | os.PathLike | None = None, *, gpus: int = 1,
+                gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
+                max_lora_rank: int = VLLM_MAX_LORA_RANK, **llm_options) -> EnginePlan:
+    """vLLM's arguments for a job: tensor parallelism over the job's GPUs; an adapter vLLM can
+    serve (rank <= 512, known modules) as a LoRA, any other merged into the weights first
+    (:func:`pd.merge.merged_model`, cached) and served as a plain model.
+
+    Args:
+        spec: the base model (its ``dtype`` resolved for the GPU here).
+        adapter: a PEFT adapter folder, or None.
+        gpus: the GPUs the job holds (``tensor_parallel_size``).
+        gpu_memory_utilization: share of each GPU's memory vLLM may take.
+        max_model_len: the context vLLM reserves KV cache for (None: the model's).
+        max_lora_rank: the largest rank served unmerged.
+        llm_options: further ``vllm.LLM`` arguments.
+
+    Returns:
+        The :class:`EnginePlan`.
+
+    Raises:
+        ConfigError: ``gpus`` < 1.
+        ModelUnavailableError: the adapter folder is missing.
+    """
+    if gpus < 1:
+        raise ConfigError(f"vLLM needs at least one GPU, got gpus={gpus}")
+    spec = dataclasses.replace(spec, dtype=resolve_precision(spec.dtype, "cuda"))
+    lora = str(adapter) if adapter else None
+    if lora is not None:
+        adapter_hash(lora)  # a clear error for a missing folder
+        if not vllm_can_serve(lora, max_lora_rank):
+            spec, lora = merged_model(spec, lora, dtype=spec.dtype), None
+    engine = dict(model=model_folder(spec), dtype=spec.dtype, tensor_parallel_size=int(gpus),
+                  gpu_memory_utilization=gpu_memory_utilization, **llm_options)
+    if max_model_len:
+        engine["max_model_len"] = int(max_model_len)
+    if lora is not None:
+        rank = int(adapter_config(lora)["r"])
+        engine.update(enable_lora=True, max_lora_rank=min(r for r in VLLM_LORA_RANKS if r >= rank))
+    return EnginePlan(engine, lora, spec)
+
+
 class VLLMGenerator:
+    """Offline batched generation with vLLM over the job's GPUs (see :func:`engine_plan`)."""
+
     backend = "vllm"
 
     def __init__(self, model: str | ModelSpec, adapter: str | os.PathLike | None = None, *,
-                 models_extra: dict | None = None, gpu_memory_utilization: float = 0.85,
-                 max_model_len: int | None = None, **llm_options):
+                 models_extra: dict | None = None, gpus: int | None = None, **options):
         vllm = require_vllm()
+        import torch
+
         spec = model if isinstance(model, ModelSpec) else get_spec(model, models_extra)
-        # The precision vLLM runs in is part of the cache identity (``auto`` resolved on this GPU).
-        self.spec = dataclasses.replace(spec, dtype=resolve_precision(spec.dtype, "cuda"))
-        self.adapter = str(adapter) if adapter else None
+        plan = engine_plan(spec, adapter, gpus=gpus or max(1, torch.cuda.device_count()), **options)
+        self.spec, self.adapter = plan.spec, plan.lora_path
         self.name = f"vllm:{model_identity(self.spec)}" + (f"+adapter:{adapter_hash(self.adapter)}" if self.adapter else "")
-        kwargs = dict(model=model_folder(self.spec), gpu_memory_utilization=gpu_memory_utilization, **llm_options)
-        if max_model_len:
-            kwargs["max_model_len"] = max_model_len
-        kwargs["dtype"] = self.spec.dtype
         self.lora = None
         if self.adapter:
             from vllm.lora.request import LoRARequest
 
-            rank = json.loads((Path(self.adapter) / "adapter_config.json").read_text())["r"]
-            kwargs.update(enable_lora=True, max_lora_rank=max(int(rank), 8))
             self.lora = LoRARequest("adapter", 1, self.adapter)
-        self.llm = vllm.LLM(**kwargs)
+        self.llm = vllm.LLM(**plan.engine)
         self.stop_ids = set(stop_token_ids(self.llm.get_tokenizer()))
         self.calls = 0
         self.conversations_generated = 0
