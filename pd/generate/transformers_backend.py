@@ -130,13 +130,13 @@ class TransformersGenerator:
     backend = "transformers"
 
     def __init__(self, model: str | ModelSpec, adapter: str | os.PathLike | None = None, *, device: str | None = None,
-                 batch_size: int = 8, progress: bool = True, loaded_model: Any = None, tokenizer: Any = None,
+                 batch_size: int | str = 8, progress: bool = True, loaded_model: Any = None, tokenizer: Any = None,
                  name: str | None = None, models_extra: dict | None = None):
         import torch  # noqa: F401  (fail early if missing)
 
         self.spec = model if isinstance(model, ModelSpec) else get_spec(model, models_extra)
-        if batch_size < 1:
-            raise ConfigError(f"batch_size {batch_size}: must be >= 1")
+        if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ConfigError(f"batch_size {batch_size!r}: must be an integer >= 1 or 'auto' (from the device's memory)")
         self.batch_size = batch_size
         self.progress = progress
         self.adapter = str(adapter) if adapter else None
@@ -184,8 +184,10 @@ class TransformersGenerator:
         rows.sort(key=lambda r: -len(prompts[r[0]]))  # similar lengths share a batch: less padding
         done: dict[tuple[int, int], Completion] = {}
         bar = tqdm(total=len(rows), desc=f"generate {self.spec.name}", disable=not self.progress, leave=False)
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start:start + self.batch_size]
+        start = 0
+        while start < len(rows):
+            batch = rows[start:start + self.batch_rows(len(prompts[rows[start][0]]), params.max_new_tokens)]
+            start += len(batch)
             seeds = [sample_seed(params.seed, conversations[i], j) for i, j in batch]
             outs = self._generate_batch([prompts[i] for i, _ in batch], seeds, params)
             done.update(zip(batch, outs))
@@ -193,6 +195,30 @@ class TransformersGenerator:
         bar.close()
         self.conversations_generated += len(conversations)
         return [[done[(i, 0 if greedy else j)] for j in range(params.n)] for i in range(len(conversations))]
+
+    def batch_rows(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """Sequences per decoding batch: the configured number, or with ``batch_size: auto`` the
+        largest that the GPU's free memory holds (:func:`pd.generate.sizing.batch_for_memory`;
+        on a CPU, where decoding is compute-bound, :data:`~pd.generate.sizing.CPU_BATCH`).
+
+        Args:
+            prompt_tokens: the longest prompt of the batch.
+            max_new_tokens: the tokens to generate at most.
+
+        Returns:
+            A positive batch size.
+        """
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        import torch
+
+        from pd.generate import sizing
+
+        if self.device.type != "cuda":
+            return sizing.CPU_BATCH
+        free, _ = torch.cuda.mem_get_info(self.device)
+        width = next(self.model.parameters()).element_size()
+        return sizing.batch_for_memory(self.model.config, width, prompt_tokens, max_new_tokens, free)
 
     # ------------------------------------------------------------------ decoding
 
