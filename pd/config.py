@@ -12,15 +12,22 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator, validators
 
 from pd.errors import ConfigError
+
 # The method vocabulary is defined beside TrainConfig; pd.plan reads DISTILLING_METHODS from here.
-from pd.train.settings import DISTILLING_METHODS, GRID_METHODS, spec_defaults, training_schema  # noqa: F401
+from pd.train.settings import (
+    DISTILLING_METHODS,
+    GRID_METHODS,
+    spec_defaults,
+    training_schema,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"

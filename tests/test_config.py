@@ -3,9 +3,14 @@
 import copy
 
 import pytest
-import yaml
 
-from pd.config import DEFAULT_CONFIG, dataset_judge_template, load_config, retrieval_k, training_settings
+from pd.config import (
+    DEFAULT_CONFIG,
+    dataset_judge_template,
+    load_config,
+    retrieval_k,
+    training_settings,
+)
 from pd.errors import ConfigError
 
 

@@ -20,8 +20,15 @@ from pd.errors import ConfigError
 from pd.grade import JUDGE_TEMPLATES
 from pd.retrieve import RETRIEVERS
 from pd.train.sequences import Limits
-from pd.train.settings import (DISTILLING_METHODS, GRID_METHODS, METHODS, OUTSIDE_LOOP, TrainConfig, spec_defaults,
-                               training_schema)
+from pd.train.settings import (
+    DISTILLING_METHODS,
+    GRID_METHODS,
+    METHODS,
+    OUTSIDE_LOOP,
+    TrainConfig,
+    spec_defaults,
+    training_schema,
+)
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 HINTS = typing.get_type_hints(TrainConfig)

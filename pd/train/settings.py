@@ -107,7 +107,7 @@ class TrainConfig:
                                    help="LoRA alpha = alpha_factor * rank")
     lora_dropout: float = _setting(0.0, schema={"type": _NUM, "minimum": 0, "exclusiveMaximum": 1}, in_spec=True,
                                    help="LoRA dropout")
-    target_modules: str | list[str] = _setting(
+    target_modules: str | list[str] = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
         "all-linear", schema={"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
         help="modules that get LoRA weights (PEFT's target_modules)")
     gradient_checkpointing: bool = _setting(False, schema={"type": "boolean"},
@@ -152,8 +152,8 @@ class TrainConfig:
     # bookkeeping
     checkpoint_every: int = _setting(0, schema={"type": _INT, "minimum": 0}, in_spec=True,
                                      help="optimizer steps between checkpoints (0: none)")
-    snapshot_seconds: list[float] = _setting(
-        schema={"type": "array", "items": {"type": _NUM, "exclusiveMinimum": 0}}, in_spec=True, factory=list,
+    snapshot_seconds: list[float] = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
+        schema={"type": "array", "items": {"type": _NUM, "minimum": 0}}, in_spec=True, factory=list,
         help="adapter snapshots at these elapsed seconds")
     snapshot_interval: float = _setting(0.0, schema={"type": _NUM, "minimum": 0},
                                         help="... and every this many seconds (0: none; else >= 1)")
@@ -210,7 +210,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], **overrides) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], **overrides) -> TrainConfig:
         """Build from a (config.yaml) dict; keys in :data:`OUTSIDE_LOOP` belong to other stages and are skipped.
 
         Args:
