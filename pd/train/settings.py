@@ -38,6 +38,7 @@ PARALLEL = ("ddp", "fsdp")
 LOGPROB_DTYPES = ("float16", "bfloat16", "float32")
 
 _NUM, _INT = "number", "integer"
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
 
 
 def _setting(default: Any = dataclasses.MISSING, *, help: str, schema: dict, in_spec: bool = False,
@@ -261,11 +262,16 @@ def check_settings(values: dict[str, Any]) -> None:
     problems = []
     for name, value in values.items():
         for err in _VALIDATORS[name].iter_errors(value):
+            where = f"training.{name}" + "".join(f"[{p}]" for p in err.absolute_path)
             if err.validator == "enum":
                 allowed = ", ".join("null" if v is None else str(v) for v in err.validator_value)
-                problems.append(f"training.{name}: {value!r} is not allowed; allowed: {allowed}")
+                problems.append(f"{where}: {err.instance!r} is not allowed; allowed: {allowed}")
+            elif err.validator in _BOUNDS:
+                bound = err.validator_value
+                what = "positive" if (err.validator, bound) == ("exclusiveMinimum", 0) else f"{_BOUNDS[err.validator]} {bound}"
+                problems.append(f"{where} must be {what}, got {err.instance!r}")
             else:
-                problems.append(f"training.{name}: {err.message}")
+                problems.append(f"{where}: {err.message}")
     if problems:
         raise ConfigError("; ".join(problems))
 
