@@ -5,6 +5,10 @@ Validation has two layers: the JSON Schema in ``workflow/schemas/config.schema.y
 schema cannot express (model, dataset and experiment names; teacher vocabularies).
 Every problem is reported with its key path and, where a set of values is allowed,
 that set; all problems are reported at once.
+
+Defaults: the training ones and the method vocabulary are :mod:`pd.train.settings`'s
+(re-exported here: ``DISTILLING_METHODS``, ``GRID_METHODS``); evaluation's sampling and the
+datasets' own settings (judge template, retrieval depth) are defined below.
 """
 
 from __future__ import annotations
@@ -20,14 +24,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from pd.errors import ConfigError
-
-# The method vocabulary is defined beside TrainConfig; pd.plan reads DISTILLING_METHODS from here.
-from pd.train.settings import (
-    DISTILLING_METHODS,
-    GRID_METHODS,
-    spec_defaults,
-    training_schema,
-)
+from pd.train.settings import DISTILLING_METHODS, GRID_METHODS, spec_defaults, training_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"

@@ -15,6 +15,11 @@ The method vocabulary lives here too: :data:`METHODS` (trained), :data:`GRID_MET
 (an experiment grid's ``method`` axis, which adds the untrained base model) and
 :data:`DISTILLING_METHODS` (those with a teacher and a KL loss).
 
+A new setting is one field here (with ``in_spec=False``, so existing adapters keep their
+hashes); config.yaml accepts it at once. A new method is a name in :data:`METHODS` (and
+:data:`DISTILLING_METHODS` if it distils), its entry in :data:`pd.config.PAPER_METHODS`
+and its sequences in :func:`pd.train.methods.build_training_data`.
+
 This module imports neither torch nor another ``pd.train`` module, so the config layer
 can read it cheaply.
 """
