@@ -5,6 +5,10 @@ Validation has two layers: the JSON Schema in ``workflow/schemas/config.schema.y
 schema cannot express (model, dataset and experiment names; teacher vocabularies).
 Every problem is reported with its key path and, where a set of values is allowed,
 that set; all problems are reported at once.
+
+Defaults: the training ones and the method vocabulary are :mod:`pd.train.settings`'s
+(re-exported here: ``DISTILLING_METHODS``, ``GRID_METHODS``); evaluation's sampling and the
+datasets' own settings (judge template, retrieval depth) are defined below.
 """
 
 from __future__ import annotations
@@ -12,54 +16,92 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator, validators
 
 from pd.errors import ConfigError
+from pd.train.settings import DISTILLING_METHODS, GRID_METHODS, spec_defaults, training_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
 
-METHODS = ("base", "pd", "pd_reverse", "pd_reg", "sft", "uft", "sft_distractors")
-TRAINED_METHODS = tuple(m for m in METHODS if m != "base")
-DISTILLING_METHODS = ("pd", "pd_reverse", "pd_reg")
-RETRIEVERS = ("none", "bm25", "bm25_paper", "dense", "openai", "oracle")
+# Evaluation's sampling (the paper's): the default of config.yaml's generation.evaluation.
+EVAL_SAMPLING: dict[str, Any] = {"temperature": 0.25, "max_new_tokens": 500}
 
-# The paper's Table 8 (Llama-3 column); per-model and per-method settings override it.
-PAPER_TRAINING: dict[str, Any] = {
-    "lr": 1e-5, "weight_decay": 0.1, "max_grad_norm": 1.0, "batch_size": 4, "grad_accum": 1,
-    "epochs": 10, "warmup_epochs": 1, "warmup_steps": 0, "rank": 1024, "alpha_factor": 2.0,
-    "lora_dropout": 0.0, "kd_temperature": 2.0, "t2_scale": False, "teacher_topk": 0,
-    "max_answer_tokens": 512, "max_teacher_tokens": 768, "chunk_size": 128, "checkpoint_every": 0,
-    "teacher_logprob_dtype": "float16",
-    "snapshot_seconds": [], "reg_fraction": 0.5, "reg_data": "tulu3", "uft_chunk_tokens": 256,
-    "uft_overlap": 64, "distractors": 2, "gold_drop_prob": 0.4,
-    # Not the paper's: 10% extra questions are generated and held out of training, to measure
-    # KL(teacher || student) on unseen pairs before and after (every trained cell reports it).
-    "heldout_fraction": 0.1,
+# What a dataset's config entry may set beyond where its data lies, as lm-eval's task YAML
+# does: the judge's template and the retrieval depth. A key the entry leaves out comes from
+# its loader's row here, else from DATASET_DEFAULTS. (Kept out of the entries themselves,
+# whose content is part of every job's specification.)
+DATASET_DEFAULTS: dict[str, Any] = {"judge_template": "judge_squadshifts", "retrieval_k": 7}
+LOADER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hotpotqa": {"judge_template": "judge_hotpotqa", "retrieval_k": 10},  # the paper's k for multi-hop questions
 }
+
+
 def heldout_extra(questions: int, fraction: float) -> int:
-    """Questions generated on top of ``questions`` and held out for the held-out KL (at least one)."""
+    """Questions generated on top of ``questions`` and held out for the held-out KL.
+
+    Args:
+        questions: training questions per item (or document).
+        fraction: extra questions relative to ``questions`` (``training.heldout_fraction``).
+
+    Returns:
+        ``round(questions * fraction)``, at least one when ``fraction > 0``; 0 otherwise.
+    """
     return max(1, round(questions * fraction)) if fraction > 0 else 0
 
 
+# The paper's per-method settings: the expert's answers at T=1.5 for PD, 0.25 for SFT; UFT's own lr and epochs.
 PAPER_METHODS: dict[str, dict[str, Any]] = {
-    "base": {},
-    "pd": {"answer_temperature": 1.5},
-    "pd_reverse": {"answer_temperature": 1.5},
-    "pd_reg": {"answer_temperature": 1.5},
-    "sft": {"answer_temperature": 0.25},
-    "sft_distractors": {"answer_temperature": 0.25},
+    "base": {}, **{m: {"answer_temperature": 1.5} for m in DISTILLING_METHODS},
+    "sft": {"answer_temperature": 0.25}, "sft_distractors": {"answer_temperature": 0.25},
     "uft": {"training": {"lr": 5e-5, "epochs": 3}},
 }
 BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
     **{s: {"loader": "squadshifts", "subset": s} for s in ("amazon", "new_wiki", "nyt", "reddit")},
     "hotpotqa": {"loader": "hotpotqa", "limit": 1000},
 }
+
+
+def dataset_setting(dataset_cfg: dict, key: str) -> Any:
+    """A dataset's own setting: its config entry's, else its loader's, else the general default.
+
+    Args:
+        dataset_cfg: the dataset's resolved config entry (``cfg["datasets"][name]``, or a job's ``dataset_cfg``).
+        key: a key of :data:`DATASET_DEFAULTS` (``judge_template``, ``retrieval_k``).
+
+    Returns:
+        The value (for ``judge_template`` a name of :data:`pd.grade.JUDGE_TEMPLATES`).
+
+    Raises:
+        KeyError: ``key`` is no dataset setting (a bug in the caller).
+    """
+    if key not in DATASET_DEFAULTS:
+        raise KeyError(f"no dataset setting {key!r}; known: {', '.join(DATASET_DEFAULTS)}")
+    if key in dataset_cfg:
+        return dataset_cfg[key]
+    return LOADER_DEFAULTS.get(dataset_cfg.get("loader"), {}).get(key, DATASET_DEFAULTS[key])
+
+
+def dataset_judge_template(dataset_cfg: dict) -> str:
+    """The judge template a dataset is graded with: ``dataset_setting(dataset_cfg, "judge_template")``."""
+    return dataset_setting(dataset_cfg, "judge_template")
+
+
+def retrieval_k(retrieval: dict, dataset_cfg: dict) -> int:
+    """Passages retrieved per question: the resolved ``retrieval`` block's ``k`` if set, else the dataset's."""
+    k = retrieval.get("k")
+    return k if k is not None else dataset_setting(dataset_cfg, "retrieval_k")
+
+
+def evaluation_sampling(sampling: dict | None = None) -> dict[str, Any]:
+    """Evaluation's sampling settings: an evaluation job's ``sampling`` over :data:`EVAL_SAMPLING` (a new dict)."""
+    return {**EVAL_SAMPLING, **(sampling or {})}
 
 
 def _with_defaults(cls):
@@ -81,9 +123,19 @@ _schema_cache: dict | None = None
 
 
 def schema() -> dict:
+    """config.yaml's JSON Schema: the file, with ``$defs.training`` (from TrainConfig's fields),
+    ``$defs.method`` (:data:`GRID_METHODS`) and evaluation's default (:data:`EVAL_SAMPLING`) filled in.
+
+    Returns:
+        The schema (cached; do not modify it).
+    """
     global _schema_cache
     if _schema_cache is None:
-        _schema_cache = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+        s = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+        s["$defs"]["training"].update(training_schema())
+        s["$defs"]["method"]["enum"] = list(GRID_METHODS)
+        s["properties"]["generation"]["properties"]["evaluation"]["default"] = copy.deepcopy(EVAL_SAMPLING)
+        _schema_cache = s
     return _schema_cache
 
 
@@ -148,13 +200,30 @@ def _leaf_errors(errs) -> list:
 
 
 def grids(experiment: dict) -> list[dict]:
-    """An experiment's grids: one, or several whose cells are united."""
+    """An experiment's grids: one, or several whose cells are united.
+
+    Args:
+        experiment: an entry of ``cfg["experiments"]``.
+
+    Returns:
+        Its ``grid`` as a list of grid dicts.
+    """
     g = experiment["grid"]
     return g if isinstance(g, list) else [g]
 
 
 def validate_schema(cfg: dict) -> dict:
-    """Validate ``cfg`` in place against the schema, filling defaults; raise on problems."""
+    """Validate ``cfg`` in place against the schema, filling in its defaults.
+
+    Args:
+        cfg: a parsed config.yaml (modified in place).
+
+    Returns:
+        ``cfg``, with the schema's defaults filled in.
+
+    Raises:
+        ConfigError: every schema violation, one per line, with its key path and the allowed values.
+    """
     errors = _leaf_errors(_Validator(schema()).iter_errors(cfg))
     if errors:
         lines = sorted({_format(e) for e in errors})
@@ -163,6 +232,15 @@ def validate_schema(cfg: dict) -> dict:
 
 
 def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``: nested dicts merge key by key, anything else is replaced.
+
+    Args:
+        base: the lower layer (not modified).
+        over: the upper layer (not modified); None counts as empty.
+
+    Returns:
+        A new dict that shares no mutable value with either argument.
+    """
     out = copy.deepcopy(base)
     for k, v in (over or {}).items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
@@ -179,7 +257,14 @@ def _check_names(problems: list[str], where: str, names: Iterable[str], known: I
 
 
 def validate_references(cfg: dict) -> None:
-    """Cross-references the schema cannot see; all problems in one error."""
+    """Check what the schema cannot: names of models, datasets, experiments, table axes and prompts.
+
+    Args:
+        cfg: a config that passed :func:`validate_schema`, with the built-in datasets merged in.
+
+    Raises:
+        ConfigError: every problem found, one per line.
+    """
     from pd import models as pdm
     from pd import prompts
 
@@ -238,14 +323,19 @@ def _check_grid(problems: list[str], where: str, g: dict, reg: dict, datasets: d
             problems.append(f"{where}.{axis}: repeated value(s) {sorted(dup)}")
 
 
-
-
 def load_config(source: str | os.PathLike | dict | None = None, overrides: dict | None = None) -> dict:
-    """The validated config with every default filled in.
+    """The validated config with every default filled in and the built-in datasets added.
 
-    ``source`` is a path to a YAML file (default: the repository's config.yaml) or an
-    already-parsed dict (Snakemake's ``config``); ``overrides`` is merged on top (e.g.
-    from ``--config`` or the CLI).
+    Args:
+        source: a path to a YAML file (default: the repository's config.yaml) or an
+            already-parsed dict (Snakemake's ``config``; not modified).
+        overrides: merged on top of ``source`` before validation (e.g. from ``--config`` or the CLI).
+
+    Returns:
+        The resolved config.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or the config is invalid (all problems at once).
     """
     if source is None:
         source = DEFAULT_CONFIG
@@ -269,8 +359,22 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
 
 
 def training_settings(cfg: dict, method: str, model: str, experiment: str | None = None) -> dict:
-    """Resolved training settings: paper defaults < training < per_model < method < experiment."""
-    out = deep_merge(PAPER_TRAINING, cfg.get("training", {}))
+    """A cell's training settings: :func:`pd.train.settings.spec_defaults` < ``training`` <
+    ``per_model`` < method (:data:`PAPER_METHODS`, then ``methods``) < experiment.
+
+    Args:
+        cfg: the resolved config (:func:`load_config`).
+        method: the cell's method.
+        model: the cell's model name.
+        experiment: the experiment whose ``training`` overrides apply, if any.
+
+    Returns:
+        A new dict, setting name -> value (an adapter specification's ``training``).
+
+    Raises:
+        KeyError: ``experiment`` is not in the config.
+    """
+    out = deep_merge(spec_defaults(), cfg.get("training", {}))
     out = deep_merge(out, cfg.get("per_model", {}).get(model, {}))
     out = deep_merge(out, PAPER_METHODS.get(method, {}).get("training", {}))
     out = deep_merge(out, cfg.get("methods", {}).get(method, {}).get("training", {}))
@@ -280,6 +384,14 @@ def training_settings(cfg: dict, method: str, model: str, experiment: str | None
 
 
 def answer_temperature(cfg: dict, method: str) -> float | None:
-    """The expert's sampling temperature for a method's training answers (1.5 PD, 0.25 SFT)."""
+    """The expert's sampling temperature for a method's training answers (1.5 PD, 0.25 SFT).
+
+    Args:
+        cfg: the resolved config.
+        method: a method of :data:`GRID_METHODS`.
+
+    Returns:
+        The config's ``methods.<method>.answer_temperature``, else the paper's, else None (base, uft).
+    """
     m = deep_merge(PAPER_METHODS.get(method, {}), cfg.get("methods", {}).get(method, {}))
     return m.get("answer_temperature")

@@ -5,9 +5,10 @@ paper. Closed-book the user message is the bare question (``closed_book``: what 
 student was trained on); with retrieval it is the passages a retriever returned, most
 similar first, separated by blank lines, then ``Question: ...`` (``rag``). The caller
 passes the retriever's ordered doc ids per item (``pd.retrieve``), so this module does
-not know how they were found. Answers are sampled at T = 0.25 with up to 500 tokens
-(the paper's settings) unless the caller says otherwise; each sample becomes one JSONL
-row that names the item, the prompt's hash, the passages shown and the parameters.
+not know how they were found. Answers are sampled with :data:`pd.config.EVAL_SAMPLING`
+(the paper's T = 0.25 and up to 500 tokens) unless the caller says otherwise; each
+sample becomes one JSONL row that names the item, the prompt's hash, the passages shown
+and the parameters.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+from pd.config import EVAL_SAMPLING
 from pd.data import Dataset
 from pd.errors import DataError
 from pd.generate.base import Conversation, Generator, SamplingParams
 from pd.io import stable_hash
 from pd.prompts import render
 
-EVAL_PARAMS = SamplingParams(temperature=0.25, max_new_tokens=500)
+EVAL_PARAMS = SamplingParams(**EVAL_SAMPLING)
 
 
 def eval_conversation(question: str, passages: Sequence[str] | None = None) -> Conversation:

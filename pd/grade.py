@@ -165,11 +165,6 @@ def parse_judge(output: str | None) -> JudgeVerdict:
 # --------------------------------------------------------------------------- judge driver
 
 
-def judge_template_for(dataset_name: str) -> str:
-    """``judge_hotpotqa`` for HotpotQA datasets, else the SQuADShifts variant (a list of accepted answers)."""
-    return "judge_hotpotqa" if "hotpot" in dataset_name.lower() else "judge_squadshifts"
-
-
 def judge_conversation(question: str, golds: Sequence[str], answer: str, template: str = "judge_squadshifts",
                        prefill: str = "") -> list[dict]:
     if template not in JUDGE_TEMPLATES:
@@ -284,13 +279,13 @@ def summarise(grades: list[dict]) -> dict:
 
 
 def grade_file(eval_path: str | os.PathLike, dataset: Dataset, out_path: str | os.PathLike, grader: str = "substring",
-               mode: str = "word", generator: Generator | None = None, template: str | None = None,
+               mode: str = "word", generator: Generator | None = None, template: str = "judge_squadshifts",
                params: SamplingParams | None = None, prefill: str = "", batch_size: int = 16) -> dict:
     """Grade an evaluation JSONL into ``out_path`` (per-sample rows) and ``<out>.summary.json``.
 
     ``grader`` is ``substring`` (with ``mode`` word/plain) or ``judge`` (needs a
-    ``generator``; the template defaults by dataset name). Both files are written
-    atomically; the summary is returned.
+    ``generator`` and the dataset's ``template``, :func:`pd.config.dataset_judge_template`).
+    Both files are written atomically; the summary is returned.
     """
     eval_path = Path(eval_path)
     if not eval_path.is_file():
@@ -304,7 +299,7 @@ def grade_file(eval_path: str | os.PathLike, dataset: Dataset, out_path: str | o
     elif grader == "judge":
         if generator is None:
             raise ConfigError("grader 'judge' needs a generator for the judge model")
-        grades = grade_judge_rows(rows, dataset, generator, template or judge_template_for(dataset.name),
+        grades = grade_judge_rows(rows, dataset, generator, template,
                                   params, prefill, batch_size)
     else:
         raise ConfigError(f"unknown grader {grader!r}; allowed: substring, judge")

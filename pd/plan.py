@@ -241,7 +241,7 @@ class _Builder:
         if c["retrieval"] == "none":
             return None
         r = pdc.deep_merge(self.cfg["retrieval"], self.cfg["experiments"][self.experiment].get("retrieval", {}))
-        k = 10 if self.cfg["datasets"][c["dataset"]]["loader"] == "hotpotqa" and r["k"] == 7 else r["k"]
+        k = pdc.retrieval_k(r, self.cfg["datasets"][c["dataset"]])
         spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "retriever": c["retrieval"],
                 "k": k}
         if c["retrieval"] == "dense":

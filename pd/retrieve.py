@@ -34,13 +34,14 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from pd.config import DATASET_DEFAULTS
 from pd.data import Dataset, Document, TestItem
 from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.io import atomic_path, read_json, stable_hash, write_json
 from pd.text import STOPWORDS, words
 
 RETRIEVERS = ("bm25", "bm25_paper", "dense", "openai", "oracle")
-DEFAULT_K = 7  # the paper's k for SQuADShifts (10 for HotpotQA)
+DEFAULT_K = DATASET_DEFAULTS["retrieval_k"]  # a dataset's own depth is its config entry's retrieval_k (pd.config)
 OPENAI_DEFAULT_MODEL = "text-embedding-3-small"
 
 

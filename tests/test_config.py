@@ -3,9 +3,14 @@
 import copy
 
 import pytest
-import yaml
 
-from pd.config import DEFAULT_CONFIG, PAPER_TRAINING, load_config, training_settings
+from pd.config import (
+    DEFAULT_CONFIG,
+    dataset_judge_template,
+    load_config,
+    retrieval_k,
+    training_settings,
+)
 from pd.errors import ConfigError
 
 
@@ -18,7 +23,7 @@ def test_shipped_config_is_valid_and_defaults_filled():
     assert cfg["run"] == ["demo"]
     assert cfg["generation"]["questions"]["per_item"] == 30
     assert cfg["generation"]["evaluation"] == {"temperature": 0.25, "max_new_tokens": 500}
-    assert cfg["retrieval"]["k"] == 7
+    assert cfg["retrieval"]["k"] is None  # each dataset's own depth
     # The paper's four subsets and HotpotQA are built in beside the config's datasets.
     for d in ("amazon", "new_wiki", "nyt", "reddit", "hotpotqa", "demo-nyt"):
         assert d in cfg["datasets"]
@@ -35,7 +40,13 @@ def test_minimal_config_gets_defaults():
 
 def test_training_settings_layering():
     cfg = load_config(DEFAULT_CONFIG)
-    assert training_settings(cfg, "pd", "llama3-8b-instruct") == PAPER_TRAINING
+    # The paper's Table 8 (Llama-3 column), written out here independently of pd.train.settings.
+    table8 = {"lr": 1e-5, "weight_decay": 0.1, "max_grad_norm": 1.0, "batch_size": 4, "grad_accum": 1, "epochs": 10,
+              "warmup_epochs": 1, "warmup_steps": 0, "rank": 1024, "alpha_factor": 2.0, "lora_dropout": 0.0,
+              "kd_temperature": 2.0, "t2_scale": False, "max_answer_tokens": 512, "max_teacher_tokens": 768,
+              "reg_fraction": 0.5, "reg_data": "tulu3"}
+    p = training_settings(cfg, "pd", "llama3-8b-instruct")
+    assert {k: p[k] for k in table8} == table8 and p["heldout_fraction"] == 0.1
     q = training_settings(cfg, "sft", "qwen2.5-14b-instruct")
     assert (q["epochs"], q["warmup_steps"], q["rank"], q["batch_size"]) == (5, 100, 512, 32)
     u = training_settings(cfg, "uft", "llama3-8b-instruct")
@@ -160,3 +171,18 @@ def test_a_list_of_grids_is_united():
     bad["experiments"]["x"]["grid"][1]["model"] = ["tiny-llamma"]
     with pytest.raises(ConfigError, match=r"experiments\.x\.grid\[1\]\.model\[0\]: unknown model 'tiny-llamma'"):
         load_config(bad)
+
+
+def test_dataset_settings_come_from_the_entry_else_the_loader():
+    cfg = load_config(DEFAULT_CONFIG)
+    d = cfg["datasets"]
+    assert [dataset_judge_template(d[n]) for n in ("nyt", "hotpotqa", "demo-nyt")] == \
+        ["judge_squadshifts", "judge_hotpotqa", "judge_squadshifts"]
+    assert [retrieval_k(cfg["retrieval"], d[n]) for n in ("nyt", "hotpotqa")] == [7, 10]
+    assert retrieval_k({"k": 3}, d["hotpotqa"]) == 3  # an explicit k wins over the dataset's depth
+    own = _mutate(["datasets"], {"mine": {"loader": "folder", "path": "docs", "judge_template": "judge_hotpotqa",
+                                          "retrieval_k": 4}})
+    mine = load_config(own)["datasets"]["mine"]
+    assert dataset_judge_template(mine) == "judge_hotpotqa" and retrieval_k({"k": None}, mine) == 4
+    with pytest.raises(ConfigError, match="judge_template: 'judge_x' is not allowed"):
+        load_config(_mutate(["datasets"], {"mine": {"loader": "folder", "path": "docs", "judge_template": "judge_x"}}))

@@ -24,9 +24,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from pd.errors import ConfigError, DataError
+from pd.train.settings import DIRECTIONS
 from pd.train.targets import TopKTargets
 
-DIRECTIONS = ("forward", "reverse")
 REDUCTIONS = ("mean", "sample", "token")
 
 

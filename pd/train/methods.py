@@ -66,7 +66,7 @@ def build_training_data(cfg: TrainConfig, tokens: Tokens, *, rows: Sequence[dict
         return _nonempty(TrainingData(examples, stats=[stats]), m)
     if not rows:
         raise DataError(f"method {m} needs training rows (question/answer JSONL from the generation step); got none")
-    if m in ("pd", "pd_reverse", "pd_reg"):
+    if cfg.uses_kl:
         examples, stats = pd_examples(rows, dataset, tokens, limits)
     elif m == "sft":
         examples, stats = sft_examples(rows, dataset, tokens, limits)

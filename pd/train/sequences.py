@@ -32,6 +32,7 @@ from pd.errors import ConfigError, DataError
 from pd.io import stable_hash
 from pd.models import ModelSpec
 from pd.prompts import render
+from pd.train.settings import Limits
 
 log = logging.getLogger("pd.train")
 
@@ -44,20 +45,6 @@ def passage_question(passage: str, question: str) -> str:
     By default: passage, blank line, ``---``, blank line, question.
     """
     return render("expert_answer", passage=passage, question=question)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Token limits (the paper's Table 8): answer 512, teacher total 768, instruction data 1024."""
-
-    max_answer_tokens: int = 512
-    max_teacher_tokens: int = 768
-    max_reg_tokens: int = 1024
-
-    def __post_init__(self):
-        for name in ("max_answer_tokens", "max_teacher_tokens", "max_reg_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"training.{name} must be a positive number of tokens, got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -1,98 +1,175 @@
-"""Training settings: one dataclass holding the paper's defaults (its Table 8).
+"""Training settings: :class:`TrainConfig`, the one source of every training default.
 
-Field names match the ``training:`` block of config.yaml (see :mod:`pd.config`), so the
-config layer can pass its resolved dict to :meth:`TrainConfig.from_dict` unchanged.
+Each field carries its default, its help text and its JSON-Schema constraint
+(``metadata["schema"]``), the way TRL's config dataclasses hold defaults and help. From
+those fields come
+
+- the ``training`` part of config.yaml's schema (:func:`training_schema`; pd.config puts
+  it into ``workflow/schemas/config.schema.yaml`` as it loads the file), so the config and
+  the dataclass accept the same keys, types and ranges;
+- the range checks :class:`TrainConfig` and :class:`Limits` run on themselves (the same
+  per-field schemas, so validation is written once); only checks across fields are code;
+- the defaults every adapter's specification lists (:func:`spec_defaults`).
+
+The method vocabulary lives here too: :data:`METHODS` (trained), :data:`GRID_METHODS`
+(an experiment grid's ``method`` axis, which adds the untrained base model) and
+:data:`DISTILLING_METHODS` (those with a teacher and a KL loss).
+
+A new setting is one field here (with ``in_spec=False``, so existing adapters keep their
+hashes); config.yaml accepts it at once. A new method is a name in :data:`METHODS` (and
+:data:`DISTILLING_METHODS` if it distils), its entry in :data:`pd.config.PAPER_METHODS`
+and its sequences in :func:`pd.train.methods.build_training_data`.
+
+This module imports neither torch nor another ``pd.train`` module, so the config layer
+can read it cheaply.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsonschema import Draft202012Validator
+
 from pd.errors import ConfigError
-from pd.train.losses import DIRECTIONS
-from pd.train.sequences import Limits
 
+METHODS = ("pd", "pd_reverse", "pd_reg", "sft", "uft", "sft_distractors")
+DISTILLING_METHODS = ("pd", "pd_reverse", "pd_reg")
+GRID_METHODS = ("base", *METHODS)
+DIRECTIONS = ("forward", "reverse")
 PARALLEL = ("ddp", "fsdp")
+LOGPROB_DTYPES = ("float16", "bfloat16", "float32")
 
-# Keys of config.yaml's training block that other stages read (the data generation step).
-OUTSIDE_LOOP = ("heldout_fraction",)
+_NUM, _INT = "number", "integer"
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
 
-METHODS = ("pd", "pd_reverse", "pd_reg", "sft", "sft_distractors", "uft")
-KL_METHODS = ("pd", "pd_reverse", "pd_reg")
-TEACHER_FREE = ("sft", "sft_distractors", "uft")
+
+def _setting(default: Any = dataclasses.MISSING, *, help: str, schema: dict, in_spec: bool = False,
+             config: bool = True, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its help text and its JSON-Schema constraint.
+
+    Args:
+        default: the default value (immutable); use ``factory`` for a list.
+        help: one line for the schema's description and the reader.
+        schema: the JSON Schema (draft 2020-12) a value must match.
+        in_spec: the default is written into every adapter's specification (so into its
+            hash) even when no config sets it. Settings added later leave this False, so
+            that adding one does not change the hash of every existing adapter.
+        config: the key may be set in config.yaml's ``training`` blocks (``method`` and
+            ``seed`` come from the grid cell instead).
+        factory: a default factory (for mutable defaults).
+
+    Returns:
+        A :func:`dataclasses.field`.
+    """
+    meta = {"help": help, "schema": schema, "in_spec": in_spec, "config": config}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# Keys of config.yaml's training block that another stage reads (question generation), not the loop.
+OUTSIDE_LOOP: dict[str, dict[str, Any]] = {
+    "heldout_fraction": {
+        "default": 0.1, "in_spec": True,
+        "schema": {"type": _NUM, "minimum": 0, "maximum": 0.5},
+        "help": "extra questions generated and held out for the held-out KL (0.1: 10% more); not the paper's"},
+}
 
 
 @dataclass
 class TrainConfig:
-    method: str = "pd"
-    seed: int = 0
+    """Every training setting, with the paper's defaults (its Table 8, Llama-3 column)."""
+
+    method: str = _setting("pd", schema={"enum": list(METHODS)}, config=False, help="training method")
+    seed: int = _setting(0, schema={"type": _INT, "minimum": 0}, config=False, help="seed of the run")
     # optimisation (Table 8)
-    lr: float = 1e-5
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    batch_size: int = 4  # per process (the paper: per GPU)
-    grad_accum: int = 1
-    bucket_batches: int = 8  # batches per length bucket (pd.train.buckets): less padding; 1 = plain shuffle
-    epochs: float = 10
-    warmup_epochs: float = 1.0  # added to warmup_steps; Llama-3: 1 epoch, Qwen2.5: 0 epochs + 100 steps
-    warmup_steps: int = 0
-    max_steps: int | None = None  # if set, the run (and its schedule) lasts this many steps instead of the epochs
-    max_seconds: float | None = None  # wall-clock budget for the loop
+    lr: float = _setting(1e-5, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True, help="peak learning rate")
+    weight_decay: float = _setting(0.1, schema={"type": _NUM, "minimum": 0}, in_spec=True, help="AdamW weight decay")
+    max_grad_norm: float = _setting(1.0, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True,
+                                    help="gradient clipping norm")
+    batch_size: int = _setting(4, schema={"type": _INT, "minimum": 1}, in_spec=True,
+                               help="sequences per micro-batch and process (the paper: per GPU)")
+    grad_accum: int = _setting(1, schema={"type": _INT, "minimum": 1}, in_spec=True,
+                               help="micro-batches per optimizer step")
+    bucket_batches: int = _setting(
+        8, schema={"type": _INT, "minimum": 1},
+        help="batches per length bucket: each epoch is shuffled, cut into groups of this many batches and sorted by "
+             "length within a group (less padding); 1: plain shuffle")
+    epochs: float = _setting(10, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True, help="training epochs")
+    warmup_epochs: float = _setting(1, schema={"type": _NUM, "minimum": 0}, in_spec=True,
+                                    help="linear warmup in epochs, added to warmup_steps (Llama-3: 1; Qwen2.5: 0)")
+    warmup_steps: int = _setting(0, schema={"type": _INT, "minimum": 0}, in_spec=True,
+                                 help="linear warmup in optimizer steps (Qwen2.5: 100)")
+    max_steps: int | None = _setting(None, schema={"type": [_INT, "null"], "minimum": 1},
+                                     help="if set, the run (and its schedule) lasts this many steps instead of the epochs")
+    max_seconds: float | None = _setting(None, schema={"type": [_NUM, "null"], "minimum": 0},
+                                         help="wall-clock budget of the loop in seconds")
     # LoRA
-    rank: int = 1024
-    alpha_factor: float = 2.0  # alpha = alpha_factor * rank
-    lora_dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-    gradient_checkpointing: bool = False
-    parallel: str = "ddp"  # several processes: "ddp" replicates the model, "fsdp" shards it (pd.train.fsdp)
+    rank: int = _setting(1024, schema={"type": _INT, "minimum": 1}, in_spec=True, help="LoRA rank")
+    alpha_factor: float = _setting(2.0, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True,
+                                   help="LoRA alpha = alpha_factor * rank")
+    lora_dropout: float = _setting(0.0, schema={"type": _NUM, "minimum": 0, "exclusiveMaximum": 1}, in_spec=True,
+                                   help="LoRA dropout")
+    target_modules: str | list[str] = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
+        "all-linear", schema={"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        help="modules that get LoRA weights (PEFT's target_modules)")
+    gradient_checkpointing: bool = _setting(False, schema={"type": "boolean"},
+                                            help="recompute activations in the backward pass (less memory)")
+    parallel: str = _setting("ddp", schema={"enum": list(PARALLEL)},
+                             help="with several processes: ddp replicates the model, fsdp shards it (for 14B and up)")
     # distillation
-    kd_temperature: float = 2.0
-    t2_scale: bool = False
-    kl_direction: str | None = None  # None: "reverse" for pd_reverse, else "forward"
-    teacher_topk: int = 0  # 0: live teacher forward pass; k > 0: cached top-k targets
-    teacher_logprob_dtype: str = "float16"  # storage of cached log-probabilities (float32: exact)
-    chunk_size: int | None = 128  # answer tokens per loss chunk (None: all at once)
+    kd_temperature: float = _setting(2.0, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True,
+                                     help="distillation temperature T")
+    t2_scale: bool = _setting(False, schema={"type": "boolean"}, in_spec=True, help="scale the KL loss by T^2")
+    kl_direction: str | None = _setting(None, schema={"enum": [*DIRECTIONS, None]},
+                                        help='KL direction; null: "reverse" for pd_reverse, else "forward"')
+    teacher_topk: int = _setting(0, schema={"type": _INT, "minimum": 0}, in_spec=True,
+                                 help="0: teacher forward pass every step; k > 0: cached top-k targets")
+    teacher_logprob_dtype: str = _setting("float16", schema={"enum": list(LOGPROB_DTYPES)}, in_spec=True,
+                                          help="storage of cached teacher log-probabilities (float32 is exact)")
+    chunk_size: int | None = _setting(128, schema={"type": [_INT, "null"], "minimum": 1}, in_spec=True,
+                                      help="answer tokens per loss chunk (null: all at once)")
     # sequences
-    max_answer_tokens: int = 512
-    max_teacher_tokens: int = 768
-    max_reg_tokens: int = 1024
+    max_answer_tokens: int = _setting(512, schema={"type": _INT, "minimum": 1}, in_spec=True,
+                                      help="answer tokens kept (longer answers are cut)")
+    max_teacher_tokens: int = _setting(768, schema={"type": _INT, "minimum": 1}, in_spec=True,
+                                       help="total length of the teacher's sequence (passage, question, answer)")
+    max_reg_tokens: int = _setting(1024, schema={"type": _INT, "minimum": 1},
+                                   help="total length of a pd_reg instruction-data sequence")
     # method specifics
-    reg_fraction: float = 0.5  # pd_reg: share of each batch that is instruction data
-    reg_data: str | None = None  # pd_reg: local JSONL of {instruction, response}, or "tulu3"
-    reg_limit: int | None = 2000  # pd_reg: instruction pairs to load at most
-    uft_chunk_tokens: int = 256
-    uft_overlap: int = 64
-    distractors: int = 2
-    gold_drop_prob: float = 0.4
+    reg_fraction: float = _setting(0.5, schema={"type": _NUM, "minimum": 0, "maximum": 1}, in_spec=True,
+                                   help="pd_reg: share of each batch that is instruction data")
+    reg_data: str | None = _setting(
+        "tulu3", schema={"type": ["string", "null"]}, in_spec=True,
+        help="pd_reg's instruction data: a local JSONL of {instruction, response}, or tulu3 (the hub)")
+    reg_limit: int | None = _setting(2000, schema={"type": [_INT, "null"], "minimum": 1},
+                                     help="pd_reg: instruction pairs to load at most")
+    uft_chunk_tokens: int = _setting(256, schema={"type": _INT, "minimum": 16}, in_spec=True,
+                                     help="uft: tokens per passage chunk")
+    uft_overlap: int = _setting(64, schema={"type": _INT, "minimum": 0}, in_spec=True,
+                                help="uft: tokens shared by consecutive chunks")
+    distractors: int = _setting(2, schema={"type": _INT, "minimum": 0}, in_spec=True,
+                                help="sft_distractors: distractor passages per example")
+    gold_drop_prob: float = _setting(0.4, schema={"type": _NUM, "minimum": 0, "maximum": 1}, in_spec=True,
+                                     help="sft_distractors: probability that the gold passage is left out")
     # bookkeeping
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: none)
-    snapshot_seconds: list[float] = field(default_factory=list)  # adapter snapshots at these elapsed times
-    snapshot_interval: float = 0.0  # ... and every this many seconds (0: none)
-    log_every: int = 1
-    progress: bool = True
-    keep_checkpoints: bool = False  # keep the work folder's checkpoints after success
+    checkpoint_every: int = _setting(0, schema={"type": _INT, "minimum": 0}, in_spec=True,
+                                     help="optimizer steps between checkpoints (0: none)")
+    snapshot_seconds: list[float] = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
+        schema={"type": "array", "items": {"type": _NUM, "minimum": 0}}, in_spec=True, factory=list,
+        help="adapter snapshots at these elapsed seconds")
+    snapshot_interval: float = _setting(0.0, schema={"type": _NUM, "minimum": 0},
+                                        help="... and every this many seconds (0: none; else >= 1)")
+    log_every: int = _setting(1, schema={"type": _INT, "minimum": 1}, help="optimizer steps between log lines")
+    progress: bool = _setting(True, schema={"type": "boolean"}, config=False, help="show a progress bar")
+    keep_checkpoints: bool = _setting(False, schema={"type": "boolean"},
+                                      help="keep the work folder's checkpoints after success")
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ConfigError(f"training method {self.method!r}; allowed: {list(METHODS)}")
-        if self.kl_direction is not None and self.kl_direction not in DIRECTIONS:
-            raise ConfigError(f"training.kl_direction {self.kl_direction!r}; allowed: {list(DIRECTIONS)} or null")
-        positive = {"lr": self.lr, "batch_size": self.batch_size, "grad_accum": self.grad_accum, "epochs": self.epochs,
-                    "rank": self.rank, "alpha_factor": self.alpha_factor, "kd_temperature": self.kd_temperature,
-                    "max_grad_norm": self.max_grad_norm, "log_every": self.log_every}
-        bad = {k: v for k, v in positive.items() if not (isinstance(v, (int, float)) and v > 0)}
-        if bad:
-            raise ConfigError(f"training: these settings must be positive numbers: {bad}")
-        if self.weight_decay < 0 or self.warmup_steps < 0 or self.warmup_epochs < 0 or self.checkpoint_every < 0:
-            raise ConfigError("training: weight_decay, warmup_steps, warmup_epochs and checkpoint_every must be >= 0")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"training.lora_dropout must lie in [0, 1), got {self.lora_dropout}")
-        if self.parallel not in PARALLEL:
-            raise ConfigError(f"training.parallel {self.parallel!r}; allowed: {list(PARALLEL)}")
-        if self.teacher_topk < 0:
-            raise ConfigError(f"training.teacher_topk must be 0 (live teacher) or a positive k, got {self.teacher_topk}")
+        check_settings({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if self.method == "pd_reg":
             if not 0.0 < self.reg_fraction < 1.0:
                 raise ConfigError(f"training.reg_fraction must lie in (0, 1) for pd_reg, got {self.reg_fraction}")
@@ -103,26 +180,23 @@ class TrainConfig:
         if self.snapshot_interval and self.snapshot_interval < 1:
             raise ConfigError(f"training.snapshot_interval is in seconds and names snapshots by whole seconds: "
                               f"use 0 (off) or >= 1, got {self.snapshot_interval}")
-        if not (isinstance(self.bucket_batches, int) and self.bucket_batches >= 1):
-            raise ConfigError(f"training.bucket_batches must be an integer >= 1 (1: no length bucketing), "
-                              f"got {self.bucket_batches!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"training.max_steps must be >= 1 or null, got {self.max_steps}")
-        self.limits()  # validates the token limits
 
     # ------------------------------------------------------------------ derived
 
     @property
     def lora_alpha(self) -> float:
+        """LoRA's alpha: ``alpha_factor * rank``."""
         return self.alpha_factor * self.rank
 
     @property
     def direction(self) -> str:
+        """The KL direction in use: ``kl_direction``, else reverse for pd_reverse and forward otherwise."""
         return self.kl_direction or ("reverse" if self.method == "pd_reverse" else "forward")
 
     @property
     def uses_kl(self) -> bool:
-        return self.method in KL_METHODS
+        """Whether the method distils from a teacher (a KL loss) rather than training on tokens."""
+        return self.method in DISTILLING_METHODS
 
     @property
     def reg_rows(self) -> int:
@@ -130,16 +204,30 @@ class TrainConfig:
         return round(self.batch_size * self.reg_fraction) if self.method == "pd_reg" else 0
 
     def limits(self) -> Limits:
+        """The token limits of the training sequences.
+
+        Returns:
+            :class:`Limits` with this config's answer, teacher and instruction-data limits.
+        """
         return Limits(self.max_answer_tokens, self.max_teacher_tokens, self.max_reg_tokens)
 
     def as_dict(self) -> dict:
+        """Every field and its value (a deep copy)."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], **overrides) -> "TrainConfig":
-        """Build from a (config.yaml) dict; unknown keys are an error naming the allowed ones.
+    def from_dict(cls, d: dict[str, Any], **overrides) -> TrainConfig:
+        """Build from a (config.yaml) dict; keys in :data:`OUTSIDE_LOOP` belong to other stages and are skipped.
 
-        Keys in :data:`OUTSIDE_LOOP` belong to other stages and are skipped.
+        Args:
+            d: training settings by field name (a resolved ``training`` block).
+            **overrides: fields set on top of ``d`` (e.g. ``method`` and ``seed``).
+
+        Returns:
+            The validated :class:`TrainConfig`.
+
+        Raises:
+            ConfigError: an unknown key (the message names the allowed ones) or a value out of range.
         """
         d = {k: v for k, v in {**d, **overrides}.items() if k not in OUTSIDE_LOOP}
         allowed = {f.name for f in dataclasses.fields(cls)}
@@ -147,3 +235,76 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"training: unknown setting(s) {unknown}; allowed: {sorted(allowed)}")
         return cls(**d)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_VALIDATORS = {**{n: Draft202012Validator(f.metadata["schema"]) for n, f in _FIELDS.items()},
+               **{n: Draft202012Validator(o["schema"]) for n, o in OUTSIDE_LOOP.items()}}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Token limits of the training sequences; the defaults are :class:`TrainConfig`'s (the paper's Table 8)."""
+
+    max_answer_tokens: int = _FIELDS["max_answer_tokens"].default
+    max_teacher_tokens: int = _FIELDS["max_teacher_tokens"].default
+    max_reg_tokens: int = _FIELDS["max_reg_tokens"].default
+
+    def __post_init__(self):
+        check_settings(dataclasses.asdict(self))
+
+
+def check_settings(values: dict[str, Any]) -> None:
+    """Check training settings against their fields' schemas (types and ranges; not across fields).
+
+    Args:
+        values: setting name -> value; names are :class:`TrainConfig` fields or :data:`OUTSIDE_LOOP` keys.
+
+    Raises:
+        ConfigError: one line naming every setting that is out of range, with the allowed values of an enum.
+        KeyError: a name that is no training setting (a bug in the caller).
+    """
+    problems = []
+    for name, value in values.items():
+        for err in _VALIDATORS[name].iter_errors(value):
+            where = f"training.{name}" + "".join(f"[{p}]" for p in err.absolute_path)
+            if err.validator == "enum":
+                allowed = ", ".join("null" if v is None else str(v) for v in err.validator_value)
+                problems.append(f"{where}: {err.instance!r} is not allowed; allowed: {allowed}")
+            elif err.validator in _BOUNDS:
+                bound = err.validator_value
+                what = "positive" if (err.validator, bound) == ("exclusiveMinimum", 0) else f"{_BOUNDS[err.validator]} {bound}"
+                problems.append(f"{where} must be {what}, got {err.instance!r}")
+            else:
+                problems.append(f"{where}: {err.message}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def training_schema() -> dict:
+    """The JSON Schema of a ``training`` block of config.yaml, from :class:`TrainConfig`'s fields.
+
+    Keys with ``config=False`` (``method``, ``seed``, ``progress``) are left out; the
+    :data:`OUTSIDE_LOOP` keys are added. No defaults: the block is used for overrides at
+    several levels (``training``, ``per_model``, ``methods``, an experiment), and the
+    defaults come from :func:`spec_defaults` beneath them all.
+
+    Returns:
+        A draft 2020-12 schema: an object with one property per setting and no others.
+    """
+    props = {n: {**f.metadata["schema"], "description": f.metadata["help"]}
+             for n, f in _FIELDS.items() if f.metadata["config"]}
+    props.update({n: {**o["schema"], "description": o["help"]} for n, o in OUTSIDE_LOOP.items()})
+    return {"type": "object", "additionalProperties": False, "properties": copy.deepcopy(props)}
+
+
+def spec_defaults() -> dict[str, Any]:
+    """The training defaults every adapter's specification lists (the fields with ``in_spec``).
+
+    Returns:
+        A fresh dict, setting name -> default, with the :data:`OUTSIDE_LOOP` keys.
+    """
+    out = {n: copy.deepcopy(f.default_factory() if f.default is dataclasses.MISSING else f.default)
+           for n, f in _FIELDS.items() if f.metadata["in_spec"]}
+    out.update({n: copy.deepcopy(o["default"]) for n, o in OUTSIDE_LOOP.items() if o["in_spec"]})
+    return out
