@@ -1,9 +1,10 @@
 """A small real run (the workflow's tiny grid: tiny-llama, substring grades) rendered into
 the HTML report, checked link by link and opened in headless Chromium."""
 
+import csv
+import json
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,8 +14,6 @@ import pytest
 from pd.io import read_jsonl
 from pd.report import render_reports
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -30,16 +29,11 @@ class _Links(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    if not TINY.is_file():
-        pytest.skip("the workflow's tiny config is not there")
-    work = tmp_path_factory.mktemp("real")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles" / "local"),
-           "--configfile", str(TINY), "--config", f"results_dir={work / 'results'}", "--cores", "2"]
-    out = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = render_reports(work / "results" / "manifests", work / "reports", n_resamples=500)
-    return work, result
+def real_run(tiny_workflow_run, tmp_path_factory):
+    """The shared tiny run's manifests rendered into a report folder of this module's own."""
+    result = render_reports(tiny_workflow_run.results / "manifests", tmp_path_factory.mktemp("report") / "reports",
+                            n_resamples=500)
+    return tiny_workflow_run.folder, result
 
 
 @pytest.mark.slow
@@ -54,8 +48,6 @@ def test_real_run_report_numbers_and_links(real_run):
         assert not link.startswith(("http:", "https:")), link
         assert (result.index.parent / link).is_file(), f"{link} is linked but missing"
     assert sum(l.endswith(".tsv") for l in parser.links) >= 3  # Snakemake benchmark files found and linked
-    import json
-
     summary = json.loads(result.tables["tiny"]["json"].read_text())
     for row in summary["rows"]:
         (cell_id,) = row["cell_ids"]
@@ -83,9 +75,6 @@ def test_real_run_report_opens_in_chromium(real_run, tmp_path):
 
 @pytest.mark.slow
 def test_real_run_report_states_its_cost_and_machine(real_run):
-    import csv
-    import json
-
     work, result = real_run
     run = json.loads(result.tables["tiny"]["json"].read_text())["run"]
     # The tiny grid's jobs behind its cells: retrieval (bm25, oracle), 3 evaluations, 3 grades.
