@@ -295,10 +295,7 @@ def grade_file(eval_path: str | os.PathLike, dataset: Dataset, out_path: str | o
     eval_path = Path(eval_path)
     if not eval_path.is_file():
         raise DataError(f"evaluation file {eval_path} does not exist")
-    try:
-        rows = read_jsonl(eval_path)
-    except ValueError as err:
-        raise DataError(str(err)) from None
+    rows = read_jsonl(eval_path)
     if grader == "substring":
         grades = grade_substring_rows(rows, dataset, mode)
     elif grader == "judge":

@@ -81,10 +81,7 @@ def load_mmlu_pro(path: str | os.PathLike | None = None, limit: int | None = Non
         p = Path(path)
         if not p.is_file():
             raise DataError(f"MMLU-Pro file {p} not found (JSONL rows: question, options, answer/answer_index, category)")
-        try:
-            rows = read_jsonl(p)
-        except ValueError as err:
-            raise DataError(str(err)) from None
+        rows = read_jsonl(p)
         where = str(p)
     else:
         from pd.data import load_hub_dataset

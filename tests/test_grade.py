@@ -217,6 +217,30 @@ def test_grade_file_bad_input(tmp_path):
     assert not (tmp_path / "g.jsonl").exists()
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_numeric_gold_answers_load_and_grade_by_substring(tmp_path, suffix):
+    """Issue 14 item 8: numbers in a questions file (1889, [1889, 1890], CSV "[1889, 1890]") become
+    strings at load, so grading matches them like any other answer instead of crashing."""
+    from pd.data import load_folder
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("The bridge opened in 1889 and was widened in 1890.")
+    q = tmp_path / f"q{suffix}"
+    if suffix == ".jsonl":
+        q.write_text(json.dumps({"id": "q0", "question": "Opened?", "answers": 1889, "doc": "a.txt"}) + "\n"
+                     + json.dumps({"id": "q1", "question": "Widened?", "answers": [1890, 1891], "doc": "a.txt"}) + "\n")
+    else:
+        q.write_text('id,question,answers,doc\nq0,Opened?,1889,a.txt\nq1,Widened?,"[1890, 1891]",a.txt\n')
+    ds = load_folder(tmp_path / "docs", q)
+    write_jsonl(tmp_path / "eval.jsonl", [{"item_id": "q0", "answer": "In 1889."}, {"item_id": "q1", "answer": "In 1889."},
+                                          {"item_id": "q1", "answer": "It was 1891, I think."}])
+    s = grade_file(tmp_path / "eval.jsonl", ds, tmp_path / "g.jsonl", grader="substring", mode="word")
+    graded = read_jsonl(tmp_path / "g.jsonl")
+    assert [g["correct"] for g in graded] == [True, False, True]
+    assert [g["gold"] for g in graded] == [["1889"], ["1890", "1891"], ["1890", "1891"]]
+    assert s["correct"] == 2
+
+
 def test_summarise_counts_invalid_as_not_correct():
     grades = [
         {"grader": "j", "correct": True, "valid": True, "reason": ""},

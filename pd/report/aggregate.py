@@ -258,10 +258,7 @@ class Grades:
 
 def load_grades(path: str | os.PathLike) -> Grades:
     """Read and check a per-sample grade file (pd.grade's rows)."""
-    try:
-        rows = read_jsonl(path)
-    except ValueError as err:
-        raise DataError(str(err)) from None
+    rows = read_jsonl(path)
     ids: list[str] = []
     correct, valid = [], []
     seen: set[str] = set()
