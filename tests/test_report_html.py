@@ -15,7 +15,7 @@ from pd.report import render_reports
 from pd.report.aggregate import build_groups, load_manifest
 from pd.report.figures import series_for
 from pd.report.html import read_benchmarks, token_counts
-from pd.report.synthetic import write_synthetic_run
+from synthetic_run import write_synthetic_run
 
 
 class _Refs(HTMLParser):

@@ -288,14 +288,15 @@ def load_grades(path: str | os.PathLike) -> Grades:
 
 def group_key(axes: Mapping[str, Any]) -> tuple:
     """The axes that identify a group: everything but the seed, in a stable order."""
-    return tuple(sorted((k, _hashable(v)) for k, v in axes.items() if k != SEED_AXIS))
+    return tuple(sorted((k, hashable(v)) for k, v in axes.items() if k != SEED_AXIS))
 
 
-def _hashable(v: Any) -> Any:
+def hashable(v: Any) -> Any:
+    """An axis value made hashable: lists become tuples, dicts sorted tuples of pairs (recursively)."""
     if isinstance(v, list):
-        return tuple(_hashable(x) for x in v)
+        return tuple(hashable(x) for x in v)
     if isinstance(v, dict):
-        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+        return tuple(sorted((k, hashable(x)) for k, x in v.items()))
     return v
 
 
@@ -368,7 +369,7 @@ def build_groups(records: Iterable[CellRecord], *, cache: dict[str, Grades | Non
     groups: dict[tuple, Group] = {}
     seen: dict[tuple, str] = {}
     for rec in records:
-        full = (group_key(rec.axes), _hashable(rec.seed), rec.grader)
+        full = (group_key(rec.axes), hashable(rec.seed), rec.grader)
         if full in seen:
             raise DataError(f"cells {seen[full]!r} and {rec.cell_id!r} have the same axes, seed and grader")
         seen[full] = rec.cell_id

@@ -17,7 +17,8 @@ from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups
 from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
 from pd.report.runinfo import machine_description, run_info
-from pd.report.tables import Table, build_table, label_for, render_latex, render_markdown
+from pd.report.labels import label_for
+from pd.report.tables import Table, build_table, render_latex, render_markdown
 
 
 @dataclass

@@ -9,7 +9,6 @@ templates in ``pd/report/templates``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import jinja2
 
 from pd.errors import ConfigError
-from pd.report.aggregate import Group, TableSpec, _hashable, group_key
+from pd.report.aggregate import Group, TableSpec, group_key, hashable
+from pd.report.labels import header_for, label_for, sort_values
 from pd.report.paper_values import PaperValue, lookup
 from pd.report.stats import Bootstrap, MeanSE, PairedT, paired_bootstrap, paired_t
 
@@ -29,31 +29,6 @@ MISSING = "—"
 MARK_BINOMIAL = "†"
 MARK_BOOT = "*"
 MARK_T = "§"
-
-DEFAULT_LABELS: dict[str, dict[str, str]] = {
-    "method": {
-        "pd": "Prompt Distillation", "pd_reverse": "PD (reverse KL)", "pd_reg": "Prompt Distillation + Tülu 3",
-        "pd_reg_xl": "Prompt Distillation XL + Tülu 3", "sft": "Supervised Fine-Tuning",
-        "sft_distractors": "SFT w/ Distractors", "uft": "Unsupervised Fine-Tuning", "base": "Base model",
-    },
-    "dataset": {
-        "amazon": "Amazon", "new_wiki": "New Wiki", "nyt": "NYT", "reddit": "Reddit",
-        "squadshifts-amazon": "Amazon", "squadshifts-new_wiki": "New Wiki", "squadshifts-nyt": "NYT",
-        "squadshifts-reddit": "Reddit", "hotpotqa": "HotpotQA",
-    },
-    "retrieval": {"none": "Closed-book", "bm25": "RAG (BM25)", "bm25_paper": "RAG (BM25, paper's tokenisation)",
-                  "dense": "RAG (dense embeddings)", "openai": "RAG (OpenAI embeddings)", "oracle": "RAG (oracle passage)"},
-}
-DEFAULT_ORDER: dict[str, list[Any]] = {
-    "method": ["pd", "pd_reg", "pd_reg_xl", "pd_reverse", "sft", "sft_distractors", "uft", "base"],
-    "retrieval": ["none", "bm25", "bm25_paper", "dense", "openai", "oracle"],
-    "dataset": ["squadshifts-amazon", "amazon", "squadshifts-new_wiki", "new_wiki", "squadshifts-nyt", "nyt",
-                "squadshifts-reddit", "reddit", "hotpotqa"],
-}
-AXIS_HEADERS = {"n_questions": "Questions", "snapshot": "Time (s)", "snapshot_s": "Time (s)", "kd_temperature": "T",
-                "answer_temperature": "Answer temperature", "rank": "LoRA rank", "qgen": "Question generator"}
-# What an unset (null) axis value means, per axis; others show "default".
-NONE_LABELS = {"snapshot": "end of training", "expert": "self", "teacher": "self", "qgen": "self"}
 
 
 def pct(x: float) -> str:
@@ -200,41 +175,6 @@ class Table:
         return label_for(self.spec, self.spec.method_axis, self.spec.reference)
 
 
-def label_for(spec: TableSpec, axis: str, value: Any) -> str:
-    """Display label of an axis value: the spec's labels, the built-in ones, else the value."""
-    if value is None:
-        return str(spec.labels.get(axis, {}).get("null", NONE_LABELS.get(axis, "default")))
-    for table in (spec.labels.get(axis, {}), DEFAULT_LABELS.get(axis, {})):
-        if str(value) in table:
-            return str(table[str(value)])
-    return str(value)
-
-
-def header_for(axis: str) -> str:
-    return AXIS_HEADERS.get(axis, axis.replace("_", " ").capitalize())
-
-
-def _sort_values(spec: TableSpec, axis: str, values: Sequence[Any]) -> list[Any]:
-    """Order axis values: the spec's order, the built-in order, numbers ascending, else appearance."""
-    order = [str(v) for v in spec.order.get(axis, [])] or [str(v) for v in DEFAULT_ORDER.get(axis, [])]
-    unique = list(dict.fromkeys(values))
-    numbers = [v for v in unique if v is not None]
-    if not spec.order.get(axis) and numbers and all(_is_number(v) for v in numbers):
-        return sorted(numbers, key=float) + [None] * (None in unique)  # unset (e.g. final snapshot) last
-    pos = {v: i for i, v in enumerate(order)}
-    first = {v: i for i, v in enumerate(unique)}
-    return sorted(unique, key=lambda v: (pos.get(str(v), len(pos)), first[v]))
-
-
-def _is_number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
 def select_grader(spec: TableSpec, groups: Sequence[Group], experiment: str) -> str:
     graders = sorted({r.grader for g in groups for r in g.records})
     if spec.grader is not None:
@@ -292,7 +232,7 @@ def build_table(
         placed[k] = g
 
     col_keys = _sort_keys(spec, spec.columns, [key(g, spec.columns) for g in groups])
-    block_keys = _sort_values(spec, spec.blocks, [g.axes.get(spec.blocks) for g in groups]) if spec.blocks else [None]
+    block_keys = sort_values(spec, spec.blocks, [g.axes.get(spec.blocks) for g in groups]) if spec.blocks else [None]
     columns = [(ck, " ".join(label_for(spec, a, v) for a, v in zip(spec.columns, ck))) for ck in col_keys]
 
     table = Table(experiment, spec.title or experiment, grader, spec, [header_for(a) for a in spec.rows], columns, [])
@@ -332,7 +272,7 @@ def build_table(
 
 def _sort_keys(spec: TableSpec, axes: Sequence[str], keys: Iterable[tuple]) -> list[tuple]:
     keys = list(dict.fromkeys(keys))
-    orders = [_sort_values(spec, a, [k[i] for k in keys]) for i, a in enumerate(axes)]
+    orders = [sort_values(spec, a, [k[i] for k in keys]) for i, a in enumerate(axes)]
     return sorted(keys, key=lambda k: tuple(orders[i].index(v) for i, v in enumerate(k)))
 
 
@@ -361,7 +301,7 @@ def _compare(table: Table, groups: Sequence[Group], *, n_resamples: int, seed: i
     shown = ([spec.blocks] if spec.blocks else []) + list(spec.rows) + list(spec.columns)
     if spec.method_axis in shown:
         def key_of(axes: Mapping[str, Any]) -> tuple:
-            return tuple(_hashable(axes.get(a)) for a in shown)
+            return tuple(hashable(axes.get(a)) for a in shown)
     else:
         key_of = group_key
     by_key = {key_of(g.axes): g for g in groups}

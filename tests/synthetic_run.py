@@ -1,4 +1,4 @@
-"""A small synthetic run (grade files, benchmark TSVs, manifest) for tests and demos.
+"""A small synthetic run (grade files, benchmark TSVs, manifest) for the report tests.
 
 Each question gets a latent difficulty; a cell answers it correctly with a probability
 set by its method, retrieval and axes, so methods differ the way the paper's do and the
