@@ -33,7 +33,8 @@ def check_question_rows(rows: list[dict], dataset: Dataset) -> None:
             if key not in r:
                 raise DataError(f"question row {n + 1}: missing {key!r} (rows need id, doc_id, question)")
         if r["doc_id"] not in dataset.documents:
-            raise DataError(f"question row {n + 1} (id {r['id']}): unknown doc_id {r['doc_id']!r} in dataset {dataset.name}")
+            raise DataError(f"question row {n + 1} (id {r['id']}): unknown doc_id {r['doc_id']!r} "
+                            f"in dataset {dataset.name}")
 
 
 def _answer_rows(rows: list[dict], outs: Sequence[Sequence[Completion]], expert: str, params: SamplingParams,
@@ -41,9 +42,10 @@ def _answer_rows(rows: list[dict], outs: Sequence[Sequence[Completion]], expert:
     answers = []
     for i, (r, comps) in enumerate(zip(rows, outs)):
         for j, c in enumerate(comps):
-            row = {"id": r["id"] if len(comps) == 1 else f"{r['id']}-a{j}", "question_id": r["id"], "doc_id": r["doc_id"],
-                   "question": r["question"], "answer": c.text.strip(), "finish_reason": c.finish_reason,
-                   "n_tokens": c.n_tokens, "expert": expert, "temperature": params.temperature}
+            row = {"id": r["id"] if len(comps) == 1 else f"{r['id']}-a{j}", "question_id": r["id"],
+                   "doc_id": r["doc_id"], "question": r["question"], "answer": c.text.strip(),
+                   "finish_reason": c.finish_reason, "n_tokens": c.n_tokens, "expert": expert,
+                   "temperature": params.temperature}
             answers.append(dict(row, **(extra[i] if extra else {})))
     cut = sum(a["finish_reason"] == "length" for a in answers)
     stats = {"answers": len(answers), "cut_at_max_tokens": cut, "max_new_tokens": params.max_new_tokens,

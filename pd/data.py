@@ -65,20 +65,6 @@ class Dataset:
     items: list[TestItem]
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def gold_documents(self, item: TestItem) -> list[Document]:
-        """The item's gold passages, in its order.
-
-        Args:
-            item: a test item of this dataset.
-
-        Returns:
-            Its documents.
-
-        Raises:
-            KeyError: the item names a document this dataset does not hold (a slice that dropped it).
-        """
-        return [self.documents[d] for d in item.doc_ids]
-
     def select_passages(self, count: int | None = None, offset: int = 0) -> "Dataset":
         """Keep the items whose gold passages are all among passages [offset, offset+count).
 
@@ -147,7 +133,8 @@ def parse_squadshifts_line(line: str, where: str = "") -> tuple[str, list[str], 
     try:
         answers = ast.literal_eval(line[q_end + 1 : a_end + 1])
     except (ValueError, SyntaxError):
-        raise DataError(f"{where}: the answer list is not a Python list literal: {line[q_end + 1 : a_end + 1][:80]!r}") from None
+        literal = line[q_end + 1 : a_end + 1][:80]
+        raise DataError(f"{where}: the answer list is not a Python list literal: {literal!r}") from None
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise DataError(f"{where}: the answer list must hold strings")
     context = line[a_end + 2 :].strip()
@@ -199,7 +186,8 @@ def load_squadshifts(subset: str, root: str | os.PathLike | None = None, limit: 
     lines = read_text(main).splitlines()
     rewrites = read_text(rewritten_file).splitlines()
     if len(rewrites) != len(lines):
-        raise DataError(f"{rewritten_file} has {len(rewrites)} lines but {main} has {len(lines)}; they must align line by line")
+        raise DataError(f"{rewritten_file} has {len(rewrites)} lines but {main} has {len(lines)}; "
+                        "they must align line by line")
     docs: dict[str, Document] = {}
     by_text: dict[str, str] = {}
     items: list[TestItem] = []
@@ -245,7 +233,8 @@ def load_hub_dataset(repo: str, name: str | None = None, *, split: str, offline_
     try:
         return datasets.load_dataset(repo, name, split=split)
     except Exception as err:  # the hub client raises many types; all mean "not available"
-        raise DataError(f"{repo} could not be loaded from the hub ({type(err).__name__}: {err}); {offline_hint}") from None
+        raise DataError(f"{repo} could not be loaded from the hub ({type(err).__name__}: {err}); "
+                        f"{offline_hint}") from None
 
 
 # --------------------------------------------------------------------------- HotpotQA
@@ -331,7 +320,8 @@ def load_hotpotqa(path: str | os.PathLike | None = None, limit: int | None = Non
 DOC_SUFFIXES = (".txt", ".md")
 
 
-def load_folder(folder: str | os.PathLike, questions: str | os.PathLike | None = None, name: str | None = None) -> Dataset:
+def load_folder(folder: str | os.PathLike, questions: str | os.PathLike | None = None,
+                name: str | None = None) -> Dataset:
     """A folder of ``.txt``/``.md`` documents, optionally with a questions file.
 
     Document ids are paths relative to the folder; documents are UTF-8 (a byte-order mark

@@ -186,7 +186,8 @@ def judge_params(max_new_tokens: int = 512, seed: int = 0) -> SamplingParams:
 
 
 def judge(generator: Generator, cases: Sequence[tuple[str, Sequence[str], str]], template: str = "judge_squadshifts",
-          params: SamplingParams | None = None, prefill: str = "", batch_size: int = 16) -> list[tuple[JudgeVerdict, str, str]]:
+          params: SamplingParams | None = None, prefill: str = "",
+          batch_size: int = 16) -> list[tuple[JudgeVerdict, str, str]]:
     """Grade (question, golds, answer) cases; returns (verdict, full judge output, finish_reason) each.
 
     With ``prefill`` (e.g. ``"<reasoning>"``, for small judges) the reply is forced to

@@ -193,9 +193,9 @@ def _config(path: str | None) -> dict:
 def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, Any] | None = None, *,
            config: str | None = None, command: str = "") -> InjectResult:
     """Questions, answers and a PD adapter for the documents under ``docs``, written to ``out``."""
+    from pd.answers import generate_answers
     from pd.generate import SamplingParams
     from pd.models import get_spec
-    from pd.answers import generate_answers
     from pd.questions import QGenConfig, generate_questions
     from pd.train.run import HELDOUT_FILE, run_adapter, split_heldout
 

@@ -146,7 +146,8 @@ def _csv_rows(path: Path, text: str) -> list[dict]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
     if missing:
-        raise DataError(f"{path}: missing column(s) {sorted(missing)}; columns are question, answers[, doc, id, rewritten]")
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}; "
+                        "columns are question, answers[, doc, id, rewritten]")
     rows = []
     for n, row in enumerate(reader, 1):
         if None in row:

@@ -71,7 +71,8 @@ PREFILLED = ("single", "sentence")  # modes whose reply starts with a question w
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"\u201d\u2019)]))\s+(?=[\"\u201c\u2018(]?[A-Z0-9])")
 
 MIN_WORDS, MAX_WORDS = 3, 40
-_PASSAGE_REF = re.compile(r"\b(the|this|that|above|given) (passage|text|article|paragraph|excerpt|document|context)\b", re.I)
+_PASSAGE_REF = re.compile(r"\b(the|this|that|above|given) "
+                          r"(passage|text|article|paragraph|excerpt|document|context)\b", re.I)
 _TAG = re.compile(r"<question>(.*?)</question>", re.I | re.S)
 _OPEN = re.compile(r"<question>", re.I)
 

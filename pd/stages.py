@@ -72,8 +72,8 @@ def questions(spec: dict, out: str) -> None:
 
 
 def answers(spec: dict, out: str) -> None:
-    from pd.generate import SamplingParams
     from pd.answers import generate_answers, generate_cot_answers
+    from pd.generate import SamplingParams
     from pd.io import write_with_stats
 
     ds = spec_dataset(spec)

@@ -81,7 +81,8 @@ class WorkflowRun:
 
 def snakemake_command(folder: Path, config: Path, *extra: str) -> list[str]:
     """The real Snakefile with profiles/local on ``config``, writing results and reports under ``folder``."""
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile", str(REPO / "profiles" / "local"),
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+            "--profile", str(REPO / "profiles" / "local"),
             "--configfile", str(config), "--config", f"results_dir={folder / 'results'}",
             f"reports_dir={folder / 'reports'}", "--cores", "2", *extra]
 
@@ -97,6 +98,17 @@ def tiny_workflow_run(tmp_path_factory) -> WorkflowRun:
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     return WorkflowRun(folder, TINY_CONFIG, folder / "results", folder / "reports", out.stderr)
+
+
+@pytest.fixture
+def headless_chromium(tmp_path) -> list[str]:
+    """The command line of a headless Chromium with a fresh profile (append the page's flags and URL); skips
+    when Chromium is not installed."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium is not installed (CI: apt-get install -y --no-install-recommends chromium)")
+    return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}"]
 
 
 # --------------------------------------------------------------------------- SLURM

@@ -21,7 +21,8 @@ def test_answers_carry_ids_and_count_cuts(tiny_generator):
     ds = _two_docs()
     qs = [{"id": "d1-q000", "doc_id": "d1", "question": "What colour is the Velmora bridge?"},
           {"id": "d2-q000", "doc_id": "d2", "question": "When does Lake Tarnow freeze?"}]
-    rows, stats = generate_answers(qs, ds, tiny_generator, SamplingParams(temperature=1.5, max_new_tokens=4, seed=1), expert="tiny")
+    params = SamplingParams(temperature=1.5, max_new_tokens=4, seed=1)
+    rows, stats = generate_answers(qs, ds, tiny_generator, params, expert="tiny")
     assert [r["id"] for r in rows] == ["d1-q000", "d2-q000"] and [r["doc_id"] for r in rows] == ["d1", "d2"]
     assert all(r["expert"] == "tiny" and r["temperature"] == 1.5 and r["n_tokens"] == 4 for r in rows)
     assert stats["cut_at_max_tokens"] == sum(r["finish_reason"] == "length" for r in rows) == 2
@@ -45,9 +46,11 @@ def test_cot_contexts_two_distractors_gold_dropped_about_40_percent(tiny_generat
     # Binomial(100, 0.6): mean 60, sd 4.9; 4 sd either side.
     assert 40 <= gold_in <= 80
     # The prompt shows the chosen passages in the chosen order.
-    conv_text = render("cot_answer", passages=[docs[d].text for d in rows[0]["context_doc_ids"]], question="Question 0?")
+    passages = [docs[d].text for d in rows[0]["context_doc_ids"]]
+    conv_text = render("cot_answer", passages=passages, question="Question 0?")
     assert conv_text.index(docs[rows[0]["context_doc_ids"][0]].text) < conv_text.index("---")
-    again, _ = generate_cot_answers(qs[:10], ds, tiny_generator, SamplingParams(temperature=0, max_new_tokens=1), seed=3)
+    greedy = SamplingParams(temperature=0, max_new_tokens=1)
+    again, _ = generate_cot_answers(qs[:10], ds, tiny_generator, greedy, seed=3)
     assert [r["context_doc_ids"] for r in again] == [r["context_doc_ids"] for r in rows[:10]]
-    other, _ = generate_cot_answers(qs[:10], ds, tiny_generator, SamplingParams(temperature=0, max_new_tokens=1), seed=4)
+    other, _ = generate_cot_answers(qs[:10], ds, tiny_generator, greedy, seed=4)
     assert [r["context_doc_ids"] for r in other] != [r["context_doc_ids"] for r in rows[:10]]

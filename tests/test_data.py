@@ -4,8 +4,15 @@ import json
 
 import pytest
 
-from pd.data import (SQUADSHIFTS_DIR, load_dataset, load_folder, load_hotpotqa, load_squadshifts,
-                     parse_squadshifts_line, unquote_csv_line)
+from pd.data import (
+    SQUADSHIFTS_DIR,
+    load_dataset,
+    load_folder,
+    load_hotpotqa,
+    load_squadshifts,
+    parse_squadshifts_line,
+    unquote_csv_line,
+)
 from pd.errors import DataError
 
 # The paper's Table 1: unique passages among the first 1000 items of each subset.
@@ -42,7 +49,8 @@ def test_rewritten_questions_unquoted(subset):
 def test_known_rewritten_question():
     ds = load_squadshifts("nyt")
     it = ds.items[18]
-    assert it.rewritten == 'Who exclaimed "Holy cow, Mattingly is unbelievable" while announcing a baseball game on television?'
+    assert it.rewritten == ('Who exclaimed "Holy cow, Mattingly is unbelievable" while announcing a baseball game '
+                            'on television?')
     assert it.closed_book_question == it.rewritten
 
 
@@ -173,7 +181,8 @@ def test_bom_is_dropped_from_documents_csv_and_jsonl(tmp_path):
     qc.write_bytes(BOM + b"question,answers,doc\r\nCapital of Quennia?,Zorblat,a.txt\r\n")
     ds = load_folder(docs, qc)
     assert ds.documents["a.txt"].text == "Zorblat is the capital of Quennia."  # no U+FEFF, no CR
-    assert [(it.question, it.answers, it.doc_ids) for it in ds.items] == [("Capital of Quennia?", ("Zorblat",), ("a.txt",))]
+    expected = [("Capital of Quennia?", ("Zorblat",), ("a.txt",))]
+    assert [(it.question, it.answers, it.doc_ids) for it in ds.items] == expected
     qj = tmp_path / "q.jsonl"
     qj.write_bytes(BOM + json.dumps({"question": "Capital?", "answers": ["Zorblat"], "doc": "a.txt"}).encode() + b"\n")
     assert load_folder(docs, qj).items[0].answers == ("Zorblat",)
@@ -184,7 +193,8 @@ def test_a_windows_1252_document_is_refused_in_one_line_naming_it(tmp_path):
     (docs / "cafe.txt").write_bytes("Le caf\u00e9 ouvre \u00e0 8 h.".encode("cp1252"))
     with pytest.raises(DataError) as err:
         load_folder(docs)
-    assert str(err.value) == f"{docs / 'cafe.txt'}: not UTF-8 text (byte 0xe9 at offset 6, line 1); save the file as UTF-8"
+    expected = f"{docs / 'cafe.txt'}: not UTF-8 text (byte 0xe9 at offset 6, line 1); save the file as UTF-8"
+    assert str(err.value) == expected
 
 
 def test_a_windows_1252_questions_file_is_refused_naming_it(tmp_path):

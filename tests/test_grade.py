@@ -97,7 +97,8 @@ JUDGE_CASES = [
     ("trailing period", "<grade>true.</grade>", True, True, ""),
     ("markdown bold", "<grade>**false**</grade>", False, True, ""),
     ("quoted", "<grade>\"true\"</grade>", True, True, ""),
-    ("extra text before and after", "Let me think.\n<reasoning>x</reasoning>\n<grade>true</grade>\nThanks!", True, True, ""),
+    ("extra text before and after", "Let me think.\n<reasoning>x</reasoning>\n<grade>true</grade>\nThanks!",
+     True, True, ""),
     ("no reasoning is still valid", "<grade>false</grade>", False, True, ""),
     ("same grade twice", "<grade>true</grade> I repeat: <grade>true</grade>", True, True, ""),
     ("empty output", "", None, False, "empty_output"),
@@ -114,7 +115,8 @@ JUDGE_CASES = [
     ("synonym correct", "<grade>correct</grade>", None, False, "unrecognised_grade"),
     ("misspelt word", "<grade>tru</grade>", None, False, "unrecognised_grade"),
     ("negated", "<grade>not true</grade>", None, False, "unrecognised_grade"),
-    ("unclosed and followed by prose", "<grade>true\nBecause the answer names the city.", None, False, "unrecognised_grade"),
+    ("unclosed and followed by prose", "<grade>true\nBecause the answer names the city.",
+     None, False, "unrecognised_grade"),
     ("two different grades", "<grade>true</grade><grade>false</grade>", None, False, "conflicting_grades"),
     ("grade inside reasoning disagrees", "<reasoning>I'd say <grade>false</grade></reasoning><grade>true</grade>",
      None, False, "conflicting_grades"),
@@ -232,8 +234,8 @@ def test_numeric_gold_answers_load_and_grade_by_substring(tmp_path, suffix):
     else:
         q.write_text('id,question,answers,doc\nq0,Opened?,1889,a.txt\nq1,Widened?,"[1890, 1891]",a.txt\n')
     ds = load_folder(tmp_path / "docs", q)
-    write_jsonl(tmp_path / "eval.jsonl", [{"item_id": "q0", "answer": "In 1889."}, {"item_id": "q1", "answer": "In 1889."},
-                                          {"item_id": "q1", "answer": "It was 1891, I think."}])
+    answers = [("q0", "In 1889."), ("q1", "In 1889."), ("q1", "It was 1891, I think.")]
+    write_jsonl(tmp_path / "eval.jsonl", [{"item_id": i, "answer": a} for i, a in answers])
     s = grade_file(tmp_path / "eval.jsonl", ds, tmp_path / "g.jsonl", grader="substring", mode="word")
     graded = read_jsonl(tmp_path / "g.jsonl")
     assert [g["correct"] for g in graded] == [True, False, True]
@@ -246,7 +248,8 @@ def test_summarise_counts_invalid_as_not_correct():
         {"grader": "j", "correct": True, "valid": True, "reason": ""},
         {"grader": "j", "correct": False, "valid": True, "reason": ""},
         {"grader": "j", "correct": None, "valid": False, "reason": "no_grade_tag"},
-        {"grader": "j", "correct": None, "valid": False, "reason": "unrecognised_grade: 'yes' (judge output cut at max_new_tokens)"},
+        {"grader": "j", "correct": None, "valid": False,
+         "reason": "unrecognised_grade: 'yes' (judge output cut at max_new_tokens)"},
     ]
     s = summarise(grades)
     assert (s["n"], s["correct"], s["valid"], s["invalid"]) == (4, 1, 2, 2)

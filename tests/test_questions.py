@@ -10,9 +10,17 @@ import pytest
 from pd.data import Dataset, Document, TestItem, load_squadshifts
 from pd.errors import ConfigError, DataError
 from pd.generate.transformers_backend import TransformersGenerator
-from pd.prompts import render
 from pd.io import stats_path, write_with_stats
-from pd.questions import FEW_SHOT, QGenConfig, generate_questions, parse_output, question_targets, question_conversation, sentences
+from pd.prompts import render
+from pd.questions import (
+    FEW_SHOT,
+    QGenConfig,
+    generate_questions,
+    parse_output,
+    question_conversation,
+    question_targets,
+    sentences,
+)
 
 QGEN_PROMPT = render("qgen", passage="Some passage.", n=5, examples=FEW_SHOT)
 LONG = "Who " + " ".join(["very"] * 42) + " tall?"
@@ -25,7 +33,8 @@ CASES = [
     ("five", "", "", [], {"no_question_tags": 1}),
     ("five", "Here are questions: Who is the mayor of Boston?", "", [], {"no_question_tags": 1}),
     ("five", "<question>Which river is the second-longest in Europe?</question>", "", [], {"echoed_example": 1}),
-    ("five", "<question>Who won the 1998 World Series?</question><question>who WON the 1998 world series ?</question>", "",
+    ("five", "<question>Who won the 1998 World Series?</question>"
+             "<question>who WON the 1998 world series ?</question>", "",
      ["Who won the 1998 World Series?"], {"duplicate": 1}),
     ("five", "<question>The Yankees won the game.</question>", "", [], {"not_a_question": 1}),
     ("five", "<question>What does the passage say about taxes?</question>", "", [], {"refers_to_passage": 1}),
@@ -39,7 +48,8 @@ CASES = [
     ("five", "<question>Who is\n   the mayor of Boston?</question>", "", ["Who is the mayor of Boston?"], {}),
     ("five", "<question></question>", "", [], {"empty": 1}),
     ("single", " is the capital of France? The capital is Paris.", "What", ["What is the capital of France?"], {}),
-    ("single", "'s the tallest building in New York City?", "What", ["What's the tallest building in New York City?"], {}),
+    ("single", "'s the tallest building in New York City?", "What",
+     ["What's the tallest building in New York City?"], {}),
     ("single", "", "Who", [], {"not_a_question": 1}),
     ("single", " did the Titanic sink\n?", "When", [], {"not_a_question": 1}),
     ("single", " people live in Lagos?", "How many", [], {"duplicate": 1}),  # seen already (see test)

@@ -77,8 +77,9 @@ def test_repeated_rows_agree_across_tables(tables):
             assert x[col] == y[col]
     assert list(t10.columns) == ["5", "10", "20", "30", "50", "100", "200"] and len(t11.columns) == 6
     # the inferred NYT value of table 5 is M.4's value plus the published difference
-    assert _row(tables, "5", "Llama-3-8B-Instruct + RAG")["nyt"] == pytest.approx(
-        _row(tables, "M.4", "Llama-3-8B-Instruct + RAG")["nyt"] - _row(tables, "M.4-diff", "Llama-3-8B-Instruct + RAG")["nyt"])
+    label = "Llama-3-8B-Instruct + RAG"
+    assert _row(tables, "5", label)["nyt"] == pytest.approx(
+        _row(tables, "M.4", label)["nyt"] - _row(tables, "M.4-diff", label)["nyt"])
 
 
 def test_lookup_by_cell_axes():
@@ -96,8 +97,9 @@ def test_lookup_by_cell_axes():
     rank = lookup("13", dict(axes, rank=64.0), "judge:llama3-8b-instruct")
     assert rank.value == 92.9
     # "self" and unset mean the paper's standard setting
-    assert lookup("3", dict(axes, dataset="amazon", expert="self", teacher=None), "judge:llama3-8b-instruct").value == 86.1
-    assert lookup("4", dict(axes, kd_temperature=None, answer_temperature=None), "judge:llama3-8b-instruct").value == 93.6
+    judge = "judge:llama3-8b-instruct"
+    assert lookup("3", dict(axes, dataset="amazon", expert="self", teacher=None), judge).value == 86.1
+    assert lookup("4", dict(axes, kd_temperature=None, answer_temperature=None), judge).value == 93.6
     assert lookup("4", dict(axes, kd_temperature=1.0), "judge:llama3-8b-instruct") is None
     assert lookup("12", dict(axes, method="pd", snapshot=None), "judge:llama3-8b-instruct") is None
     assert lookup("12", dict(axes, method="pd", snapshot=1800), "judge:llama3-8b-instruct").value == 76.8

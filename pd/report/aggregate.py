@@ -71,7 +71,8 @@ class CellRecord:
         rec = cls(
             experiment=str(d["experiment"]), cell_id=str(d["cell_id"]), axes=dict(d["axes"]),
             grader=str(d["grader"]), grades=resolve(str(d["grades"])),
-            benchmarks=[resolve(str(b)) for b in d.get("benchmarks") or []], meta=dict(d.get("meta") or {}), extra=extra,
+            benchmarks=[resolve(str(b)) for b in d.get("benchmarks") or []], meta=dict(d.get("meta") or {}),
+            extra=extra,
         )
         if "benchmarks" not in d:
             rec.benchmarks = [resolve(b) for b in conventional_benchmarks(d, rec.axes.get("dataset"))]

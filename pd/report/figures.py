@@ -35,7 +35,8 @@ class Series:
     points: list[tuple[float, float, float]]
 
 
-def series_for(groups: Sequence[Group], x: str, group_axis: str = "method", spec: TableSpec | None = None) -> list[Series]:
+def series_for(groups: Sequence[Group], x: str, group_axis: str = "method",
+               spec: TableSpec | None = None) -> list[Series]:
     """Split groups into lines: one per value of ``group_axis`` and of any other axis that varies."""
     spec = spec or TableSpec()
     # unset x values (e.g. the final snapshot, null in config) have no place on the axis
@@ -46,7 +47,8 @@ def series_for(groups: Sequence[Group], x: str, group_axis: str = "method", spec
         try:
             float(g.axes[x])
         except (TypeError, ValueError):
-            raise ConfigError(f"figure axis {x!r} must be numeric; cell {g.records[0].cell_id!r} has {g.axes[x]!r}") from None
+            raise ConfigError(f"figure axis {x!r} must be numeric; "
+                              f"cell {g.records[0].cell_id!r} has {g.axes[x]!r}") from None
     varying = sorted(a for a in {k for g in groups for k in g.axes}
                      if a not in (x, group_axis) and len({str(g.axes.get(a)) for g in groups}) > 1)
     lines: dict[tuple, list[Group]] = {}

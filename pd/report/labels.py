@@ -23,7 +23,8 @@ DEFAULT_LABELS: dict[str, dict[str, str]] = {
         "squadshifts-reddit": "Reddit", "hotpotqa": "HotpotQA",
     },
     "retrieval": {"none": "Closed-book", "bm25": "RAG (BM25)", "bm25_paper": "RAG (BM25, paper's tokenisation)",
-                  "dense": "RAG (dense embeddings)", "openai": "RAG (OpenAI embeddings)", "oracle": "RAG (oracle passage)"},
+                  "dense": "RAG (dense embeddings)", "openai": "RAG (OpenAI embeddings)",
+                  "oracle": "RAG (oracle passage)"},
 }
 DEFAULT_ORDER: dict[str, list[Any]] = {
     "method": ["pd", "pd_reg", "pd_reg_xl", "pd_reverse", "sft", "sft_distractors", "uft", "base"],

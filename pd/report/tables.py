@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jinja2
 
@@ -105,7 +105,8 @@ class TableCell:
             text = "--"
         else:
             value = pct(self.summary.mean)
-            text = (r"\textbf{" + value + "}" if self.bold else value) + r"\,{\scriptsize$\pm$" + pct(self.summary.half_width) + "}"
+            text = ((r"\textbf{" + value + "}" if self.bold else value)
+                    + r"\,{\scriptsize$\pm$" + pct(self.summary.half_width) + "}")
             marks = self.marks().replace(MARK_BINOMIAL, r"\dagger").replace(MARK_BOOT, "*").replace(MARK_T, r"\S")
             if marks:
                 text += "$^{" + marks + "}$"
@@ -148,7 +149,8 @@ class Table:
 
     @property
     def has_binomial(self) -> bool:
-        return any(c.summary is not None and c.summary.kind == "binomial" for b in self.blocks for r in b.rows for c in r.cells)
+        cells = (c for b in self.blocks for r in b.rows for c in r.cells)
+        return any(c.summary is not None and c.summary.kind == "binomial" for c in cells)
 
     @property
     def has_paper(self) -> bool:
@@ -179,7 +181,8 @@ def select_grader(spec: TableSpec, groups: Sequence[Group], experiment: str) -> 
     graders = sorted({r.grader for g in groups for r in g.records})
     if spec.grader is not None:
         if spec.grader not in graders:
-            raise ConfigError(f"experiment {experiment!r}: grader {spec.grader!r} has no cells; graded by: {', '.join(graders)}")
+            raise ConfigError(f"experiment {experiment!r}: grader {spec.grader!r} has no cells; "
+                              f"graded by: {', '.join(graders)}")
         return spec.grader
     if len(graders) != 1:
         raise ConfigError(f"experiment {experiment!r} is graded by several graders ({', '.join(graders)}); "
@@ -241,33 +244,37 @@ def build_table(
         rows = []
         for rk in row_keys:
             labels = [label_for(spec, a, v) for a, v in zip(spec.rows, rk)]
-            cells = []
-            for ck, clabel in columns:
-                g = placed.get((bk, rk, ck))
-                summary = g.summary() if g is not None else None
-                cell = TableCell(g, summary)
-                if g is None:
-                    table.missing.append(f"{_block_label(spec, bk)} / {' / '.join(labels)} / {clabel}: no cell in the manifest")
-                elif summary is None:
-                    paths = ", ".join(show(r.grades) for r in g.missing)
-                    table.missing.append(f"{_block_label(spec, bk)} / {' / '.join(labels)} / {clabel}: no grades ({paths})")
-                else:
-                    if g.missing:
-                        table.missing.append(f"{_block_label(spec, bk)} / {' / '.join(labels)} / {clabel}: "
-                                             f"seeds missing ({', '.join(show(r.grades) for r in g.missing)})")
-                    if g.n_invalid:
-                        table.invalid.append(f"{' / '.join(labels)} / {clabel} ({_block_label(spec, bk)}): "
-                                             f"{100 * g.invalid_rate:.1f}% ({g.n_invalid}/{g.n_graded}) judge grades invalid")
-                if g is not None:
-                    cell.paper = lookup(spec.paper_table, g.axes, grader, paper_values_path)
-                    if cell.paper is not None and cell.paper.inferred:
-                        table.inferred_paper.append(f"{' / '.join(labels)} / {clabel}: {cell.paper.inferred}")
-                cells.append(cell)
+            cells = [_table_cell(table, placed.get((bk, rk, ck)), _block_label(spec, bk), " / ".join(labels), clabel,
+                                 show, paper_values_path) for ck, clabel in columns]
             rows.append(TableRow(rk, labels, cells))
         _mark_best(rows, len(columns))
         table.blocks.append(TableBlock(bk, _block_label(spec, bk), rows))
     _compare(table, groups, n_resamples=n_resamples, seed=seed)
     return table
+
+
+def _table_cell(table: Table, g: Group | None, block: str, row: str, column: str, show: Callable[[str], str],
+                paper_values_path: str | None) -> TableCell:
+    """One cell's numbers and paper value; what is missing or invalid goes into the table's notes."""
+    summary = g.summary() if g is not None else None
+    cell = TableCell(g, summary)
+    if g is None:
+        table.missing.append(f"{block} / {row} / {column}: no cell in the manifest")
+    elif summary is None:
+        paths = ", ".join(show(r.grades) for r in g.missing)
+        table.missing.append(f"{block} / {row} / {column}: no grades ({paths})")
+    else:
+        if g.missing:
+            paths = ", ".join(show(r.grades) for r in g.missing)
+            table.missing.append(f"{block} / {row} / {column}: seeds missing ({paths})")
+        if g.n_invalid:
+            rate = f"{100 * g.invalid_rate:.1f}% ({g.n_invalid}/{g.n_graded})"
+            table.invalid.append(f"{row} / {column} ({block}): {rate} judge grades invalid")
+    if g is not None:
+        cell.paper = lookup(table.spec.paper_table, g.axes, table.grader, paper_values_path)
+        if cell.paper is not None and cell.paper.inferred:
+            table.inferred_paper.append(f"{row} / {column}: {cell.paper.inferred}")
+    return cell
 
 
 def _sort_keys(spec: TableSpec, axes: Sequence[str], keys: Iterable[tuple]) -> list[tuple]:
@@ -367,7 +374,8 @@ def _env() -> jinja2.Environment:
     env.filters["pct"] = pct
     env.filters["signed"] = signed
     env.filters["pval"] = format_p
-    env.filters["texmark"] = lambda m: {"": "", MARK_BINOMIAL: r"$^{\dagger}$", MARK_BOOT: r"$^{*}$", MARK_T: r"$^{\S}$"}[m]
+    tex_marks = {"": "", MARK_BINOMIAL: r"$^{\dagger}$", MARK_BOOT: r"$^{*}$", MARK_T: r"$^{\S}$"}
+    env.filters["texmark"] = tex_marks.__getitem__
     env.filters["mdmark"] = lambda m: m.replace("*", r"\*")
     return env
 
