@@ -10,6 +10,8 @@ import pytest
 from pd.errors import DataError
 from pd.io import atomic_path, read_json, read_jsonl, read_text, stats_path, write_jsonl, write_text, write_with_stats
 
+BOM = b"\xef\xbb\xbf"
+
 # --------------------------------------------------------------------------- atomic_path
 
 
@@ -183,3 +185,26 @@ def test_write_with_stats_writes_both_files(tmp_path):
     assert read_jsonl(out) == [{"id": "a"}] and read_json(stats_path(out)) == {"accepted": 1}
     write_text(tmp_path / "t.txt", "caf\u00e9")
     assert (tmp_path / "t.txt").read_bytes() == "caf\u00e9".encode("utf-8")
+
+
+def test_prompt_overrides_and_instruction_data_are_read_the_same_way(tmp_path):
+    """The other user text inputs (issue 14 item 7): a prompt override file and pd_reg's instruction data."""
+    from pd.prompts import render, set_overrides
+    from pd.train.methods import load_instruction_pairs
+
+    override = tmp_path / "closed_book.j2"
+    override.write_bytes(BOM + b"Answer briefly: {{ question }}")
+    try:
+        set_overrides({"closed_book": str(override)})
+        assert render("closed_book", question="Who?") == "Answer briefly: Who?"
+        override.write_bytes("R\u00e9ponds: {{ question }}".encode("cp1252"))
+        with pytest.raises(DataError, match=r"closed_book\.j2: not UTF-8 text \(byte 0xe9 at offset 1, line 1\)"):
+            render("closed_book", question="Who?")
+    finally:
+        set_overrides(None)
+    reg = tmp_path / "reg.jsonl"
+    reg.write_bytes(BOM + json.dumps({"instruction": "Say hi.", "response": "Hi."}).encode() + b"\n")
+    assert [(p["instruction"], p["response"]) for p in load_instruction_pairs(reg)] == [("Say hi.", "Hi.")]
+    reg.write_bytes(json.dumps({"instruction": "Say hi.", "response": "Hi."}).encode() + b"\n\x93quoted\x94\n")
+    with pytest.raises(DataError, match=r"reg\.jsonl: not UTF-8 text \(byte 0x93 at offset 46, line 2\)"):
+        load_instruction_pairs(reg)
