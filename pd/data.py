@@ -10,13 +10,14 @@ from __future__ import annotations
 import ast
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from pd.errors import DataError
+from pd.io import read_json, read_text
+from pd.question_rows import read_question_rows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SQUADSHIFTS_DIR = REPO_ROOT / "data" / "squadshifts-pd"
@@ -25,6 +26,8 @@ SQUADSHIFTS_SUBSETS = ("amazon", "new_wiki", "nyt", "reddit")
 
 @dataclass(frozen=True)
 class Document:
+    """A passage to inject (and to retrieve): a stable id, its text and an optional title."""
+
     id: str
     text: str
     title: str = ""
@@ -49,24 +52,31 @@ class TestItem:
 
     @property
     def closed_book_question(self) -> str:
+        """The question asked without the passage: the rewritten one when there is one."""
         return self.rewritten or self.question
 
 
 @dataclass
 class Dataset:
+    """Documents by id, the test items that ask about them, and where they came from (``meta``)."""
+
     name: str
     documents: dict[str, Document]
     items: list[TestItem]
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def gold_documents(self, item: TestItem) -> list[Document]:
-        return [self.documents[d] for d in item.doc_ids]
 
     def select_passages(self, count: int | None = None, offset: int = 0) -> "Dataset":
         """Keep the items whose gold passages are all among passages [offset, offset+count).
 
         Passages are ordered by first appearance, so slices are stable; a tuning slice
         and an evaluation slice of the same dataset can be taken without overlap.
+
+        Args:
+            count: passages kept (None: all from ``offset`` on).
+            offset: passages skipped first.
+
+        Returns:
+            A new dataset with those passages and the items they fully answer.
         """
         order = list(self.documents)
         chosen = order[offset : None if count is None else offset + count]
@@ -77,7 +87,14 @@ class Dataset:
         return Dataset(self.name, docs, items, meta)
 
     def head(self, limit: int | None) -> "Dataset":
-        """The first ``limit`` items and only the documents they (or distractors) need."""
+        """The first ``limit`` items and only the documents they (or distractors) need.
+
+        Args:
+            limit: items kept (None, or at least the item count: the dataset itself).
+
+        Returns:
+            The smaller dataset (``meta["limit"]`` records the limit).
+        """
         if limit is None or limit >= len(self.items):
             return self
         items = self.items[:limit]
@@ -95,6 +112,17 @@ def parse_squadshifts_line(line: str, where: str = "") -> tuple[str, list[str], 
 
     The first ``;`` ends the question; the answer list is a Python literal ending at the
     first ``];``; the rest, which may itself contain ``;``, is the passage.
+
+    Args:
+        line: one line of a SQuADShifts CSV.
+        where: names the file and line in an error.
+
+    Returns:
+        The question, the answers, the passage.
+
+    Raises:
+        DataError: the line does not have that shape, the answers are not a list of strings,
+            or the question or passage is empty.
     """
     line = line.rstrip("\r\n")
     q_end = line.find(";")
@@ -105,7 +133,8 @@ def parse_squadshifts_line(line: str, where: str = "") -> tuple[str, list[str], 
     try:
         answers = ast.literal_eval(line[q_end + 1 : a_end + 1])
     except (ValueError, SyntaxError):
-        raise DataError(f"{where}: the answer list is not a Python list literal: {line[q_end + 1 : a_end + 1][:80]!r}") from None
+        literal = line[q_end + 1 : a_end + 1][:80]
+        raise DataError(f"{where}: the answer list is not a Python list literal: {literal!r}") from None
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise DataError(f"{where}: the answer list must hold strings")
     context = line[a_end + 2 :].strip()
@@ -115,7 +144,14 @@ def parse_squadshifts_line(line: str, where: str = "") -> tuple[str, list[str], 
 
 
 def unquote_csv_line(line: str) -> str:
-    """Undo the CSV quoting a few rewritten-question lines carry (``"..""..""..."``)."""
+    """Undo the CSV quoting a few rewritten-question lines carry (``"..""..""..."``).
+
+    Args:
+        line: one line of a ``*_filtered.csv``.
+
+    Returns:
+        The line without its outer quotes and with doubled quotes halved (unquoted lines unchanged).
+    """
     line = line.rstrip("\r\n")
     if line.startswith('"'):
         row = next(csv.reader(io.StringIO(line)))
@@ -124,6 +160,19 @@ def unquote_csv_line(line: str) -> str:
 
 
 def load_squadshifts(subset: str, root: str | os.PathLike | None = None, limit: int | None = None) -> Dataset:
+    """One SQuADShifts subset as the paper used it: ``<subset>.csv`` and its rewritten questions.
+
+    Args:
+        subset: one of :data:`SQUADSHIFTS_SUBSETS`.
+        root: the folder holding the files (default: the repository's data/squadshifts-pd).
+        limit: read only the first ``limit`` lines.
+
+    Returns:
+        Items ``<subset>-q<line>``; passages (deduplicated by text) ``<subset>-p<n>`` in order of first use.
+
+    Raises:
+        DataError: an unknown subset, a missing or non-UTF-8 file, misaligned files or a malformed line.
+    """
     if subset not in SQUADSHIFTS_SUBSETS:
         raise DataError(f"unknown SQuADShifts subset {subset!r}; allowed: {', '.join(SQUADSHIFTS_SUBSETS)}")
     root = Path(root) if root else SQUADSHIFTS_DIR
@@ -134,10 +183,11 @@ def load_squadshifts(subset: str, root: str | os.PathLike | None = None, limit: 
                 f"SQuADShifts file {p} is missing. The repository ships these files in data/squadshifts-pd/; "
                 "restore them with `git checkout -- data/` or point the dataset's `root` at a folder holding them."
             )
-    lines = main.read_text(encoding="utf-8").splitlines()
-    rewrites = rewritten_file.read_text(encoding="utf-8").splitlines()
+    lines = read_text(main).splitlines()
+    rewrites = read_text(rewritten_file).splitlines()
     if len(rewrites) != len(lines):
-        raise DataError(f"{rewritten_file} has {len(rewrites)} lines but {main} has {len(lines)}; they must align line by line")
+        raise DataError(f"{rewritten_file} has {len(rewrites)} lines but {main} has {len(lines)}; "
+                        "they must align line by line")
     docs: dict[str, Document] = {}
     by_text: dict[str, str] = {}
     items: list[TestItem] = []
@@ -162,6 +212,18 @@ def load_hub_dataset(repo: str, name: str | None = None, *, split: str, offline_
 
     Every failure (package missing, offline, gated, not found) becomes one DataError that
     ends with ``offline_hint``: how to do without the hub.
+
+    Args:
+        repo: the hub id.
+        name: the dataset's configuration, if any.
+        split: the split (slicing syntax allowed).
+        offline_hint: how to do without the hub, appended to every error.
+
+    Returns:
+        The ``datasets.Dataset``.
+
+    Raises:
+        DataError: the package is missing or the dataset cannot be loaded.
     """
     try:
         import datasets  # type: ignore
@@ -171,7 +233,8 @@ def load_hub_dataset(repo: str, name: str | None = None, *, split: str, offline_
     try:
         return datasets.load_dataset(repo, name, split=split)
     except Exception as err:  # the hub client raises many types; all mean "not available"
-        raise DataError(f"{repo} could not be loaded from the hub ({type(err).__name__}: {err}); {offline_hint}") from None
+        raise DataError(f"{repo} could not be loaded from the hub ({type(err).__name__}: {err}); "
+                        f"{offline_hint}") from None
 
 
 # --------------------------------------------------------------------------- HotpotQA
@@ -194,7 +257,16 @@ def _hotpot_support_titles(example: dict) -> list[str]:
 
 
 def hotpotqa_from_examples(examples: Iterable[dict], limit: int | None = None, name: str = "hotpotqa") -> Dataset:
-    """Documents are the distinct paragraphs (by title) of the items' ten-paragraph contexts."""
+    """Documents are the distinct paragraphs (by title) of the items' ten-paragraph contexts.
+
+    Args:
+        examples: HotpotQA examples, official or hub layout.
+        limit: use only the first ``limit`` examples.
+        name: the dataset's name.
+
+    Returns:
+        The dataset; ``meta["context_doc_ids"]`` lists each item's ten paragraphs (its RAG corpus).
+    """
     docs: dict[str, Document] = {}
     by_title: dict[str, str] = {}
     items: list[TestItem] = []
@@ -218,16 +290,23 @@ def hotpotqa_from_examples(examples: Iterable[dict], limit: int | None = None, n
 
 
 def load_hotpotqa(path: str | os.PathLike | None = None, limit: int | None = None) -> Dataset:
-    """HotpotQA distractor validation: a local official-format JSON, or the hub."""
+    """HotpotQA distractor validation: a local official-format JSON, or the hub.
+
+    Args:
+        path: the official ``hotpot_dev_distractor_v1.json`` (None: the hub).
+        limit: use only the first ``limit`` examples.
+
+    Returns:
+        The dataset (see :func:`hotpotqa_from_examples`).
+
+    Raises:
+        DataError: the file is missing, not UTF-8 or not JSON, or the hub cannot be reached.
+    """
     if path:
         p = Path(path)
         if not p.is_file():
             raise DataError(f"HotpotQA file {p} not found (expected the official hotpot_dev_distractor_v1.json format)")
-        try:
-            examples = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{p}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        return hotpotqa_from_examples(examples, limit)
+        return hotpotqa_from_examples(read_json(p), limit)
     split = "validation" if limit is None else f"validation[:{limit}]"
     ds = load_hub_dataset("hotpotqa/hotpot_qa", "distractor", split=split,
                           offline_hint="offline, download hotpot_dev_distractor_v1.json on a connected machine "
@@ -241,13 +320,25 @@ def load_hotpotqa(path: str | os.PathLike | None = None, limit: int | None = Non
 DOC_SUFFIXES = (".txt", ".md")
 
 
-def load_folder(folder: str | os.PathLike, questions: str | os.PathLike | None = None, name: str | None = None) -> Dataset:
+def load_folder(folder: str | os.PathLike, questions: str | os.PathLike | None = None,
+                name: str | None = None) -> Dataset:
     """A folder of ``.txt``/``.md`` documents, optionally with a questions file.
 
-    Document ids are paths relative to the folder. The questions file is JSONL
-    (``question``, ``answers`` list, optional ``doc`` or ``doc_ids``, optional
-    ``rewritten``) or CSV with columns ``question`` and ``answers`` (``|``-separated or
-    a JSON list) and optional ``doc``.
+    Document ids are paths relative to the folder; documents are UTF-8 (a byte-order mark
+    is dropped) and empty ones are skipped. The questions file is JSONL or CSV, every row
+    checked as :mod:`pd.question_rows` describes.
+
+    Args:
+        folder: the documents' folder (searched recursively).
+        questions: the questions file, if any.
+        name: the dataset's name (default: the folder's).
+
+    Returns:
+        The dataset (no items without a questions file).
+
+    Raises:
+        DataError: the folder is missing or holds no non-empty document, a document is not UTF-8,
+            or the questions file is refused (a bad row, or a row naming an unknown document).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -255,55 +346,32 @@ def load_folder(folder: str | os.PathLike, questions: str | os.PathLike | None =
     docs: dict[str, Document] = {}
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.suffix.lower() in DOC_SUFFIXES:
-            text = p.read_text(encoding="utf-8").strip()
+            text = read_text(p).strip()
             if text:
                 rel = p.relative_to(folder).as_posix()
                 docs[rel] = Document(rel, text, p.stem)
     if not docs:
         raise DataError(f"no non-empty {'/'.join(DOC_SUFFIXES)} files under {folder}")
-    items = _load_questions(Path(questions), docs) if questions else []
+    items = [TestItem(**row) for row in read_question_rows(questions, docs)] if questions else []
     return Dataset(name or folder.name, docs, items, {"source": str(folder)})
-
-
-def _load_questions(path: Path, docs: dict[str, Document]) -> list[TestItem]:
-    if not path.is_file():
-        raise DataError(f"questions file {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {"question", "answers"} - set(reader.fieldnames or [])
-            if missing:
-                raise DataError(f"{path}: missing column(s) {sorted(missing)}; columns are question, answers[, doc]")
-            rows = list(reader)
-        for r in rows:
-            a = r["answers"].strip()
-            r["answers"] = json.loads(a) if a.startswith("[") else [s.strip() for s in a.split("|") if s.strip()]
-    else:
-        from pd.io import read_jsonl
-
-        try:
-            rows = read_jsonl(path)
-        except ValueError as err:
-            raise DataError(str(err)) from None
-    items = []
-    for n, r in enumerate(rows):
-        where = f"{path} row {n + 1}"
-        if not r.get("question") or not r.get("answers"):
-            raise DataError(f"{where}: needs a non-empty 'question' and 'answers'")
-        answers = [r["answers"]] if isinstance(r["answers"], str) else list(r["answers"])
-        doc_ids = r.get("doc_ids") or ([r["doc"]] if r.get("doc") else [])
-        unknown = [d for d in doc_ids if d not in docs]
-        if unknown:
-            raise DataError(f"{where}: unknown document(s) {unknown}; known: {sorted(docs)[:10]}")
-        items.append(TestItem(str(r.get("id") or f"q{n:04d}"), r["question"], tuple(answers), tuple(doc_ids), r.get("rewritten", "")))
-    return items
 
 
 # --------------------------------------------------------------------------- from config
 
 
 def load_dataset(name: str, settings: dict) -> Dataset:
-    """The dataset a config entry (``datasets.<name>``, already validated) describes."""
+    """The dataset a config entry (``datasets.<name>``, already validated) describes.
+
+    Args:
+        name: the entry's name (becomes the dataset's name).
+        settings: the entry (``loader`` and the loader's settings, optional ``passages``/``passage_offset``).
+
+    Returns:
+        The dataset, sliced when the entry says so.
+
+    Raises:
+        DataError: an unknown loader, anything its loader refuses, or a slice without test questions.
+    """
     loader = settings["loader"]
     if loader == "squadshifts":
         ds = load_squadshifts(settings["subset"], settings.get("root"), settings.get("limit"))

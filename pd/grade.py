@@ -181,7 +181,8 @@ def judge_params(max_new_tokens: int = 512, seed: int = 0) -> SamplingParams:
 
 
 def judge(generator: Generator, cases: Sequence[tuple[str, Sequence[str], str]], template: str = "judge_squadshifts",
-          params: SamplingParams | None = None, prefill: str = "", batch_size: int = 16) -> list[tuple[JudgeVerdict, str, str]]:
+          params: SamplingParams | None = None, prefill: str = "",
+          batch_size: int = 16) -> list[tuple[JudgeVerdict, str, str]]:
     """Grade (question, golds, answer) cases; returns (verdict, full judge output, finish_reason) each.
 
     With ``prefill`` (e.g. ``"<reasoning>"``, for small judges) the reply is forced to
@@ -290,10 +291,7 @@ def grade_file(eval_path: str | os.PathLike, dataset: Dataset, out_path: str | o
     eval_path = Path(eval_path)
     if not eval_path.is_file():
         raise DataError(f"evaluation file {eval_path} does not exist")
-    try:
-        rows = read_jsonl(eval_path)
-    except ValueError as err:
-        raise DataError(str(err)) from None
+    rows = read_jsonl(eval_path)
     if grader == "substring":
         grades = grade_substring_rows(rows, dataset, mode)
     elif grader == "judge":

@@ -97,7 +97,7 @@ def resolve_settings(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     :class:`pd.train.settings.TrainConfig` except ``method``; training settings are
     validated here, so a bad value fails before any model is loaded.
     """
-    from pd.qgen import MODES
+    from pd.questions import MODES
     from pd.train.settings import TrainConfig
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"method", "seed"}
@@ -140,7 +140,7 @@ def _docs_fingerprint(ds: Dataset) -> list:
 
 
 def _reuse_rows(name: str, key: str, places: Sequence[Path]) -> list[dict] | None:
-    from pd.qgen import stats_path
+    from pd.io import stats_path
 
     for folder in places:
         path, stats = folder / name, stats_path(folder / name)
@@ -152,7 +152,7 @@ def _reuse_rows(name: str, key: str, places: Sequence[Path]) -> list[dict] | Non
 def _step(name: str, spec: dict, stage: Path, places: Sequence[Path], make: Callable[[], tuple[list[dict], dict]],
           reused: list[str]) -> list[dict]:
     """Rows of a data step: an earlier run's when its key matches, else computed and written to ``stage``."""
-    from pd.qgen import write_with_stats
+    from pd.io import write_with_stats
 
     key = stable_hash(spec)
     rows = _reuse_rows(name, key, [stage, *places])
@@ -193,9 +193,10 @@ def _config(path: str | None) -> dict:
 def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, Any] | None = None, *,
            config: str | None = None, command: str = "") -> InjectResult:
     """Questions, answers and a PD adapter for the documents under ``docs``, written to ``out``."""
+    from pd.answers import generate_answers
     from pd.generate import SamplingParams
     from pd.models import get_spec
-    from pd.qgen import QGenConfig, generate_answers, generate_questions
+    from pd.questions import QGenConfig, generate_questions
     from pd.train.run import HELDOUT_FILE, run_adapter, split_heldout
 
     t0 = time.time()

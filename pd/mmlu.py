@@ -55,7 +55,8 @@ def questions_from_rows(rows: Iterable[dict], where: str = "MMLU-Pro") -> list[M
         q, opts = r.get("question"), r.get("options")
         if not isinstance(q, str) or not q.strip():
             raise DataError(f"{at}: needs a non-empty 'question'")
-        if not isinstance(opts, list) or not 2 <= len(opts) <= len(LETTERS) or not all(isinstance(o, str) for o in opts):
+        well_formed = isinstance(opts, list) and all(isinstance(o, str) for o in opts)
+        if not well_formed or not 2 <= len(opts) <= len(LETTERS):
             raise DataError(f"{at}: 'options' must be a list of 2 to {len(LETTERS)} strings")
         idx, letter = r.get("answer_index"), r.get("answer")
         if letter is not None and (not isinstance(letter, str) or letter.strip().upper() not in LETTERS[: len(opts)]):
@@ -80,11 +81,9 @@ def load_mmlu_pro(path: str | os.PathLike | None = None, limit: int | None = Non
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise DataError(f"MMLU-Pro file {p} not found (JSONL rows: question, options, answer/answer_index, category)")
-        try:
-            rows = read_jsonl(p)
-        except ValueError as err:
-            raise DataError(str(err)) from None
+            raise DataError(f"MMLU-Pro file {p} not found "
+                            "(JSONL rows: question, options, answer/answer_index, category)")
+        rows = read_jsonl(p)
         where = str(p)
     else:
         from pd.data import load_hub_dataset
@@ -97,7 +96,8 @@ def load_mmlu_pro(path: str | os.PathLike | None = None, limit: int | None = Non
         known = sorted({q.category for q in qs})
         unknown = sorted(set(categories) - set(known))
         if unknown:
-            raise DataError(f"MMLU-Pro: unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; allowed: {known}")
+            raise DataError(f"MMLU-Pro: unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
+                            f"allowed: {known}")
         qs = [q for q in qs if q.category in set(categories)]
     return qs[:limit] if limit is not None else qs
 
@@ -202,7 +202,8 @@ def load_for_scoring(model_name: str, adapter: str | os.PathLike | None = None, 
     model = load_model(spec, device=device)
     if adapter:
         if not (Path(adapter) / "adapter_config.json").is_file():
-            raise ConfigError(f"LoRA adapter folder {adapter} has no adapter_config.json (write it with peft's save_pretrained)")
+            raise ConfigError(f"LoRA adapter folder {adapter} has no adapter_config.json "
+                              "(write it with peft's save_pretrained)")
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).eval()
@@ -215,4 +216,5 @@ def run_mmlu(model_name: str, path: str | os.PathLike | None, out_path: str | os
     """The workflow entry point: load questions and model (+adapter), score, write rows and summary."""
     questions = load_mmlu_pro(path, limit)
     model, tok, spec = load_for_scoring(model_name, adapter, device, models_extra)
-    return evaluate_mmlu(model, tok, questions, spec, batch_size, out_path, model_name, str(adapter) if adapter else None)
+    return evaluate_mmlu(model, tok, questions, spec, batch_size, out_path, model_name,
+                         str(adapter) if adapter else None)

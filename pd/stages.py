@@ -60,7 +60,8 @@ def _install_prompts(spec: dict) -> None:
 
 
 def questions(spec: dict, out: str) -> None:
-    from pd.qgen import QGenConfig, generate_questions, write_with_stats
+    from pd.io import write_with_stats
+    from pd.questions import QGenConfig, generate_questions
 
     ds = spec_dataset(spec)
     s = spec["sampling"]
@@ -71,8 +72,9 @@ def questions(spec: dict, out: str) -> None:
 
 
 def answers(spec: dict, out: str) -> None:
+    from pd.answers import generate_answers, generate_cot_answers
     from pd.generate import SamplingParams
-    from pd.qgen import generate_answers, generate_cot_answers, write_with_stats
+    from pd.io import write_with_stats
 
     ds = spec_dataset(spec)
     rows = read_jsonl(spec["questions"])
@@ -120,7 +122,7 @@ def _adapter_folder(spec: dict) -> str | None:
 def evaluation(spec: dict, out: str) -> None:
     from pd.evaluate import evaluate
     from pd.generate import SamplingParams
-    from pd.qgen import write_with_stats
+    from pd.io import write_with_stats
 
     ds = spec_dataset(spec)
     retrieved = None

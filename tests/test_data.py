@@ -4,8 +4,15 @@ import json
 
 import pytest
 
-from pd.data import (SQUADSHIFTS_DIR, load_dataset, load_folder, load_hotpotqa, load_squadshifts,
-                     parse_squadshifts_line, unquote_csv_line)
+from pd.data import (
+    SQUADSHIFTS_DIR,
+    load_dataset,
+    load_folder,
+    load_hotpotqa,
+    load_squadshifts,
+    parse_squadshifts_line,
+    unquote_csv_line,
+)
 from pd.errors import DataError
 
 # The paper's Table 1: unique passages among the first 1000 items of each subset.
@@ -42,7 +49,8 @@ def test_rewritten_questions_unquoted(subset):
 def test_known_rewritten_question():
     ds = load_squadshifts("nyt")
     it = ds.items[18]
-    assert it.rewritten == 'Who exclaimed "Holy cow, Mattingly is unbelievable" while announcing a baseball game on television?'
+    assert it.rewritten == ('Who exclaimed "Holy cow, Mattingly is unbelievable" while announcing a baseball game '
+                            'on television?')
     assert it.closed_book_question == it.rewritten
 
 
@@ -153,3 +161,123 @@ def test_hub_dataset_offline_says_how_to_do_without(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if the package were not installed
     with pytest.raises(DataError, match="needs the `datasets` package.*hotpot_dev_distractor_v1.json"):
         load_hotpotqa(None, limit=5)
+
+
+# --------------------------------------------------------------------------- encodings (issue 14, item 7)
+
+BOM = b"\xef\xbb\xbf"
+
+
+def _docs(tmp_path):
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "a.txt").write_bytes(BOM + "Zorblat is the capital of Quennia.\r\n".encode())
+    return d
+
+
+def test_bom_is_dropped_from_documents_csv_and_jsonl(tmp_path):
+    docs = _docs(tmp_path)
+    qc = tmp_path / "q.csv"
+    qc.write_bytes(BOM + b"question,answers,doc\r\nCapital of Quennia?,Zorblat,a.txt\r\n")
+    ds = load_folder(docs, qc)
+    assert ds.documents["a.txt"].text == "Zorblat is the capital of Quennia."  # no U+FEFF, no CR
+    expected = [("Capital of Quennia?", ("Zorblat",), ("a.txt",))]
+    assert [(it.question, it.answers, it.doc_ids) for it in ds.items] == expected
+    qj = tmp_path / "q.jsonl"
+    qj.write_bytes(BOM + json.dumps({"question": "Capital?", "answers": ["Zorblat"], "doc": "a.txt"}).encode() + b"\n")
+    assert load_folder(docs, qj).items[0].answers == ("Zorblat",)
+
+
+def test_a_windows_1252_document_is_refused_in_one_line_naming_it(tmp_path):
+    docs = _docs(tmp_path)
+    (docs / "cafe.txt").write_bytes("Le caf\u00e9 ouvre \u00e0 8 h.".encode("cp1252"))
+    with pytest.raises(DataError) as err:
+        load_folder(docs)
+    expected = f"{docs / 'cafe.txt'}: not UTF-8 text (byte 0xe9 at offset 6, line 1); save the file as UTF-8"
+    assert str(err.value) == expected
+
+
+def test_a_windows_1252_questions_file_is_refused_naming_it(tmp_path):
+    docs = _docs(tmp_path)
+    qc = tmp_path / "q.csv"
+    qc.write_bytes("question,answers\nWho?,Andr\u00e9\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"q\.csv: not UTF-8 text \(byte 0xe9 at offset 26, line 2\)"):
+        load_folder(docs, qc)
+
+
+# --------------------------------------------------------------------------- field types (issue 14, item 8)
+
+
+def _load_rows(tmp_path, *rows, suffix=".jsonl", raw=None):
+    docs = _docs(tmp_path)
+    q = tmp_path / f"q{suffix}"
+    q.write_text(raw if raw is not None else "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return load_folder(docs, q), q
+
+
+@pytest.mark.parametrize("answers,expected", [
+    (1889, ("1889",)),
+    ([1889], ("1889",)),
+    ([1889, "1890"], ("1889", "1890")),
+    ("Zorblat", ("Zorblat",)),
+    (2.5, ("2.5",)),
+    ([-3, 0], ("-3", "0")),
+])
+def test_numeric_answers_become_strings(tmp_path, answers, expected):
+    ds, _ = _load_rows(tmp_path, {"question": "Q?", "answers": answers})
+    assert ds.items[0].answers == expected
+
+
+@pytest.mark.parametrize("cell,expected", [
+    ('"[1889, 1890]"', ("1889", "1890")),
+    ("1889", ("1889",)),
+    ("1889|1890", ("1889", "1890")),
+    ('"[""1889"", 1890]"', ("1889", "1890")),
+])
+def test_csv_answers(tmp_path, cell, expected):
+    ds, _ = _load_rows(tmp_path, suffix=".csv", raw=f"question,answers\nWhen?,{cell}\n")
+    assert ds.items[0].answers == expected
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"answers": ["a"]}, "row 2: missing field 'question'"),
+    ({"question": "Q?"}, "row 2: missing field 'answers'"),
+    ({"question": 42, "answers": ["a"]}, "row 2: 'question' must be a string, got number"),
+    ({"question": ["Q?"], "answers": ["a"]}, "row 2: 'question' must be a string, got list"),
+    ({"question": "  ", "answers": ["a"]}, "row 2: 'question' is empty"),
+    ({"question": "Q?", "answers": ""}, "row 2: an answer is empty"),
+    ({"question": "Q?", "answers": ["a", ""]}, "row 2: an answer is empty"),
+    ({"question": "Q?", "answers": []}, "row 2: 'answers' is an empty list"),
+    ({"question": "Q?", "answers": [True]}, "row 2: an answer must be a string or a number, got boolean"),
+    ({"question": "Q?", "answers": [["a"]]}, "row 2: an answer must be a string or a number, got list"),
+    ({"question": "Q?", "answers": {"text": "a"}}, "row 2: an answer must be a string or a number, got object"),
+    ({"question": "Q?", "answers": [1e20]}, r"row 2: the answer 1e\+20 has no single spelling as text"),
+    ({"question": "Q?", "answers": ["a"], "doc": 3}, "row 2: 'doc' must be a string, got number"),
+    ({"question": "Q?", "answers": ["a"], "doc_ids": [1]}, "row 2: 'doc_ids' must be a list of document paths"),
+    ({"question": "Q?", "answers": ["a"], "rewritten": 5}, "row 2: 'rewritten' must be a string, got number"),
+    ({"question": "Q?", "answers": ["a"], "id": 1.5}, "row 2: 'id' must be a string or an integer, got number"),
+    ({"question": "Q?", "answers": ["a"], "id": "first"}, "row 2: id 'first' is also the id of row 1"),
+    ({"question": "Q?", "answers": ["a"], "doc": "b.txt"}, r"row 2: unknown document\(s\) \['b.txt'\]"),
+])
+def test_bad_rows_are_refused_naming_file_and_row(tmp_path, row, message):
+    good = {"question": "Capital?", "answers": ["Zorblat"], "id": "first"}
+    with pytest.raises(DataError, match=r"q\.jsonl " + message) as err:
+        _load_rows(tmp_path, good, row)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("suffix,raw,message", [
+    (".jsonl", "", "is empty"),
+    (".jsonl", "\n  \n", "is empty"),
+    (".csv", "", "is empty"),
+    (".csv", "question,answers\n", "has no rows"),
+    (".jsonl", '["Q?", ["a"]]\n', r"q\.jsonl:1: expected a JSON object"),
+    (".csv", "question,answers\nWhen?,[1889\n", r"q\.csv row 1: 'answers' starts with '\[' but is not a JSON list"),
+    (".csv", "question,answers\nWhen?,\n", r"q\.csv row 1: 'answers' is empty"),
+    (".csv", "question,answers\nWhen, where?,1889\n", r"q\.csv row 1: more fields than the header"),
+    (".csv", "question,answers\n,1889\n", r"q\.csv row 1: 'question' is empty"),
+    (".csv", "question,answers\nWhen?\n", r"q\.csv row 1: missing field 'answers'"),
+])
+def test_bad_files_are_refused(tmp_path, suffix, raw, message):
+    with pytest.raises(DataError, match=message):
+        _load_rows(tmp_path, suffix=suffix, raw=raw)

@@ -97,7 +97,8 @@ JUDGE_CASES = [
     ("trailing period", "<grade>true.</grade>", True, True, ""),
     ("markdown bold", "<grade>**false**</grade>", False, True, ""),
     ("quoted", "<grade>\"true\"</grade>", True, True, ""),
-    ("extra text before and after", "Let me think.\n<reasoning>x</reasoning>\n<grade>true</grade>\nThanks!", True, True, ""),
+    ("extra text before and after", "Let me think.\n<reasoning>x</reasoning>\n<grade>true</grade>\nThanks!",
+     True, True, ""),
     ("no reasoning is still valid", "<grade>false</grade>", False, True, ""),
     ("same grade twice", "<grade>true</grade> I repeat: <grade>true</grade>", True, True, ""),
     ("empty output", "", None, False, "empty_output"),
@@ -114,7 +115,8 @@ JUDGE_CASES = [
     ("synonym correct", "<grade>correct</grade>", None, False, "unrecognised_grade"),
     ("misspelt word", "<grade>tru</grade>", None, False, "unrecognised_grade"),
     ("negated", "<grade>not true</grade>", None, False, "unrecognised_grade"),
-    ("unclosed and followed by prose", "<grade>true\nBecause the answer names the city.", None, False, "unrecognised_grade"),
+    ("unclosed and followed by prose", "<grade>true\nBecause the answer names the city.",
+     None, False, "unrecognised_grade"),
     ("two different grades", "<grade>true</grade><grade>false</grade>", None, False, "conflicting_grades"),
     ("grade inside reasoning disagrees", "<reasoning>I'd say <grade>false</grade></reasoning><grade>true</grade>",
      None, False, "conflicting_grades"),
@@ -217,12 +219,37 @@ def test_grade_file_bad_input(tmp_path):
     assert not (tmp_path / "g.jsonl").exists()
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_numeric_gold_answers_load_and_grade_by_substring(tmp_path, suffix):
+    """Issue 14 item 8: numbers in a questions file (1889, [1889, 1890], CSV "[1889, 1890]") become
+    strings at load, so grading matches them like any other answer instead of crashing."""
+    from pd.data import load_folder
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("The bridge opened in 1889 and was widened in 1890.")
+    q = tmp_path / f"q{suffix}"
+    if suffix == ".jsonl":
+        q.write_text(json.dumps({"id": "q0", "question": "Opened?", "answers": 1889, "doc": "a.txt"}) + "\n"
+                     + json.dumps({"id": "q1", "question": "Widened?", "answers": [1890, 1891], "doc": "a.txt"}) + "\n")
+    else:
+        q.write_text('id,question,answers,doc\nq0,Opened?,1889,a.txt\nq1,Widened?,"[1890, 1891]",a.txt\n')
+    ds = load_folder(tmp_path / "docs", q)
+    answers = [("q0", "In 1889."), ("q1", "In 1889."), ("q1", "It was 1891, I think.")]
+    write_jsonl(tmp_path / "eval.jsonl", [{"item_id": i, "answer": a} for i, a in answers])
+    s = grade_file(tmp_path / "eval.jsonl", ds, tmp_path / "g.jsonl", grader="substring", mode="word")
+    graded = read_jsonl(tmp_path / "g.jsonl")
+    assert [g["correct"] for g in graded] == [True, False, True]
+    assert [g["gold"] for g in graded] == [["1889"], ["1890", "1891"], ["1890", "1891"]]
+    assert s["correct"] == 2
+
+
 def test_summarise_counts_invalid_as_not_correct():
     grades = [
         {"grader": "j", "correct": True, "valid": True, "reason": ""},
         {"grader": "j", "correct": False, "valid": True, "reason": ""},
         {"grader": "j", "correct": None, "valid": False, "reason": "no_grade_tag"},
-        {"grader": "j", "correct": None, "valid": False, "reason": "unrecognised_grade: 'yes' (judge output cut at max_new_tokens)"},
+        {"grader": "j", "correct": None, "valid": False,
+         "reason": "unrecognised_grade: 'yes' (judge output cut at max_new_tokens)"},
     ]
     s = summarise(grades)
     assert (s["n"], s["correct"], s["valid"], s["invalid"]) == (4, 1, 2, 2)

@@ -6,7 +6,7 @@ import pytest
 
 from pd.errors import ConfigError
 from pd.prompts import builtin_names, render, set_overrides
-from pd.qgen import FEW_SHOT
+from pd.questions import FEW_SHOT
 from pd.train.sequences import passage_question
 
 MINE = ["qgen", "qgen_single", "qgen_bonito", "expert_answer", "cot_answer", "closed_book", "rag", "rewrite_question"]

@@ -2,7 +2,6 @@
 and the page opens in headless Chromium."""
 
 import json
-import shutil
 import statistics
 import subprocess
 from html.parser import HTMLParser
@@ -10,12 +9,12 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
+from synthetic_run import write_synthetic_run
 
 from pd.report import render_reports
 from pd.report.aggregate import build_groups, load_manifest
 from pd.report.figures import series_for
 from pd.report.html import read_benchmarks, token_counts
-from pd.report.synthetic import write_synthetic_run
 
 
 class _Refs(HTMLParser):
@@ -115,14 +114,9 @@ def test_rerender_is_byte_identical(report):
         assert p.read_bytes() == data, f"{p} changed on a re-render"
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI: apt-get install -y --no-install-recommends chromium)")
-def test_report_opens_in_headless_chromium(report, tmp_path):
+def test_report_opens_in_headless_chromium(report, tmp_path, headless_chromium):
     root, manifest, result = report
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = headless_chromium
     url = result.index.resolve().as_uri()
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -145,8 +139,9 @@ def test_workflow_manifest_form_with_conventions(tmp_path, monkeypatch):
     ev = "results/nyt/eval/pd/m/s0/none_ab.jsonl"
     adapter = "results/nyt/adapters/pd/m/r8_s0"
     Path(grades).parent.mkdir(parents=True)
-    Path(grades).write_text("".join(json.dumps({"item_id": f"q{i}", "grader": "substring", "correct": i < 3, "valid": True,
-                                                "reason": None, "answer": "a", "gold": ["g"]}) + "\n" for i in range(4)))
+    rows = [{"item_id": f"q{i}", "grader": "substring", "correct": i < 3, "valid": True, "reason": None, "answer": "a",
+             "gold": ["g"]} for i in range(4)]
+    Path(grades).write_text("".join(json.dumps(r) + "\n" for r in rows))
     Path(adapter).mkdir(parents=True)
     (Path(adapter) / "pd_meta.json").write_text(json.dumps({"tokens": 1234, "elapsed": 5.0}))
     bench = Path("results/benchmarks/nyt/grades/pd/m/s0/none_ab.substring-word.tsv")

@@ -7,9 +7,9 @@ import pytest
 
 from pd.report.paper_values import load_paper_values, lookup
 
-PAPER = Path("/work/shared/paper/prompt-distillation-paper.txt")
-if not PAPER.is_file():  # the repository may carry its own copy
-    PAPER = Path(__file__).resolve().parents[1] / "paper" / "prompt-distillation-paper.txt"
+# The paper's text is not part of the repository: it lies in ../shared beside the checkout.
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO.parent / "shared" / "paper" / "prompt-distillation-paper.txt"
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def _row(tables, tid, label, **axes):
     raise KeyError((tid, label, axes))
 
 
-@pytest.mark.skipif(not PAPER.is_file(), reason="paper text not available")
+@pytest.mark.skipif(not PAPER.is_file(), reason=f"the paper's text is not at {PAPER} (../shared/paper/ beside the "
+                                                 "repository); this check needs it")
 def test_every_value_occurs_in_the_paper_text(tables):
     text = PAPER.read_text(encoding="utf-8")
     numbers = set(re.findall(r"(?<![\d.])[+-]?\d+\.\d+(?![\d.])", text))
@@ -76,8 +77,9 @@ def test_repeated_rows_agree_across_tables(tables):
             assert x[col] == y[col]
     assert list(t10.columns) == ["5", "10", "20", "30", "50", "100", "200"] and len(t11.columns) == 6
     # the inferred NYT value of table 5 is M.4's value plus the published difference
-    assert _row(tables, "5", "Llama-3-8B-Instruct + RAG")["nyt"] == pytest.approx(
-        _row(tables, "M.4", "Llama-3-8B-Instruct + RAG")["nyt"] - _row(tables, "M.4-diff", "Llama-3-8B-Instruct + RAG")["nyt"])
+    label = "Llama-3-8B-Instruct + RAG"
+    assert _row(tables, "5", label)["nyt"] == pytest.approx(
+        _row(tables, "M.4", label)["nyt"] - _row(tables, "M.4-diff", label)["nyt"])
 
 
 def test_lookup_by_cell_axes():
@@ -95,8 +97,9 @@ def test_lookup_by_cell_axes():
     rank = lookup("13", dict(axes, rank=64.0), "judge:llama3-8b-instruct")
     assert rank.value == 92.9
     # "self" and unset mean the paper's standard setting
-    assert lookup("3", dict(axes, dataset="amazon", expert="self", teacher=None), "judge:llama3-8b-instruct").value == 86.1
-    assert lookup("4", dict(axes, kd_temperature=None, answer_temperature=None), "judge:llama3-8b-instruct").value == 93.6
+    judge = "judge:llama3-8b-instruct"
+    assert lookup("3", dict(axes, dataset="amazon", expert="self", teacher=None), judge).value == 86.1
+    assert lookup("4", dict(axes, kd_temperature=None, answer_temperature=None), judge).value == 93.6
     assert lookup("4", dict(axes, kd_temperature=1.0), "judge:llama3-8b-instruct") is None
     assert lookup("12", dict(axes, method="pd", snapshot=None), "judge:llama3-8b-instruct") is None
     assert lookup("12", dict(axes, method="pd", snapshot=1800), "judge:llama3-8b-instruct").value == 76.8

@@ -1,9 +1,9 @@
 """A small real run (the workflow's tiny grid: tiny-llama, substring grades) rendered into
 the HTML report, checked link by link and opened in headless Chromium."""
 
-import shutil
+import csv
+import json
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,10 +12,6 @@ import pytest
 
 from pd.io import read_jsonl
 from pd.report import render_reports
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class _Links(HTMLParser):
@@ -30,16 +26,11 @@ class _Links(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    if not TINY.is_file():
-        pytest.skip("the workflow's tiny config is not there")
-    work = tmp_path_factory.mktemp("real")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles" / "local"),
-           "--configfile", str(TINY), "--config", f"results_dir={work / 'results'}", "--cores", "2"]
-    out = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = render_reports(work / "results" / "manifests", work / "reports", n_resamples=500)
-    return work, result
+def real_run(tiny_workflow_run, tmp_path_factory):
+    """The shared tiny run's manifests rendered into a report folder of this module's own."""
+    result = render_reports(tiny_workflow_run.results / "manifests", tmp_path_factory.mktemp("report") / "reports",
+                            n_resamples=500)
+    return tiny_workflow_run.folder, result
 
 
 @pytest.mark.slow
@@ -48,44 +39,37 @@ def test_real_run_report_numbers_and_links(real_run):
     html = result.index.read_text(encoding="utf-8")
     parser = _Links()
     parser.feed(html)
-    grade_links = [l for l in parser.links if l.endswith(".jsonl")]
+    grade_links = [link for link in parser.links if link.endswith(".jsonl")]
     assert len(grade_links) == 3  # base x {none, bm25, oracle}
     for link in parser.links:
         assert not link.startswith(("http:", "https:")), link
         assert (result.index.parent / link).is_file(), f"{link} is linked but missing"
-    assert sum(l.endswith(".tsv") for l in parser.links) >= 3  # Snakemake benchmark files found and linked
-    import json
-
+    assert sum(link.endswith(".tsv") for link in parser.links) >= 3  # Snakemake benchmark files found and linked
     summary = json.loads(result.tables["tiny"]["json"].read_text())
     for row in summary["rows"]:
         (cell_id,) = row["cell_ids"]
-        link = next(l for l in grade_links if cell_id.split("/")[-1] + "_" in Path(l).name)
+        link = next(g for g in grade_links if cell_id.split("/")[-1] + "_" in Path(g).name)
         rows = read_jsonl(result.index.parent / link)
         assert row["mean"] == sum(r["correct"] is True for r in rows) / len(rows)
         assert row["se_kind"] == "binomial"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI: apt-get install -y --no-install-recommends chromium)")
-def test_real_run_report_opens_in_chromium(real_run, tmp_path):
+def test_real_run_report_opens_in_chromium(real_run, tmp_path, headless_chromium):
     work, result = real_run
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = headless_chromium
     url = result.index.resolve().as_uri()
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0 and 'id="table-tiny"' in dom.stdout, dom.stderr[-2000:]
     shot = tmp_path / "real.png"
-    run = subprocess.run(flags + ["--window-size=1100,900", f"--screenshot={shot}", url], capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(flags + ["--window-size=1100,900", f"--screenshot={shot}", url], capture_output=True,
+                         text=True, timeout=120)
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     assert mpimg.imread(shot)[..., :3].std() > 0.05
 
 
 @pytest.mark.slow
 def test_real_run_report_states_its_cost_and_machine(real_run):
-    import csv
-    import json
-
     work, result = real_run
     run = json.loads(result.tables["tiny"]["json"].read_text())["run"]
     # The tiny grid's jobs behind its cells: retrieval (bm25, oracle), 3 evaluations, 3 grades.

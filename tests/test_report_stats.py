@@ -125,7 +125,8 @@ def test_groups_aggregate_over_seeds_and_keep_missing_files(tmp_path):
     for s, pat in patterns.items():
         path = write_grades(tmp_path / f"s{s}.jsonl", pat)
         recs.append(CellRecord("e", f"c{s}", {"method": "pd", "dataset": "nyt", "seed": s}, "judge:x", path))
-    recs.append(CellRecord("e", "c3", {"method": "pd", "dataset": "nyt", "seed": 3}, "judge:x", str(tmp_path / "nope.jsonl")))
+    missing = str(tmp_path / "nope.jsonl")
+    recs.append(CellRecord("e", "c3", {"method": "pd", "dataset": "nyt", "seed": 3}, "judge:x", missing))
     (group,) = build_groups(recs)
     accs = [sum(p) / 5 for p in patterns.values()]
     s = group.summary()

@@ -46,11 +46,13 @@ def small_experiment(root: Path):
                             bad = i in invalid
                             f.write(json.dumps({"item_id": f"{ds}-q{i}", "grader": JUDGE, "correct": None if bad else c,
                                                 "valid": not bad, "reason": None, "answer": "x", "gold": ["y"]}) + "\n")
-                    axes = {"model": "llama3-8b-instruct", "method": method, "dataset": ds, "retrieval": retrieval, "seed": seed}
+                    axes = {"model": "llama3-8b-instruct", "method": method, "dataset": ds, "retrieval": retrieval,
+                            "seed": seed}
                     records.append(CellRecord("small", f"{method}-{ds}-{retrieval}-{seed}", axes, JUDGE, str(path)))
                     raw[(retrieval, ds, method, seed)] = [False if i in invalid else c for i, c in enumerate(pat)]
     # a seed the workflow lists but has not graded yet
-    axes = {"model": "llama3-8b-instruct", "method": "sft", "dataset": "squadshifts-nyt", "retrieval": "bm25", "seed": 3}
+    axes = {"model": "llama3-8b-instruct", "method": "sft", "dataset": "squadshifts-nyt", "retrieval": "bm25",
+            "seed": 3}
     records.append(CellRecord("small", "sft-nyt-bm25-3", axes, JUDGE, str(root / "grades/not-yet.jsonl")))
     return records, raw
 
@@ -142,7 +144,8 @@ def _check_golden(name: str, text: str) -> None:
         path.write_text(text, encoding="utf-8")
     expected = path.read_text(encoding="utf-8")
     if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), f"golden/{name}", "rendered"))
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), f"golden/{name}",
+                                            "rendered"))
         pytest.fail(f"{name} differs from the golden file (PD_UPDATE_GOLDEN=1 rewrites it after review):\n{diff}")
 
 

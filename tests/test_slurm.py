@@ -1,7 +1,7 @@
 """The Snakemake profiles end to end: profiles/local, and profiles/slurm on a real cluster.
 
 The SLURM tests need a running cluster (as root: ``.ci/slurm-up.sh``). Without one they
-skip, or fail when ``PD_REQUIRE_SLURM=1`` (CI sets it). They run the smoke workflow in
+skip, or fail when ``PD_REQUIRE_SLURM=1`` (CI sets it): the ``slurm_cluster`` fixture in conftest.py. They run the smoke workflow in
 tests/fixtures/smoke; ``run_workflow`` and ``slurm_profile`` take the workflow, targets,
 config and site as parameters so the real Snakefile can be run the same way.
 """
@@ -23,7 +23,6 @@ from pd.resources import job_resources, load_site
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "tests/fixtures/smoke/Snakefile"
 CI_SITE = REPO / "tests/fixtures/smoke/site-ci.yaml"
-UP_STATES = {"idle", "mix", "alloc", "comp"}
 # Fast status checks for tests; users keep the profile's value. MinJobAge (600 s in
 # .ci/slurm-up.sh) stays far above 3 x this, so squeue still sees finished jobs.
 FAST_SLURM = ("--slurm-init-seconds-before-status-checks", "2")
@@ -65,33 +64,6 @@ def slurm_profile(dest: Path, site_file: Path = CI_SITE) -> Path:
     shutil.copytree(REPO / "profiles/slurm", dest)
     shutil.copyfile(site_file, dest / "site.yaml")
     return dest
-
-
-def cluster_problem() -> str | None:
-    """Why no SLURM cluster can take jobs here, or None when one can."""
-    if shutil.which("sinfo") is None:
-        return "sinfo not found: SLURM is not installed"
-    try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 20 s (slurmctld down?)"
-    if out.returncode != 0:
-        return f"sinfo failed: {out.stderr.strip() or out.stdout.strip()}"
-    states = set(out.stdout.split())
-    if not states & UP_STATES:
-        return f"no SLURM node is up (sinfo states: {sorted(states) or 'none'})"
-    return None
-
-
-@pytest.fixture
-def slurm_cluster():
-    problem = cluster_problem()
-    if problem is None:
-        return
-    hint = "start one as root with .ci/slurm-up.sh"
-    if os.environ.get("PD_REQUIRE_SLURM") == "1":
-        pytest.fail(f"PD_REQUIRE_SLURM=1 but {problem}; {hint}")
-    pytest.skip(f"{problem}; {hint} (PD_REQUIRE_SLURM=1 makes this a failure)")
 
 
 def slurmctld_log() -> Path:

@@ -14,7 +14,6 @@ from pd.config import load_config
 from pd.grade import substring_match
 from pd.io import read_jsonl
 from pd.plan import build_plan
-from test_slurm import slurm_cluster  # noqa: F401  (the fixture that finds or requires a cluster)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"

@@ -12,6 +12,7 @@ from pathlib import Path
 import jinja2
 
 from pd.errors import ConfigError
+from pd.io import read_text
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
@@ -38,7 +39,7 @@ def template_source(name: str) -> str:
     path = _overrides.get(name) or TEMPLATE_DIR / f"{name}.j2"
     if not path.is_file():
         raise ConfigError(f"unknown prompt template {name!r}; allowed: {', '.join(builtin_names())}")
-    return path.read_text(encoding="utf-8")
+    return read_text(path)
 
 
 def render(name: str, **variables) -> str:

@@ -71,7 +71,8 @@ class CellRecord:
         rec = cls(
             experiment=str(d["experiment"]), cell_id=str(d["cell_id"]), axes=dict(d["axes"]),
             grader=str(d["grader"]), grades=resolve(str(d["grades"])),
-            benchmarks=[resolve(str(b)) for b in d.get("benchmarks") or []], meta=dict(d.get("meta") or {}), extra=extra,
+            benchmarks=[resolve(str(b)) for b in d.get("benchmarks") or []], meta=dict(d.get("meta") or {}),
+            extra=extra,
         )
         if "benchmarks" not in d:
             rec.benchmarks = [resolve(b) for b in conventional_benchmarks(d, rec.axes.get("dataset"))]
@@ -258,10 +259,7 @@ class Grades:
 
 def load_grades(path: str | os.PathLike) -> Grades:
     """Read and check a per-sample grade file (pd.grade's rows)."""
-    try:
-        rows = read_jsonl(path)
-    except ValueError as err:
-        raise DataError(str(err)) from None
+    rows = read_jsonl(path)
     ids: list[str] = []
     correct, valid = [], []
     seen: set[str] = set()
@@ -291,14 +289,15 @@ def load_grades(path: str | os.PathLike) -> Grades:
 
 def group_key(axes: Mapping[str, Any]) -> tuple:
     """The axes that identify a group: everything but the seed, in a stable order."""
-    return tuple(sorted((k, _hashable(v)) for k, v in axes.items() if k != SEED_AXIS))
+    return tuple(sorted((k, hashable(v)) for k, v in axes.items() if k != SEED_AXIS))
 
 
-def _hashable(v: Any) -> Any:
+def hashable(v: Any) -> Any:
+    """An axis value made hashable: lists become tuples, dicts sorted tuples of pairs (recursively)."""
     if isinstance(v, list):
-        return tuple(_hashable(x) for x in v)
+        return tuple(hashable(x) for x in v)
     if isinstance(v, dict):
-        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+        return tuple(sorted((k, hashable(x)) for k, x in v.items()))
     return v
 
 
@@ -371,7 +370,7 @@ def build_groups(records: Iterable[CellRecord], *, cache: dict[str, Grades | Non
     groups: dict[tuple, Group] = {}
     seen: dict[tuple, str] = {}
     for rec in records:
-        full = (group_key(rec.axes), _hashable(rec.seed), rec.grader)
+        full = (group_key(rec.axes), hashable(rec.seed), rec.grader)
         if full in seen:
             raise DataError(f"cells {seen[full]!r} and {rec.cell_id!r} have the same axes, seed and grader")
         seen[full] = rec.cell_id

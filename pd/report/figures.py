@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pd.errors import ConfigError  # noqa: E402
 from pd.io import atomic_path  # noqa: E402
 from pd.report.aggregate import Group, TableSpec  # noqa: E402
-from pd.report.tables import _sort_values, header_for, label_for  # noqa: E402
+from pd.report.labels import header_for, label_for, sort_values  # noqa: E402
 
 FIGURE6_AXES = ("n_questions", "snapshot", "snapshot_s", "rank")
 X_LABELS = {"n_questions": "Training questions per test question", "snapshot": "Wall-clock training time (s)",
@@ -35,7 +35,8 @@ class Series:
     points: list[tuple[float, float, float]]
 
 
-def series_for(groups: Sequence[Group], x: str, group_axis: str = "method", spec: TableSpec | None = None) -> list[Series]:
+def series_for(groups: Sequence[Group], x: str, group_axis: str = "method",
+               spec: TableSpec | None = None) -> list[Series]:
     """Split groups into lines: one per value of ``group_axis`` and of any other axis that varies."""
     spec = spec or TableSpec()
     # unset x values (e.g. the final snapshot, null in config) have no place on the axis
@@ -46,13 +47,14 @@ def series_for(groups: Sequence[Group], x: str, group_axis: str = "method", spec
         try:
             float(g.axes[x])
         except (TypeError, ValueError):
-            raise ConfigError(f"figure axis {x!r} must be numeric; cell {g.records[0].cell_id!r} has {g.axes[x]!r}") from None
+            raise ConfigError(f"figure axis {x!r} must be numeric; "
+                              f"cell {g.records[0].cell_id!r} has {g.axes[x]!r}") from None
     varying = sorted(a for a in {k for g in groups for k in g.axes}
                      if a not in (x, group_axis) and len({str(g.axes.get(a)) for g in groups}) > 1)
     lines: dict[tuple, list[Group]] = {}
     for g in groups:
         lines.setdefault((g.axes.get(group_axis),) + tuple(g.axes.get(a) for a in varying), []).append(g)
-    group_order = _sort_values(spec, group_axis, [k[0] for k in lines])
+    group_order = sort_values(spec, group_axis, [k[0] for k in lines])
     out = []
     for key in sorted(lines, key=lambda k: (group_order.index(k[0]), [str(v) for v in k[1:]])):
         parts = [label_for(spec, group_axis, key[0])] + [f"{label_for(spec, a, v)}" for a, v in zip(varying, key[1:])]

@@ -118,7 +118,8 @@ def group_details(groups: Iterable[Group], out_dir: str | os.PathLike, n_samples
                 for row in grades.rows[:n_samples]:
                     samples.append({"item_id": row.get("item_id"), "answer": row.get("answer", ""),
                                     "gold": row.get("gold", []),
-                                    "grade": "invalid" if not row.get("valid") else ("correct" if row.get("correct") else "wrong"),
+                                    "grade": ("invalid" if not row.get("valid")
+                                              else "correct" if row.get("correct") else "wrong"),
                                     "reason": row.get("reason")})
             seeds.append(SeedDetail(
                 rec.cell_id, rec.seed, os.path.relpath(rec.grades, out_dir) if exists else None, rec.grades,

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pd.io import write_json, write_text
-from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups, load_manifest
+from pd.report.aggregate import Grades, Manifest, build_groups, load_manifest
 from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
 from pd.report.runinfo import machine_description, run_info
-from pd.report.tables import Table, build_table, label_for, render_latex, render_markdown
+from pd.report.tables import Table, build_table, render_latex, render_markdown
 
 
 @dataclass
@@ -44,11 +44,13 @@ def summary_rows(table: Table) -> list[dict[str, Any]]:
                     "axes": g.axes if g is not None else None,
                     "cell_ids": [r.cell_id for r in g.records] if g is not None else [],
                     "mean": s.mean if s else None, "se": s.se if s else None, "se_kind": s.kind if s else None,
-                    "n_seeds": s.n_seeds if s else 0, "per_seed": {str(k): v for k, v in g.per_seed().items()} if g else {},
+                    "n_seeds": s.n_seeds if s else 0,
+                    "per_seed": {str(k): v for k, v in g.per_seed().items()} if g else {},
                     "invalid_rate": g.invalid_rate if g is not None else None,
                     "paper": cell.paper.value if cell.paper else None,
                     "significant_bootstrap": cell.comparison.significant_bootstrap if cell.comparison else None,
-                    "p_bootstrap": cell.comparison.bootstrap.p if cell.comparison and cell.comparison.bootstrap else None,
+                    "p_bootstrap": (cell.comparison.bootstrap.p if cell.comparison and cell.comparison.bootstrap
+                                    else None),
                     "p_t": cell.comparison.t.p if cell.comparison and cell.comparison.t else None,
                 })
     return rows
@@ -95,7 +97,8 @@ def render_reports(
         result.tables[name] = paths
         result.missing[name] = list(table.missing)
         page = ExperimentPage(name, table, files={
-            "Markdown": _rel(paths["md"], out_dir), "LaTeX": _rel(paths["tex"], out_dir), "JSON": _rel(paths["json"], out_dir)})
+            "Markdown": _rel(paths["md"], out_dir), "LaTeX": _rel(paths["tex"], out_dir),
+            "JSON": _rel(paths["json"], out_dir)})
         graded = [g for g in groups if g.records[0].grader == table.grader]
         for fig in spec.figures:
             stem = exp_dir / f"figure_{_safe(fig.x)}"

@@ -9,17 +9,17 @@ templates in ``pd/report/templates``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jinja2
 
 from pd.errors import ConfigError
-from pd.report.aggregate import Group, TableSpec, _hashable, group_key
+from pd.report.aggregate import Group, TableSpec, group_key, hashable
+from pd.report.labels import header_for, label_for, sort_values
 from pd.report.paper_values import PaperValue, lookup
 from pd.report.stats import Bootstrap, MeanSE, PairedT, paired_bootstrap, paired_t
 
@@ -29,31 +29,6 @@ MISSING = "—"
 MARK_BINOMIAL = "†"
 MARK_BOOT = "*"
 MARK_T = "§"
-
-DEFAULT_LABELS: dict[str, dict[str, str]] = {
-    "method": {
-        "pd": "Prompt Distillation", "pd_reverse": "PD (reverse KL)", "pd_reg": "Prompt Distillation + Tülu 3",
-        "pd_reg_xl": "Prompt Distillation XL + Tülu 3", "sft": "Supervised Fine-Tuning",
-        "sft_distractors": "SFT w/ Distractors", "uft": "Unsupervised Fine-Tuning", "base": "Base model",
-    },
-    "dataset": {
-        "amazon": "Amazon", "new_wiki": "New Wiki", "nyt": "NYT", "reddit": "Reddit",
-        "squadshifts-amazon": "Amazon", "squadshifts-new_wiki": "New Wiki", "squadshifts-nyt": "NYT",
-        "squadshifts-reddit": "Reddit", "hotpotqa": "HotpotQA",
-    },
-    "retrieval": {"none": "Closed-book", "bm25": "RAG (BM25)", "bm25_paper": "RAG (BM25, paper's tokenisation)",
-                  "dense": "RAG (dense embeddings)", "openai": "RAG (OpenAI embeddings)", "oracle": "RAG (oracle passage)"},
-}
-DEFAULT_ORDER: dict[str, list[Any]] = {
-    "method": ["pd", "pd_reg", "pd_reg_xl", "pd_reverse", "sft", "sft_distractors", "uft", "base"],
-    "retrieval": ["none", "bm25", "bm25_paper", "dense", "openai", "oracle"],
-    "dataset": ["squadshifts-amazon", "amazon", "squadshifts-new_wiki", "new_wiki", "squadshifts-nyt", "nyt",
-                "squadshifts-reddit", "reddit", "hotpotqa"],
-}
-AXIS_HEADERS = {"n_questions": "Questions", "snapshot": "Time (s)", "snapshot_s": "Time (s)", "kd_temperature": "T",
-                "answer_temperature": "Answer temperature", "rank": "LoRA rank", "qgen": "Question generator"}
-# What an unset (null) axis value means, per axis; others show "default".
-NONE_LABELS = {"snapshot": "end of training", "expert": "self", "teacher": "self", "qgen": "self"}
 
 
 def pct(x: float) -> str:
@@ -130,7 +105,8 @@ class TableCell:
             text = "--"
         else:
             value = pct(self.summary.mean)
-            text = (r"\textbf{" + value + "}" if self.bold else value) + r"\,{\scriptsize$\pm$" + pct(self.summary.half_width) + "}"
+            text = ((r"\textbf{" + value + "}" if self.bold else value)
+                    + r"\,{\scriptsize$\pm$" + pct(self.summary.half_width) + "}")
             marks = self.marks().replace(MARK_BINOMIAL, r"\dagger").replace(MARK_BOOT, "*").replace(MARK_T, r"\S")
             if marks:
                 text += "$^{" + marks + "}$"
@@ -173,7 +149,8 @@ class Table:
 
     @property
     def has_binomial(self) -> bool:
-        return any(c.summary is not None and c.summary.kind == "binomial" for b in self.blocks for r in b.rows for c in r.cells)
+        cells = (c for b in self.blocks for r in b.rows for c in r.cells)
+        return any(c.summary is not None and c.summary.kind == "binomial" for c in cells)
 
     @property
     def has_paper(self) -> bool:
@@ -200,46 +177,12 @@ class Table:
         return label_for(self.spec, self.spec.method_axis, self.spec.reference)
 
 
-def label_for(spec: TableSpec, axis: str, value: Any) -> str:
-    """Display label of an axis value: the spec's labels, the built-in ones, else the value."""
-    if value is None:
-        return str(spec.labels.get(axis, {}).get("null", NONE_LABELS.get(axis, "default")))
-    for table in (spec.labels.get(axis, {}), DEFAULT_LABELS.get(axis, {})):
-        if str(value) in table:
-            return str(table[str(value)])
-    return str(value)
-
-
-def header_for(axis: str) -> str:
-    return AXIS_HEADERS.get(axis, axis.replace("_", " ").capitalize())
-
-
-def _sort_values(spec: TableSpec, axis: str, values: Sequence[Any]) -> list[Any]:
-    """Order axis values: the spec's order, the built-in order, numbers ascending, else appearance."""
-    order = [str(v) for v in spec.order.get(axis, [])] or [str(v) for v in DEFAULT_ORDER.get(axis, [])]
-    unique = list(dict.fromkeys(values))
-    numbers = [v for v in unique if v is not None]
-    if not spec.order.get(axis) and numbers and all(_is_number(v) for v in numbers):
-        return sorted(numbers, key=float) + [None] * (None in unique)  # unset (e.g. final snapshot) last
-    pos = {v: i for i, v in enumerate(order)}
-    first = {v: i for i, v in enumerate(unique)}
-    return sorted(unique, key=lambda v: (pos.get(str(v), len(pos)), first[v]))
-
-
-def _is_number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
 def select_grader(spec: TableSpec, groups: Sequence[Group], experiment: str) -> str:
     graders = sorted({r.grader for g in groups for r in g.records})
     if spec.grader is not None:
         if spec.grader not in graders:
-            raise ConfigError(f"experiment {experiment!r}: grader {spec.grader!r} has no cells; graded by: {', '.join(graders)}")
+            raise ConfigError(f"experiment {experiment!r}: grader {spec.grader!r} has no cells; "
+                              f"graded by: {', '.join(graders)}")
         return spec.grader
     if len(graders) != 1:
         raise ConfigError(f"experiment {experiment!r} is graded by several graders ({', '.join(graders)}); "
@@ -292,7 +235,7 @@ def build_table(
         placed[k] = g
 
     col_keys = _sort_keys(spec, spec.columns, [key(g, spec.columns) for g in groups])
-    block_keys = _sort_values(spec, spec.blocks, [g.axes.get(spec.blocks) for g in groups]) if spec.blocks else [None]
+    block_keys = sort_values(spec, spec.blocks, [g.axes.get(spec.blocks) for g in groups]) if spec.blocks else [None]
     columns = [(ck, " ".join(label_for(spec, a, v) for a, v in zip(spec.columns, ck))) for ck in col_keys]
 
     table = Table(experiment, spec.title or experiment, grader, spec, [header_for(a) for a in spec.rows], columns, [])
@@ -301,28 +244,8 @@ def build_table(
         rows = []
         for rk in row_keys:
             labels = [label_for(spec, a, v) for a, v in zip(spec.rows, rk)]
-            cells = []
-            for ck, clabel in columns:
-                g = placed.get((bk, rk, ck))
-                summary = g.summary() if g is not None else None
-                cell = TableCell(g, summary)
-                if g is None:
-                    table.missing.append(f"{_block_label(spec, bk)} / {' / '.join(labels)} / {clabel}: no cell in the manifest")
-                elif summary is None:
-                    paths = ", ".join(show(r.grades) for r in g.missing)
-                    table.missing.append(f"{_block_label(spec, bk)} / {' / '.join(labels)} / {clabel}: no grades ({paths})")
-                else:
-                    if g.missing:
-                        table.missing.append(f"{_block_label(spec, bk)} / {' / '.join(labels)} / {clabel}: "
-                                             f"seeds missing ({', '.join(show(r.grades) for r in g.missing)})")
-                    if g.n_invalid:
-                        table.invalid.append(f"{' / '.join(labels)} / {clabel} ({_block_label(spec, bk)}): "
-                                             f"{100 * g.invalid_rate:.1f}% ({g.n_invalid}/{g.n_graded}) judge grades invalid")
-                if g is not None:
-                    cell.paper = lookup(spec.paper_table, g.axes, grader, paper_values_path)
-                    if cell.paper is not None and cell.paper.inferred:
-                        table.inferred_paper.append(f"{' / '.join(labels)} / {clabel}: {cell.paper.inferred}")
-                cells.append(cell)
+            cells = [_table_cell(table, placed.get((bk, rk, ck)), _block_label(spec, bk), " / ".join(labels), clabel,
+                                 show, paper_values_path) for ck, clabel in columns]
             rows.append(TableRow(rk, labels, cells))
         _mark_best(rows, len(columns))
         table.blocks.append(TableBlock(bk, _block_label(spec, bk), rows))
@@ -330,9 +253,33 @@ def build_table(
     return table
 
 
+def _table_cell(table: Table, g: Group | None, block: str, row: str, column: str, show: Callable[[str], str],
+                paper_values_path: str | None) -> TableCell:
+    """One cell's numbers and paper value; what is missing or invalid goes into the table's notes."""
+    summary = g.summary() if g is not None else None
+    cell = TableCell(g, summary)
+    if g is None:
+        table.missing.append(f"{block} / {row} / {column}: no cell in the manifest")
+    elif summary is None:
+        paths = ", ".join(show(r.grades) for r in g.missing)
+        table.missing.append(f"{block} / {row} / {column}: no grades ({paths})")
+    else:
+        if g.missing:
+            paths = ", ".join(show(r.grades) for r in g.missing)
+            table.missing.append(f"{block} / {row} / {column}: seeds missing ({paths})")
+        if g.n_invalid:
+            rate = f"{100 * g.invalid_rate:.1f}% ({g.n_invalid}/{g.n_graded})"
+            table.invalid.append(f"{row} / {column} ({block}): {rate} judge grades invalid")
+    if g is not None:
+        cell.paper = lookup(table.spec.paper_table, g.axes, table.grader, paper_values_path)
+        if cell.paper is not None and cell.paper.inferred:
+            table.inferred_paper.append(f"{row} / {column}: {cell.paper.inferred}")
+    return cell
+
+
 def _sort_keys(spec: TableSpec, axes: Sequence[str], keys: Iterable[tuple]) -> list[tuple]:
     keys = list(dict.fromkeys(keys))
-    orders = [_sort_values(spec, a, [k[i] for k in keys]) for i, a in enumerate(axes)]
+    orders = [sort_values(spec, a, [k[i] for k in keys]) for i, a in enumerate(axes)]
     return sorted(keys, key=lambda k: tuple(orders[i].index(v) for i, v in enumerate(k)))
 
 
@@ -361,7 +308,7 @@ def _compare(table: Table, groups: Sequence[Group], *, n_resamples: int, seed: i
     shown = ([spec.blocks] if spec.blocks else []) + list(spec.rows) + list(spec.columns)
     if spec.method_axis in shown:
         def key_of(axes: Mapping[str, Any]) -> tuple:
-            return tuple(_hashable(axes.get(a)) for a in shown)
+            return tuple(hashable(axes.get(a)) for a in shown)
     else:
         key_of = group_key
     by_key = {key_of(g.axes): g for g in groups}
@@ -427,7 +374,8 @@ def _env() -> jinja2.Environment:
     env.filters["pct"] = pct
     env.filters["signed"] = signed
     env.filters["pval"] = format_p
-    env.filters["texmark"] = lambda m: {"": "", MARK_BINOMIAL: r"$^{\dagger}$", MARK_BOOT: r"$^{*}$", MARK_T: r"$^{\S}$"}[m]
+    tex_marks = {"": "", MARK_BINOMIAL: r"$^{\dagger}$", MARK_BOOT: r"$^{*}$", MARK_T: r"$^{\S}$"}
+    env.filters["texmark"] = tex_marks.__getitem__
     env.filters["mdmark"] = lambda m: m.replace("*", r"\*")
     return env
 

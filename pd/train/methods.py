@@ -116,10 +116,7 @@ def load_instruction_pairs(source: str | Path | None, *, limit: int | None = 200
         if not path.is_file():
             raise DataError(f"training.reg_data: {path} does not exist (expected a JSONL of {{instruction, response}} "
                             "rows, or 'tulu3')")
-        try:
-            raw = read_jsonl(path)
-        except ValueError as err:
-            raise DataError(str(err)) from None
+        raw = read_jsonl(path)
     pairs = []
     for n, r in enumerate(raw):
         if "messages" in r and "instruction" not in r:

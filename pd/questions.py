@@ -1,8 +1,8 @@
-"""Training data generation: questions about each passage, then the expert's answers.
+"""Question generation: the training questions about each passage.
 
-Questions. The model being trained writes them from each passage (paper: 30 per test
+The model being trained writes them from each passage (paper: 30 per test
 question, i.e. a passage that m test items ask about gets 30*m; the unit is explicit
-in :func:`question_targets`). Three modes:
+in :func:`question_targets`). Four modes:
 
 - ``five`` (the paper's): a few-shot prompt asks for five trivia questions per call in
   ``<question>`` tags; T = 1.5, top-k 50, 512 new tokens.
@@ -21,30 +21,22 @@ Every candidate goes through :func:`check_question`; outputs are deduplicated pe
 passage (normalised text), and calls repeat in rounds until each passage has its
 questions or ``max_rounds`` is reached. The yield (calls, raw outputs, candidates,
 accepted, rejected by reason, shortfall) is returned as a stats dict and written
-beside the output.
-
-Answers. The expert (default: the same model) answers each question with the passage
-in its prompt (``expert_answer``: passage, blank line, ``---``, blank line, question);
-T = 1.5 for PD data and 0.25 for SFT data (the caller's params); answers cut at the
-token cap are counted. Chain-of-thought answers for SFT with distractors see the
-passages :func:`pd.train.sequences.choose_context` picks, so the trainer and this
-generator agree on the context without sharing state.
+beside the output (:func:`pd.io.write_with_stats`). The expert's answers to these
+questions are :mod:`pd.answers`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 from pd.data import Dataset
 from pd.errors import ConfigError, DataError
 from pd.generate.base import Generator, SamplingParams
-from pd.io import stable_hash, write_json, write_jsonl
+from pd.io import stable_hash
 from pd.prompts import render
 
 MODES = ("five", "single", "sentence", "bonito")
@@ -79,13 +71,16 @@ PREFILLED = ("single", "sentence")  # modes whose reply starts with a question w
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"\u201d\u2019)]))\s+(?=[\"\u201c\u2018(]?[A-Z0-9])")
 
 MIN_WORDS, MAX_WORDS = 3, 40
-_PASSAGE_REF = re.compile(r"\b(the|this|that|above|given) (passage|text|article|paragraph|excerpt|document|context)\b", re.I)
+_PASSAGE_REF = re.compile(r"\b(the|this|that|above|given) "
+                          r"(passage|text|article|paragraph|excerpt|document|context)\b", re.I)
 _TAG = re.compile(r"<question>(.*?)</question>", re.I | re.S)
 _OPEN = re.compile(r"<question>", re.I)
 
 
 @dataclass
 class QGenConfig:
+    """How questions are generated (the config's ``qgen`` section); invalid values raise ConfigError."""
+
     mode: str = "five"
     per_item: int = 30  # questions per test item that asks about a passage (the paper's unit)
     per_doc: int | None = None  # instead: a fixed number per passage (documents without test items)
@@ -108,6 +103,15 @@ class QGenConfig:
             raise ConfigError(f"qgen.max_rounds must be >= 1, got {self.max_rounds}")
 
     def params(self, seed: int, n: int) -> SamplingParams:
+        """Sampling parameters for one round: the mode's defaults, overridden by the fields that are set.
+
+        Args:
+            seed: the round's seed.
+            n: samples per prompt.
+
+        Returns:
+            The parameters.
+        """
         d = dict(MODE_DEFAULTS[self.mode])
         for k in d:
             if getattr(self, k) is not None:
@@ -119,11 +123,28 @@ class QGenConfig:
 
 
 def normalise_question(q: str) -> str:
+    """Lower-cased alphanumeric words joined by single spaces: the key duplicates are found by.
+
+    Args:
+        q: a question.
+
+    Returns:
+        The normalised text.
+    """
     return " ".join(re.sub(r"[^0-9a-z]+", " ", q.lower()).split())
 
 
 def check_question(q: str, examples: set[str] = frozenset()) -> str | None:
-    """Why a candidate question is rejected, or None when it is acceptable."""
+    """Why a candidate question is rejected, or None when it is acceptable.
+
+    Args:
+        q: the candidate.
+        examples: normalised questions the prompt showed (echoing one is rejected).
+
+    Returns:
+        A reason (``empty``, ``contains_markup``, ``not_a_question``, ``too_short``, ``too_long``,
+        ``echoed_example``, ``refers_to_passage``) or None.
+    """
     if not q:
         return "empty"
     if "<" in q or ">" in q:
@@ -143,12 +164,32 @@ def check_question(q: str, examples: set[str] = frozenset()) -> str | None:
 
 
 def example_questions(prompt: str) -> set[str]:
-    """Normalised questions that the prompt itself shows (few-shot examples): echoing them is rejected."""
+    """Normalised questions that the prompt itself shows (few-shot examples): echoing them is rejected.
+
+    Args:
+        prompt: the prompt text.
+
+    Returns:
+        The normalised questions in its ``<question>`` tags.
+    """
     return {normalise_question(m) for m in _TAG.findall(prompt)}
 
 
 def candidates(text: str, mode: str, prefix: str = "") -> tuple[list[str], list[str]]:
-    """Raw candidate questions in one output, plus output-level rejection reasons."""
+    """Raw candidate questions in one output, plus output-level rejection reasons.
+
+    Args:
+        text: the model's output.
+        mode: one of :data:`MODES`.
+        prefix: the question word the reply was forced to start with (prefilled modes).
+
+    Returns:
+        The candidates (whitespace collapsed) and reasons that concern the whole output
+        (``unclosed_tag``, ``no_question_tags``, ``no_question``).
+
+    Raises:
+        ConfigError: an unknown mode.
+    """
     if mode == "five":
         found = [" ".join(m.split()) for m in _TAG.findall(text)]
         problems = ["unclosed_tag"] * max(0, len(_OPEN.findall(text)) - len(found))
@@ -181,8 +222,19 @@ def parse_output(text: str, mode: str, prompt: str = "", prefix: str = "",
                  seen: set[str] | None = None) -> tuple[list[str], Counter]:
     """Accepted questions of one output and a count of rejections by reason.
 
-    ``seen`` (normalised questions already accepted for this passage) is updated in place,
-    so duplicates within and across outputs are rejected as ``duplicate``.
+    Args:
+        text: the model's output.
+        mode: one of :data:`MODES`.
+        prompt: the prompt (its few-shot questions may not be echoed).
+        prefix: the prefilled question word, if any.
+        seen: normalised questions already accepted for this passage; updated in place, so
+            duplicates within and across outputs are rejected as ``duplicate``.
+
+    Returns:
+        The accepted questions and a Counter of rejection reasons.
+
+    Raises:
+        ConfigError: an unknown mode.
     """
     seen = set() if seen is None else seen
     examples = example_questions(prompt)
@@ -205,7 +257,19 @@ def parse_output(text: str, mode: str, prompt: str = "", prefix: str = "",
 
 
 def question_targets(dataset: Dataset, per_item: int = 30, per_doc: int | None = None) -> dict[str, int]:
-    """Questions to generate per passage: ``per_item`` x (test items citing it), or ``per_doc`` each."""
+    """Questions to generate per passage: ``per_item`` x (test items citing it), or ``per_doc`` each.
+
+    Args:
+        dataset: the passages and test items.
+        per_item: questions per test item that cites a passage.
+        per_doc: instead, this many per passage (all passages).
+
+    Returns:
+        ``{doc_id: count}``; with ``per_item``, only passages some item cites.
+
+    Raises:
+        DataError: ``per_doc`` is unset and no test item cites a passage.
+    """
     if per_doc is not None:
         return {d: per_doc for d in dataset.documents}
     counts = Counter(d for it in dataset.items for d in it.doc_ids)
@@ -217,7 +281,15 @@ def question_targets(dataset: Dataset, per_item: int = 30, per_doc: int | None =
 
 
 def sentences(text: str, min_words: int = 4) -> list[str]:
-    """The passage's sentences (split after . ! ? before a capital or digit); short fragments join the next one."""
+    """The passage's sentences (split after . ! ? before a capital or digit); short fragments join the next one.
+
+    Args:
+        text: the passage.
+        min_words: a part with fewer words (or ending in an abbreviation) is joined to what follows.
+
+    Returns:
+        The sentences, whitespace collapsed.
+    """
     out: list[str] = []
     carry = ""
     for part in _SENTENCE_END.split(" ".join(text.split())):
@@ -235,7 +307,19 @@ def sentences(text: str, min_words: int = 4) -> list[str]:
     return out
 
 
-def _conversation(mode: str, passage: str, cfg: QGenConfig, prefix: str = "", focus: str = "") -> list[dict]:
+def question_conversation(mode: str, passage: str, cfg: QGenConfig, prefix: str = "", focus: str = "") -> list[dict]:
+    """The conversation of one question-generation call.
+
+    Args:
+        mode: one of :data:`MODES`.
+        passage: the passage asked about.
+        cfg: the settings (Bonito's task type).
+        prefix: prefilled modes: the question word the assistant's turn starts with.
+        focus: ``sentence`` mode: the sentence quoted in the prompt.
+
+    Returns:
+        Messages ``{"role", "content"}``; ``raw`` for Bonito, a trailing assistant prefill for prefilled modes.
+    """
     if mode == "five":
         return [{"role": "user", "content": render("qgen", passage=passage, n=PER_CALL["five"], examples=FEW_SHOT)}]
     if mode in PREFILLED:
@@ -246,7 +330,20 @@ def _conversation(mode: str, passage: str, cfg: QGenConfig, prefix: str = "", fo
 
 def generate_questions(dataset: Dataset, generator: Generator, cfg: QGenConfig = QGenConfig()
                        ) -> tuple[list[dict], dict]:
-    """Rows ``{"id", "doc_id", "question", "generator", "seed"}`` and the yield stats."""
+    """Questions about each passage, in rounds until every passage has its target or the rounds run out.
+
+    Args:
+        dataset: the passages (and test items, for per-item targets).
+        generator: the question writer.
+        cfg: mode, targets, seed, round cap and sampling.
+
+    Returns:
+        Rows ``{"id", "doc_id", "question", "generator", "seed"}`` and the yield stats (calls, outputs cut,
+        candidates, accepted, rejected by reason, surplus, shortfall per passage, rounds).
+
+    Raises:
+        DataError: no passage gets a target (see :func:`question_targets`).
+    """
     targets = question_targets(dataset, cfg.per_item, cfg.per_doc)
     accepted: dict[str, list[str]] = {d: [] for d in targets}
     seen: dict[str, set[str]] = {d: set() for d in targets}
@@ -272,9 +369,9 @@ def generate_questions(dataset: Dataset, generator: Generator, cfg: QGenConfig =
                     w = rng.choice(QUESTION_WORDS)
                     focus = sents[sent_turn[d] % len(sents)]
                     sent_turn[d] += 1
-                    jobs.append((d, _conversation(cfg.mode, text, cfg, w, focus), w, 1))
+                    jobs.append((d, question_conversation(cfg.mode, text, cfg, w, focus), w, 1))
             else:
-                jobs.append((d, _conversation(cfg.mode, dataset.documents[d].text, cfg), "", calls))
+                jobs.append((d, question_conversation(cfg.mode, dataset.documents[d].text, cfg), "", calls))
         for n in sorted({j[3] for j in jobs}):
             group = [j for j in jobs if j[3] == n]
             outs = generator.generate([j[1] for j in group], cfg.params(seed, n))
@@ -297,94 +394,3 @@ def generate_questions(dataset: Dataset, generator: Generator, cfg: QGenConfig =
                  shortfall=shortfall, shortfall_total=sum(shortfall.values()),
                  yield_per_call=round(len(rows) / st["calls"], 4) if st["calls"] else 0.0)
     return rows, stats
-
-
-def stats_path(path: str | os.PathLike) -> Path:
-    """Where the stats of an output JSONL go: ``x.jsonl`` -> ``x.stats.json``."""
-    p = Path(path)
-    return p.with_name((p.name[:-6] if p.name.endswith(".jsonl") else p.name) + ".stats.json")
-
-
-def write_with_stats(path: str | os.PathLike, rows: list[dict], stats: dict) -> None:
-    write_jsonl(path, rows)
-    write_json(stats_path(path), stats)
-
-
-# --------------------------------------------------------------------------- answers
-
-
-def _question_rows(rows: list[dict], dataset: Dataset) -> None:
-    for n, r in enumerate(rows):
-        for key in ("id", "doc_id", "question"):
-            if key not in r:
-                raise DataError(f"question row {n + 1}: missing {key!r} (rows need id, doc_id, question)")
-        if r["doc_id"] not in dataset.documents:
-            raise DataError(f"question row {n + 1} (id {r['id']}): unknown doc_id {r['doc_id']!r} in dataset {dataset.name}")
-
-
-def _answer_rows(rows, outs, expert: str, params: SamplingParams, extra=None) -> tuple[list[dict], dict]:
-    answers = []
-    for i, (r, comps) in enumerate(zip(rows, outs)):
-        for j, c in enumerate(comps):
-            row = {"id": r["id"] if len(comps) == 1 else f"{r['id']}-a{j}", "question_id": r["id"], "doc_id": r["doc_id"],
-                   "question": r["question"], "answer": c.text.strip(), "finish_reason": c.finish_reason,
-                   "n_tokens": c.n_tokens, "expert": expert, "temperature": params.temperature}
-            answers.append(dict(row, **(extra[i] if extra else {})))
-    cut = sum(a["finish_reason"] == "length" for a in answers)
-    stats = {"answers": len(answers), "cut_at_max_tokens": cut, "max_new_tokens": params.max_new_tokens,
-             "mean_tokens": round(sum(a["n_tokens"] for a in answers) / len(answers), 2) if answers else 0.0,
-             "empty": sum(not a["answer"] for a in answers), "expert": expert, "params": params.as_dict()}
-    return answers, stats
-
-
-def generate_answers(question_rows: list[dict], dataset: Dataset, generator: Generator, params: SamplingParams,
-                     expert: str | None = None) -> tuple[list[dict], dict]:
-    """The expert's answers with the passage in its prompt (PD: T=1.5; SFT: T=0.25; max 512 tokens)."""
-    _question_rows(question_rows, dataset)
-    convs = [[{"role": "user", "content": render("expert_answer", passage=dataset.documents[r["doc_id"]].text,
-                                                 question=r["question"])}] for r in question_rows]
-    outs = generator.generate(convs, params)
-    return _answer_rows(question_rows, outs, expert or generator.name, params)
-
-
-def generate_cot_answers(question_rows: list[dict], dataset: Dataset, generator: Generator, params: SamplingParams,
-                         expert: str | None = None, *, seed: int = 0, distractors: int = 2,
-                         gold_drop_prob: float = 0.4) -> tuple[list[dict], dict]:
-    """Chain-of-thought answers for SFT with distractors; rows carry ``context_doc_ids`` (in prompt order)."""
-    from pd.train.sequences import choose_context
-
-    _question_rows(question_rows, dataset)
-    all_docs = list(dataset.documents)
-    contexts = [choose_context(str(r["id"]), r["doc_id"], all_docs, seed=seed, distractors=distractors,
-                               gold_drop_prob=gold_drop_prob) for r in question_rows]
-    convs = [[{"role": "user", "content": render("cot_answer", passages=[dataset.documents[d].text for d in ctx],
-                                                 question=r["question"])}] for r, ctx in zip(question_rows, contexts)]
-    outs = generator.generate(convs, params)
-    extra = [{"context_doc_ids": ctx, "gold_in_context": r["doc_id"] in ctx} for r, ctx in zip(question_rows, contexts)]
-    answers, stats = _answer_rows(question_rows, outs, expert or generator.name, params, extra)
-    stats.update(gold_in_context=sum(e["gold_in_context"] for e in extra), seed=seed, distractors=distractors,
-                 gold_drop_prob=gold_drop_prob)
-    return answers, stats
-
-
-# --------------------------------------------------------------------------- rewriting
-
-
-def rewrite_questions(dataset: Dataset, generator: Generator,
-                      params: SamplingParams = SamplingParams(temperature=0, max_new_tokens=96)) -> tuple[list[dict], dict]:
-    """Make each test question understandable without its passage (what the paper did to its test set).
-
-    Rows ``{"item_id", "question", "rewritten", "ok"}``; when the output has no usable
-    ``<question>`` tag the original question is kept and ``ok`` is false.
-    """
-    items = [it for it in dataset.items if it.doc_ids]
-    convs = [[{"role": "user", "content": render("rewrite_question", passage="\n\n".join(
-        dataset.documents[d].text for d in it.doc_ids), question=it.question)}] for it in items]
-    outs = generator.generate(convs, params)
-    rows = []
-    for it, comps in zip(items, outs):
-        found = [" ".join(m.split()) for m in _TAG.findall(comps[0].text)]
-        ok = bool(found) and check_question(found[0]) is None
-        rows.append({"item_id": it.id, "question": it.question, "rewritten": found[0] if ok else it.question, "ok": ok,
-                     "raw": comps[0].text})
-    return rows, {"items": len(rows), "rewritten": sum(r["ok"] for r in rows), "generator": generator.name}

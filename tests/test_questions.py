@@ -1,4 +1,4 @@
-"""Question and answer generation: parsing/rejection table, targets, yield accounting, answers."""
+"""Question generation: parsing/rejection table, targets, yield accounting, sentence mode."""
 
 from __future__ import annotations
 
@@ -9,11 +9,18 @@ import pytest
 
 from pd.data import Dataset, Document, TestItem, load_squadshifts
 from pd.errors import ConfigError, DataError
-from pd.generate.base import SamplingParams
 from pd.generate.transformers_backend import TransformersGenerator
+from pd.io import stats_path, write_with_stats
 from pd.prompts import render
-from pd.qgen import (FEW_SHOT, QGenConfig, generate_answers, generate_cot_answers, generate_questions, parse_output,
-                     question_targets, stats_path, write_with_stats)
+from pd.questions import (
+    FEW_SHOT,
+    QGenConfig,
+    generate_questions,
+    parse_output,
+    question_conversation,
+    question_targets,
+    sentences,
+)
 
 QGEN_PROMPT = render("qgen", passage="Some passage.", n=5, examples=FEW_SHOT)
 LONG = "Who " + " ".join(["very"] * 42) + " tall?"
@@ -26,7 +33,8 @@ CASES = [
     ("five", "", "", [], {"no_question_tags": 1}),
     ("five", "Here are questions: Who is the mayor of Boston?", "", [], {"no_question_tags": 1}),
     ("five", "<question>Which river is the second-longest in Europe?</question>", "", [], {"echoed_example": 1}),
-    ("five", "<question>Who won the 1998 World Series?</question><question>who WON the 1998 world series ?</question>", "",
+    ("five", "<question>Who won the 1998 World Series?</question>"
+             "<question>who WON the 1998 world series ?</question>", "",
      ["Who won the 1998 World Series?"], {"duplicate": 1}),
     ("five", "<question>The Yankees won the game.</question>", "", [], {"not_a_question": 1}),
     ("five", "<question>What does the passage say about taxes?</question>", "", [], {"refers_to_passage": 1}),
@@ -40,7 +48,8 @@ CASES = [
     ("five", "<question>Who is\n   the mayor of Boston?</question>", "", ["Who is the mayor of Boston?"], {}),
     ("five", "<question></question>", "", [], {"empty": 1}),
     ("single", " is the capital of France? The capital is Paris.", "What", ["What is the capital of France?"], {}),
-    ("single", "'s the tallest building in New York City?", "What", ["What's the tallest building in New York City?"], {}),
+    ("single", "'s the tallest building in New York City?", "What",
+     ["What's the tallest building in New York City?"], {}),
     ("single", "", "Who", [], {"not_a_question": 1}),
     ("single", " did the Titanic sink\n?", "When", [], {"not_a_question": 1}),
     ("single", " people live in Lagos?", "How many", [], {"duplicate": 1}),  # seen already (see test)
@@ -73,11 +82,6 @@ def test_targets_are_per_test_item_or_per_doc():
         QGenConfig(mode="ten")
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_llama):
-    return TransformersGenerator(tiny_llama.spec, progress=False, batch_size=8)
-
-
 def _two_docs() -> Dataset:
     docs = {"d1": Document("d1", "The Velmora bridge was painted orange in 1987."),
             "d2": Document("d2", "Lake Tarnow freezes every January and hosts a skating race."),
@@ -88,11 +92,11 @@ def _two_docs() -> Dataset:
     return Dataset("toy", docs, items)
 
 
-def test_yield_accounting_with_a_model_that_writes_junk(tiny, tmp_path):
+def test_yield_accounting_with_a_model_that_writes_junk(tiny_generator, tmp_path):
     """A random model never writes a tagged question: every call is counted, rounds are capped."""
     ds = _two_docs()
     cfg = QGenConfig(mode="five", per_item=4, max_rounds=2, max_new_tokens=8)
-    rows, stats = generate_questions(ds, tiny, cfg)
+    rows, stats = generate_questions(ds, tiny_generator, cfg)
     targets = {"d1": 4, "d2": 8}  # 4 per test item; d3 has no test item
     per_round = sum(math.ceil(t / 5) for t in targets.values())
     assert rows == []
@@ -103,52 +107,6 @@ def test_yield_accounting_with_a_model_that_writes_junk(tiny, tmp_path):
     out = tmp_path / "q.jsonl"
     write_with_stats(out, rows, stats)
     assert out.read_text() == "" and stats_path(out).name == "q.stats.json" and stats_path(out).is_file()
-
-
-def test_answers_carry_ids_and_count_cuts(tiny):
-    ds = _two_docs()
-    qs = [{"id": "d1-q000", "doc_id": "d1", "question": "What colour is the Velmora bridge?"},
-          {"id": "d2-q000", "doc_id": "d2", "question": "When does Lake Tarnow freeze?"}]
-    rows, stats = generate_answers(qs, ds, tiny, SamplingParams(temperature=1.5, max_new_tokens=4, seed=1), expert="tiny")
-    assert [r["id"] for r in rows] == ["d1-q000", "d2-q000"] and [r["doc_id"] for r in rows] == ["d1", "d2"]
-    assert all(r["expert"] == "tiny" and r["temperature"] == 1.5 and r["n_tokens"] == 4 for r in rows)
-    assert stats["cut_at_max_tokens"] == sum(r["finish_reason"] == "length" for r in rows) == 2
-    with pytest.raises(DataError, match="unknown doc_id"):
-        generate_answers([{"id": "x", "doc_id": "nope", "question": "q"}], ds, tiny, SamplingParams())
-
-
-def test_cot_contexts_two_distractors_gold_dropped_about_40_percent(tiny):
-    docs = {f"p{i}": Document(f"p{i}", f"Short passage number {i}.") for i in range(12)}
-    ds = Dataset("toy12", docs, [])
-    qs = [{"id": f"q{i:03d}", "doc_id": f"p{i % 12}", "question": f"Question {i}?"} for i in range(100)]
-    rows, stats = generate_cot_answers(qs, ds, tiny, SamplingParams(temperature=0, max_new_tokens=1), seed=3)
-    gold_in = 0
-    for q, r in zip(qs, rows):
-        ctx = r["context_doc_ids"]
-        others = [d for d in ctx if d != q["doc_id"]]
-        assert len(others) == 2 and len(set(ctx)) == len(ctx) and all(d in ds.documents for d in ctx)
-        assert r["gold_in_context"] == (q["doc_id"] in ctx)
-        gold_in += r["gold_in_context"]
-    assert stats["gold_in_context"] == gold_in
-    # Binomial(100, 0.6): mean 60, sd 4.9; 4 sd either side.
-    assert 40 <= gold_in <= 80
-    # The prompt shows the chosen passages in the chosen order.
-    conv_text = render("cot_answer", passages=[docs[d].text for d in rows[0]["context_doc_ids"]], question="Question 0?")
-    assert conv_text.index(docs[rows[0]["context_doc_ids"][0]].text) < conv_text.index("---")
-    again, _ = generate_cot_answers(qs[:10], ds, tiny, SamplingParams(temperature=0, max_new_tokens=1), seed=3)
-    assert [r["context_doc_ids"] for r in again] == [r["context_doc_ids"] for r in rows[:10]]
-    other, _ = generate_cot_answers(qs[:10], ds, tiny, SamplingParams(temperature=0, max_new_tokens=1), seed=4)
-    assert [r["context_doc_ids"] for r in other] != [r["context_doc_ids"] for r in rows[:10]]
-
-
-def test_rewrite_keeps_the_original_when_the_output_is_unusable(tiny):
-    from pd.qgen import rewrite_questions
-
-    ds = _two_docs()
-    rows, stats = rewrite_questions(ds, tiny, SamplingParams(temperature=0, max_new_tokens=4))
-    assert [r["item_id"] for r in rows] == ["t1", "t2", "t3"]
-    assert all(not r["ok"] and r["rewritten"] == r["question"] for r in rows)  # a random model writes no tags
-    assert stats == {"items": 3, "rewritten": 0, "generator": tiny.name}
 
 
 @pytest.mark.slow
@@ -185,22 +143,18 @@ def test_smollm2_writes_questions_in_single_mode(smollm2):
     ("Just one short line", ["Just one short line"]),
 ])
 def test_sentences(text, expected):
-    from pd.qgen import sentences
-
     assert sentences(text) == expected
 
 
-def test_sentence_mode_quotes_each_sentence_in_turn(tiny):
-    from pd.qgen import _conversation, sentences
-
+def test_sentence_mode_quotes_each_sentence_in_turn(tiny_generator):
     ds = _two_docs()
     doc = next(iter(ds.documents.values()))
     sents = sentences(doc.text)
-    conv = _conversation("sentence", doc.text, QGenConfig(mode="sentence"), "Who", sents[-1])
+    conv = question_conversation("sentence", doc.text, QGenConfig(mode="sentence"), "Who", sents[-1])
     assert f'"{sents[-1]}"' in conv[0]["content"] and doc.text in conv[0]["content"]
     assert conv[1] == {"role": "assistant", "content": "Who"}
     # One call per missing question in the first round; later rounds only for what is missing.
     cfg = QGenConfig(mode="sentence", per_doc=2, max_rounds=2, max_new_tokens=8)
-    rows, stats = generate_questions(ds, tiny, cfg)
+    rows, stats = generate_questions(ds, tiny_generator, cfg)
     assert stats["mode"] == "sentence" and stats["accepted"] == len(rows) <= 2 * len(ds.documents)
     assert 2 * len(ds.documents) <= stats["calls"] <= 2 * 2 * len(ds.documents)

@@ -1,4 +1,4 @@
-"""A small synthetic run (grade files, benchmark TSVs, manifest) for tests and demos.
+"""A small synthetic run (grade files, benchmark TSVs, manifest) for the report tests.
 
 Each question gets a latent difficulty; a cell answers it correctly with a probability
 set by its method, retrieval and axes, so methods differ the way the paper's do and the
@@ -52,7 +52,8 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
     cells: list[dict[str, Any]] = []
     difficulty = {ds: rng.normal(0.0, 1.2, n_questions) for ds in ("amazon", "nyt")}
 
-    def add(experiment: str, axes: dict[str, Any], skill: float, *, invalid_rate: float = 0.0, write: bool = True) -> None:
+    def add(experiment: str, axes: dict[str, Any], skill: float, *, invalid_rate: float = 0.0,
+            write: bool = True) -> None:
         ds = str(axes["dataset"])
         item_ids = [f"{ds}-q{i:04d}" for i in range(n_questions)]
         name = "_".join(f"{k}-{v}" for k, v in axes.items() if k not in ("model",))
@@ -62,8 +63,9 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
             write_jsonl(root / grades, _grade_rows(rng, item_ids, skill, difficulty[ds], grader, invalid_rate))
         bench = Path("benchmarks") / experiment / f"{name}.tsv"
         secs = 30.0 + 10.0 * rng.random()
-        write_text(root / bench, BENCHMARK_HEADER + "\n" +
-                   f"{secs:.4f}\t0:00:{int(secs):02d}\t{512 + 100 * rng.random():.2f}\t900.00\t400.00\t410.00\t1.00\t2.00\t95.00\t{secs * 1.9:.2f}\n")
+        fields = [f"{secs:.4f}", f"0:00:{int(secs):02d}", f"{512 + 100 * rng.random():.2f}", "900.00", "400.00",
+                  "410.00", "1.00", "2.00", "95.00", f"{secs * 1.9:.2f}"]
+        write_text(root / bench, BENCHMARK_HEADER + "\n" + "\t".join(fields) + "\n")
         meta: dict[str, Any] = {"config": {"model": model, "method": axes.get("method"), "lr": 1e-5}}
         if axes.get("method") not in ("base", None):
             meta["adapter"] = {"train_tokens": int(20000 + 1000 * rng.random()), "teacher_tokens": 31000, "steps": 40}
@@ -85,8 +87,8 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
         for method in ("pd", "sft"):
             for s in (0, 1):
                 skill = _METHOD_SKILL[method] + 0.5 * np.log(nq / 5) * (1.5 if method == "pd" else 0.7)
-                add("n_questions", {"dataset": "nyt", "retrieval": "none", "method": method, "n_questions": nq, "seed": s},
-                    skill)
+                axes = {"dataset": "nyt", "retrieval": "none", "method": method, "n_questions": nq, "seed": s}
+                add("n_questions", axes, skill)
     for rank in (4, 16, 64):
         for method in ("pd", "sft"):
             skill = _METHOD_SKILL[method] + 0.3 * np.log2(rank / 4)
@@ -100,7 +102,8 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
         "main": {"rows": ["method"], "columns": ["dataset"], "blocks": "retrieval", "title": "Synthetic main results"},
         "n_questions": {"rows": ["method"], "columns": ["n_questions"], "blocks": "retrieval",
                         "figures": [{"x": "n_questions", "logx": True}]},
-        "rank": {"rows": ["method"], "columns": ["rank"], "blocks": "retrieval", "figures": [{"x": "rank", "logx": True}]},
+        "rank": {"rows": ["method"], "columns": ["rank"], "blocks": "retrieval",
+                 "figures": [{"x": "rank", "logx": True}]},
         "snapshot": {"rows": ["method"], "columns": ["snapshot"], "blocks": "retrieval",
                      "figures": [{"x": "snapshot"}]},
     }
