@@ -86,7 +86,7 @@ class _Runner:
 
 
 async def _until_done_or_gone(request, runner: _Runner, fn: Callable[[], Any]):
-    """Run ``fn`` on the model in a thread; if the client disconnects meanwhile, cancel it."""
+    """Run ``fn`` on the model in a thread; if the client disconnects meanwhile, cancel it (``app.state.cancelled``)."""
     cancel = threading.Event()
     task = asyncio.ensure_future(asyncio.to_thread(runner.run, fn, cancel))
     try:
@@ -97,6 +97,7 @@ async def _until_done_or_gone(request, runner: _Runner, fn: Callable[[], Any]):
             if not cancel.is_set() and await request.is_disconnected():
                 cancel.set()
     except GenerationCancelled:
+        request.app.state.cancelled += 1
         raise RequestError(499, "the client closed the request; generation stopped", "client_closed") from None
     finally:
         if not task.done():
@@ -249,7 +250,8 @@ def create_app(generator=None, embedder=None, model_name: str | None = None, emb
         api_key: when set, every request needs ``Authorization: Bearer <api_key>`` (else 401).
 
     Returns:
-        A FastAPI app; ``app.state.requests`` counts the generation requests that reached the model.
+        A FastAPI app; ``app.state.requests`` counts the generation requests that reached the model,
+        ``app.state.cancelled`` those abandoned because their client disconnected.
     """
     from fastapi import Depends, FastAPI
 
@@ -265,6 +267,7 @@ def create_app(generator=None, embedder=None, model_name: str | None = None, emb
     runner = _Runner(generator)
     service = _Service(generator) if generator is not None else None
     app.state.requests = 0
+    app.state.cancelled = 0
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, err: RequestError):

@@ -175,23 +175,25 @@ def test_command_line_server_in_a_subprocess():
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(root))
+    key = "cli-key-31c7"
     proc = subprocess.Popen([sys.executable, "-m", "pd.serve", "--model", "tiny-llama", "--embedding-model", EMB_NAME,
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), "--api-key", key], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 240
         while True:
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 401:  # up, and it wants the key
                     break
             except httpx.HTTPError:
                 pass
             assert time.time() < deadline, "server did not come up"
             time.sleep(0.5)
-        out = remote(url).generate(CONVS[:1], SamplingParams(temperature=0, max_new_tokens=3))
+        out = remote(url, api_key=key).generate(CONVS[:1], SamplingParams(temperature=0, max_new_tokens=3))
         assert out[0][0].n_tokens == 3
-        emb = httpx.post(f"{url}/embeddings", json={"model": EMB_NAME, "input": "hello", "encoding_format": "float"}).json()
+        emb = httpx.post(f"{url}/embeddings", json={"model": EMB_NAME, "input": "hello", "encoding_format": "float"},
+                         headers={"Authorization": f"Bearer {key}"}).json()
         assert len(emb["data"][0]["embedding"]) == 384
     finally:
         proc.terminate()
