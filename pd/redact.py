@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "[redacted]"
@@ -141,7 +142,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a malformed record: leave it to the handler's own error path
+        except (TypeError, ValueError, KeyError):  # a malformed record: leave it to the handler's own error path
             return True
         clean = redact_text(message, self.secrets)
         if clean != message or record.args:

@@ -6,7 +6,14 @@ import logging
 
 import pytest
 
-from pd.redact import MASK, RedactingFilter, is_secret_key, redact, redact_text, redact_url
+from pd.redact import (
+    MASK,
+    RedactingFilter,
+    is_secret_key,
+    redact,
+    redact_text,
+    redact_url,
+)
 
 USER, PASSWORD, KEY = "canaryuser7", "canary-pw-5d1e", "sk-canary-key-93b0c2"
 

@@ -37,7 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.generate.base import Completion, Conversation, SamplingParams
-from pd.generate.transformers_backend import check_conversation, check_params, sample_seed
+from pd.generate.transformers_backend import (
+    check_conversation,
+    check_params,
+    sample_seed,
+)
 from pd.io import stable_hash
 from pd.redact import redact_logger, redact_text, redact_url
 
