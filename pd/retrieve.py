@@ -7,9 +7,14 @@ oracle, which returns the item's gold passages.
 
 Kinds (``RETRIEVERS``):
 
-- ``bm25``: rank-bm25 Okapi over one tokeniser for documents and queries (lower-cased
-  alphanumeric words, see :func:`pd.text.words`; ``stopwords=True`` drops common words).
-- ``bm25_paper``: the authors' variant, kept only to reproduce their numbers: queries are
+- ``bm25``: Okapi BM25 with Lucene's idf, ``log(1 + (N - n + 0.5) / (n + 0.5))``, over one
+  tokeniser for documents and queries (lower-cased alphanumeric words, see
+  :func:`pd.text.words`; ``stopwords=True`` drops common words). That idf is positive
+  for every word of the corpus, so small corpora rank too: with Okapi's
+  ``log((N - n + 0.5) / (n + 0.5))`` a word in half the documents weighs 0 and one in
+  more than half weighs less than nothing, so with 2 documents every score was 0.
+- ``bm25_paper``: the authors' variant (rank-bm25's Okapi, whose idf has a floor of 0.25 x
+  the mean idf for words in more than half the documents), kept only to reproduce their numbers: queries are
   lower-cased, documents are not, and both are split by a model's tokenizer when
   ``tokenizer_model`` names one (the paper used the Llama-3 / Qwen tokenizers), else by
   whitespace-and-punctuation words. Case then differs between the two sides, which is the
@@ -27,6 +32,7 @@ the corpus, the model and the settings; writes are atomic.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -103,8 +109,43 @@ class Retriever:
 # --------------------------------------------------------------------------- BM25
 
 
+class LuceneBM25:
+    """Okapi BM25 scores with Lucene's idf, which is positive for every word of the corpus.
+
+    score(q, d) = sum over query words w (repeats count) of
+    idf(w) * f(w, d) * (k1 + 1) / (f(w, d) + k1 * (1 - b + b * |d| / avgdl)),
+    idf(w) = log(1 + (N - n(w) + 0.5) / (n(w) + 0.5)), with N documents, n(w) of them holding w.
+    """
+
+    def __init__(self, corpus: list[list[str]], k1: float = 1.5, b: float = 0.75):
+        """Index ``corpus`` (one list of words per document; not all empty)."""
+        from collections import Counter, defaultdict
+
+        n_docs = len(corpus)
+        lengths = np.array([len(d) for d in corpus], dtype=np.float64)
+        self.k1 = k1
+        self.norm = k1 * (1 - b + b * lengths / lengths.mean())  # [n_docs]
+        rows: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for j, doc in enumerate(corpus):
+            for word, count in Counter(doc).items():
+                rows[word].append((j, count))
+        self.postings = {w: (np.array([j for j, _ in r]), np.array([c for _, c in r], dtype=np.float64))
+                         for w, r in rows.items()}
+        self.idf = {w: math.log(1 + (n_docs - len(r) + 0.5) / (len(r) + 0.5)) for w, r in rows.items()}
+        self.n_docs = n_docs
+
+    def get_scores(self, query: list[str]) -> np.ndarray:
+        """[n_docs] scores of the query's words (0 for a document holding none of them)."""
+        scores = np.zeros(self.n_docs)
+        for word in query:
+            if word in self.postings:
+                docs, tf = self.postings[word]
+                scores[docs] += self.idf[word] * tf * (self.k1 + 1) / (tf + self.norm[docs])
+        return scores
+
+
 class BM25Retriever(Retriever):
-    """rank-bm25 Okapi. ``paper_faithful=True`` reproduces the authors' casing mismatch."""
+    """BM25 with Lucene's idf; ``paper_faithful=True``: rank-bm25 Okapi with the authors' casing mismatch."""
 
     def __init__(self, documents, *, stopwords: bool = False, paper_faithful: bool = False,
                  tokenizer_model: str | None = None, k1: float = 1.5, b: float = 0.75,
@@ -122,7 +163,7 @@ class BM25Retriever(Retriever):
         corpus = self._cached_tokens(settings, cache_dir)
         if not any(corpus):
             raise PDError("BM25: every document tokenised to nothing; the corpus has no words")
-        self.bm25 = BM25Okapi(corpus, k1=k1, b=b)
+        self.bm25 = BM25Okapi(corpus, k1=k1, b=b) if paper_faithful else LuceneBM25(corpus, k1=k1, b=b)
 
     def _make_splitter(self, tokenizer_model: str | None) -> Callable[[str], list[str]]:
         if not tokenizer_model:
@@ -374,11 +415,6 @@ def passages(dataset: Dataset, doc_ids: Sequence[str]) -> list[str]:
     if missing:
         raise PDError(f"unknown document id(s) {missing[:5]} in dataset {dataset.name}")
     return [dataset.documents[d].text for d in doc_ids]
-
-
-def format_context(dataset: Dataset, doc_ids: Sequence[str]) -> str:
-    """Retrieved passages joined by blank lines, most similar first (the paper's RAG context)."""
-    return "\n\n".join(passages(dataset, doc_ids))
 
 
 def recall_at_k(dataset: Dataset, ranked: Mapping[str, Sequence[str]], k: int,
