@@ -43,6 +43,7 @@ import numpy as np
 from pd.data import Dataset, Document, TestItem
 from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.io import atomic_path, read_json, stable_hash, write_json
+from pd.redact import redact_text, redact_url
 from pd.text import STOPWORDS, words
 
 RETRIEVERS = ("bm25", "bm25_paper", "dense", "openai", "oracle")
@@ -323,6 +324,7 @@ def openai_retriever(documents, model: str = OPENAI_DEFAULT_MODEL, base_url: str
             raise ConfigError("retrieval kind 'openai' needs an API key: set OPENAI_API_KEY (or retrieval.api_key), "
                               "or set OPENAI_BASE_URL / retrieval.base_url to a local OpenAI-compatible server")
     client = openai.OpenAI(base_url=base_url, api_key=api_key)
+    where = redact_url(base_url) if base_url else "api.openai.com"
 
     def embed(texts: list[str]) -> np.ndarray:
         out = []
@@ -330,13 +332,13 @@ def openai_retriever(documents, model: str = OPENAI_DEFAULT_MODEL, base_url: str
             try:
                 resp = client.embeddings.create(model=model, input=texts[i : i + batch_size])
             except openai.OpenAIError as err:
-                raise ModelUnavailableError(f"embedding request to {base_url or 'api.openai.com'} failed: "
-                                            f"{type(err).__name__}: {err}") from None
+                raise ModelUnavailableError(f"embedding request to {where} failed: "
+                                            f"{type(err).__name__}: {redact_text(str(err), [api_key])}") from None
             data = sorted(resp.data, key=lambda e: e.index)
             out.extend(e.embedding for e in data)
         return np.asarray(out, dtype=np.float32)
 
-    model_id = f"openai:{base_url or 'api.openai.com'}:{model}"
+    model_id = f"openai:{where}:{model}"
     return EmbeddingRetriever(documents, embed, model_id, kind="openai", cache_dir=cache_dir)
 
 

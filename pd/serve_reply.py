@@ -76,19 +76,34 @@ def token_logprobs(generator, prompt_ids: list[int], ids: list[int], top: int) -
 
 
 def cut_at_stop(tok, comp: Completion, stop: list[str]) -> tuple[str, str, int, list[int]]:
-    """(text, finish reason, tokens generated, token ids of the text) after cutting at the first stop string."""
+    """A completion cut before the earliest of the ``stop`` strings, as OpenAI's ``stop`` does.
+
+    Args:
+        tok: the model's tokenizer, or None (then token counts are the completion's own).
+        comp: the completion as generated (up to max_tokens or the end of turn).
+        stop: the stop strings (may be empty).
+
+    Returns:
+        (text, finish reason, tokens generated up to and including the stop string,
+        token ids of the kept text). Without a stop string in the text, the completion's
+        own text and reason, ``n_tokens`` plus the end-of-turn token when it ended its turn.
+    """
     ids = list(comp.token_ids)
     counted = comp.n_tokens + (comp.finish_reason == "stop")  # the end-of-turn token counts, as servers count it
     hit = _earliest_stop(comp.text, stop)
     if hit is None:
         return comp.text, comp.finish_reason, counted, ids
     at, s = hit
-    used = _first_prefix(tok, ids, lambda n: n >= at + len(s))
+    if tok is None or not ids:
+        return comp.text[:at], "stop", comp.n_tokens, []
+    used = min(_first_prefix(tok, ids, lambda n: n >= at + len(s)), len(ids))
     kept = _first_prefix(tok, ids, lambda n: n > at) - 1
     return comp.text[:at], "stop", used, ids[:kept]
 
 
-def chat_logprobs(tok, scored) -> dict:
+def chat_logprobs(tok, scored: list[tuple[int, tuple[float, list[tuple[int, float]]]]]) -> dict:
+    """OpenAI's chat ``logprobs`` object from (token id, (log-probability, alternatives)) per token."""
+
     def entry(i, lp):
         t = tok.decode([i])
         return {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
@@ -97,7 +112,8 @@ def chat_logprobs(tok, scored) -> dict:
             "refusal": None}
 
 
-def completion_logprobs(tok, scored) -> dict:
+def completion_logprobs(tok, scored: list[tuple[int, tuple[float, list[tuple[int, float]]]]]) -> dict:
+    """OpenAI's legacy completions ``logprobs`` object (tokens, token_logprobs, top_logprobs, text_offset)."""
     tokens = [tok.decode([i]) for i, _ in scored]
     offsets = [sum(len(t) for t in tokens[:k]) for k in range(len(tokens))]
     return {"tokens": tokens, "token_logprobs": [lp for _, (lp, _) in scored],
@@ -108,11 +124,18 @@ class Completer:
     """What the endpoints do with a checked request: check the context, generate, cut, score."""
 
     def __init__(self, generator):
+        """Serve ``generator`` (a pd.generate Generator; ``tokenizer`` and ``model`` enable counts and logprobs)."""
         self.generator = generator
         self.tok = getattr(generator, "tokenizer", None)
         self.context = context_length(generator)
 
     def max_new_tokens(self, req: GenerationRequest, prompt_ids: list[int]) -> int:
+        """The request's ``max_tokens``, or as many as fit up to :data:`DEFAULT_MAX_TOKENS`.
+
+        Raises:
+            RequestError: 400 when the prompt plus ``max_tokens`` exceeds the model's context
+                (the message gives both numbers and the context).
+        """
         p = len(prompt_ids)
         if self.context is None:
             return req.max_tokens or DEFAULT_MAX_TOKENS
@@ -128,6 +151,12 @@ class Completer:
         return req.max_tokens
 
     def prepare(self, req: GenerationRequest) -> tuple[list[int], SamplingParams]:
+        """The prompt's token ids and the sampling parameters of a request, checked against the context.
+
+        Raises:
+            RequestError: 400 for a context overflow or logprobs on a backend without a local model.
+            PDError: the conversation cannot be rendered (e.g. no chat template).
+        """
         if req.logprobs is not None and (self.tok is None or getattr(self.generator, "model", None) is None):
             raise RequestError(400, "'logprobs' is not available for this model's backend", param="logprobs")
         prompt = self.generator.prompt(req.conversation)
@@ -140,10 +169,7 @@ class Completer:
         """Per sample: text, finish_reason, tokens (generated) and scored (ids with log-probabilities, or None)."""
         out = []
         for comp in self.generator.generate([req.conversation], params)[0]:
-            if self.tok is None:
-                text, reason, used, ids = comp.text, comp.finish_reason, comp.n_tokens, []
-            else:
-                text, reason, used, ids = cut_at_stop(self.tok, comp, req.stop)
+            text, reason, used, ids = cut_at_stop(self.tok, comp, req.stop)
             scored = None
             if req.logprobs is not None:
                 scored = list(zip(ids, token_logprobs(self.generator, prompt_ids, ids, req.logprobs)))

@@ -194,7 +194,6 @@ def test_bm25_recall_on_nyt(tmp_path):
     assert r[1] == pytest.approx(BM25_RECALL["nyt"][1], abs=0.02)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("subset", ["amazon", "new_wiki", "reddit"])
 def test_bm25_recall_on_the_other_subsets(tmp_path, subset):
     r = measure_recall(load_squadshifts(subset), "bm25", (1, 7), cache_dir=tmp_path)
