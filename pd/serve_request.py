@@ -9,7 +9,8 @@ Every field a request may carry is in one of three groups, per endpoint:
 - anything else is an unknown field and is refused.
 
 A refusal is a :class:`RequestError` (HTTP 400) whose message names the field, so a
-client never gets a silently ignored parameter or a 500.
+client never gets a silently ignored parameter or a 500. Beyond OpenAI's documented
+ranges, ``temperature`` may exceed 2 (as vLLM allows); ``n`` is capped at 16.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def conversation(body: dict) -> Conversation:
 
 def sampling(body: dict, conv: Conversation, chat: bool) -> GenerationRequest:
     """The sampling fields shared by chat and completions, checked."""
-    req = GenerationRequest(conv, temperature=number(body, "temperature", 1.0, 0, 2),
+    req = GenerationRequest(conv, temperature=number(body, "temperature", 1.0, 0, math.inf),
                             top_p=number(body, "top_p", 1.0, 0, 1, lo_open=True),
                             top_k=integer(body, "top_k", 0, 0), n=integer(body, "n", 1, 1, MAX_N),
                             seed=integer(body, "seed", 0, -(2**63), 2**64 - 1), stop=stops(body))

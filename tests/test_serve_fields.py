@@ -58,7 +58,6 @@ BAD = [  # (endpoint, body, the field the message must name)
     ("chat/completions", {"messages": M, "temperature": float("nan")}, "temperature"),
     ("chat/completions", {"messages": M, "temperature": float("inf")}, "temperature"),
     ("chat/completions", {"messages": M, "temperature": -0.5}, "temperature"),
-    ("chat/completions", {"messages": M, "temperature": 2.5}, "temperature"),
     ("chat/completions", {"messages": M, "temperature": "0.5"}, "temperature"),
     ("chat/completions", {"messages": M, "temperature": True}, "temperature"),
     ("chat/completions", {"messages": M, "top_p": 0}, "top_p"),
