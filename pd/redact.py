@@ -70,13 +70,12 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return _URL_USERINFO.sub(r"\g<scheme>", url)
-    netloc = parts.netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(is_secret_key(k) for k, _ in pairs):
-            query = urlencode([(k, MASK if is_secret_key(k) else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    pairs = parse_qsl(parts.query, keep_blank_values=True) if parts.query else []
+    secret_query = any(is_secret_key(k) for k, _ in pairs)
+    if "@" not in parts.netloc and not secret_query:
+        return url  # nothing to hide: the text stays exactly as it was
+    query = urlencode([(k, MASK if is_secret_key(k) else v) for k, v in pairs]) if secret_query else parts.query
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, parts.fragment))
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:

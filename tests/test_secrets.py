@@ -26,6 +26,7 @@ USER, PASSWORD, KEY = "canaryuser7", "canary-pw-5d1e", "sk-canary-key-93b0c2"
     ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
     ("https://host/v1?api_key=abc&model=x", "https://host/v1?api_key=%5Bredacted%5D&model=x"),
     ("not a url", "not a url"),
+    ("HTTP://Host/x?", "HTTP://Host/x?"),  # nothing to hide: unchanged, not normalised
 ])
 def test_redact_url(url, want):
     assert redact_url(url) == want
