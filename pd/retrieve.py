@@ -32,7 +32,6 @@ the corpus, the model and the settings; writes are atomic.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from pd.bm25 import LuceneBM25
 from pd.data import Dataset, Document, TestItem
 from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.io import atomic_path, read_json, stable_hash, write_json
@@ -108,41 +108,6 @@ class Retriever:
 
 
 # --------------------------------------------------------------------------- BM25
-
-
-class LuceneBM25:
-    """Okapi BM25 scores with Lucene's idf, which is positive for every word of the corpus.
-
-    score(q, d) = sum over query words w (repeats count) of
-    idf(w) * f(w, d) * (k1 + 1) / (f(w, d) + k1 * (1 - b + b * |d| / avgdl)),
-    idf(w) = log(1 + (N - n(w) + 0.5) / (n(w) + 0.5)), with N documents, n(w) of them holding w.
-    """
-
-    def __init__(self, corpus: list[list[str]], k1: float = 1.5, b: float = 0.75):
-        """Index ``corpus`` (one list of words per document; not all empty)."""
-        from collections import Counter, defaultdict
-
-        n_docs = len(corpus)
-        lengths = np.array([len(d) for d in corpus], dtype=np.float64)
-        self.k1 = k1
-        self.norm = k1 * (1 - b + b * lengths / lengths.mean())  # [n_docs]
-        rows: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for j, doc in enumerate(corpus):
-            for word, count in Counter(doc).items():
-                rows[word].append((j, count))
-        self.postings = {w: (np.array([j for j, _ in r]), np.array([c for _, c in r], dtype=np.float64))
-                         for w, r in rows.items()}
-        self.idf = {w: math.log(1 + (n_docs - len(r) + 0.5) / (len(r) + 0.5)) for w, r in rows.items()}
-        self.n_docs = n_docs
-
-    def get_scores(self, query: list[str]) -> np.ndarray:
-        """[n_docs] scores of the query's words (0 for a document holding none of them)."""
-        scores = np.zeros(self.n_docs)
-        for word in query:
-            if word in self.postings:
-                docs, tf = self.postings[word]
-                scores[docs] += self.idf[word] * tf * (self.k1 + 1) / (tf + self.norm[docs])
-        return scores
 
 
 class BM25Retriever(Retriever):
