@@ -7,9 +7,14 @@ oracle, which returns the item's gold passages.
 
 Kinds (``RETRIEVERS``):
 
-- ``bm25``: rank-bm25 Okapi over one tokeniser for documents and queries (lower-cased
-  alphanumeric words, see :func:`pd.text.words`; ``stopwords=True`` drops common words).
-- ``bm25_paper``: the authors' variant, kept only to reproduce their numbers: queries are
+- ``bm25``: Okapi BM25 with Lucene's idf, ``log(1 + (N - n + 0.5) / (n + 0.5))``, over one
+  tokeniser for documents and queries (lower-cased alphanumeric words, see
+  :func:`pd.text.words`; ``stopwords=True`` drops common words). That idf is positive
+  for every word of the corpus, so small corpora rank too: with Okapi's
+  ``log((N - n + 0.5) / (n + 0.5))`` a word in half the documents weighs 0 and one in
+  more than half weighs less than nothing, so with 2 documents every score was 0.
+- ``bm25_paper``: the authors' variant (rank-bm25's Okapi, whose idf has a floor of 0.25 x
+  the mean idf for words in more than half the documents), kept only to reproduce their numbers: queries are
   lower-cased, documents are not, and both are split by a model's tokenizer when
   ``tokenizer_model`` names one (the paper used the Llama-3 / Qwen tokenizers), else by
   whitespace-and-punctuation words. Case then differs between the two sides, which is the
@@ -34,10 +39,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from pd.bm25 import LuceneBM25
 from pd.config import DATASET_DEFAULTS
 from pd.data import Dataset, Document, TestItem
 from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.io import atomic_path, read_json, stable_hash, write_json
+from pd.redact import redact_text, redact_url
 from pd.text import STOPWORDS, words
 
 RETRIEVERS = ("bm25", "bm25_paper", "dense", "openai", "oracle")
@@ -105,7 +112,7 @@ class Retriever:
 
 
 class BM25Retriever(Retriever):
-    """rank-bm25 Okapi. ``paper_faithful=True`` reproduces the authors' casing mismatch."""
+    """BM25 with Lucene's idf; ``paper_faithful=True``: rank-bm25 Okapi with the authors' casing mismatch."""
 
     def __init__(self, documents, *, stopwords: bool = False, paper_faithful: bool = False,
                  tokenizer_model: str | None = None, k1: float = 1.5, b: float = 0.75,
@@ -123,7 +130,7 @@ class BM25Retriever(Retriever):
         corpus = self._cached_tokens(settings, cache_dir)
         if not any(corpus):
             raise PDError("BM25: every document tokenised to nothing; the corpus has no words")
-        self.bm25 = BM25Okapi(corpus, k1=k1, b=b)
+        self.bm25 = BM25Okapi(corpus, k1=k1, b=b) if paper_faithful else LuceneBM25(corpus, k1=k1, b=b)
 
     def _make_splitter(self, tokenizer_model: str | None) -> Callable[[str], list[str]]:
         if not tokenizer_model:
@@ -283,6 +290,7 @@ def openai_retriever(documents, model: str = OPENAI_DEFAULT_MODEL, base_url: str
             raise ConfigError("retrieval kind 'openai' needs an API key: set OPENAI_API_KEY (or retrieval.api_key), "
                               "or set OPENAI_BASE_URL / retrieval.base_url to a local OpenAI-compatible server")
     client = openai.OpenAI(base_url=base_url, api_key=api_key)
+    where = redact_url(base_url) if base_url else "api.openai.com"
 
     def embed(texts: list[str]) -> np.ndarray:
         out = []
@@ -290,13 +298,13 @@ def openai_retriever(documents, model: str = OPENAI_DEFAULT_MODEL, base_url: str
             try:
                 resp = client.embeddings.create(model=model, input=texts[i : i + batch_size])
             except openai.OpenAIError as err:
-                raise ModelUnavailableError(f"embedding request to {base_url or 'api.openai.com'} failed: "
-                                            f"{type(err).__name__}: {err}") from None
+                raise ModelUnavailableError(f"embedding request to {where} failed: "
+                                            f"{type(err).__name__}: {redact_text(str(err), [api_key])}") from None
             data = sorted(resp.data, key=lambda e: e.index)
             out.extend(e.embedding for e in data)
         return np.asarray(out, dtype=np.float32)
 
-    model_id = f"openai:{base_url or 'api.openai.com'}:{model}"
+    model_id = f"openai:{where}:{model}"
     return EmbeddingRetriever(documents, embed, model_id, kind="openai", cache_dir=cache_dir)
 
 
@@ -375,11 +383,6 @@ def passages(dataset: Dataset, doc_ids: Sequence[str]) -> list[str]:
     if missing:
         raise PDError(f"unknown document id(s) {missing[:5]} in dataset {dataset.name}")
     return [dataset.documents[d].text for d in doc_ids]
-
-
-def format_context(dataset: Dataset, doc_ids: Sequence[str]) -> str:
-    """Retrieved passages joined by blank lines, most similar first (the paper's RAG context)."""
-    return "\n\n".join(passages(dataset, doc_ids))
 
 
 def recall_at_k(dataset: Dataset, ranked: Mapping[str, Sequence[str]], k: int,

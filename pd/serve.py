@@ -8,92 +8,180 @@ retriever) use a model trained here, e.g. a base model with a PD adapter:
     python -m pd.serve --model smollm2-135m-instruct --adapter results/.../adapter --port 8000
 
 Requests are served one at a time (a lock around the model); this is for tests and
-small jobs, not throughput (use vLLM's server for that). Extra request fields accepted
-beside OpenAI's: ``top_k``, ``continue_final_message`` (continue a final assistant
-message: a prefill) and ``add_generation_prompt``.
+small jobs, not throughput (use vLLM's server for that). Every request field either
+works as OpenAI documents it or is refused with 400 naming it (see
+``pd.serve_request``); ``stop`` cuts the reply before the stop string, ``logprobs``
+gives the chosen tokens' log-probabilities (and the top alternatives) under the model's
+untempered distribution. Extra fields beside OpenAI's: ``top_k``,
+``continue_final_message`` (continue a final assistant message: a prefill) and
+``add_generation_prompt``. A request whose prompt plus ``max_tokens`` exceeds the
+model's context is refused; ``n`` is at most 16; generation stops when the client
+disconnects. With ``--api-key`` every request needs ``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
+import hmac
 import threading
 import time
-import uuid
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fastapi import (
+    Request,  # at module level: FastAPI resolves the handlers' annotations here
+)
 
 from pd.errors import PDError
-from pd.generate.base import SamplingParams
+from pd.serve_reply import (
+    DEFAULT_MAX_TOKENS,
+    Completer,
+    chat_response,
+    completion_response,
+)
+from pd.serve_request import (
+    RequestError,
+    chat_request,
+    completion_request,
+    embedding_request,
+)
 
-DEFAULT_MAX_TOKENS = 512
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, message: str, code: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-
-
-def _text(content: Any) -> str:
-    """Message content as text: a string, or OpenAI's list of ``{"type": "text", "text": ...}`` parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(p.get("text", "") for p in content)
-    raise RequestError(400, "message content must be a string or a list of text parts")
+__all__ = ["DEFAULT_MAX_TOKENS", "create_app", "main", "serve_in_thread"]
 
 
-def _params(body: dict) -> SamplingParams:
-    def get(key, default, cast):
-        value = body.get(key)
-        return default if value is None else cast(value)
+class GenerationCancelled(Exception):
+    """Raised inside the model's forward pass when the client of the running request has gone."""
 
+
+class _Runner:
+    """One request at a time on the model; the running one is abandoned at the next forward once cancelled."""
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.lock = threading.Lock()
+        self.cancel: threading.Event | None = None
+        model = getattr(generator, "model", None)
+        if model is not None and hasattr(model, "register_forward_pre_hook"):
+            self.hook = model.register_forward_pre_hook(self._check)
+
+    def _check(self, *_):
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled()
+
+    def run(self, fn: Callable[[], Any], cancel: threading.Event):
+        with self.lock:
+            if cancel.is_set():
+                raise GenerationCancelled()
+            self.cancel = cancel
+            try:
+                return fn()
+            finally:
+                self.cancel = None
+
+
+async def _until_done_or_gone(request, runner: _Runner, fn: Callable[[], Any]):
+    """Run ``fn`` on the model in a thread; if the client disconnects meanwhile, cancel it (``app.state.cancelled``)."""
+    cancel = threading.Event()
+    task = asyncio.ensure_future(asyncio.to_thread(runner.run, fn, cancel))
     try:
-        return SamplingParams(temperature=get("temperature", 1.0, float), top_k=get("top_k", 0, int),
-                              top_p=get("top_p", 1.0, float),
-                              max_new_tokens=get("max_tokens", get("max_completion_tokens", DEFAULT_MAX_TOKENS, int), int),
-                              seed=get("seed", 0, int), n=get("n", 1, int))
-    except (TypeError, ValueError) as err:
-        raise RequestError(400, f"bad sampling parameter: {err}") from None
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.05)
+            if done:
+                return task.result()
+            if not cancel.is_set() and await request.is_disconnected():
+                cancel.set()
+    except GenerationCancelled:
+        request.app.state.cancelled += 1
+        raise RequestError(499, "the client closed the request; generation stopped", "client_closed") from None
+    finally:
+        if not task.done():
+            cancel.set()
 
 
-def create_app(generator=None, embedder=None, model_name: str | None = None, embedding_model_name: str | None = None):
-    """An app serving ``generator`` (a pd.generate Generator) and ``embedder`` (a SentenceTransformer)."""
-    from fastapi import FastAPI, Request
+def _error(status: int, message: str, code: str, param: str | None = None):
     from fastapi.responses import JSONResponse
 
-    app = FastAPI(title="pd.serve")
-    lock = threading.Lock()
-    model_name = model_name or (generator.name if generator is not None else None)
-    app.state.requests = 0
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": "invalid_request_error",
+                                                               "param": param, "code": code}})
 
-    def check_model(body: dict, served: str | None, what: str):
-        if served is None:
-            raise RequestError(404, f"this server has no {what} model", "model_not_found")
-        if body.get("model") not in (None, served):
-            raise RequestError(404, f"model {body.get('model')!r} not served here; available: {served}", "model_not_found")
+
+def _authoriser(api_key: str | None) -> Callable[[Request], None]:
+    """A dependency refusing (401) requests without ``Authorization: Bearer <api_key>``; a no-op without a key.
+
+    A dependency rather than a middleware: Starlette's middleware hides client disconnects from the handler.
+    """
+
+    def authorised(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
+
+    return authorised
+
+
+async def _body_of(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise RequestError(400, "the request body is not valid JSON") from None
+
+
+def _check_model(body: dict, served: str | None, what: str) -> None:
+    if served is None:
+        raise RequestError(404, f"this server has no {what} model", "model_not_found", "model")
+    if body.get("model") not in (None, served):
+        raise RequestError(404, f"model {body.get('model')!r} not served here; available: {served}",
+                           "model_not_found", "model")
+
+
+def create_app(generator=None, embedder=None, model_name: str | None = None, embedding_model_name: str | None = None,
+               api_key: str | None = None):
+    """An app serving ``generator`` (a pd.generate Generator) and ``embedder`` (a SentenceTransformer).
+
+    Args:
+        generator: the chat/completion model, or None for embeddings only.
+        embedder: a sentence-transformers model, or None.
+        model_name: the name clients give for ``generator`` (default: its ``name``).
+        embedding_model_name: the name clients give for ``embedder``.
+        api_key: when set, every request needs ``Authorization: Bearer <api_key>`` (else 401).
+
+    Returns:
+        A FastAPI app; ``app.state.requests`` counts the generation requests that reached the model,
+        ``app.state.cancelled`` those abandoned because their client disconnected.
+    """
+    from fastapi import Depends, FastAPI
+
+    app = FastAPI(title="pd.serve", dependencies=[Depends(_authoriser(api_key))])
+    model_name = model_name or (generator.name if generator is not None else None)
+    runner = _Runner(generator)
+    service = Completer(generator) if generator is not None else None
+    app.state.requests = 0
+    app.state.cancelled = 0
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, err: RequestError):
-        return JSONResponse(status_code=err.status, content={"error": {"message": err.message, "type": "invalid_request_error",
-                                                                       "code": err.code}})
+        return _error(err.status, err.message, err.code, err.param)
 
     @app.exception_handler(PDError)
     async def _pd_error(_: Request, err: PDError):
-        return JSONResponse(status_code=400, content={"error": {"message": str(err), "type": "invalid_request_error",
-                                                                "code": type(err).__name__}})
+        return _error(400, str(err), type(err).__name__)
 
-    def run(conv, params):
-        with lock:
+    async def generate(request: Request, parse, what: str):
+        body = await _body_of(request)
+        req = parse(body)
+        _check_model(body, model_name if generator is not None else None, what)
+        prompt_ids, params = await asyncio.to_thread(service.prepare, req)
+
+        def work():
             app.state.requests += 1
-            return generator.generate([conv], params)[0]
+            return service.generate(req, prompt_ids, params)
 
-    def usage(conv, comps) -> dict:
-        tok = getattr(generator, "tokenizer", None)
-        prompt = len(tok.encode(generator.prompt(conv), add_special_tokens=False)) if tok is not None else 0
-        done = sum(c.n_tokens + (c.finish_reason == "stop") for c in comps)  # the end-of-turn token counts
-        return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+        return prompt_ids, await _until_done_or_gone(request, runner, work)
 
     @app.get("/v1/models")
     def models():
@@ -101,62 +189,36 @@ def create_app(generator=None, embedder=None, model_name: str | None = None, emb
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "pd"} for n in names]}
 
     @app.post("/v1/chat/completions")
-    def chat(body: dict):
-        check_model(body, model_name if generator is not None else None, "chat")
-        if body.get("stream"):
-            raise RequestError(400, "streaming is not supported by pd.serve")
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise RequestError(400, "'messages' must be a non-empty list")
-        conv = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in msgs]
-        prefill = bool(body.get("continue_final_message")) and body.get("add_generation_prompt", True) is False
-        if conv[-1]["role"] == "assistant" and not prefill:
-            raise RequestError(400, "a final assistant message is continued only with continue_final_message=true "
-                                    "and add_generation_prompt=false")
-        comps = run(conv, _params(body))
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": model_name,
-                "choices": [{"index": j, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish_reason, "logprobs": None} for j, c in enumerate(comps)],
-                "usage": usage(conv, comps)}
+    async def chat(request: Request):
+        return chat_response(model_name, service.tok, *await generate(request, chat_request, "chat"))
 
     @app.post("/v1/completions")
-    def completions(body: dict):
-        check_model(body, model_name if generator is not None else None, "completion")
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise RequestError(400, "'prompt' must be a string (one prompt per request)")
-        conv = [{"role": "raw", "content": prompt}]
-        comps = run(conv, _params(body))
-        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name,
-                "choices": [{"index": j, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
-                            for j, c in enumerate(comps)],
-                "usage": usage(conv, comps)}
+    async def completions(request: Request):
+        return completion_response(model_name, service.tok, *await generate(request, completion_request, "completion"))
 
     @app.post("/v1/embeddings")
-    def embeddings(body: dict):
-        import numpy as np
-
-        check_model(body, embedding_model_name if embedder is not None else None, "embedding")
-        inp = body.get("input")
-        texts = [inp] if isinstance(inp, str) else inp
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise RequestError(400, "'input' must be a string or a non-empty list of strings")
-        fmt = body.get("encoding_format") or "float"
-        if fmt not in ("float", "base64"):
-            raise RequestError(400, f"encoding_format {fmt!r}; allowed: float, base64")
-        with lock:
-            vecs = np.asarray(embedder.encode(texts, convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
-        tok = getattr(embedder, "tokenizer", None)
-        n_tok = sum(len(tok.encode(t)) for t in texts) if tok is not None else 0
-        data = [{"object": "embedding", "index": i,
-                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v.tolist()}
-                for i, v in enumerate(vecs)]
-        return {"object": "list", "data": data, "model": embedding_model_name,
-                "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}
+    async def embeddings(request: Request):
+        body = await _body_of(request)
+        dim_of = getattr(embedder, "get_embedding_dimension", None) or getattr(embedder, "get_sentence_embedding_dimension", None)
+        dims = dim_of() if dim_of is not None else None
+        texts, fmt = embedding_request(body, dims)
+        _check_model(body, embedding_model_name if embedder is not None else None, "embedding")
+        return await asyncio.to_thread(_embed, embedder, embedding_model_name, texts, fmt, runner.lock)
 
     return app
+
+
+def _embed(embedder, name: str, texts: list[str], fmt: str, lock: threading.Lock) -> dict:
+    import numpy as np
+
+    with lock:
+        vecs = np.asarray(embedder.encode(texts, convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+    tok = getattr(embedder, "tokenizer", None)
+    n_tok = sum(len(tok.encode(t)) for t in texts) if tok is not None else 0
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v.tolist()}
+            for i, v in enumerate(vecs)]
+    return {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": n_tok, "total_tokens": n_tok}}
 
 
 @contextlib.contextmanager
@@ -184,6 +246,8 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
+
     ap = argparse.ArgumentParser(prog="python -m pd.serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="registry name of the chat model (omit to serve embeddings only)")
     ap.add_argument("--adapter", help="LoRA adapter folder to apply to --model")
@@ -193,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--api-key", default=os.environ.get("PD_SERVE_API_KEY"),
+                    help="require 'Authorization: Bearer <key>' on every request (default: $PD_SERVE_API_KEY; "
+                         "none: open to anyone who can reach --host)")
     args = ap.parse_args(argv)
     if not args.model and not args.embedding_model:
         ap.error("give --model, --embedding-model, or both")
@@ -207,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         emb = sentence_transformer(args.embedding_model)
     import uvicorn
 
-    app = create_app(gen, emb, model_name=args.served_name or args.model, embedding_model_name=args.embedding_model)
+    app = create_app(gen, emb, model_name=args.served_name or args.model, embedding_model_name=args.embedding_model,
+                     api_key=args.api_key or None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

@@ -75,15 +75,20 @@ def test_prefill_and_raw_completions_over_http(server, local):
     assert [g[0].text for g in got] == [w[0].text for w in want]
 
 
-def test_cache_over_the_openai_backend_makes_no_requests_on_rerun(server, tmp_path):
+def test_cache_over_the_openai_backend_makes_only_the_probe_request_on_rerun(server, tmp_path):
     app, url = server
     gen = make_generator("tiny-llama", backend="openai", base_url=url, cache_dir=tmp_path, max_retries=0)
     p = SamplingParams(temperature=0.7, max_new_tokens=4, seed=2)
     first = gen.generate(CONVS, p)
     before = app.state.requests
     again = make_generator("tiny-llama", backend="openai", base_url=url, cache_dir=tmp_path).generate(CONVS, p)
-    assert app.state.requests == before
+    assert app.state.requests == before + 1  # the fingerprint's probe, whatever the number of conversations
     assert [r[0].text for r in again] == [r[0].text for r in first]
+    tagged = make_generator("tiny-llama", backend="openai", base_url=url, cache_dir=tmp_path, cache_tag="v1")
+    tagged.generate(CONVS, p)
+    before = app.state.requests
+    make_generator("tiny-llama", backend="openai", base_url=url, cache_dir=tmp_path, cache_tag="v1").generate(CONVS, p)
+    assert app.state.requests == before  # a user-set tag replaces the probe: no request at all
 
 
 def test_embeddings_over_http_equal_local_ones(server, embedder):
@@ -170,24 +175,70 @@ def test_command_line_server_in_a_subprocess():
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(root))
+    key = "cli-key-31c7"
     proc = subprocess.Popen([sys.executable, "-m", "pd.serve", "--model", "tiny-llama", "--embedding-model", EMB_NAME,
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), "--api-key", key], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 240
         while True:
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 401:  # up, and it wants the key
                     break
             except httpx.HTTPError:
                 pass
             assert time.time() < deadline, "server did not come up"
             time.sleep(0.5)
-        out = remote(url).generate(CONVS[:1], SamplingParams(temperature=0, max_new_tokens=3))
+        out = remote(url, api_key=key).generate(CONVS[:1], SamplingParams(temperature=0, max_new_tokens=3))
         assert out[0][0].n_tokens == 3
-        emb = httpx.post(f"{url}/embeddings", json={"model": EMB_NAME, "input": "hello", "encoding_format": "float"}).json()
+        emb = httpx.post(f"{url}/embeddings", json={"model": EMB_NAME, "input": "hello", "encoding_format": "float"},
+                         headers={"Authorization": f"Bearer {key}"}).json()
         assert len(emb["data"][0]["embedding"]) == 384
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cache_tells_apart_two_models_served_under_one_name_and_url(tiny_llama, tmp_path):
+    """tiny-llama, then tiny-llama-large, both as 'm' on the same port: the second gets its own answers."""
+    from pd.models import get_spec
+
+    port, cache = _free_port(), tmp_path / "cache"
+    p = SamplingParams(temperature=0, max_new_tokens=6)
+    answers, names = [], []
+    for spec in (tiny_llama.spec, get_spec("tiny-llama-large"), tiny_llama.spec):
+        local = TransformersGenerator(spec, progress=False)
+        app = create_app(local, model_name="m")
+        with serve_in_thread(app, port=port) as url:
+            gen = make_generator("m", backend="openai", base_url=url, cache_dir=cache, max_retries=0)
+            answers.append([r[0].text for r in gen.generate(CONVS, p)])
+            names.append(gen.name)
+            assert answers[-1] == [r[0].text for r in local.generate(CONVS, p)]  # each server's own model answered
+            assert app.state.requests == (1 + len(CONVS) if len(answers) < 3 else 1)  # probe (+ misses)
+    assert answers[0] != answers[1]  # the models differ, so a cache hit would have shown the first one's answers
+    assert names[0] != names[1] and names[0] == names[2]  # back to the first model: its entries hit again
+
+
+def test_a_cache_tag_names_the_weights_in_place_of_the_probe(tiny_llama, tmp_path):
+    """What the cache cannot know: with one tag set for both models, the second is served the first's answers."""
+    from pd.models import get_spec
+
+    port, cache = _free_port(), tmp_path / "cache"
+    p = SamplingParams(temperature=0, max_new_tokens=6)
+    answers = []
+    for spec in (tiny_llama.spec, get_spec("tiny-llama-large")):
+        app = create_app(TransformersGenerator(spec, progress=False), model_name="m")
+        with serve_in_thread(app, port=port) as url:
+            gen = make_generator("m", backend="openai", base_url=url, cache_dir=cache, max_retries=0, cache_tag="mine")
+            answers.append([r[0].text for r in gen.generate(CONVS, p)])
+            assert gen.name == f"openai:{url}:m@tag:mine"
+    assert answers[0] == answers[1] and app.state.requests == 0
+    with pytest.raises(ConfigError, match="cache_tag"):
+        OpenAIGenerator("m", base_url="http://127.0.0.1:1/v1", cache_tag=" ")

@@ -23,7 +23,8 @@ def make_generator(model, backend: str = "transformers", adapter: str | os.PathL
 
     ``options`` go to the backend: transformers ``device``, ``batch_size``, ``progress``;
     vllm ``gpu_memory_utilization``, ``max_model_len``, ...; openai ``base_url``,
-    ``api_key``, ``max_workers``.
+    ``api_key``, ``max_workers``, ``cache_tag`` (names the served weights in the cache key
+    instead of the start-up probe's fingerprint; see ``openai_backend``).
     """
     if backend == "transformers":
         from pd.generate.transformers_backend import TransformersGenerator

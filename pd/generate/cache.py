@@ -1,11 +1,13 @@
 """A disk cache in front of any generator: a rerun with the same inputs makes no model call.
 
 The key of one conversation's completions is a content hash of (the generator's
-``name``, which holds the model identity and the adapter weights' hash; the
-conversation; the sampling parameters). A retrained adapter has new weights, hence a
-new hash, hence misses. Each entry is one JSON file written atomically (temporary file
-+ rename), so two processes sharing the cache directory at worst both compute an entry
-and the last rename wins with an equally valid file; a reader never sees half a file.
+``name``, which holds the model identity and the adapter weights' hash, or for an
+OpenAI-compatible server a fingerprint of what it serves; the conversation; the
+sampling parameters). A retrained adapter has new weights, hence a new hash, hence
+misses. Entries record the generator's name with any credentials redacted. Each entry
+is one JSON file written atomically (temporary file + rename), so two processes sharing
+the cache directory at worst both compute an entry and the last rename wins with an
+equally valid file; a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from pd.generate.base import Completion, Conversation, SamplingParams
 from pd.io import stable_hash, write_json
+from pd.redact import redact_text
 
 CACHE_VERSION = 1
 
@@ -39,7 +42,6 @@ class CachedGenerator:
 
     def __init__(self, inner, cache_dir: str | os.PathLike):
         self.inner = inner
-        self.name = inner.name
         self.cache_dir = Path(cache_dir)
         self.hits = 0
         self.misses = 0
@@ -48,6 +50,11 @@ class CachedGenerator:
         if attr == "inner":
             raise AttributeError(attr)
         return getattr(self.inner, attr)
+
+    @property
+    def name(self) -> str:
+        """The wrapped generator's name (read when first needed: an OpenAI-compatible one probes its server)."""
+        return self.inner.name
 
     def key(self, conversation: Conversation, params: SamplingParams) -> str:
         return stable_hash({"v": CACHE_VERSION, "generator": self.name, "conversation": conversation,
@@ -83,7 +90,7 @@ class CachedGenerator:
         if todo:
             outs = self.inner.generate(list(todo.values()), params)
             for (k, c), comps in zip(todo.items(), outs):
-                write_json(self.path(k), {"generator": self.name, "conversation": c, "params": params.as_dict(),
+                write_json(self.path(k), {"generator": redact_text(self.name), "conversation": c, "params": params.as_dict(),
                                           "completions": [completion_to_dict(x) for x in comps]})
                 results[k] = comps
         return [results[k] for k in keys]
