@@ -37,11 +37,22 @@ def completion_from_dict(d: dict) -> Completion:
                       top_logprobs=[{int(k): v for k, v in step.items()} for step in top] if top is not None else None)
 
 
-class CachedGenerator:
-    """Wraps ``inner``; ``hits`` and ``misses`` count conversations served and computed."""
+CHUNK = 256  # conversations generated between cache writes
 
-    def __init__(self, inner, cache_dir: str | os.PathLike):
+
+class CachedGenerator:
+    """Wraps ``inner``; ``hits`` and ``misses`` count conversations served and computed.
+
+    Missing conversations are generated ``chunk`` at a time and each chunk's entries are
+    written before the next starts, so a job killed at its time limit keeps what it
+    finished and its retry generates only the rest.
+    """
+
+    def __init__(self, inner, cache_dir: str | os.PathLike, chunk: int = CHUNK):
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.inner = inner
+        self.chunk = chunk
         self.cache_dir = Path(cache_dir)
         self.hits = 0
         self.misses = 0
@@ -87,9 +98,11 @@ class CachedGenerator:
                 results[k] = got
         self.hits += len(conversations) - len(todo)
         self.misses += len(todo)
-        if todo:
-            outs = self.inner.generate(list(todo.values()), params)
-            for (k, c), comps in zip(todo.items(), outs):
+        pending = list(todo.items())
+        for start in range(0, len(pending), self.chunk):
+            part = pending[start:start + self.chunk]
+            outs = self.inner.generate([c for _, c in part], params)
+            for (k, c), comps in zip(part, outs):
                 write_json(self.path(k), {"generator": redact_text(self.name), "conversation": c, "params": params.as_dict(),
                                           "completions": [completion_to_dict(x) for x in comps]})
                 results[k] = comps
