@@ -273,3 +273,31 @@ def test_separate_teacher_same_vocabulary(tiny_llama):
     assert model_identity(student) == model_identity(tiny_llama.model()) != model_identity(teacher)
     # the initial KL's student is the base student either way; only the teacher side changed
     assert [r["initial_kl"] for r in sep.stats] != [r["initial_kl"] for r in own.stats]
+
+
+def test_a_run_builds_the_same_cache_as_the_teacher_job(tiny_llama, tmp_path):
+    """One way to build the cache: the one a run builds for itself equals a direct build, key and targets."""
+    import sys
+    from pathlib import Path
+
+    from pd.data import Dataset, Document
+    from pd.train.lora import attach_lora
+    from pd.train.loop import train
+    from pd.train.sequences import pd_examples
+    from pd.train.settings import TrainConfig
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train import PASSAGES, ROWS
+
+    ds = Dataset("toy", {k: Document(k, v) for k, v in PASSAGES.items()}, [])
+    cfg = TrainConfig(method="pd", rank=8, epochs=2, batch_size=3, teacher_topk=8, progress=False, seed=0)
+    train(cfg, tiny_llama.spec, tmp_path / "a", rows=ROWS, dataset=ds, device="cpu", stop_after=1)
+    in_run = load_teacher_cache(tmp_path / "a.work" / "teacher_cache.safetensors")
+    tokens = Tokens(tiny_llama.tokenizer, tiny_llama.spec)
+    examples, _ = pd_examples(ROWS, ds, tokens, cfg.limits())
+    model = attach_lora(tiny_llama.model(), rank=1, alpha=2.0)  # as the workflow's teacher job does
+    direct = build_teacher_cache(model, examples, tokens.pad_id, k=8, temperature=cfg.kd_temperature)
+    assert in_run.meta["key"] == direct.meta["key"] and in_run.example_ids == direct.example_ids
+    for name in ("ids", "logprobs", "log_rest"):
+        assert torch.equal(getattr(in_run.targets, name), getattr(direct.targets, name)), name
+    assert in_run.stats == direct.stats

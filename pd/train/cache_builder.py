@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -86,8 +87,7 @@ def build_teacher_cache(model: torch.nn.Module, examples: Sequence[Example], pad
     if teacher is not None:
         check_teacher(model, teacher, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
                       student_name=student_name, teacher_name=teacher_name)
-    ids = [e.id for e in examples]
-    dup = sorted({e for e in ids if ids.count(e) > 1}) if len(set(ids)) < len(ids) else []
+    dup = sorted(i for i, n in Counter(str(e.id) for e in examples).items() if n > 1)
     if dup:
         raise DataError(f"example id(s) {dup[:5]} occur twice in the training examples; ids must be unique")
     batches = [collate(examples[i:i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]

@@ -77,7 +77,14 @@ def run_key(cfg: TrainConfig, spec: ModelSpec, data_hash: str, world: int, teach
 
 
 def checkpoints(work: Path) -> list[Path]:
-    """The checkpoint folders in the work folder ``work``, oldest step first."""
+    """The checkpoints of a run.
+
+    Args:
+        work: the run's work folder.
+
+    Returns:
+        Its checkpoint folders, oldest step first (empty when there are none).
+    """
     folder = work / "checkpoints"
     return sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
 
@@ -158,7 +165,12 @@ def _load_tensors(path: Path, folder: Path):
 
 
 def rng_state() -> dict:
-    """The random generators' states (python, numpy, torch CPU and CUDA) as tensors and plain values."""
+    """The random generators' states, in a form ``torch.load(weights_only=True)`` reads back.
+
+    Returns:
+        ``{"python": {...}, "numpy": {...}, "torch": uint8 tensor, "cuda": [uint8 tensors]}``
+        (CUDA only when available): the generators' words as int64 tensors, the rest plain values.
+    """
     version, words, gauss_next = random.getstate()
     key, mt, pos, has_gauss, cached = np.random.get_state()
     state = {"python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss_next},
@@ -171,7 +183,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore the generators from :func:`rng_state`'s result."""
+    """Restore the random generators.
+
+    Args:
+        state: what :func:`rng_state` returned (possibly after a save and load).
+    """
     py, npy = state["python"], state["numpy"]
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
     np.random.set_state((npy["key"], npy["state"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
@@ -185,7 +201,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def snapshot_name(seconds: float) -> str:
-    """Folder name of the adapter snapshot taken at ``seconds`` of training wall-clock."""
+    """The folder name of a snapshot.
+
+    Args:
+        seconds: the snapshot time, seconds of training wall clock.
+
+    Returns:
+        ``t<seconds rounded to a whole number>``.
+    """
     return f"t{int(round(seconds))}"
 
 

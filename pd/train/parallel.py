@@ -66,16 +66,40 @@ class Processes:
         self.is_main = accelerator.is_main_process
 
     def place(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Distribute a model before its optimizer exists (a no-op here; FSDP shards it)."""
+        """Distribute a model before its optimizer exists (a no-op here; FSDP shards it).
+
+        Args:
+            model: the student with its adapter, or a separate teacher.
+
+        Returns:
+            The model to build the optimizer on (the same object here).
+        """
         return model
 
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        """Wrap the model (DDP when several processes) and the optimizer; returns (model, optimizer)."""
+        """Wrap the model (DDP when several processes) and the optimizer, after the optimizer exists.
+
+        Args:
+            model: the placed model.
+            optimizer: its optimizer.
+
+        Returns:
+            (model, optimizer) to train with.
+        """
         return self.accelerator.prepare(model, optimizer)
 
     @contextlib.contextmanager
     def micro_batch(self, model: torch.nn.Module, last: bool) -> Iterator[None]:
-        """Context for one micro-batch's forward and backward: gradients are synchronised on the last only."""
+        """Context for one micro-batch's forward and backward.
+
+        Args:
+            model: the prepared model.
+            last: whether this is the optimizer step's last micro-batch: only then are the
+                gradients synchronised between processes.
+
+        Returns:
+            A context manager.
+        """
         if last or self.world == 1:
             yield
         else:
@@ -83,15 +107,35 @@ class Processes:
                 yield
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate a scalar loss."""
+        """Backpropagate a loss.
+
+        Args:
+            loss: scalar tensor with gradient.
+        """
         self.accelerator.backward(loss)
 
     def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> float:
-        """Clip the global gradient norm of ``params`` to ``max_norm``; returns the norm before clipping."""
+        """Clip the gradient norm over all processes' gradients.
+
+        Args:
+            params: the trainable parameters.
+            max_norm: the largest L2 norm allowed.
+
+        Returns:
+            The global L2 norm before clipping.
+        """
         return float(self.accelerator.clip_grad_norm_(params, max_norm))
 
     def agree(self, value: float) -> float:
-        """A value every process uses for decisions that must match (rank 0's when sharded)."""
+        """One value for decisions every process must take alike (timed snapshots, the time budget).
+
+        Args:
+            value: this process's value (e.g. elapsed seconds).
+
+        Returns:
+            The value itself here; rank 0's value on every rank when sharded (the
+            gathers that follow such a decision are collective).
+        """
         return value
 
     def reduce_metrics(self, sums: dict[str, float], tokens: int, answer_tokens: int) -> dict:
@@ -115,19 +159,44 @@ class Processes:
                 "answer_tokens": int(vals[-1])}
 
     def gather_adapter(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-        """The full LoRA tensors for saving (every process calls it); None: the model holds them whole."""
+        """The full LoRA tensors for saving; every process calls it (a collective when sharded).
+
+        Args:
+            model: the prepared model.
+
+        Returns:
+            None here (the model holds its tensors whole: save from the model); when
+            sharded, the model's LoRA state dict entries gathered to full size on the CPU.
+        """
         return None
 
     def gather_optimizer(self, optimizer: torch.optim.Optimizer) -> dict:
-        """The optimizer's full state dict for saving (every process calls it)."""
+        """The optimizer's full state dict for saving; every process calls it.
+
+        Args:
+            optimizer: the prepared optimizer.
+
+        Returns:
+            Its state dict, state tensors at full size (gathered when sharded).
+        """
         return optimizer.state_dict()
 
     def load_adapter(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-        """Load saved full adapter tensors (peft's names) into the model."""
+        """Load saved adapter tensors into the model (each process keeps its shard when sharded).
+
+        Args:
+            model: the prepared model.
+            state: full-size tensors under peft's saved names, on the model's device.
+        """
         load_adapter_state(model, state)
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        """Load a saved full optimizer state dict."""
+        """Load a saved optimizer state dict (each process keeps its shard when sharded).
+
+        Args:
+            optimizer: the prepared optimizer.
+            state: a state dict as :meth:`gather_optimizer` returns it.
+        """
         optimizer.load_state_dict(state)
 
     def barrier(self) -> None:
@@ -136,7 +205,10 @@ class Processes:
 
 
 class ShardedProcesses(Processes):
-    """Several processes, each holding a shard of the model (FSDP2, :mod:`pd.train.fsdp`)."""
+    """Several processes, each holding a shard of the model (FSDP2, :mod:`pd.train.fsdp`).
+
+    The methods do what :class:`Processes` documents, on sharded tensors.
+    """
 
     sharded = True
 

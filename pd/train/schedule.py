@@ -14,7 +14,6 @@ from typing import Sequence
 
 import torch
 
-from pd.errors import DataError
 from pd.io import stable_hash
 from pd.train.buckets import bucketed_order
 from pd.train.settings import TrainConfig
@@ -49,7 +48,7 @@ class Schedule:
         lengths: per example, the length that length bucketing sorts by (None: plain shuffle).
 
     Raises:
-        DataError: ``lengths`` does not have one entry per example.
+        ValueError: ``lengths`` does not have one entry per example (a bug of the caller).
 
     Attributes: ``rows`` passage rows per micro-batch, ``global_rows`` passage rows per
     optimizer step over all processes, ``steps_per_epoch``, ``total`` steps and
@@ -60,7 +59,7 @@ class Schedule:
                  lengths: Sequence[int] | None = None):
         self.cfg, self.n, self.n_reg, self.world, self.rank = cfg, n_examples, n_reg, world, rank
         if lengths is not None and len(lengths) != n_examples:
-            raise DataError(f"Schedule: {len(lengths)} lengths for {n_examples} examples")
+            raise ValueError(f"Schedule: {len(lengths)} lengths for {n_examples} examples")
         self.lengths = lengths
         self._epoch_order: tuple[int, list[int]] | None = None
         self.rows = cfg.batch_size - cfg.reg_rows  # passage rows per micro-batch
@@ -77,7 +76,14 @@ class Schedule:
         return torch.randperm(n, generator=self._gen(tag, k)).tolist()
 
     def epoch_order(self, epoch: int) -> list[int]:
-        """All example indices in the order epoch ``epoch`` visits them (global batches back to back)."""
+        """The order in which an epoch visits the examples.
+
+        Args:
+            epoch: the epoch (0-based).
+
+        Returns:
+            All example indices, the global batches of the epoch back to back.
+        """
         if self._epoch_order is None or self._epoch_order[0] != epoch:
             perm = self._perm("epoch", epoch, self.n)
             if self.lengths is not None and self.cfg.bucket_batches > 1:

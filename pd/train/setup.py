@@ -57,7 +57,11 @@ class TrainingRun:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python's ``random``, numpy and torch (CPU and CUDA) with ``seed``."""
+    """Seed python's ``random``, numpy and torch (CPU and CUDA).
+
+    Args:
+        seed: the run's seed (numpy gets it modulo 2**32).
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -90,7 +90,14 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def head_vocab(model: torch.nn.Module) -> int:
-    """Number of output rows V of the model's lm_head (may exceed the tokenizer's vocabulary)."""
+    """The size of the model's output vocabulary.
+
+    Args:
+        model: a causal LM, possibly wrapped.
+
+    Returns:
+        V, the lm_head's output rows (may exceed the tokenizer's vocabulary).
+    """
     return int(output_head(model).weight.shape[0])
 
 

@@ -154,7 +154,14 @@ class TeacherCache:
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """The JSON sidecar of the cache file ``path`` (same name, suffix ``.json``)."""
+    """Where a cache file's JSON sidecar lives.
+
+    Args:
+        path: the cache's safetensors file.
+
+    Returns:
+        The same name with suffix ``.json``.
+    """
     return Path(path).with_suffix(".json")
 
 
