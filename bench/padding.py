@@ -2,7 +2,7 @@
 
 Builds the training sequences the loop would build (pd.train.methods.build_training_data)
 from a pipeline's answers JSONL and its dataset, then walks the loop's own batch order
-(pd.train.loop.Plan) for every epoch and counts pad tokens / all tokens of each view as
+(pd.train.schedule.Schedule) for every epoch and counts pad tokens / all tokens of each view as
 pd.train.sequences.collate pads them (each batch to its longest row).
 
     python bench/padding.py ANSWERS.jsonl --dataset demo-nyt --model smollm2-135m-instruct --batch-size 8
@@ -23,10 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def fractions(data, cfg) -> dict:
     """Padding fraction of the student and teacher views over ``cfg.epochs`` epochs of the loop's order."""
     from pd.train.buckets import padding_fraction, sort_length
-    from pd.train.loop import Plan
+    from pd.train.schedule import Schedule
 
     ex = data.examples
-    plan = Plan(cfg, len(ex), 0, world=1, rank=0, lengths=[sort_length(e) for e in ex])
+    plan = Schedule(cfg, len(ex), 0, world=1, rank=0, lengths=[sort_length(e) for e in ex])
     batches = [rows for s in range(plan.total) for rows, _ in plan.micro_batches(s)]
     out = {"student": round(padding_fraction(batches, [e.student_len for e in ex]), 4)}
     if all(e.teacher_prompt_ids is not None for e in ex):

@@ -21,8 +21,8 @@ import torch  # noqa: E402
 from pd.chat import prompt_text  # noqa: E402
 from pd.data import load_squadshifts  # noqa: E402
 from pd.models import get_spec, load_model, load_tokenizer  # noqa: E402
-from pd.train.sequences import Example, Tokens, collate, passage_question  # noqa: E402
-from pd.train.teacher import build_teacher_cache  # noqa: E402
+from pd.train.cache_builder import build_teacher_cache  # noqa: E402
+from pd.train.sequences import Example, Tokens, passage_question  # noqa: E402
 
 
 def answers(model, tok, spec, passage, questions, sample_t, max_new, seed):
@@ -61,8 +61,7 @@ def main() -> None:
                        answer_ids=tokens.encode(a) + [tokens.eot_id],
                        teacher_prompt_ids=tokens.chat_prompt(passage_question(passage, q)))
                for i, (q, a) in enumerate(zip(questions, texts))]
-        batches = [collate(exs[i:i + 2], tokens.pad_id) for i in range(0, len(exs), 2)]
-        cache = build_teacher_cache(model, batches, k=kmax, temperature=args.temperature, logprob_dtype="float32")
+        cache = build_teacher_cache(model, exs, tokens.pad_id, k=kmax, temperature=args.temperature, logprob_dtype="float32")
         stats = cache.stats
         tg = cache.targets
         covered = {}

@@ -4,7 +4,7 @@ Three losses on the same hidden states and lm_head, chunked and recomputed as in
 (pd.train.losses.*_from_hidden), measured round-robin in one process:
 
   ce          cross_entropy_from_hidden (the SFT loss)
-  kl_topk     kl_from_hidden with TopKTargets (pd.train.losses.token_kl_topk, gradient written out)
+  kl_topk     kl_from_hidden with TopKTargets (pd.train.token_losses.token_kl_topk, gradient written out)
   kl_autograd the same bucketed KL through plain autograd (two log-sum-exps over the vocabulary and a
               scattered copy): the formula pd.train used before the written-out gradient
 
@@ -27,7 +27,7 @@ def kl_topk_autograd(student_logits, targets, temperature: float, direction: str
     """The bucketed KL written as plain tensor operations (autograd makes the gradient)."""
     import torch
 
-    from pd.train.losses import _kl_terms
+    from pd.train.token_losses import kl_terms
 
     z = student_logits.float() / temperature
     lse = torch.logsumexp(z, -1, keepdim=True)
@@ -39,7 +39,7 @@ def kl_topk_autograd(student_logits, targets, temperature: float, direction: str
         logq = torch.cat([logq, logq_rest], -1)
         logp = torch.cat([logp, logp_rest.unsqueeze(-1)], -1)
     logp = logp - torch.logsumexp(logp, -1, keepdim=True)
-    return _kl_terms(logq, logp, direction)
+    return kl_terms(logq, logp, direction)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ gradient clipping, on random token sequences of a fixed shape. Variants:
   sft          cross-entropy on the answer tokens (student view only)
   pd_live      PD, teacher (adapter off) forward pass every step, KL over all answer tokens at once
   pd_chunked   PD, teacher forward every step, KL in chunks of --chunk answer tokens (recomputed in backward)
-  pd_cached    PD, top-k teacher targets from pd.train.teacher.build_teacher_cache, chunked KL
+  pd_cached    PD, top-k teacher targets from pd.train.cache_builder.build_teacher_cache, chunked KL
   pd_cached_autograd  pd_cached with the top-k KL through plain autograd (bench/topk_kl.py), as before
                pd.train.losses wrote its gradient out: the before/after of that change
   pd_naive     the plain two-forward-pass PD: full [B, L, V] logits of teacher and student, KL on them
@@ -118,11 +118,11 @@ def load(name: str, dtype, device: str, rank: int, layers: int | None = None):
     return model, vocab
 
 
-def batches(shape: Shape, vocab: int, seed: int = 0) -> tuple[dict, dict]:
-    """(PD batch, SFT batch) of random tokens, collated by pd.train.sequences.collate."""
+def examples(shape: Shape, vocab: int, seed: int = 0) -> tuple[list, list]:
+    """(PD examples, SFT examples) of random tokens (pd.train.sequences.Example)."""
     import torch
 
-    from pd.train.sequences import Example, collate
+    from pd.train.sequences import Example
 
     g = torch.Generator().manual_seed(seed)
 
@@ -135,6 +135,14 @@ def batches(shape: Shape, vocab: int, seed: int = 0) -> tuple[dict, dict]:
         teacher = ids(shape.teacher - shape.answer)
         pd_rows.append(Example(f"ex{b}", "pd", student, answer, teacher))
         sft_rows.append(Example(f"ex{b}", "sft", student, answer, None))
+    return pd_rows, sft_rows
+
+
+def batches(shape: Shape, vocab: int, seed: int = 0) -> tuple[dict, dict]:
+    """(PD batch, SFT batch) of :func:`examples`, collated by pd.train.sequences.collate."""
+    from pd.train.sequences import collate
+
+    pd_rows, sft_rows = examples(shape, vocab, seed)
     return collate(pd_rows, 0), collate(sft_rows, 0)
 
 
@@ -166,8 +174,8 @@ class Stepper:
     def __init__(self, variant: str, model, shape: Shape, vocab: int, device: str, chunk: int, topk: int):
         import torch
 
+        from pd.train.cache_builder import build_teacher_cache
         from pd.train.settings import TrainConfig
-        from pd.train.teacher import build_teacher_cache
 
         self.variant, self.model = variant, model
         pd_batch, sft_batch = batches(shape, vocab)
@@ -180,8 +188,9 @@ class Stepper:
         self.cache_build_s = None
         if cached:
             t0 = time.perf_counter()
-            self.caches = [build_teacher_cache(model, [self.batch], k=topk, temperature=self.cfg.kd_temperature,
-                                               chunk_size=chunk)]
+            self.caches = [build_teacher_cache(model, examples(shape, vocab)[0], 0, k=topk,
+                                               temperature=self.cfg.kd_temperature, chunk_size=chunk,
+                                               batch_size=shape.batch, device=device)]
             self.cache_build_s = time.perf_counter() - t0
             model.train()
         self.params = [p for p in model.parameters() if p.requires_grad]

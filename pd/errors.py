@@ -24,3 +24,7 @@ class DataError(PDError):
 
 class VocabularyMismatchError(PDError):
     """Two models that must share a vocabulary (teacher and student) do not."""
+
+
+class CheckpointError(PDError):
+    """A training checkpoint cannot be loaded safely (not one pd wrote, damaged, or holding code)."""

@@ -114,7 +114,7 @@ def _adapter_folder(spec: dict) -> str | None:
         return None
     if spec["snapshot"] is None:
         return spec["adapter"]
-    from pd.train.loop import snapshot_folder
+    from pd.train.checkpoint import snapshot_folder
 
     return str(snapshot_folder(spec["adapter"], spec["snapshot"]))
 

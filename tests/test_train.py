@@ -9,9 +9,11 @@ from safetensors.torch import load_file
 
 from pd.data import Dataset, Document
 from pd.errors import ConfigError, DataError
+from pd.train.checkpoint import snapshot_folder, snapshot_name
+from pd.train.loop import train
 from pd.train.lora import attach_lora
-from pd.train.loop import Plan, lr_factor, snapshot_folder, snapshot_name, train
 from pd.train.methods import batch_loss, build_training_data, load_instruction_pairs
+from pd.train.schedule import Schedule, lr_factor
 from pd.train.sequences import Tokens, collate
 from pd.train.settings import METHODS, TrainConfig
 
@@ -173,22 +175,22 @@ def test_schedule_warmup_then_linear_decay(tiny_llama, dataset, tmp_path):
     assert res.meta["warmup_steps"] == 2 and res.meta["total_steps"] == 6
 
 
-def test_plan_visits_every_example_once_per_epoch():
+def test_schedule_visits_every_example_once_per_epoch():
     cfg = _cfg("pd", batch_size=3)
-    plan = Plan(cfg, 10, 0, world=1, rank=0)
+    plan = Schedule(cfg, 10, 0, world=1, rank=0)
     assert plan.steps_per_epoch == 4
     for epoch in range(2):
         seen = [i for s in range(epoch * 4, epoch * 4 + 4) for rows, _ in plan.micro_batches(s) for i in rows]
         assert sorted(seen) == list(range(10))
     # Two processes split each global batch without overlap; the union is what one process would take.
-    single = Plan(_cfg("pd", batch_size=4), 10, 0, world=1, rank=0)
-    ranks = [Plan(_cfg("pd", batch_size=2), 10, 0, world=2, rank=r) for r in range(2)]
+    single = Schedule(_cfg("pd", batch_size=4), 10, 0, world=1, rank=0)
+    ranks = [Schedule(_cfg("pd", batch_size=2), 10, 0, world=2, rank=r) for r in range(2)]
     for s in range(2):
         parts = [rows for p in ranks for rows, _ in p.micro_batches(s)]
         assert not set(parts[0]) & set(parts[1])
         assert sorted(parts[0] + parts[1]) == sorted(single.micro_batches(s)[0][0])
     # pd_reg: half of each batch comes from the instruction stream, which cycles through all of it.
-    reg_plan = Plan(_cfg("pd_reg", batch_size=4), 10, 3, world=1, rank=0)
+    reg_plan = Schedule(_cfg("pd_reg", batch_size=4), 10, 3, world=1, rank=0)
     mb = [reg_plan.micro_batches(s)[0] for s in range(3)]
     assert all(len(rows) == 2 and len(reg) == 2 for rows, reg in mb)
     stream = [i for _, reg in mb for i in reg]

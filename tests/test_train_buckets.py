@@ -1,22 +1,22 @@
-"""Length-bucketed batch order (pd.train.buckets) and its use in the training loop's Plan."""
+"""Length-bucketed batch order (pd.train.buckets) and its use in the training loop's Schedule."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pd.errors import ConfigError, DataError
+from pd.errors import ConfigError
 from pd.train.buckets import bucketed_order, padding_fraction
-from pd.train.loop import Plan
+from pd.train.schedule import Schedule
 from pd.train.settings import TrainConfig
 
 
-def _plan(n, lengths, seed=0, **kw) -> Plan:
+def _plan(n, lengths, seed=0, **kw) -> Schedule:
     cfg = TrainConfig(method="sft", seed=seed, progress=False, **kw)
-    return Plan(cfg, n, 0, world=1, rank=0, lengths=lengths)
+    return Schedule(cfg, n, 0, world=1, rank=0, lengths=lengths)
 
 
-def _epoch_batches(plan: Plan, epoch: int) -> list[list[int]]:
+def _epoch_batches(plan: Schedule, epoch: int) -> list[list[int]]:
     s0 = epoch * plan.steps_per_epoch
     return [rows for s in range(s0, s0 + plan.steps_per_epoch) for rows, _ in plan.micro_batches(s)]
 
@@ -62,7 +62,7 @@ def test_order_is_reproducible_from_the_seed_and_varies_by_epoch():
     e0 = {frozenset(x) for x in _epoch_batches(a, 0)}
     e1 = {frozenset(x) for x in _epoch_batches(a, 1)}
     assert e0 != e1
-    # A fresh Plan (a resumed run) asked for a later step first gives the same batches.
+    # A fresh Schedule (a resumed run) asked for a later step first gives the same batches.
     late = _plan(64, lengths, seed=5, batch_size=4)
     assert late.micro_batches(20) == a.micro_batches(20)
 
@@ -79,7 +79,7 @@ def test_bucket_batches_one_is_the_plain_shuffle_and_the_short_batch_stays_last(
 def test_bad_settings_are_errors():
     with pytest.raises(ConfigError, match="bucket_batches"):
         TrainConfig(bucket_batches=0)
-    with pytest.raises(DataError, match="lengths"):
+    with pytest.raises(ValueError, match="lengths"):  # the loop computes the lengths: a mismatch is a bug
         _plan(5, [1, 2, 3])
     with pytest.raises(ConfigError, match="batch_rows"):
         bucketed_order([0, 1], [1, 2], 0, 2, torch.Generator())

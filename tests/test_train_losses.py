@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pd.errors import ConfigError, DataError
+from pd.errors import ConfigError
 from pd.train.losses import (cross_entropy, cross_entropy_from_hidden, kl_divergence, kl_from_hidden)
 from pd.train.targets import topk_targets
 
@@ -257,13 +257,14 @@ def test_covered_mass_reported():
 
 def test_bad_arguments_are_refused():
     s, t, mask = _logits(0, 0.0), _logits(1, 0.0), _mask()
-    with pytest.raises(ConfigError, match="forward"):
+    # Wrong arguments reaching the losses are bugs (settings are validated before): ValueError, not PDError.
+    with pytest.raises(ValueError, match="forward"):
         kl_divergence(s, t, mask, direction="sideways")
-    with pytest.raises(DataError, match="teacher logits"):
+    with pytest.raises(ValueError, match="teacher logits"):
         kl_divergence(s, t[..., :50], mask)
-    with pytest.raises(DataError, match="bool"):
+    with pytest.raises(ValueError, match="bool"):
         kl_divergence(s, t, mask.long())
-    with pytest.raises(ConfigError, match="temperature"):
+    with pytest.raises(ValueError, match="temperature"):
         kl_divergence(s, t, mask, temperature=0.0)
 
 

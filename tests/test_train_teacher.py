@@ -11,10 +11,11 @@ from peft import LoraConfig, get_peft_model
 from pd.errors import DataError, VocabularyMismatchError
 from pd.io import read_jsonl
 from pd.train.batch import gather_answers
+from pd.train.cache_builder import build_teacher_cache
 from pd.train.losses import kl_divergence, kl_from_hidden
 from pd.train.sequences import Example, Tokens, collate, passage_question
-from pd.train.teacher import (adapter_disabled, answer_hidden, build_teacher_cache, load_teacher_cache, model_identity,
-                              output_head, teacher_answer_logits)
+from pd.train.teacher import adapter_disabled, answer_hidden, model_identity, output_head, teacher_answer_logits
+from pd.train.teacher_cache import load_teacher_cache
 
 PASSAGE = ("Don Mattingly played first base for the New York Yankees. In 1991 the team's management fined and "
            "benched him for not getting a haircut. Back trouble ended his career at the age of 34.")
@@ -133,7 +134,7 @@ def test_teacher_under_ddp_wrapper(tiny_llama, tmp_path):
                                         attention_mask=batch["teacher_attention_mask"]).logits,
                                 batch["teacher_answer_positions"])
         assert (on - expect).abs().max() > 1e-3
-        cache = build_teacher_cache(wrapped, [batch], k=16, temperature=2.0)
+        cache = build_teacher_cache(wrapped, *make_examples(tiny_llama.tokenizer), k=16, temperature=2.0)
         assert cache.meta["examples"] == 4
     finally:
         dist.destroy_process_group()
@@ -156,12 +157,12 @@ def test_cache_full_k_equals_full_loss_and_stats(tiny_llama, tmp_path):
     batches = batches_of(tiny_llama.tokenizer, size=2)
     V = base.config.vocab_size
     out, stats_path = tmp_path / "teacher_k512.safetensors", tmp_path / "stats.jsonl"
-    cache = build_teacher_cache(student, batches, k=V, temperature=2.0, out=out, stats_path=stats_path,
+    examples, pad = make_examples(tiny_llama.tokenizer)
+    cache = build_teacher_cache(student, examples, pad, k=V, temperature=2.0, out=out, stats_path=stats_path,
                                 logprob_dtype="float32")
     assert cache.k == V and abs(cache.meta["covered_mass"] - 1.0) < 1e-6
 
     # Loss and gradient from the cache equal those from full teacher logits, for a shuffled batch order.
-    examples, pad = make_examples(tiny_llama.tokenizer)
     batch = collate([examples[3], examples[0], examples[2]], pad)
     mask = batch["answer_mask"]
     full_teacher = base_answer_logits(base, batch)
@@ -210,9 +211,9 @@ def test_cache_full_k_equals_full_loss_and_stats(tiny_llama, tmp_path):
     assert again.meta["key"] == cache.meta["key"] and again.example_ids == cache.example_ids
     assert torch.equal(again.targets_for(batch["example_ids"], mask).logprobs, targets.logprobs)
     stamp = os.stat(out).st_mtime_ns
-    reused = build_teacher_cache(student, batches, k=V, temperature=2.0, out=out, logprob_dtype="float32")
+    reused = build_teacher_cache(student, examples, pad, k=V, temperature=2.0, out=out, logprob_dtype="float32")
     assert os.stat(out).st_mtime_ns == stamp and reused.meta["key"] == cache.meta["key"]
-    other = build_teacher_cache(student, batches, k=8, temperature=2.0, out=out)
+    other = build_teacher_cache(student, examples, pad, k=8, temperature=2.0, out=out)
     assert other.meta["key"] != cache.meta["key"] and load_teacher_cache(out).k == 8
 
     with pytest.raises(DataError, match="no targets"):
@@ -223,7 +224,8 @@ def test_cache_topk_covered_mass(tiny_llama):
     base = tiny_llama.model()
     batches = batches_of(tiny_llama.tokenizer, size=4)
     k = 20
-    cache = build_teacher_cache(base, batches, k=k, temperature=2.0)  # a plain model is its own teacher
+    # a plain model is its own teacher
+    cache = build_teacher_cache(base, *make_examples(tiny_llama.tokenizer), k=k, temperature=2.0)
     t_logits = base_answer_logits(base, batches[0])
     mask = batches[0]["answer_mask"]
     cov = {1.0: [], 2.0: []}
@@ -242,13 +244,13 @@ def test_cache_topk_covered_mass(tiny_llama):
 def test_teacher_with_other_vocabulary_refused(tiny_llama, tiny_qwen2):
     student = lora(tiny_llama.model())
     qwen = tiny_qwen2.model()
-    batches = batches_of(tiny_llama.tokenizer)
+    examples, pad = make_examples(tiny_llama.tokenizer)
     with pytest.raises(VocabularyMismatchError, match="tiny-qwen2"):
-        build_teacher_cache(student, batches, k=8, temperature=2.0, teacher=qwen,
+        build_teacher_cache(student, examples, pad, k=8, temperature=2.0, teacher=qwen,
                             student_tokenizer=tiny_llama.tokenizer, teacher_tokenizer=tiny_qwen2.tokenizer,
                             student_name="tiny-llama", teacher_name="tiny-qwen2")
     with pytest.raises(VocabularyMismatchError, match="640"):
-        build_teacher_cache(student, batches, k=8, temperature=2.0, teacher=qwen)
+        build_teacher_cache(student, examples, pad, k=8, temperature=2.0, teacher=qwen)
 
 
 def test_separate_teacher_same_vocabulary(tiny_llama):
@@ -262,11 +264,40 @@ def test_separate_teacher_same_vocabulary(tiny_llama):
     assert torch.equal(got, teacher.lm_head(answer_hidden(teacher, batches[0]["teacher_input_ids"],
                                                           batches[0]["teacher_attention_mask"],
                                                           batches[0]["teacher_answer_positions"])))
-    own = build_teacher_cache(student, batches, k=8, temperature=2.0)
-    sep = build_teacher_cache(student, batches, k=8, temperature=2.0, teacher=teacher,
+    examples, pad = make_examples(tiny_llama.tokenizer)
+    own = build_teacher_cache(student, examples, pad, k=8, temperature=2.0)
+    sep = build_teacher_cache(student, examples, pad, k=8, temperature=2.0, teacher=teacher,
                               student_tokenizer=tiny_llama.tokenizer, teacher_tokenizer=large.tokenizer)
     assert sep.meta["key"] != own.meta["key"] and sep.meta["separate_teacher"]
     # the fingerprint sees the base weights only: a LoRA-wrapped model is its base, another network is not
     assert model_identity(student) == model_identity(tiny_llama.model()) != model_identity(teacher)
     # the initial KL's student is the base student either way; only the teacher side changed
     assert [r["initial_kl"] for r in sep.stats] != [r["initial_kl"] for r in own.stats]
+
+
+def test_a_run_builds_the_same_cache_as_the_teacher_job(tiny_llama, tmp_path):
+    """One way to build the cache: the one a run builds for itself equals a direct build, key and targets."""
+    import sys
+    from pathlib import Path
+
+    from pd.data import Dataset, Document
+    from pd.train.lora import attach_lora
+    from pd.train.loop import train
+    from pd.train.sequences import pd_examples
+    from pd.train.settings import TrainConfig
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_train import PASSAGES, ROWS
+
+    ds = Dataset("toy", {k: Document(k, v) for k, v in PASSAGES.items()}, [])
+    cfg = TrainConfig(method="pd", rank=8, epochs=2, batch_size=3, teacher_topk=8, progress=False, seed=0)
+    train(cfg, tiny_llama.spec, tmp_path / "a", rows=ROWS, dataset=ds, device="cpu", stop_after=1)
+    in_run = load_teacher_cache(tmp_path / "a.work" / "teacher_cache.safetensors")
+    tokens = Tokens(tiny_llama.tokenizer, tiny_llama.spec)
+    examples, _ = pd_examples(ROWS, ds, tokens, cfg.limits())
+    model = attach_lora(tiny_llama.model(), rank=1, alpha=2.0)  # as the workflow's teacher job does
+    direct = build_teacher_cache(model, examples, tokens.pad_id, k=8, temperature=cfg.kd_temperature)
+    assert in_run.meta["key"] == direct.meta["key"] and in_run.example_ids == direct.example_ids
+    for name in ("ids", "logprobs", "log_rest"):
+        assert torch.equal(getattr(in_run.targets, name), getattr(direct.targets, name)), name
+    assert in_run.stats == direct.stats

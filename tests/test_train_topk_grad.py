@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pd.train.losses import token_kl_topk
 from pd.train.targets import topk_targets
+from pd.train.token_losses import token_kl_topk
 
 
 def _reference(student: torch.Tensor, teacher: torch.Tensor, k: int, T: float, direction: str) -> torch.Tensor:

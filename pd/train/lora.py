@@ -63,6 +63,11 @@ def adapter_state(model, state_dict: dict[str, torch.Tensor] | None = None) -> d
 
 
 def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Copy saved adapter tensors (peft's names, full size) into ``model``'s LoRA weights.
+
+    Raises:
+        ConfigError: the saved tensors do not fit this model's adapter.
+    """
     from peft import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(unwrap(model), state)

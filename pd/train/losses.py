@@ -1,17 +1,28 @@
 """Distillation (KL) and cross-entropy losses on aligned answer positions.
 
-Inputs are already gathered at the answer positions (see :mod:`pd.train.batch`): student
-and teacher tensors of shape [B, A, ...] and a bool ``mask`` [B, A]. The reduction is the
-paper's: per answer token, KL summed over the vocabulary with both softmaxes at
-temperature T; averaged over each sample's answer tokens; then averaged over the samples
-that have at least one answer token (an all-masked sample is left out, never NaN). The
-T^2 factor of classic distillation is an option, off by default as in the authors' code.
+The PD loss is the paper's Eq. 1: the forward KL(teacher || student) per answer token,
+summed over the vocabulary with both softmaxes at temperature T (logits divided by T),
+averaged over each sample's answer tokens, then over the samples of the batch. The
+teacher sees the passage, the student does not. The regularised variant (pd_reg, the
+paper's Eq. 2) adds instruction-response rows whose teacher is the base model (the
+adapter off) on the very same sequence; for this module those rows are ordinary rows
+with another teacher (see :func:`pd.train.methods.batch_loss`).
+
+The per-token terms live in :mod:`pd.train.token_losses`; this module chunks, masks and
+reduces them. Inputs are already gathered at the answer positions (see
+:mod:`pd.train.batch`): student and teacher tensors of shape [B, A, ...] and a bool
+``mask`` [B, A]. A sample without answer tokens is left out of the mean, never NaN. The T^2 factor of classic distillation
+is an option, off by default as in the authors' code. KL values and cross-entropies are
+in nats.
 
 Memory: only answer positions are computed (padding is skipped), in chunks of
 ``chunk_size`` answer tokens. With ``*_from_hidden`` the student's logits are made from its
 final hidden states chunk by chunk and recomputed in the backward pass
 (``torch.utils.checkpoint``), so [B x A x V] float32 logits never exist at once, forward
 or backward; a chunk's logits are upcast to float32 only inside that chunk.
+
+Wrong shapes or arguments here are bugs of the caller (user settings are validated
+before they reach the losses) and raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -19,116 +30,29 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from pd.errors import ConfigError, DataError
 from pd.train.settings import DIRECTIONS
 from pd.train.targets import TopKTargets
+from pd.train.token_losses import token_cross_entropy, token_kl, token_kl_topk
 
 REDUCTIONS = ("mean", "sample", "token")
-
-
-# --------------------------------------------------------------------------- per-token terms
-
-
-def _kl_terms(logq: Tensor, logp: Tensor, direction: str) -> Tensor:
-    """KL per row from float32 log-probabilities [n, K]; 0 * log 0 counts as 0."""
-    if direction == "forward":  # KL(teacher || student)
-        p = logp.exp()
-        return torch.where(p > 0, p * (logp - logq), 0.0).sum(-1)
-    q = logq.exp()  # reverse: KL(student || teacher)
-    return torch.where(q > 0, q * (logq - logp), 0.0).sum(-1)
-
-
-def token_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, direction: str) -> Tensor:
-    """KL per row of [n, V] logits at temperature T (float32)."""
-    logq = F.log_softmax(student_logits.float() / temperature, -1)
-    logp = F.log_softmax(teacher_logits.float() / temperature, -1)
-    return _kl_terms(logq, logp, direction)
-
-
-def token_kl_topk(student_logits: Tensor, targets: TopKTargets, temperature: float, direction: str) -> Tensor:
-    """KL per row over the buckets {teacher's top-k ids} + {rest} (flat targets [n, k])."""
-    logp, logp_rest = targets.log_probs_at(temperature)
-    has_rest = targets.k < student_logits.shape[-1]
-    if has_rest:
-        logp = torch.cat([logp, logp_rest.unsqueeze(-1)], -1)
-    # The stored log-probabilities are rounded (float16); renormalise the k (+ 1) buckets.
-    logp = logp - torch.logsumexp(logp, -1, keepdim=True)
-    return _TopKKL.apply(student_logits, targets.ids.long(), logp, float(temperature), direction == "forward",
-                         has_rest)
-
-
-class _TopKKL(torch.autograd.Function):
-    """The bucketed KL of :func:`token_kl_topk` with its gradient written out.
-
-    Autograd through the plain formula makes two log-sum-exps over the vocabulary, a
-    scattered copy and their backward passes; the student's softmax q is all the gradient
-    needs. With buckets b (top-k ids, rest), per row and z = logits / T:
-
-    * forward KL(p || q): dKL/dz_j = q_j - p_j for a top-k id, q_j (1 - p_rest / q_rest) for the rest;
-    * reverse KL(q || p): dKL/dz_j = q_j (c_b(j) - KL) with c_b = log q_b - log p_b;
-
-    each divided by T. The rest mass q_rest is summed from q (not 1 - sum of the top-k),
-    so it stays exact when small; below the float32 floor (1e-38) it is held there.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, ids: Tensor, logp: Tensor, temperature: float, forward_kl: bool,
-                has_rest: bool) -> Tensor:
-        z = logits.float()
-        if temperature != 1.0:
-            z = z.div_(temperature) if z is not logits else z / temperature  # in place only on our own copy
-        logq_all = torch.log_softmax(z, -1)
-        logq = logq_all.gather(-1, ids)
-        q = logq_all.exp_()  # logq_all is not needed any more
-        if has_rest:
-            # Zero the top-k entries in place: q then holds the rest, and the backward pass
-            # takes the top-k probabilities from logq.
-            q_rest = q.scatter_(-1, ids, 0.0).sum(-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-            logq = torch.cat([logq, q_rest.log()], -1)
-        kl = _kl_terms(logq, logp, "forward" if forward_kl else "reverse")
-        ctx.save_for_backward(q, ids, logq, logp, kl)
-        ctx.temperature, ctx.forward_kl, ctx.has_rest, ctx.dtype = temperature, forward_kl, has_rest, logits.dtype
-        return kl
-
-    @staticmethod
-    def backward(ctx, grad_kl: Tensor):
-        q, ids, logq, logp, kl = ctx.saved_tensors  # q: zero at the top-k ids when there is a rest bucket
-        k = ids.shape[-1]
-        g = grad_kl[:, None] / ctx.temperature
-        q_top = logq[:, :k].exp()
-        if ctx.forward_kl:
-            p = logp.exp()
-            rest_scale = (1.0 - p[:, k:] / logq[:, k:].exp()) if ctx.has_rest else torch.zeros_like(g)
-            top = q_top - p[:, :k]
-        else:
-            c = torch.where(logq.exp() > 0, logq - logp, 0.0) - kl[:, None]
-            rest_scale = c[:, k:] if ctx.has_rest else torch.zeros_like(g)
-            top = q_top * c[:, :k]
-        grad = torch.mul(q, rest_scale * g).scatter_(-1, ids, top * g)
-        return grad.to(ctx.dtype), None, None, None, None, None
-
-
-def token_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """-log softmax(logits)[label] per row, in float32."""
-    return -F.log_softmax(logits.float(), -1).gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
-
-
-def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Entropy (nats) per row of [n, V] logits at temperature T."""
-    logp = F.log_softmax(logits.float() / temperature, -1)
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, 0.0).sum(-1)
 
 
 # --------------------------------------------------------------------------- reduction
 
 
 def answer_weights(mask: Tensor) -> Tensor:
-    """[B, A] float32: 1 / (n_b * number of non-empty samples) on answer tokens, else 0."""
+    """The per-token weights of the loss's reduction (mean over tokens, then over samples).
+
+    Args:
+        mask: [B, A] answer mask.
+
+    Returns:
+        [B, A] float32: 1 / (n_b * number of samples with answer tokens) on sample b's
+        n_b answer tokens, 0 elsewhere; the weights sum to 1 (0 for an empty batch).
+    """
     m = mask.bool()
     n = m.sum(1, keepdim=True)
     samples = (n > 0).sum()
@@ -149,28 +73,28 @@ def _reduce(values: Tensor, mask: Tensor, reduction: str) -> Tensor:
 def _check_common(mask: Tensor, lead: tuple, temperature: float, direction: str, reduction: str,
                   chunk_size: int | None) -> None:
     if mask.dim() != 2 or mask.dtype != torch.bool:
-        raise DataError(f"mask must be a [B, A] bool tensor, got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(f"mask must be a [B, A] bool tensor, got {mask.dtype} {tuple(mask.shape)}")
     if tuple(lead) != tuple(mask.shape):
-        raise DataError(f"inputs have leading shape {tuple(lead)} but the mask is {tuple(mask.shape)}")
+        raise ValueError(f"inputs have leading shape {tuple(lead)} but the mask is {tuple(mask.shape)}")
     if direction not in DIRECTIONS:
-        raise ConfigError(f"KL direction {direction!r}; allowed: {list(DIRECTIONS)}")
+        raise ValueError(f"KL direction {direction!r}; allowed: {list(DIRECTIONS)}")
     if reduction not in REDUCTIONS:
-        raise ConfigError(f"reduction {reduction!r}; allowed: {list(REDUCTIONS)}")
+        raise ValueError(f"reduction {reduction!r}; allowed: {list(REDUCTIONS)}")
     if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if chunk_size is not None and chunk_size < 1:
-        raise ConfigError(f"chunk_size must be a positive number of answer tokens or None, got {chunk_size}")
+        raise ValueError(f"chunk_size must be a positive number of answer tokens or None, got {chunk_size}")
 
 
 def _check_teacher(teacher: Tensor | TopKTargets, mask: Tensor, vocab: int) -> None:
     if isinstance(teacher, TopKTargets):
         if tuple(teacher.ids.shape[:-1]) != tuple(mask.shape):
-            raise DataError(f"teacher top-k targets are {tuple(teacher.ids.shape)}, expected {tuple(mask.shape)} + (k,)")
+            raise ValueError(f"teacher top-k targets are {tuple(teacher.ids.shape)}, expected {tuple(mask.shape)} + (k,)")
         if teacher.vocab_size != vocab:
-            raise DataError(f"teacher targets come from a vocabulary of {teacher.vocab_size}, the student has {vocab}")
+            raise ValueError(f"teacher targets come from a vocabulary of {teacher.vocab_size}, the student has {vocab}")
         return
     if tuple(teacher.shape) != tuple(mask.shape) + (vocab,):
-        raise DataError(f"teacher logits are {tuple(teacher.shape)}, expected {tuple(mask.shape) + (vocab,)} "
+        raise ValueError(f"teacher logits are {tuple(teacher.shape)}, expected {tuple(mask.shape) + (vocab,)} "
                         "(same batch, answer length and vocabulary as the student)")
 
 
@@ -214,13 +138,31 @@ def _chunked(student_rows: Tensor, mask: Tensor, chunk_size: int | None, per_tok
 def kl_divergence(student_logits: Tensor, teacher_logits: Tensor | TopKTargets, mask: Tensor, *,
                   temperature: float = 2.0, direction: str = "forward", t2_scale: bool = False,
                   chunk_size: int | None = None, reduction: str = "mean") -> Tensor:
-    """KL between teacher and student at answer positions; scalar (``reduction="mean"``).
+    """The PD loss from student logits: the paper's Eq. 1 with ``direction="forward"``.
 
-    ``direction="forward"`` is KL(teacher || student), the paper's loss; ``"reverse"`` is
-    KL(student || teacher). ``teacher_logits`` [B, A, V] (any dtype, treated as constant)
-    or cached :class:`TopKTargets`. ``chunk_size`` answer tokens are upcast to float32 at a
-    time (and recomputed in backward). ``reduction``: "mean" (the paper's), "sample"
-    ([B], NaN for samples without answer tokens) or "token" ([B, A], 0 on padding).
+    Per answer token KL(teacher || student) over the vocabulary, both softmaxes at
+    temperature T; averaged over each sample's answer tokens, then over the samples.
+
+    Args:
+        student_logits: [B, A, V] student logits at the answer positions.
+        teacher_logits: [B, A, V] teacher logits (any dtype, treated as constant), or
+            cached :class:`~pd.train.targets.TopKTargets` with tensors [B, A, k].
+        mask: [B, A] bool, True on answer tokens.
+        temperature: T > 0.
+        direction: "forward" (KL(teacher || student), the paper's) or "reverse"
+            (KL(student || teacher)).
+        t2_scale: multiply by T^2 (classic distillation; off in the paper's code).
+        chunk_size: answer tokens upcast to float32 at a time (recomputed in backward);
+            None: all at once.
+        reduction: "mean" (scalar, the paper's), "sample" ([B], NaN for samples without
+            answer tokens) or "token" ([B, A], 0 on padding).
+
+    Returns:
+        The loss in nats, float32, shaped by ``reduction``.
+
+    Raises:
+        ValueError: shapes that do not match the mask, or an unknown argument value.
+        ConfigError: top-k targets cached for another temperature.
     """
     _check_common(mask, student_logits.shape[:-1], temperature, direction, reduction, chunk_size)
     vocab = student_logits.shape[-1]
@@ -237,10 +179,24 @@ def kl_divergence(student_logits: Tensor, teacher_logits: Tensor | TopKTargets, 
 
 def cross_entropy(logits: Tensor, labels: Tensor, mask: Tensor, *, chunk_size: int | None = None,
                   reduction: str = "mean") -> Tensor:
-    """Cross-entropy of ``labels`` [B, A] under ``logits`` [B, A, V], reduced like the KL."""
+    """Cross-entropy of the answer tokens (the SFT-style methods' loss), reduced like the KL.
+
+    Args:
+        logits: [B, A, V] logits at the answer positions.
+        labels: [B, A] answer token ids.
+        mask: [B, A] bool, True on answer tokens.
+        chunk_size: answer tokens upcast to float32 at a time; None: all at once.
+        reduction: "mean", "sample" or "token" as in :func:`kl_divergence`.
+
+    Returns:
+        The loss in nats, float32, shaped by ``reduction``.
+
+    Raises:
+        ValueError: shapes that do not match the mask, or an unknown argument value.
+    """
     _check_common(mask, logits.shape[:-1], 1.0, "forward", reduction, chunk_size)
     if tuple(labels.shape) != tuple(mask.shape):
-        raise DataError(f"labels are {tuple(labels.shape)}, expected {tuple(mask.shape)}")
+        raise ValueError(f"labels are {tuple(labels.shape)}, expected {tuple(mask.shape)}")
     flat_labels = labels.reshape(-1).to(logits.device)
 
     def per_token(rows: Tensor, idx: Tensor) -> Tensor:
@@ -257,21 +213,39 @@ def _head_params(lm_head: torch.nn.Module) -> bool:
 def _check_hidden(hidden: Tensor, lm_head: torch.nn.Module) -> int:
     weight = getattr(lm_head, "weight", None)
     if weight is None:
-        raise DataError(f"lm_head {type(lm_head).__name__} has no .weight; pass the model's output embedding "
+        raise ValueError(f"lm_head {type(lm_head).__name__} has no .weight; pass the model's output embedding "
                         "(model.get_output_embeddings())")
     if hidden.shape[-1] != weight.shape[-1]:
-        raise DataError(f"hidden states have size {hidden.shape[-1]}, lm_head expects {weight.shape[-1]}")
+        raise ValueError(f"hidden states have size {hidden.shape[-1]}, lm_head expects {weight.shape[-1]}")
     return int(weight.shape[0])
 
 
 def kl_from_hidden(student_hidden: Tensor, lm_head: torch.nn.Module, teacher: Tensor | TopKTargets, mask: Tensor, *,
                    temperature: float = 2.0, direction: str = "forward", t2_scale: bool = False,
                    chunk_size: int | None = 128, reduction: str = "mean") -> Tensor:
-    """:func:`kl_divergence` from the student's final hidden states [B, A, H] at answer positions.
+    """The PD loss (Eq. 1 when forward) from the student's final hidden states: what training uses.
 
     ``lm_head`` is applied to ``chunk_size`` answer tokens at a time and recomputed in the
-    backward pass; gradients reach ``student_hidden`` and any trainable lm_head
-    parameters. ``chunk_size=None`` computes everything at once (plain autograd).
+    backward pass, so [B, A, V] student logits never exist; gradients reach
+    ``student_hidden`` and any trainable lm_head parameters. Same value as
+    :func:`kl_divergence` on ``lm_head(student_hidden)``.
+
+    Args:
+        student_hidden: [B, A, H] final (post-norm) hidden states at the answer positions.
+        lm_head: the student's output embedding (a module with ``.weight`` [V, H]).
+        teacher: [B, A, V] teacher logits or :class:`~pd.train.targets.TopKTargets`.
+        mask: [B, A] bool, True on answer tokens.
+        temperature, direction, t2_scale, reduction: as in :func:`kl_divergence`.
+        chunk_size: answer tokens per head projection (default 128); None: all at once
+            (plain autograd).
+
+    Returns:
+        The loss in nats, float32, shaped by ``reduction``.
+
+    Raises:
+        ValueError: shapes that do not match, a head without ``.weight``, or an unknown
+            argument value.
+        ConfigError: top-k targets cached for another temperature.
     """
     _check_common(mask, student_hidden.shape[:-1], temperature, direction, reduction, chunk_size)
     vocab = _check_hidden(student_hidden, lm_head)
@@ -288,11 +262,27 @@ def kl_from_hidden(student_hidden: Tensor, lm_head: torch.nn.Module, teacher: Te
 
 def cross_entropy_from_hidden(hidden: Tensor, lm_head: torch.nn.Module, labels: Tensor, mask: Tensor, *,
                               chunk_size: int | None = 128, reduction: str = "mean") -> Tensor:
-    """:func:`cross_entropy` from final hidden states [B, A, H], lm_head applied in chunks."""
+    """:func:`cross_entropy` from final hidden states, the lm_head applied in chunks (recomputed in backward).
+
+    Args:
+        hidden: [B, A, H] final hidden states at the answer positions.
+        lm_head: the output embedding (``.weight`` [V, H]).
+        labels: [B, A] answer token ids.
+        mask: [B, A] bool, True on answer tokens.
+        chunk_size: answer tokens per head projection (default 128); None: all at once.
+        reduction: "mean", "sample" or "token".
+
+    Returns:
+        The loss in nats, float32, shaped by ``reduction``.
+
+    Raises:
+        ValueError: shapes that do not match, a head without ``.weight``, or an unknown
+            argument value.
+    """
     _check_common(mask, hidden.shape[:-1], 1.0, "forward", reduction, chunk_size)
     _check_hidden(hidden, lm_head)
     if tuple(labels.shape) != tuple(mask.shape):
-        raise DataError(f"labels are {tuple(labels.shape)}, expected {tuple(mask.shape)}")
+        raise ValueError(f"labels are {tuple(labels.shape)}, expected {tuple(mask.shape)}")
     flat_labels = labels.reshape(-1).to(hidden.device)
 
     def per_token(rows: Tensor, idx: Tensor) -> Tensor:

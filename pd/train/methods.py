@@ -26,11 +26,12 @@ from pd.data import Dataset
 from pd.errors import ConfigError, DataError
 from pd.io import read_jsonl, stable_hash
 from pd.train.losses import cross_entropy_from_hidden, kl_from_hidden
-from pd.train.sequences import (BuildStats, Example, Tokens, collate, distractor_examples, pd_examples, reg_examples,
+from pd.train.sequences import (BuildStats, Example, Tokens, distractor_examples, pd_examples, reg_examples,
                                 sft_examples, uft_examples)
 from pd.train.settings import TrainConfig
 from pd.train.targets import TopKTargets
-from pd.train.teacher import TeacherCache, answer_hidden, build_teacher_cache, output_head, teacher_answer_logits
+from pd.train.teacher import answer_hidden, output_head, teacher_answer_logits
+from pd.train.teacher_cache import TeacherCache
 
 log = logging.getLogger("pd.train")
 
@@ -197,10 +198,30 @@ def teacher_for(model, batch: dict, rows: list[int], source, teacher_model=None)
 
 def batch_loss(cfg: TrainConfig, model, batch: dict, *, teacher_model=None,
                caches: Sequence[TeacherCache] = ()) -> tuple[Tensor, dict]:
-    """The method's loss on one batch (mean over samples of the per-sample token mean) and metrics.
+    """The method's loss on one batch and its metrics.
 
-    The student runs once over the whole batch; KL methods then compare it, group by
-    group, with the teacher each row has (see :func:`teacher_groups`).
+    pd / pd_reverse: the paper's Eq. 1 (forward KL(teacher || student) per answer token at
+    temperature T, both softmaxes divided by T; pd_reverse swaps the arguments), the
+    teacher seeing the passage. pd_reg: Eq. 2, the same on passage rows plus, on the
+    instruction rows, the KL between the base model (adapter off) and the student on the
+    same instruction and response. Other methods: cross-entropy on the answer tokens. Each
+    is averaged over a sample's answer tokens, then over the samples of the batch. The
+    student runs once over the whole batch; KL methods then compare it, group by group,
+    with the teacher each row has (see :func:`teacher_groups`).
+
+    Args:
+        cfg: the run's settings (method, temperature, direction, chunk size).
+        model: the student (a PeftModel, possibly wrapped), in train or eval mode.
+        batch: a collated batch (:mod:`pd.train.batch`) on the model's device.
+        teacher_model: a separate teacher for the passage rows, or None (adapter off).
+        caches: teacher caches whose rows take cached top-k targets.
+
+    Returns:
+        (scalar float32 loss in nats, with gradient; metrics: ``kl`` or ``ce`` and, for
+        mixed batches, per-kind values such as ``kl_pd`` and ``kl_reg``).
+
+    Raises:
+        DataError: no row of the batch has an answer token, or a cache misses a row.
     """
     mask = batch["answer_mask"]
     lm_head = output_head(model)
@@ -233,22 +254,3 @@ def batch_loss(cfg: TrainConfig, model, batch: dict, *, teacher_model=None,
             if bool(sel.any()):
                 metrics[f"{name}_{kind}"] = float(per_sample[sel].detach().mean())
     return loss, metrics
-
-
-def build_cache(cfg: TrainConfig, model, data: TrainingData, tokens: Tokens, *, teacher_model=None,
-                out: str | Path | None = None, batch_size: int | None = None, **kwargs) -> TeacherCache:
-    """Top-k teacher targets for a run's examples (H1's :func:`build_teacher_cache`).
-
-    Covers the passage examples and, when the teacher is the model itself, pd_reg's
-    instruction rows too; with a separate teacher the instruction rows stay live (their
-    teacher is the adapter-off student, Eq. 2).
-    """
-    if not cfg.uses_kl or cfg.teacher_topk < 1:
-        raise ConfigError(f"a teacher cache needs a KL method and training.teacher_topk >= 1 "
-                          f"(method {cfg.method}, teacher_topk {cfg.teacher_topk})")
-    examples = data.examples + (data.reg if teacher_model is None else [])
-    bs = batch_size or cfg.batch_size
-    batches = [collate(examples[i:i + bs], tokens.pad_id) for i in range(0, len(examples), bs)]
-    return build_teacher_cache(model, batches, k=cfg.teacher_topk, temperature=cfg.kd_temperature, teacher=teacher_model,
-                               out=out, chunk_size=cfg.chunk_size or 256, logprob_dtype=cfg.teacher_logprob_dtype,
-                               **kwargs)

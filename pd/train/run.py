@@ -70,8 +70,8 @@ def _examples(rows: Sequence[dict], ds: Dataset) -> list[dict]:
 
 def run_teacher(spec: dict, out: str) -> None:
     """Per-example teacher entropy and initial KL (and, with topk > 0, the top-k targets)."""
-    from pd.train.sequences import Limits, Tokens, collate, pd_examples
-    from pd.train.teacher import build_teacher_cache
+    from pd.train.cache_builder import build_teacher_cache
+    from pd.train.sequences import Limits, Tokens, pd_examples
 
     ds = spec_dataset(spec)
     rows = read_jsonl(spec["answers"])
@@ -87,11 +87,10 @@ def run_teacher(spec: dict, out: str) -> None:
     teacher = None
     if spec["teacher"] != spec["student"]:
         teacher = load_model(get_spec(spec["teacher"], extra))
-    batches = [collate(examples[i:i + 8], tokens.pad_id) for i in range(0, len(examples), 8)]
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        build_teacher_cache(model, batches, k=max(1, spec["topk"]), temperature=spec["kd_temperature"], teacher=teacher,
-                            logprob_dtype=spec["logprob_dtype"], chunk_size=spec["chunk_size"] or 256,
+        build_teacher_cache(model, examples, tokens.pad_id, k=max(1, spec["topk"]), temperature=spec["kd_temperature"],
+                            teacher=teacher, logprob_dtype=spec["logprob_dtype"], chunk_size=spec["chunk_size"],
                             out=tmp / "topk.safetensors" if spec["topk"] > 0 else None, stats_path=tmp / STATS_FILE,
                             student_tokenizer=tok, teacher_tokenizer=load_tokenizer(get_spec(spec["teacher"], extra)),
                             student_name=spec["student"], teacher_name=spec["teacher"])

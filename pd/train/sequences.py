@@ -1,20 +1,13 @@
 """Token sequences for every training method, and their collation into a batch.
 
-The central rule is that the trained tokens (an answer and its end-of-turn marker) are
-tokenised once and spliced after each view's prompt, so position j of the answer holds
-the same token id in the teacher's sequence (with the passage) and the student's
-(without it): the chat template's whitespace cannot shift or merge them.
-
-Trained tokens are the answer followed by the end-of-turn marker (the first token of
-what the chat template writes after an assistant message, e.g. ``<|im_end|>``), so the
-student learns when to stop. An answer that was cut (the generator hit its token limit,
-or our own ``max_answer_tokens``/total-length limit) gets no marker: the expert did not
-finish it, and teaching the student to stop mid-sentence would be wrong. Template text
-after the marker (ChatML's newline) is left out: under causal attention it cannot change
-any trained prediction.
-
-Every builder returns ``(examples, stats)``; ``stats`` counts truncated and dropped items
-and is logged, so that silent cuts cannot hide in a run.
+The trained tokens, an answer and the end-of-turn marker after it (the first token the
+chat template writes after an assistant message, e.g. ``<|im_end|>``, so the student
+learns when to stop), are tokenised once and spliced after each view's prompt: position j
+of the answer holds the same id in the teacher's sequence (with the passage) and the
+student's (without it). A cut answer (the generator's limit or ours) gets no marker: the
+expert did not finish it. Template text after the marker cannot change any trained
+prediction under causal attention and is left out. Every builder returns ``(examples,
+stats)``; ``stats`` counts truncated and dropped items and is logged, so no cut is silent.
 """
 
 from __future__ import annotations
@@ -51,9 +44,8 @@ def passage_question(passage: str, question: str) -> str:
 class Example:
     """One training sequence pair, before padding.
 
-    ``teacher_prompt_ids`` is None for methods without a teacher (sft, uft,
-    sft_distractors); for instruction-data rows of ``pd_reg`` it equals the student's
-    prompt (Eq. 2: same prompt, base model vs. student).
+    ``teacher_prompt_ids`` is None for methods without a teacher (sft, uft, sft_distractors);
+    for pd_reg's instruction rows it equals the student's prompt (Eq. 2: base model vs. student).
     """
 
     id: str
@@ -190,9 +182,8 @@ def pd_examples(rows: Sequence[dict], dataset: Dataset, tokens: Tokens, limits: 
     """Teacher (passage + question) and student (question) views of answer rows.
 
     Rows: ``{"id", "doc_id", "question", "answer"}`` and optionally ``finish_reason``
-    ("length" marks an answer the generator cut). Also used for ``sft`` (only the
-    student view is then trained, but building both keeps one code path and lets the
-    held-out KL reuse it).
+    ("length" marks an answer the generator cut). Also used for ``sft`` (only the student
+    view is trained; building both keeps one code path, which the held-out KL reuses).
     """
     stats = BuildStats(kind, rows=len(rows))
     examples = []
@@ -301,8 +292,7 @@ def uft_examples(dataset: Dataset, tokens: Tokens, *, chunk_tokens: int = 256,
 
     Each window starts with the tokenizer's own leading special tokens (e.g. Llama 3's
     ``<|begin_of_text|>``; none for Qwen) and every token after the first is trained,
-    overlap included: the overlap exists so that a fact on a window border is also seen
-    whole.
+    overlap included, so that a fact on a window border is also seen whole.
     """
     if chunk_tokens < 2 or not 0 <= overlap < chunk_tokens:
         raise ConfigError(f"training.uft_chunk_tokens={chunk_tokens}, uft_overlap={overlap}: need "
@@ -332,8 +322,7 @@ def uft_examples(dataset: Dataset, tokens: Tokens, *, chunk_tokens: int = 256,
 def reg_examples(pairs: Sequence[dict], tokens: Tokens, limits: Limits = Limits()) -> tuple[list[Example], BuildStats]:
     """Instruction-response pairs for ``pd_reg`` (Eq. 2): teacher and student share the prompt.
 
-    Pairs: ``{"instruction", "response"}`` with an optional ``id``; the total length is
-    limited by ``max_reg_tokens`` (the paper: 1024 for Tülu 3).
+    Pairs: ``{"instruction", "response"}``, optional ``id``; total length at most ``max_reg_tokens``.
     """
     stats = BuildStats("reg", rows=len(pairs))
     examples = []

@@ -1,0 +1,242 @@
+"""How the training processes work together: one process, DDP, or FSDP, behind one object.
+
+The loop talks to a :class:`Processes` object and never asks which kind it has:
+
+* :class:`Processes`: one process, or several under DDP through ``accelerate`` (each
+  holds the whole model; gradients are averaged by an all-reduce);
+* :class:`ShardedProcesses`: several processes under FSDP2 (:mod:`pd.train.fsdp`): each
+  holds a shard of the model, the gradients and the optimizer state.
+
+Either way each process takes its own rows of the global batch (``batch_size`` is per
+process), and the files saved are the same: every process takes part in gathering the
+full adapter and optimizer state (:meth:`Processes.gather_adapter`,
+:meth:`Processes.gather_optimizer`), and only the main process writes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+import torch
+
+from pd.train import fsdp
+from pd.train.lora import load_adapter_state
+
+log = logging.getLogger("pd.train")
+
+
+def start_processes(parallel: str, device: str | None = None) -> "Processes":
+    """The process group of this training run, set up by ``accelerate``.
+
+    Args:
+        parallel: ``training.parallel``: "ddp" (replicate the model) or "fsdp" (shard it).
+        device: "cpu" to train on the CPU; None: a GPU when there is one.
+
+    Returns:
+        A :class:`ShardedProcesses` for "fsdp" on several processes, else a :class:`Processes`
+        (FSDP on one process has nothing to shard: it trains unsharded, with a warning).
+    """
+    from accelerate import Accelerator
+
+    # On a machine without GPUs, accelerate only sets up multi-process (gloo) DDP when told cpu=True.
+    accelerator = Accelerator(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
+    if parallel == "fsdp" and accelerator.num_processes == 1:
+        log.warning("training.parallel: fsdp with one process: nothing to shard, training unsharded")
+    if parallel == "fsdp" and accelerator.num_processes > 1:
+        return ShardedProcesses(accelerator)
+    return Processes(accelerator)
+
+
+class Processes:
+    """One process, or several replicating the model under DDP.
+
+    Args:
+        accelerator: the run's ``accelerate.Accelerator``.
+    """
+
+    sharded = False
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.world = accelerator.num_processes
+        self.rank = accelerator.process_index
+        self.device = accelerator.device
+        self.is_main = accelerator.is_main_process
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Distribute a model before its optimizer exists (a no-op here; FSDP shards it).
+
+        Args:
+            model: the student with its adapter, or a separate teacher.
+
+        Returns:
+            The model to build the optimizer on (the same object here).
+        """
+        return model
+
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        """Wrap the model (DDP when several processes) and the optimizer, after the optimizer exists.
+
+        Args:
+            model: the placed model.
+            optimizer: its optimizer.
+
+        Returns:
+            (model, optimizer) to train with.
+        """
+        return self.accelerator.prepare(model, optimizer)
+
+    @contextlib.contextmanager
+    def micro_batch(self, model: torch.nn.Module, last: bool) -> Iterator[None]:
+        """Context for one micro-batch's forward and backward.
+
+        Args:
+            model: the prepared model.
+            last: whether this is the optimizer step's last micro-batch: only then are the
+                gradients synchronised between processes.
+
+        Returns:
+            A context manager.
+        """
+        if last or self.world == 1:
+            yield
+        else:
+            with self.accelerator.no_sync(model):
+                yield
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate a loss.
+
+        Args:
+            loss: scalar tensor with gradient.
+        """
+        self.accelerator.backward(loss)
+
+    def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> float:
+        """Clip the gradient norm over all processes' gradients.
+
+        Args:
+            params: the trainable parameters.
+            max_norm: the largest L2 norm allowed.
+
+        Returns:
+            The global L2 norm before clipping.
+        """
+        return float(self.accelerator.clip_grad_norm_(params, max_norm))
+
+    def agree(self, value: float) -> float:
+        """One value for decisions every process must take alike (timed snapshots, the time budget).
+
+        Args:
+            value: this process's value (e.g. elapsed seconds).
+
+        Returns:
+            The value itself here; rank 0's value on every rank when sharded (the
+            gathers that follow such a decision are collective).
+        """
+        return value
+
+    def reduce_metrics(self, sums: dict[str, float], tokens: int, answer_tokens: int) -> dict:
+        """Metrics averaged and token counts summed over processes.
+
+        Args:
+            sums: this process's metric values (weighted means over its rows).
+            tokens: tokens this process ran through the models in the step.
+            answer_tokens: answer tokens it trained on.
+
+        Returns:
+            ``{"metrics": {name: mean over processes}, "tokens": sum, "answer_tokens": sum}``.
+        """
+        if self.world == 1:
+            return {"metrics": sums, "tokens": tokens, "answer_tokens": answer_tokens}
+        keys = sorted(sums)
+        vals = torch.tensor([sums[k] for k in keys] + [float(tokens), float(answer_tokens)], device=self.device,
+                            dtype=torch.float64)
+        vals = self.accelerator.reduce(vals, reduction="sum")
+        return {"metrics": {k: float(vals[i]) / self.world for i, k in enumerate(keys)}, "tokens": int(vals[-2]),
+                "answer_tokens": int(vals[-1])}
+
+    def gather_adapter(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """The full LoRA tensors for saving; every process calls it (a collective when sharded).
+
+        Args:
+            model: the prepared model.
+
+        Returns:
+            None here (the model holds its tensors whole: save from the model); when
+            sharded, the model's LoRA state dict entries gathered to full size on the CPU.
+        """
+        return None
+
+    def gather_optimizer(self, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimizer's full state dict for saving; every process calls it.
+
+        Args:
+            optimizer: the prepared optimizer.
+
+        Returns:
+            Its state dict, state tensors at full size (gathered when sharded).
+        """
+        return optimizer.state_dict()
+
+    def load_adapter(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load saved adapter tensors into the model (each process keeps its shard when sharded).
+
+        Args:
+            model: the prepared model.
+            state: full-size tensors under peft's saved names, on the model's device.
+        """
+        load_adapter_state(model, state)
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """Load a saved optimizer state dict (each process keeps its shard when sharded).
+
+        Args:
+            optimizer: the prepared optimizer.
+            state: a state dict as :meth:`gather_optimizer` returns it.
+        """
+        optimizer.load_state_dict(state)
+
+    def barrier(self) -> None:
+        """Wait until every process gets here."""
+        self.accelerator.wait_for_everyone()
+
+
+class ShardedProcesses(Processes):
+    """Several processes, each holding a shard of the model (FSDP2, :mod:`pd.train.fsdp`).
+
+    The methods do what :class:`Processes` documents, on sharded tensors.
+    """
+
+    sharded = True
+
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        return fsdp.shard_model(model, self.device)
+
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        return model, optimizer
+
+    @contextlib.contextmanager
+    def micro_batch(self, model: torch.nn.Module, last: bool) -> Iterator[None]:
+        fsdp.gradient_sync(model, last)
+        yield
+
+    def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> float:
+        return fsdp.clip_grad_norm(params, max_norm)
+
+    def agree(self, value: float) -> float:
+        return fsdp.agree(value, self.device)
+
+    def gather_adapter(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return fsdp.full_adapter_state(model)
+
+    def gather_optimizer(self, optimizer: torch.optim.Optimizer) -> dict:
+        return fsdp.full_optimizer_state(optimizer)
+
+    def load_adapter(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        fsdp.load_full_adapter_state(model, state)
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        fsdp.load_full_optimizer_state(optimizer, state)

@@ -1,0 +1,123 @@
+"""What every optimizer step does: the learning-rate schedule and the data order.
+
+Data order is a pure function of (seed, step): epoch e visits the examples in the order
+of a permutation drawn from a generator seeded with (seed, e), regrouped into batches of
+similar length (:mod:`pd.train.buckets`, ``bucket_batches``) by a generator seeded the
+same way, and optimizer step s takes the s-th slice of it. A checkpoint therefore needs
+only the step number as its data position.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from pd.io import stable_hash
+from pd.train.buckets import bucketed_order
+from pd.train.settings import TrainConfig
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """The learning-rate multiplier at an optimizer step.
+
+    Linear warmup from 0 over ``warmup`` steps, then linear decay to 0 at ``total``.
+
+    Args:
+        step: optimizer steps taken so far (0-based).
+        warmup: warmup steps.
+        total: steps of the whole run.
+
+    Returns:
+        A factor in [0, 1] for the base learning rate.
+    """
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+class Schedule:
+    """Which example indices every process uses at every optimizer step, and the step counts.
+
+    Args:
+        cfg: the run's settings (batch size, accumulation, epochs, seed, pd_reg's rows).
+        n_examples: passage (training) examples.
+        n_reg: pd_reg's instruction examples (0 for other methods).
+        world: processes; rank: this process's index.
+        lengths: per example, the length that length bucketing sorts by (None: plain shuffle).
+
+    Raises:
+        ValueError: ``lengths`` does not have one entry per example (a bug of the caller).
+
+    Attributes: ``rows`` passage rows per micro-batch, ``global_rows`` passage rows per
+    optimizer step over all processes, ``steps_per_epoch``, ``total`` steps and
+    ``warmup`` steps.
+    """
+
+    def __init__(self, cfg: TrainConfig, n_examples: int, n_reg: int, world: int, rank: int,
+                 lengths: Sequence[int] | None = None):
+        self.cfg, self.n, self.n_reg, self.world, self.rank = cfg, n_examples, n_reg, world, rank
+        if lengths is not None and len(lengths) != n_examples:
+            raise ValueError(f"Schedule: {len(lengths)} lengths for {n_examples} examples")
+        self.lengths = lengths
+        self._epoch_order: tuple[int, list[int]] | None = None
+        self.rows = cfg.batch_size - cfg.reg_rows  # passage rows per micro-batch
+        self.global_rows = self.rows * cfg.grad_accum * world
+        self.steps_per_epoch = math.ceil(n_examples / self.global_rows)
+        epoch_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.total = cfg.max_steps if cfg.max_steps is not None else epoch_steps
+        self.warmup = min(self.total, cfg.warmup_steps + round(cfg.warmup_epochs * self.steps_per_epoch))
+
+    def _gen(self, tag: str, k: int) -> torch.Generator:
+        return torch.Generator().manual_seed(int(stable_hash([tag, self.cfg.seed, k], 15), 16))
+
+    def _perm(self, tag: str, k: int, n: int) -> list[int]:
+        return torch.randperm(n, generator=self._gen(tag, k)).tolist()
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The order in which an epoch visits the examples.
+
+        Args:
+            epoch: the epoch (0-based).
+
+        Returns:
+            All example indices, the global batches of the epoch back to back.
+        """
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            perm = self._perm("epoch", epoch, self.n)
+            if self.lengths is not None and self.cfg.bucket_batches > 1:
+                perm = bucketed_order(perm, self.lengths, self.global_rows, self.cfg.bucket_batches,
+                                      self._gen("buckets", epoch))
+            self._epoch_order = (epoch, perm)
+        return self._epoch_order[1]
+
+    def micro_batches(self, step: int) -> list[tuple[list[int], list[int]]]:
+        """This process's micro-batches at optimizer step ``step``.
+
+        Args:
+            step: the optimizer step (0-based; epochs follow each other).
+
+        Returns:
+            Up to ``grad_accum`` pairs (passage example indices, instruction example indices).
+        """
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = self.epoch_order(epoch)
+        idx = perm[k * self.global_rows:(k + 1) * self.global_rows]
+        if self.world > 1 and len(idx) < self.global_rows:  # every process needs rows: wrap around
+            idx = (idx + perm * math.ceil(self.global_rows / self.n))[: self.global_rows]
+        out = []
+        reg_rows = self.cfg.reg_rows
+        for m in range(self.cfg.grad_accum):
+            slot = m * self.world + self.rank
+            rows = idx[slot * self.rows:(slot + 1) * self.rows]
+            if not rows:
+                continue
+            reg = []
+            if reg_rows:
+                start = ((step * self.cfg.grad_accum + m) * self.world + self.rank) * reg_rows
+                for i in range(start, start + reg_rows):
+                    cycle, j = divmod(i, self.n_reg)
+                    reg.append(self._perm("reg", cycle, self.n_reg)[j])
+            out.append((rows, reg))
+        return out
