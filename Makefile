@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.pd-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test report clean-results
+.PHONY: setup demo test report clean-results gpu-check
 
 setup: $(STAMP)
 
@@ -37,3 +37,14 @@ report: setup
 
 clean-results:
 	rm -rf results reports/*/ .snakemake
+
+# GPU acceptance, on a machine with a CUDA GPU and torch, transformers, peft and accelerate
+# (no network needed; wheels of anything else may lie in .whl/): CUDA against CPU on tiny
+# models (tests marked gpu), then the training-step rows of bench/train_step.py on
+# Llama-3 1B/8B shapes with model FLOPs utilisation. GPU_PYTHON: the interpreter to use.
+GPU_PYTHON ?= python3
+gpu-check:
+	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target /tmp/pd-site .whl/*.whl; fi
+	PYTHONPATH=/tmp/pd-site:$$PWD $(GPU_PYTHON) -m pytest -p no:cacheprovider -o addopts= -m gpu -q -s tests/test_gpu.py
+	PYTHONPATH=/tmp/pd-site:$$PWD $(GPU_PYTHON) bench/train_step.py --models tiny-llama --dtypes float32 --llama3 1b,8b \
+		--gpu-ranks 64,1024 --no-memory --out bench/gpu_train_step.json

@@ -1,0 +1,143 @@
+"""Everything a selection of experiments needs from the hub, fetched before the jobs run.
+
+Compute nodes of a cluster usually have no network. ``pd fetch`` runs on a login node:
+it lists every model and hub dataset the selected experiments' jobs load, says which
+are already in the shared caches (``$HF_HOME`` for the hub, ``$PD_CACHE_DIR`` for
+converted models), and downloads the rest. The SLURM profile then runs every job with
+``HF_HUB_OFFLINE=1``; a job that still lacks a file fails at once, naming the command
+that fetches it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from pd.models import ModelSpec, model_folder
+
+# Weights and tokenizer files: enough for transformers and vLLM, without the duplicate
+# original/ consolidated checkpoints that some repositories also hold.
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt"]
+FETCH_COMMAND = "pd fetch"
+
+
+@dataclass(frozen=True)
+class Need:
+    """One thing the jobs load: a model or a hub dataset.
+
+    ``kind``: ``model`` or ``dataset``; ``name``: its config name; ``source``: where it
+    comes from; ``present``: whether it is on this machine now; ``fetch``: what brings it
+    (None: it needs no network, e.g. a model shipped in a pip package, built on first use).
+    """
+
+    kind: str
+    name: str
+    source: str
+    present: bool
+    fetch: Callable[[], None] | None = None
+
+    def line(self) -> str:
+        """One line for the listing: state, kind, name and source."""
+        state = "present" if self.present else ("missing" if self.fetch else "built on first use")
+        return f"{state:<19} {self.kind:<8} {self.name:<28} {self.source}"
+
+
+def hub_model_present(repo: str, revision: str | None = None) -> bool:
+    """Whether the local hub cache holds ``repo``'s config and weights (no network).
+
+    Args:
+        repo: the hub id.
+        revision: a branch, tag or commit (None: main).
+
+    Returns:
+        True where ``config.json`` and a safetensors file or index are cached.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo, name, revision=revision), str)
+
+    return cached("config.json") and (cached("model.safetensors") or cached("model.safetensors.index.json"))
+
+
+def model_need(spec: ModelSpec) -> Need:
+    """What loading ``spec`` needs, and how to fetch it.
+
+    Args:
+        spec: a registry entry.
+
+    Returns:
+        A :class:`Need` of kind ``model``.
+    """
+    if spec.source == "hub":
+        def download() -> None:
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(spec.repo, revision=spec.revision, allow_patterns=WEIGHT_PATTERNS)
+
+        return Need("model", spec.name, f"hub {spec.repo}", hub_model_present(spec.repo or "", spec.revision), download)
+    if spec.source == "local":
+        from pathlib import Path
+
+        return Need("model", spec.name, f"folder {spec.path}", (Path(spec.path or "") / "config.json").is_file())
+    if spec.source == "gguf_package":
+        installed = importlib.util.find_spec(spec.package or "") is not None
+        return Need("model", spec.name, f"pip package {spec.package}", installed,
+                    (lambda: model_folder(spec)) if installed else None)
+    return Need("model", spec.name, "random weights", True)
+
+
+def hub_dataset_need(name: str, repo: str, config: str | None, split: str) -> Need:
+    """A hub dataset read through ``datasets`` (cached under ``$HF_HOME``).
+
+    Args:
+        name: what the config calls it (e.g. ``hotpotqa``, ``mmlu_pro``).
+        repo: the hub id.
+        config: the dataset's configuration, if any.
+        split: the split to fetch.
+
+    Returns:
+        A :class:`Need` of kind ``dataset``; presence is checked offline in the cache.
+    """
+    def load(offline: bool) -> None:
+        import datasets  # type: ignore
+
+        before = datasets.config.HF_DATASETS_OFFLINE
+        datasets.config.HF_DATASETS_OFFLINE = offline or before
+        try:
+            datasets.load_dataset(repo, config, split=split)
+        finally:
+            datasets.config.HF_DATASETS_OFFLINE = before
+
+    present = False
+    if importlib.util.find_spec("datasets") is not None:
+        try:
+            load(offline=True)
+            present = True
+        except Exception:  # noqa: BLE001 - any failure offline means "not cached"
+            present = False
+    return Need("dataset", name, f"hub {repo}" + (f" ({config})" if config else ""), present, lambda: load(False))
+
+
+def fetch(needs: Iterable[Need], log: Callable[[str], None] = print) -> list[Need]:
+    """Fetch every missing need.
+
+    Args:
+        needs: what the jobs load.
+        log: where progress lines go.
+
+    Returns:
+        The needs that are still missing afterwards (empty when all arrived).
+    """
+    left = []
+    for need in needs:
+        if need.present or need.fetch is None:
+            continue
+        log(f"fetching {need.kind} {need.name} ({need.source}) ...")
+        try:
+            need.fetch()
+        except Exception as err:  # noqa: BLE001 - reported per need, the rest still fetched
+            log(f"  failed: {type(err).__name__}: {err}")
+            left.append(need)
+    return left
