@@ -169,13 +169,13 @@ def _step(name: str, spec: dict, stage: Path, places: Sequence[Path], make: Call
 
 def _generator(model: str, cfg: dict, batch_size: int, adapter: str | None = None, progress: bool = True):
     """The workflow's generator (pd.stages), with the backend and model registry of the project config."""
-    from pd.stages import _generator as stage_generator
+    from pd.stages import make_job_generator
 
     gen = cfg.get("generation", {})
-    spec = {"backend": gen.get("backend", "transformers"), "batch_size": batch_size,
-            "base_url": gen.get("openai_base_url"), "models_extra": cfg.get("models")}
-    options = {"progress": progress} if spec["backend"] == "transformers" else {}
-    return stage_generator(model, spec, adapter, **options)
+    backend = gen.get("backend", "transformers")
+    options = {"progress": progress} if backend == "transformers" else {}
+    return make_job_generator(model, backend=backend, batch_size=batch_size, base_url=gen.get("openai_base_url"),
+                              models_extra=cfg.get("models"), adapter=adapter, **options)
 
 
 def _config(path: str | None) -> dict:
@@ -194,6 +194,7 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
            config: str | None = None, command: str = "") -> InjectResult:
     """Questions, answers and a PD adapter for the documents under ``docs``, written to ``out``."""
     from pd.generate import SamplingParams
+    from pd.jobs import AdapterSpec
     from pd.models import get_spec
     from pd.qgen import QGenConfig, generate_answers, generate_questions
     from pd.train.run import HELDOUT_FILE, run_adapter, split_heldout
@@ -260,7 +261,7 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
         if done[0] != adapter:
             _copy_adapter(done[0], adapter)
     else:
-        run_adapter(spec, str(adapter))
+        run_adapter(AdapterSpec.from_dict(spec), str(adapter))
     timings["training_s"] = round(time.time() - t, 1)
     _, heldout_rows = split_heldout(answers, fraction)
 

@@ -1,4 +1,6 @@
-"""Job resources (memory, runtime, CPUs, GPUs) for each rule kind, derived from model size.
+"""Job resources (memory, runtime, CPUs, GPUs) for each job kind, derived from model size.
+
+The kinds are the Snakemake rules' names (:data:`pd.paths.KINDS`).
 
 Snakemake asks for resources per job and passes ``attempt`` (1 on the first try, 2 on the
 first retry, ...) to resource callables; a retried job gets more memory and time here, so
@@ -7,7 +9,7 @@ first retry, ...) to resource callables; a retried job gets more memory and time
 The estimates, in decimal GB (1 GB = 1e9 bytes, 1 GB = 1000 MB as Snakemake's ``mem_mb``):
 
 * weights: 2 bytes per parameter in bf16 on a GPU, 4 bytes (float32) on a CPU;
-* generation-like kinds (questions, answers, teacher_cache, evaluate, judge): weights
+* generation-like kinds (questions, answers, teacher, evaluate, grade, capability): weights
   plus 20 % and 4 GB for the KV cache, activations and the CUDA context;
 * training with LoRA: weights (frozen) plus 16 bytes per adapter parameter (float32
   weight, gradient and AdamW's two moments) plus activations (10 % of the weights and
@@ -16,7 +18,7 @@ The estimates, in decimal GB (1 GB = 1e9 bytes, 1 GB = 1000 MB as Snakemake's ``
   ``gpu_mem_gb``, the size it is sold as, which counts GiB: an "80GB" H100 holds
   85.9 GB), rounded up to a power of two (tensor parallelism needs a divisor of the
   attention heads): an 8B model fits one 80GB GPU, a 70B judge gets four;
-* retrieve and report never ask for a GPU.
+* retrieval, manifest and report never ask for a GPU.
 
 A site (:class:`Site`, read from ``profiles/slurm/site.yaml``) adds the SLURM settings a
 cluster needs (partition, account, GPU type or gres string, constraint, caps) and can
@@ -32,10 +34,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pd.errors import ConfigError
+from pd.paths import KINDS
 
-KINDS = ("questions", "answers", "teacher_cache", "train", "evaluate", "judge", "retrieve", "report")
 DEVICES = ("cpu", "gpu")
-GPU_KINDS = frozenset({"questions", "answers", "teacher_cache", "train", "evaluate", "judge"})
+GPU_KINDS = frozenset({"questions", "answers", "teacher", "adapter", "evaluate", "grade", "capability"})
 GPU_REQUESTS = ("gpus", "gres")
 
 GPU_USABLE = 0.9  # fraction of a GPU's memory a job may plan to fill
@@ -49,15 +51,17 @@ ADAPTER_BYTES = 16  # float32 weight + gradient + two AdamW moments per adapter 
 BASE_RUNTIME = {
     "questions": 60,
     "answers": 120,
-    "teacher_cache": 60,
-    "train": 720,
+    "teacher": 60,
+    "adapter": 720,
     "evaluate": 30,
-    "judge": 60,
-    "retrieve": 30,
+    "grade": 60,
+    "capability": 30,
+    "retrieval": 30,
+    "manifest": 15,
     "report": 15,
 }
 REFERENCE_PARAMS_B = {"gpu": 8.0, "cpu": 0.5}
-SIZE_INDEPENDENT = frozenset({"retrieve", "report"})
+SIZE_INDEPENDENT = frozenset({"retrieval", "manifest", "report"})
 
 
 def lora_params_per_rank(params_b: float) -> float:
@@ -216,7 +220,7 @@ def memory_growth(attempt: int) -> float:
 def gpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> float:
     """GPU memory (GB) a job of this kind needs for a model of ``params_b`` billion parameters."""
     weights = 2.0 * params_b
-    if kind == "train":
+    if kind == "adapter":
         rank = default_lora_rank(params_b) if lora_rank is None else lora_rank
         adapter = ADAPTER_BYTES * lora_params_per_rank(params_b) * rank / 1e9
         return weights + adapter + 0.1 * weights + 4.0
@@ -225,10 +229,10 @@ def gpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> flo
 
 def cpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> float:
     """Host memory (GB) of a CPU-only job: float32 weights and, for training, adapter state."""
-    if kind in ("retrieve", "report"):
+    if kind in SIZE_INDEPENDENT:
         return CPU_BASE_GB
     weights = 4.0 * params_b
-    if kind == "train":
+    if kind == "adapter":
         rank = default_lora_rank(params_b) if lora_rank is None else lora_rank
         adapter = ADAPTER_BYTES * lora_params_per_rank(params_b) * rank / 1e9
         return CPU_BASE_GB + weights + adapter + 0.5 * weights
@@ -304,7 +308,7 @@ def job_resources(
     else:
         gpus = first_gpus = 0
         host_gb = cpu_need_gb(kind, params_b, lora_rank)
-        cpus = 1 if kind == "report" else defaults.cpus_per_task
+        cpus = 1 if kind in ("manifest", "report") else defaults.cpus_per_task
     mem_mb = math.ceil(host_gb * 1000 * growth / 100) * 100
 
     if kind in SIZE_INDEPENDENT:

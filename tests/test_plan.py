@@ -34,7 +34,7 @@ PAPER = ["main", "expert_teacher", "temperatures", "regularisation", "hotpotqa",
 #  grades: 2 graders x 711 = 1422; manifests: 12.
 #  capability (MMLU-Pro, regularisation only): the base model once (its seeds and retrievals share
 #    it) + 12 pd + 12 pd_reg adapters = 25.
-PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 3, "adapter": 363, "retrieval": 13, "eval": 711,
+PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 3, "adapter": 363, "retrieval": 13, "evaluate": 711,
                 "grade": 1422, "capability": 25, "manifest": 12, "report": 1}
 
 
@@ -53,7 +53,7 @@ def test_main_grid_alone(cfg):
     # base (no training data) + pd/sft (shared questions, own answers) + uft (no questions).
     plan = build_plan(cfg, ["main"])
     assert plan.count() == {"questions": 36, "answers": 72, "teacher": 0, "adapter": 108, "retrieval": 4,
-                            "eval": 288, "grade": 576, "capability": 0, "manifest": 1, "report": 1}
+                            "evaluate": 288, "grade": 576, "capability": 0, "manifest": 1, "report": 1}
 
 
 def test_irrelevant_axes_collapse(cfg):
@@ -75,12 +75,12 @@ def test_a_changed_setting_moves_only_its_dependants(cfg):
     for kind in ("adapter",):
         assert not _paths(base, kind) & _paths(lr, kind)
     # Base-model evaluations do not depend on training settings.
-    base_evals = {p for p in _paths(base, "eval") if "/eval/base/" in p}
-    assert base_evals and base_evals <= _paths(lr, "eval")
+    base_evals = {p for p in _paths(base, "evaluate") if "/eval/base/" in p}
+    assert base_evals and base_evals <= _paths(lr, "evaluate")
     t = build_plan(load_config(DEFAULT_CONFIG, {"experiments": {"demo": {"generation": {"evaluation": {"temperature": 0.5}}}}}),
                    ["demo"])
     assert _paths(base, "adapter") == _paths(t, "adapter")
-    assert not _paths(base, "eval") & _paths(t, "eval")
+    assert not _paths(base, "evaluate") & _paths(t, "evaluate")
 
 
 def test_paths_encode_their_dependencies(cfg):
@@ -119,7 +119,7 @@ def test_user_models_reach_their_jobs(tmp_path):
     import yaml
 
     from pd.io import read_jsonl
-    from pd.stages import run_job, spec_dataset
+    from pd.stages import run_job
 
     raw = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     raw["results_dir"] = str(tmp_path / "results")
@@ -127,17 +127,17 @@ def test_user_models_reach_their_jobs(tmp_path):
     raw["models"] = {"my-tiny": {"base": "tiny-llama", "dtype": "bfloat16"}}
     plan = build_plan(load_config(raw), ["tiny"])
     loading = [a for a in plan.artifacts.values() if a.model == "my-tiny"]
-    assert {a.kind for a in loading} == {"eval"}
+    assert {a.kind for a in loading} == {"evaluate"}
     for a in loading:
-        assert a.spec["models_extra"] == {"my-tiny": {"base": "tiny-llama", "dtype": "bfloat16"}}
-    assert all("models_extra" not in a.spec for a in plan.artifacts.values() if a.model is None)
+        assert a.spec.models_extra == {"my-tiny": {"base": "tiny-llama", "dtype": "bfloat16"}}
+    assert all("models_extra" not in a.spec.as_dict() for a in plan.artifacts.values() if a.model is None)
 
     raw["models"]["my-tiny"]["dtype"] = "float32"
     other = build_plan(load_config(raw), ["tiny"])
-    assert {a.path for a in other.of_kind("eval")}.isdisjoint(a.path for a in loading)
+    assert {a.path for a in other.of_kind("evaluate")}.isdisjoint(a.path for a in loading)
 
     # The job itself: "my-tiny" is not built in, so it resolves only through the spec.
     ev = loading[0]
-    run_job("evaluate", ev.spec, [str(tmp_path / "eval.jsonl")], [])
+    run_job("evaluate", ev.spec.as_dict(), [str(tmp_path / "eval.jsonl")], [])
     rows = read_jsonl(tmp_path / "eval.jsonl")
-    assert [r["item_id"] for r in rows] == [it.id for it in spec_dataset(ev.spec).items]
+    assert [r["item_id"] for r in rows] == [it.id for it in ev.spec.load_dataset().items]
