@@ -132,7 +132,7 @@ class JobSpec:
 @dataclass(frozen=True)
 class QuestionsSpec(JobSpec):
     KIND: ClassVar[str] = "questions"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "models_extra"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "models_extra", "per_passage"})
     dataset: str
     dataset_cfg: dict
     generator: str
@@ -147,6 +147,7 @@ class QuestionsSpec(JobSpec):
     batch_size: int
     base_url: str | None = None
     models_extra: dict | None = None
+    per_passage: bool | None = None  # True: per_item questions per passage (documents without test questions)
 
 
 @dataclass(frozen=True)

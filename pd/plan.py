@@ -17,7 +17,6 @@ folder of documents in-process (:mod:`pd.inject`).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,10 @@ from typing import Any
 from pd import config as pdc
 from pd import jobs, paths
 from pd.errors import ConfigError
+from pd.grid import AXES, expand_grid, format_value, generation_settings  # noqa: F401  (expand_grid: also pd.plan API)
 from pd.io import file_hash, stable_hash
 from pd.models import registry
 
-AXES = ("model", "method", "dataset", "seed", "retrieval", "expert", "teacher", "qgen", "answer_temperature",
-        "kd_temperature", "n_questions", "rank", "snapshot", "subset")
 KINDS = paths.KINDS
 
 
@@ -64,7 +62,7 @@ class Cell:
     def cell_id(self) -> str:
         """Readable and unique within its experiment: the main axes, then those the grid varies."""
         a = self.axes
-        extra = ",".join(f"{k}={_fmt(a[k])}" for k in self.varying if a.get(k) is not None)
+        extra = ",".join(f"{k}={format_value(a[k])}" for k in self.varying if a.get(k) is not None)
         parts = [a["dataset"], a["method"], a["model"], f"s{a['seed']}", a["retrieval"]]
         return "/".join(parts + ([extra] if extra else []))
 
@@ -125,64 +123,27 @@ class Plan:
             todo.extend(self.artifacts[p].inputs)
         return sorted(seen)
 
+    def in_order(self, path: str) -> list[Artifact]:
+        """The artifacts ``path`` needs and ``path`` itself, each after everything it reads."""
+        out: list[Artifact] = []
+        seen: set[str] = set()
+
+        def visit(p: str) -> None:
+            if p in seen or p not in self.artifacts:
+                return
+            seen.add(p)
+            for q in self.artifacts[p].inputs:
+                visit(q)
+            out.append(self.artifacts[p])
+
+        visit(path)
+        return out
+
     def count(self) -> dict[str, int]:
         out = {k: 0 for k in KINDS}
         for a in self.artifacts.values():
             out[a.kind] += 1
         return out
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def generation_settings(cfg: dict, experiment: str | None) -> dict:
-    """The generation settings an experiment's cells use: the top level, then its overrides."""
-    base = cfg["generation"]
-    over = cfg["experiments"][experiment].get("generation", {}) if experiment else {}
-    return pdc.deep_merge(base, over)
-
-
-def expand_grid(cfg: dict, experiment: str) -> list[dict]:
-    """The experiment's cells as axis dicts, with defaults resolved and irrelevant axes cleared.
-
-    Axes a method does not use (a base model has no teacher; SFT has no distillation
-    temperature) are set to None, so cells that differ only there collapse into one.
-    """
-    qcfg = generation_settings(cfg, experiment)["questions"]
-    seen, cells = set(), []
-    points = (v for g in pdc.grids(cfg["experiments"][experiment]) for v in itertools.product(*(g[a] for a in AXES)))
-    for values in points:
-        c = dict(zip(AXES, values))
-        m = c["method"]
-        train = pdc.training_settings(cfg, m, c["model"], experiment)
-        for axis in ("expert", "teacher", "qgen"):
-            if c[axis] == "self":
-                c[axis] = c["model"]
-        if c["answer_temperature"] is None:
-            c["answer_temperature"] = pdc.answer_temperature(cfg, m)
-        if c["kd_temperature"] is None:
-            c["kd_temperature"] = train["kd_temperature"]
-        if c["n_questions"] is None:
-            c["n_questions"] = qcfg["per_item"]
-        if c["rank"] is None:
-            c["rank"] = train["rank"]
-        if m == "base":
-            for axis in AXES[5:]:
-                c[axis] = None
-        else:
-            if m not in pdc.DISTILLING_METHODS:
-                c["teacher"] = c["kd_temperature"] = None
-                if c["subset"] != "all":
-                    raise ConfigError(f"experiments.{experiment}.grid.subset: quintile subsets need a distilling method "
-                                      f"({', '.join(pdc.DISTILLING_METHODS)}), not {m!r}")
-            if m == "uft":
-                c["expert"] = c["qgen"] = c["answer_temperature"] = c["n_questions"] = None
-        key = tuple(sorted((k, str(v)) for k, v in c.items()))
-        if key not in seen:
-            seen.add(key)
-            cells.append(c)
-    return cells
 
 
 class _Builder:
@@ -195,12 +156,13 @@ class _Builder:
         self.R = cfg["results_dir"]
         self.experiment: str | None = None  # the experiment whose cells are being added
         self.gen = cfg["generation"]  # its generation settings
+        self.datasets = {name: _dataset_entry(name, d) for name, d in cfg["datasets"].items()}
 
     def _add(self, path: str, spec: jobs.JobSpec, inputs: tuple[str, ...] = (), model: str | None = None) -> str:
         return self.plan.add(Artifact(spec.KIND, path, spec, inputs, model))
 
     def _data(self, c: dict) -> dict:
-        return {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]]}
+        return {"dataset": c["dataset"], "dataset_cfg": self.datasets[c["dataset"]]}
 
     def questions(self, c: dict) -> str:
         q = self.gen["questions"]
@@ -212,7 +174,7 @@ class _Builder:
         spec = jobs.QuestionsSpec(**self._data(c), generator=c["qgen"], mode=mode, per_item=total,
                                   heldout_per_item=total - c["n_questions"], seed=dseed, sampling=sampling,
                                   max_rounds=q["max_rounds"], prompts=self._prompt_overrides(), **self._backend(),
-                                  models_extra=self._models(c["qgen"]))
+                                  models_extra=self._models(c["qgen"]), per_passage=self._per_passage(c["dataset"]))
         stem = f"{c['qgen']}_{mode}_n{c['n_questions']}_s{dseed}_{_hash(spec)}"
         return self._add(paths.output("questions", R=self.R, dataset=c["dataset"], stem=stem), spec, (), c["qgen"])
 
@@ -227,7 +189,7 @@ class _Builder:
                                 prompts=self._prompt_overrides(), **self._backend(),
                                 models_extra=self._models(c["expert"]), distractors=distractors)
         qstem = paths.parse(qpath, c["dataset"])[1]["stem"]
-        stem = f"{c['expert']}_{kind}_t{_fmt(c['answer_temperature'])}_{_hash(spec)}"
+        stem = f"{c['expert']}_{kind}_t{format_value(c['answer_temperature'])}_{_hash(spec)}"
         return self._add(paths.output("answers", R=self.R, dataset=c["dataset"], qstem=qstem, stem=stem), spec,
                          (qpath,), c["expert"])
 
@@ -239,7 +201,7 @@ class _Builder:
                                 max_teacher_tokens=train["max_teacher_tokens"],
                                 models_extra=self._models(c["teacher"], c["model"]))
         a = paths.parse(apath, c["dataset"])[1]
-        stem = f"{c['teacher']}_k{train['teacher_topk']}_T{_fmt(c['kd_temperature'])}_{_hash(spec)}"
+        stem = f"{c['teacher']}_k{train['teacher_topk']}_T{format_value(c['kd_temperature'])}_{_hash(spec)}"
         path = paths.output("teacher", R=self.R, dataset=c["dataset"], qstem=a["qstem"], astem=a["stem"], stem=stem)
         return self._add(path, spec, (apath,), c["teacher"])
 
@@ -280,7 +242,7 @@ class _Builder:
                                  prompts=self._prompt_overrides(), **self._backend(),
                                  models_extra=self._models(c["model"]))
         where = _adapter_place(adapter, c["dataset"]) if adapter else f"base/{c['model']}/s{c['seed']}"
-        snap = f"snap{_fmt(c['snapshot'])}_" if c["snapshot"] is not None else ""
+        snap = f"snap{format_value(c['snapshot'])}_" if c["snapshot"] is not None else ""
         path = paths.output("evaluate", R=self.R, dataset=c["dataset"], rest=f"{where}/{snap}{c['retrieval']}_{_hash(spec)}")
         return self._add(path, spec, tuple(p for p in (adapter, rpath) if p), c["model"])
 
@@ -309,6 +271,11 @@ class _Builder:
         where = _adapter_place(adapter, c["dataset"]) if adapter else f"base/{c['model']}"
         path = paths.output("capability", R=self.R, rest=f"{where}/mmlu_pro_{_hash(spec)}")
         return self._add(path, spec, (adapter,) if adapter else (), c["model"])
+
+    def _per_passage(self, dataset: str) -> bool | None:
+        """True for a folder of documents without test questions: questions are then per passage."""
+        d = self.cfg["datasets"][dataset]
+        return True if d["loader"] == "folder" and not d.get("questions") else None
 
     def _backend(self) -> dict:
         """How a generating job runs its model (not what it computes, but part of its spec)."""
@@ -350,6 +317,17 @@ class _Builder:
         self._add(self.plan.manifest_path(name), spec, inputs)
 
 
+def _dataset_entry(name: str, entry: dict) -> dict:
+    """A dataset's config entry as jobs carry it: a folder's also names its documents' content
+    (``documents_hash``), so edited documents change every job that reads them."""
+    if entry["loader"] != "folder":
+        return entry
+    from pd.data import load_folder
+
+    ds = load_folder(entry["path"], name=name)
+    return {**entry, "documents_hash": stable_hash([[d.id, d.text] for d in ds.documents.values()])}
+
+
 def _adapter_place(adapter: str, dataset: str) -> str:
     """``<method>/<model>/<stem>`` of an adapter path, where its evaluations and capability rows go."""
     f = paths.parse(adapter, dataset)[1]
@@ -380,6 +358,29 @@ def build_plan(cfg: dict, experiments: list[str] | None = None) -> Plan:
     manifests = b.plan.targets(list(names))
     b._add(b.plan.report_path(), jobs.ReportSpec(manifests=manifests, out_dir=cfg["reports_dir"]), tuple(manifests))
     return b.plan
+
+
+def build_adapter_plan(cfg: dict, experiment: str) -> tuple[Plan, list[str]]:
+    """The adapters of an experiment's trained cells and what they need, without evaluation.
+
+    ``pd inject`` runs such a plan over a folder of documents; its jobs have the
+    specifications and paths the workflow would give them.
+
+    Args:
+        cfg: a validated config.
+        experiment: one of its experiments.
+
+    Returns:
+        The plan and the adapter paths, one per trained cell in grid order.
+
+    Raises:
+        ConfigError: as :func:`expand_grid`.
+    """
+    b = _Builder(cfg)
+    b.experiment = experiment
+    b.gen = generation_settings(cfg, experiment)
+    adapters = [b.adapter(c, experiment) for c in expand_grid(cfg, experiment) if c["method"] != "base"]
+    return b.plan, adapters
 
 
 def manifest_records(plan: Plan, experiment: str) -> list[dict]:

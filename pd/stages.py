@@ -76,12 +76,15 @@ def provenance(spec: jobs.JobSpec) -> dict:
 
 
 def questions(spec: jobs.QuestionsSpec, out: str) -> None:
-    """Questions about each passage (``per_item``, held-out ones included) into ``out``."""
+    """Questions about each passage (``per_item`` per test question citing it, or per passage when
+    ``per_passage``; held-out ones included) into ``out``."""
     from pd.qgen import QGenConfig, generate_questions, write_with_stats
 
     s = spec.sampling
-    cfg = QGenConfig(mode=spec.mode, per_item=spec.per_item, seed=spec.seed, max_rounds=spec.max_rounds,
-                     temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
+    per_doc = spec.per_item if spec.per_passage else None
+    cfg = QGenConfig(mode=spec.mode, per_item=spec.per_item, per_doc=per_doc, seed=spec.seed,
+                     max_rounds=spec.max_rounds, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                     max_new_tokens=s.max_new_tokens)
     rows, stats = generate_questions(spec.load_dataset(), _generator(spec, spec.generator), cfg)
     write_with_stats(out, rows, stats | provenance(spec))
 
