@@ -31,7 +31,14 @@ import yaml
 from pd.config import heldout_extra
 from pd.data import load_folder
 from pd.errors import ConfigError, DataError
-from pd.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl, write_text
+from pd.io import (
+    atomic_path,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 
 log = logging.getLogger("pd.inject")
 

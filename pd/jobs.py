@@ -35,7 +35,7 @@ class Sampling:
     keys: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Sampling":
+    def from_dict(cls, d: Mapping[str, Any]) -> Sampling:
         unknown = set(d) - _SAMPLING_FIELDS
         if unknown:
             raise ValueError(f"unknown sampling setting(s) {sorted(unknown)}")
@@ -65,7 +65,7 @@ class Distractors:
     gold_drop_prob: float
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Distractors":
+    def from_dict(cls, d: Mapping[str, Any]) -> Distractors:
         return cls(**d)
 
     def as_dict(self) -> dict[str, Any]:

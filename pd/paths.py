@@ -105,7 +105,7 @@ def rule_log(kind: str, results_dir: str) -> str:
     return _rule_string(f"{{R}}/logs/{PATTERNS[kind].tail}.log", results_dir, "", constrained=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _regex(kind: str, dataset: str | None) -> re.Pattern:
     fields = {name: (re.escape(dataset) if name == "dataset" and dataset is not None else rx)
               for name, rx in CONSTRAINTS.items()}

@@ -24,7 +24,7 @@ from typing import Any
 from pd import config as pdc
 from pd import jobs, paths
 from pd.errors import ConfigError
-from pd.grid import AXES, expand_grid, format_value, generation_settings  # noqa: F401  (expand_grid: also pd.plan API)
+from pd.grid import AXES, expand_grid, format_value, generation_settings
 from pd.io import file_hash, stable_hash
 from pd.models import registry
 

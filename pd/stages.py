@@ -76,8 +76,16 @@ def provenance(spec: jobs.JobSpec) -> dict:
 
 
 def questions(spec: jobs.QuestionsSpec, out: str) -> None:
-    """Questions about each passage (``per_item`` per test question citing it, or per passage when
-    ``per_passage``; held-out ones included) into ``out``."""
+    """Questions about each passage: ``per_item`` per test question citing it, or per passage when
+    ``per_passage`` (held-out ones included).
+
+    Args:
+        spec: the questions job.
+        out: the JSONL of question rows; yields go to ``<out stem>.stats.json``.
+
+    Raises:
+        DataError: the dataset's files are missing; ConfigError: an unknown generator.
+    """
     from pd.qgen import QGenConfig, generate_questions, write_with_stats
 
     s = spec.sampling
@@ -90,7 +98,15 @@ def questions(spec: jobs.QuestionsSpec, out: str) -> None:
 
 
 def answers(spec: jobs.AnswersSpec, out: str) -> None:
-    """The expert's answers (with the passage in its prompt) to each question of ``spec.questions``."""
+    """The expert's answers, with the passage in its prompt, to each question of ``spec.questions``.
+
+    Args:
+        spec: the answers job (``kind`` cot: chain-of-thought answers with distractor passages).
+        out: the JSONL of answer rows; yields go to ``<out stem>.stats.json``.
+
+    Raises:
+        DataError: a missing or malformed questions file.
+    """
     from pd.qgen import generate_answers, generate_cot_answers, write_with_stats
 
     ds = spec.load_dataset()
@@ -110,7 +126,15 @@ def answers(spec: jobs.AnswersSpec, out: str) -> None:
 
 
 def retrieval(spec: jobs.RetrievalSpec, out: str) -> None:
-    """The top-``k`` passages of each test question, with recall@1 and @k beside them."""
+    """The top-``k`` passages of each test question.
+
+    Args:
+        spec: the retrieval job.
+        out: the JSONL of ``{item_id, retrieved, gold}`` rows; recall@1 and @k go to ``.stats.json``.
+
+    Raises:
+        DataError: the dataset's files are missing; ConfigError: an unknown retriever.
+    """
     from pd.retrieve import recall_at_k, retrieve_for_items
 
     ds = spec.load_dataset()
@@ -132,7 +156,15 @@ def _adapter_folder(spec: jobs.EvaluateSpec) -> str | None:
 
 
 def evaluation(spec: jobs.EvaluateSpec, out: str) -> None:
-    """The model's (with its adapter or snapshot) answers to the test questions, closed-book or RAG."""
+    """The model's answers (with its adapter or a snapshot of it) to the test questions, closed-book or RAG.
+
+    Args:
+        spec: the evaluate job.
+        out: the JSONL of per-question answers; counts go to ``.stats.json``.
+
+    Raises:
+        DataError: a missing adapter, snapshot or retrieval file.
+    """
     from pd.evaluate import evaluate
     from pd.qgen import write_with_stats
 
@@ -146,7 +178,15 @@ def evaluation(spec: jobs.EvaluateSpec, out: str) -> None:
 
 
 def grade(spec: jobs.GradeSpec, out: str) -> None:
-    """Per-answer grades of the evaluation ``spec.eval`` (substring match or an LLM judge)."""
+    """Per-answer grades of the evaluation ``spec.eval``: substring match or an LLM judge.
+
+    Args:
+        spec: the grade job.
+        out: the JSONL of per-answer grades; accuracy goes to ``.summary.json``.
+
+    Raises:
+        DataError: a missing or malformed evaluation file.
+    """
     from pd.grade import grade_file, judge_params
 
     ds = spec.load_dataset()
@@ -158,19 +198,36 @@ def grade(spec: jobs.GradeSpec, out: str) -> None:
 
 
 def capability(spec: jobs.CapabilitySpec, out: str) -> None:
-    """MMLU-Pro rows of the model (with its adapter): the forgetting check."""
+    """MMLU-Pro rows of the model (with its adapter): the forgetting check.
+
+    Args:
+        spec: the capability job.
+        out: the JSONL of per-question rows; accuracy goes to ``.summary.json``.
+
+    Raises:
+        DataError: the MMLU-Pro file is missing.
+    """
     from pd.mmlu import run_mmlu
 
     run_mmlu(spec.model, spec.path, out, adapter=spec.adapter, limit=spec.limit, models_extra=spec.models_extra)
 
 
 def manifest(spec: jobs.ManifestSpec, out: str) -> None:
-    """The experiment's manifest: its specification, records included."""
+    """The experiment's manifest: its specification, records included.
+
+    Args:
+        spec: the manifest job.
+        out: the JSON file.
+    """
     write_json(out, spec.as_dict())
 
 
 def report(spec: jobs.ReportSpec, out: str) -> None:
     """The HTML report and tables of the manifests.
+
+    Args:
+        spec: the report job.
+        out: ``index.html`` in the reports folder.
 
     Raises:
         RuntimeError: the report was written somewhere else than ``out`` (a bug).
@@ -183,14 +240,14 @@ def report(spec: jobs.ReportSpec, out: str) -> None:
 
 
 def teacher(spec: jobs.TeacherSpec, out: str) -> None:
-    """Teacher statistics and top-k targets (:func:`pd.train.run.run_teacher`)."""
+    """Teacher statistics and top-k targets: :func:`pd.train.run.run_teacher` (same Args, Raises)."""
     from pd.train.run import run_teacher
 
     run_teacher(spec, out)
 
 
 def adapter(spec: jobs.AdapterSpec, out: str) -> None:
-    """One trained adapter with its held-out KL (:func:`pd.train.run.run_adapter`)."""
+    """One trained adapter with its held-out KL: :func:`pd.train.run.run_adapter` (same Args, Raises)."""
     from pd.train.run import run_adapter
 
     run_adapter(spec, out)

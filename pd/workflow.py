@@ -16,6 +16,7 @@ from pd.config import load_config
 from pd.models import registry
 from pd.plan import Plan, build_plan
 
+
 class Workflow:
     """The plan of a Snakemake run and, per rule (job kind), its strings and callables."""
 
