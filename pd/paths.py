@@ -133,7 +133,7 @@ def parse(path: str, dataset: str | None = None) -> tuple[str, dict[str, str]] |
         ``(kind, fields)`` for the first kind whose pattern matches, else None.
     """
     for kind, pat in PATTERNS.items():
-        if not pat.timed:
+        if not pat.pattern.startswith("{R}/"):
             continue
         for candidate in (path, "./" + path):
             m = _regex(kind, dataset).fullmatch(candidate)
@@ -142,20 +142,31 @@ def parse(path: str, dataset: str | None = None) -> tuple[str, dict[str, str]] |
     return None
 
 
-def benchmark_file(path: object, dataset: object) -> str | None:
+def benchmark_file(path: object, dataset: object = None) -> str | None:
     """The benchmark file of the job that wrote ``path`` (see :func:`rule_benchmark`), or None.
 
     Args:
         path: an artifact path (an adapter folder, an evaluation or grade file); other values give None.
-        dataset: the dataset named in the path.
+        dataset: the dataset named in the path, when known.
 
     Returns:
         ``<R>/benchmarks/<tail>.tsv``, or None when ``path`` is not a path this registry makes.
     """
-    if dataset is None or not isinstance(path, str):
+    return _beside(path, dataset, rule_benchmark)
+
+
+def log_file(path: object, dataset: object = None) -> str | None:
+    """The log file of the job that wrote ``path`` (see :func:`rule_log`), or None; as :func:`benchmark_file`."""
+    return _beside(path, dataset, rule_log)
+
+
+def _beside(path: object, dataset: object, rule_string) -> str | None:
+    if not isinstance(path, str):
         return None
-    found = parse(path, str(dataset))
+    found = parse(path, None if dataset is None else str(dataset))
     if found is None:
         return None
     kind, fields = found
-    return rule_benchmark(kind, fields.pop("R")).format(**fields)
+    if not PATTERNS[kind].timed:
+        return None
+    return rule_string(kind, fields.pop("R")).format(**fields)

@@ -13,6 +13,7 @@ import pytest
 from pd.config import load_config
 from pd.grade import substring_match
 from pd.io import read_jsonl
+from pd.paths import log_file
 from pd.plan import build_plan
 from test_slurm import slurm_cluster  # noqa: F401  (the fixture that finds or requires a cluster)
 
@@ -83,7 +84,7 @@ def test_killed_run_leaves_nothing_that_looks_finished(tmp_path):
     evals = [a.path for a in plan.of_kind("evaluate")]
     deadline = time.time() + 300
     # Kill the whole run (Snakemake and its job) while an evaluation job is running.
-    logs = [Path(p.replace("/tiny-nyt/eval/", "/logs/tiny-nyt/eval/").replace(".jsonl", ".log")) for p in evals]
+    logs = [Path(log_file(p)) for p in evals]
     while time.time() < deadline and not any(l.exists() for l in logs):
         time.sleep(0.2)
     time.sleep(1.5)

@@ -89,7 +89,7 @@ def benchmark_file(path: Any, dataset: Any) -> str | None:
     """The benchmark file of the job that wrote ``path`` (:func:`pd.paths.benchmark_file`)."""
     from pd.paths import benchmark_file as registry_benchmark
 
-    return registry_benchmark(path, dataset)
+    return registry_benchmark(path, dataset) if dataset is not None else None
 
 
 def conventional_benchmarks(d: Mapping[str, Any], dataset: Any) -> list[str]:
