@@ -270,9 +270,9 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
         if record.get("adapter_job") == str(Path(adapter).relative_to(out)):
             log.info("%s is up to date: every job reused", out)
             return InjectResult(out, reused, record)
-    jobs = {a.kind: a for a in plan.in_order(adapter)}
-    questions, answers = read_jsonl(jobs["questions"].path), read_jsonl(jobs["answers"].path)
-    _, heldout_rows = split_heldout(answers, jobs["adapter"].spec.heldout_fraction)
+    by_kind = {a.kind: a for a in plan.in_order(adapter)}
+    questions, answers = read_jsonl(by_kind["questions"].path), read_jsonl(by_kind["answers"].path)
+    _, heldout_rows = split_heldout(answers, by_kind["adapter"].spec.heldout_fraction)
     meta, kl = read_json(Path(adapter) / META_FILE), read_json(Path(adapter) / HELDOUT_FILE)
     record = {
         "pd_version": _version(), "command": command, "model": model, "documents_folder": str(docs),
@@ -285,21 +285,21 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
         "wall_clock_s": round(time.time() - t0, 1), "step_times_s": timings, "reused": reused,
         "adapter_job": str(Path(adapter).relative_to(out)), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_output(out, jobs, heldout_rows, record)
+    _write_output(out, by_kind, heldout_rows, record)
     return InjectResult(out, reused, record)
 
 
-def _write_output(out: Path, jobs: dict, heldout_rows: list[dict], record: dict) -> None:
+def _write_output(out: Path, by_kind: dict, heldout_rows: list[dict], record: dict) -> None:
     """The output folder's top level: the adapter's files, the data, the card and, last, the record."""
     from pd.qgen import stats_path
 
     (out / RECORD_FILE).unlink(missing_ok=True)  # until the record is back, the folder is not finished
-    adapter = Path(jobs["adapter"].path)
+    adapter = Path(by_kind["adapter"].path)
     for f in sorted(adapter.iterdir()):
         if f.is_file():
             _link_or_copy(f, out / f.name)
     for kind in ("questions", "answers"):
-        src = Path(jobs[kind].path)
+        src = Path(by_kind[kind].path)
         _link_or_copy(src, out / DATA_DIR / f"{kind}.jsonl")
         _link_or_copy(stats_path(src), out / DATA_DIR / f"{kind}.stats.json")
     write_jsonl(out / DATA_DIR / "heldout.jsonl", heldout_rows)

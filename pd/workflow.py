@@ -44,9 +44,16 @@ class Workflow:
         return paths.rule_log(kind, self.results_dir)
 
     def path(self, kind: str, wildcards) -> str:
+        """A job's output path from its rule's wildcards."""
         return paths.output(kind, R=self.results_dir, reports=self.cfg["reports_dir"], **dict(wildcards.items()))
 
     def artifact(self, kind: str, wildcards):
+        """The plan's artifact for a job of ``kind``.
+
+        Raises:
+            ConfigError: the path is no artifact of the selected experiments.
+            ValueError: the path is another kind's (a bug in the rules).
+        """
         art = self.plan.get(self.path(kind, wildcards))
         if art.kind != kind:
             raise ValueError(f"{art.path} is a {art.kind} artifact, not {kind}")
@@ -57,9 +64,11 @@ class Workflow:
         return lambda wildcards: self.artifact(kind, wildcards).spec.as_dict()
 
     def inputs(self, kind: str) -> Callable:
+        """The rule's ``input:`` function: the artifacts the job reads."""
         return lambda wildcards: list(self.artifact(kind, wildcards).inputs)
 
     def params_b(self, kind: str) -> Callable:
+        """The size (billions of parameters) of the model a job loads; 0 when it loads none."""
         def size(wildcards) -> float:
             model = self.artifact(kind, wildcards).model
             return self.registry[model].params_b if model else 0.0
@@ -67,6 +76,7 @@ class Workflow:
         return size
 
     def resources(self, kind: str) -> dict[str, Any]:
+        """The rule's ``resources:`` (pd.resources.rule_resources for the job kind, the model's size and rank)."""
         from pd.resources import rule_resources
 
         def rank(wildcards):
@@ -97,4 +107,5 @@ class Workflow:
         return threads
 
     def final_targets(self) -> list[str]:
+        """What ``rule all`` asks for: the report over the selected experiments."""
         return [self.plan.report_path()]
