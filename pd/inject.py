@@ -221,9 +221,10 @@ def _run_jobs(plan, target: str, docs: Path) -> tuple[list[str], dict[str, float
         else:
             run_spec(art.spec, art.path)
         if art.kind == "questions" and not read_jsonl(art.path):
+            from pd.qgen import stats_path
+
             raise DataError(f"{art.spec.generator} wrote no usable question about the documents in {docs} "
-                            f"(see {art.path[:-len('.jsonl')]}.stats.json); try --set qgen_mode=single or more "
-                            "max_rounds")
+                            f"(see {stats_path(art.path)}); try --set qgen_mode=single or more max_rounds")
         timings[STEP_TIMES.get(art.kind, f"{art.kind}_s")] = round(time.time() - t, 1)
     return reused, timings
 

@@ -23,9 +23,10 @@ from pd.paths import KINDS
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings of a generating job; unset fields are left out of the dictionary.
+    """Sampling settings of a generating job (None: the generator's or the mode's default).
 
-    ``keys`` keeps the order the settings came in, so the dictionary is the config's own.
+    ``keys`` holds the settings the config gave, in its order (None values included), so
+    the dictionary form is the config's own.
     """
 
     temperature: float | None = None
@@ -36,6 +37,11 @@ class Sampling:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Sampling:
+        """The settings of a config's sampling mapping.
+
+        Raises:
+            ValueError: a key that is no sampling setting (the schema admits none: a bug).
+        """
         unknown = set(d) - _SAMPLING_FIELDS
         if unknown:
             raise ValueError(f"unknown sampling setting(s) {sorted(unknown)}")
