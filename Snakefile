@@ -6,6 +6,10 @@
 #   snakemake --profile profiles/local --config run=[main]  # others
 #   snakemake --profile profiles/slurm                      # on a SLURM cluster
 #   snakemake -n <path>                                     # one artifact (see `pd cells`)
+#
+# To add a job kind: its path pattern in pd/paths.py, its specification in pd/jobs.py, the
+# plan's method that builds it (pd/plan.py), its stage (pd/stages.py), its resource
+# estimate (pd/resources.py) and a rule in workflow/rules/ like the ones there.
 
 import os
 import sys
@@ -27,19 +31,8 @@ except PDError as err:
     sys.stderr.write(f"\npd: {err}\n\n")
     sys.exit(2)
 
-R = WF.results_dir
-
-wildcard_constraints:
-    dataset=r"[^/]+",
-    stem=r"[^/]+",
-    qstem=r"[^/]+",
-    astem=r"[^/]+",
-    method=r"[^/]+",
-    model=r"[^/]+",
-    experiment=r"[^/]+",
-    grader=r"[^/.]+",
-    rest=r".+",
-
+# Each rule's output, benchmark and log strings come from pd.paths (WF.output/benchmark/log),
+# with the wildcard constraints inline; a rule's name is its job kind everywhere.
 
 localrules: all, manifest, report
 

@@ -142,7 +142,7 @@ def cmd_inject(args) -> int:
 
 def cmd_ask(args) -> int:
     """Answer questions with an injected adapter (closed-book, or with BM25 over --rag DOCS)."""
-    from pd.inject import ask, print_answers
+    from pd.ask import ask, print_answers
 
     rows = ask(args.adapter, args.question, rag=args.rag, k=args.k, temperature=args.temperature,
                max_tokens=args.max_tokens, use_adapter=not args.no_adapter, seed=args.seed,
@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print", action="store_true", help="also print the Markdown tables")
     s.set_defaults(func=cmd_report)
 
-    from pd.inject import ASK_DEFAULTS, DEFAULTS
+    from pd.ask import ASK_DEFAULTS
+    from pd.inject import DEFAULTS
 
     s = sub.add_parser("inject", help="put a folder of .txt/.md documents into a model: PD adapter + model card",
                        description="Generate questions and answers about your documents, train prompt distillation "

@@ -1,38 +1,44 @@
-"""``pd inject`` and ``pd ask``: put a folder of your own documents into a model's weights.
+"""``pd inject``: put a folder of your own documents into a model's weights.
 
-``inject`` runs the harness's pipeline on a folder instead of a benchmark: questions per
-document (:mod:`pd.qgen`), the expert's answers with the document in its prompt, prompt
-distillation with the adapter-off model as teacher (:func:`pd.train.run.run_adapter`,
-which also holds out some questions and measures KL(teacher || student) on them before
-and after). The output folder is a PEFT adapter plus a model card (README.md), the
-intermediate JSONL (``data/``) and ``inject.json`` (settings, command, wall-clock).
+``inject`` runs the workflow's own jobs on a folder instead of a benchmark: a plan
+(:func:`pd.plan.build_adapter_plan`) over a ``folder`` dataset, with one PD cell whose
+question writer, expert and adapter-off teacher are the model itself, run in this
+process by :mod:`pd.stages`: questions per document, the expert's answers with the
+document in its prompt, prompt distillation (which holds out some questions and measures
+KL(teacher || student) on them before and after). The output folder is a PEFT adapter
+plus a model card (README.md), the training data (``data/``), ``inject.json`` (settings,
+command, wall-clock) and the jobs' outputs under ``results/``, named as the workflow names
+them.
 
-Resuming: each step's output sits in ``<out>.inject/`` (and, once finished, in
-``<out>/data``) beside a hash of everything it depends on; a rerun reuses every step whose
-hash matches, and generation goes through the disk cache, so an interrupted step redoes
-only the completions it had not written.
-
-``ask`` loads the base model named in the adapter's ``pd_meta.json`` with the adapter
-(or without, for comparison) and answers closed-book, or with BM25 retrieval over a
-folder using the evaluation's RAG prompt.
+Resuming: a rerun builds the same plan and reuses every job whose output exists under
+``<out>/results`` (a changed setting changes the identity of exactly the jobs that
+depend on it); generation goes through the disk cache, so an interrupted job redoes only
+the completions it had not written. ``pd ask`` (:mod:`pd.ask`) uses the adapter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import yaml
 
 from pd.config import heldout_extra
-from pd.data import Dataset, load_folder
-from pd.errors import ConfigError, DataError, PDError
-from pd.io import atomic_path, file_hash, read_json, read_jsonl, stable_hash, write_json, write_jsonl, write_text
+from pd.data import load_folder
+from pd.errors import ConfigError, DataError
+from pd.io import (
+    atomic_path,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_text,
+)
 
 log = logging.getLogger("pd.inject")
 
@@ -64,7 +70,9 @@ INJECT_KEYS = ("questions", "heldout_fraction", "qgen_mode", "qgen_temperature",
 META_FILE = "pd_meta.json"
 RECORD_FILE = "inject.json"
 DATA_DIR = "data"
-ASK_DEFAULTS = {"k": 7, "temperature": 0.25, "max_tokens": 256}
+RESULTS_DIR = "results"  # the jobs' outputs, as the workflow names them
+DATASET = "documents"  # the folder's name as a dataset of inject's config
+EXPERIMENT = "inject"
 
 
 # --------------------------------------------------------------------------- settings
@@ -125,60 +133,20 @@ def resolve_settings(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return inject, training
 
 
-# --------------------------------------------------------------------------- steps
+# --------------------------------------------------------------------------- the plan
 
 
 @dataclasses.dataclass
 class InjectResult:
     out: Path
-    reused: list[str]  # steps taken from an earlier run
+    reused: list[str]  # job kinds whose output an earlier run had made
     record: dict
 
 
-def _docs_fingerprint(ds: Dataset) -> list:
-    return [[d.id, stable_hash(d.text)] for d in ds.documents.values()]
+STEP_TIMES = {"questions": "questions_s", "answers": "answers_s", "adapter": "training_s"}
 
 
-def _reuse_rows(name: str, key: str, places: Sequence[Path]) -> list[dict] | None:
-    from pd.io import stats_path
-
-    for folder in places:
-        path, stats = folder / name, stats_path(folder / name)
-        if path.is_file() and stats.is_file() and read_json(stats).get("inject_key") == key:
-            return read_jsonl(path)
-    return None
-
-
-def _step(name: str, spec: dict, stage: Path, places: Sequence[Path], make: Callable[[], tuple[list[dict], dict]],
-          reused: list[str]) -> list[dict]:
-    """Rows of a data step: an earlier run's when its key matches, else computed and written to ``stage``."""
-    from pd.io import write_with_stats
-
-    key = stable_hash(spec)
-    rows = _reuse_rows(name, key, [stage, *places])
-    if rows is not None:
-        reused.append(name)
-        if not (stage / name).is_file():
-            write_with_stats(stage / name, rows, {"inject_key": key, "spec": spec, "reused": True})
-        log.info("%s: reusing %d rows from an earlier run", name, len(rows))
-        return rows
-    rows, stats = make()
-    write_with_stats(stage / name, rows, stats | {"inject_key": key, "spec": spec})
-    return rows
-
-
-def _generator(model: str, cfg: dict, batch_size: int, adapter: str | None = None, progress: bool = True):
-    """The workflow's generator (pd.stages), with the backend and model registry of the project config."""
-    from pd.stages import _generator as stage_generator
-
-    gen = cfg.get("generation", {})
-    spec = {"backend": gen.get("backend", "transformers"), "batch_size": batch_size,
-            "base_url": gen.get("openai_base_url"), "models_extra": cfg.get("models")}
-    options = {"progress": progress} if spec["backend"] == "transformers" else {}
-    return stage_generator(model, spec, adapter, **options)
-
-
-def _config(path: str | None) -> dict:
+def project_config(path: str | None) -> dict:
     """The project config when one is given (model registry, prompt overrides, generation backend)."""
     if path is None:
         return {}
@@ -190,88 +158,123 @@ def _config(path: str | None) -> dict:
     return cfg
 
 
-def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, Any] | None = None, *,
-           config: str | None = None, command: str = "") -> InjectResult:
-    """Questions, answers and a PD adapter for the documents under ``docs``, written to ``out``."""
-    from pd.answers import generate_answers
-    from pd.generate import SamplingParams
-    from pd.models import get_spec
-    from pd.questions import QGenConfig, generate_questions
-    from pd.train.run import HELDOUT_FILE, run_adapter, split_heldout
+def inject_config(docs: Path, model: str, out: Path, settings: dict[str, Any], training: dict[str, Any],
+                  project: dict) -> dict:
+    """The config of inject's one-cell experiment: PD of ``model`` on the folder ``docs``.
 
-    t0 = time.time()
-    cfg = _config(config)
-    settings, training = resolve_settings(overrides or {})
-    docs, out = Path(docs), Path(out)
-    ds = load_folder(docs)
-    get_spec(model, cfg.get("models"))  # an unknown model fails before any work
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RECORD_FILE).is_file())):
+    Args:
+        docs: the documents folder (the ``documents`` dataset).
+        model: the student, which is also question writer, expert and teacher.
+        out: the output folder; the jobs' results go to ``<out>/results``.
+        settings: inject's own settings (:func:`resolve_settings`).
+        training: the training settings given (the rest are the workflow's defaults).
+        project: the project config (models, prompts, generation backend), or {}.
+
+    Returns:
+        A validated config with the experiment ``inject``.
+
+    Raises:
+        ConfigError: a setting the config schema rejects.
+    """
+    from pd.config import load_config
+
+    gen = project.get("generation") or {}
+    extra = heldout_extra(settings["questions"], settings["heldout_fraction"])
+    raw = {
+        "results_dir": str(out / RESULTS_DIR), "reports_dir": str(out / RESULTS_DIR / "reports"),
+        "datasets": {DATASET: {"loader": "folder", "path": str(docs.resolve())}},
+        "models": project.get("models") or {}, "prompts": project.get("prompts") or {},
+        "generation": {"backend": gen.get("backend", "transformers"), "openai_base_url": gen.get("openai_base_url"),
+                       "batch_size": settings["generation_batch_size"],
+                       "questions": {"mode": settings["qgen_mode"], "per_item": settings["questions"],
+                                     "temperature": settings["qgen_temperature"], "max_rounds": settings["max_rounds"]},
+                       "answers": {"max_new_tokens": settings["answer_max_tokens"]}},
+        # held-out questions per training question: the count heldout_extra gives, as a ratio
+        "training": {**training, "heldout_fraction": extra / settings["questions"]},
+        "experiments": {EXPERIMENT: {"grid": {"model": [model], "method": ["pd"], "dataset": [DATASET],
+                                              "seed": [settings["seed"]],
+                                              "answer_temperature": [settings["answer_temperature"]]}}},
+        "run": [EXPERIMENT],
+    }
+    return load_config(raw)
+
+
+def _check_out(docs: Path, out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RECORD_FILE).is_file()
+                                              and not (out / RESULTS_DIR).is_dir())):
         raise DataError(f"{out} exists and is not a `pd inject` output folder; choose another --out "
                         "(it would be replaced)")
     if docs.resolve() == out.resolve() or out.resolve() in docs.resolve().parents:
         raise DataError(f"--out {out} must not contain the documents folder {docs}")
-    stage = out.with_name(out.name + ".inject")
-    stage.mkdir(parents=True, exist_ok=True)
-    places = [out / DATA_DIR]
-    reused: list[str] = []
-    fingerprint = _docs_fingerprint(ds)
-    prompt_overrides = {k: file_hash(v) for k, v in sorted((cfg.get("prompts") or {}).items()) if Path(v).is_file()}
-    extra = heldout_extra(settings["questions"], settings["heldout_fraction"])
-    timings: dict[str, float] = {}
 
-    # 1. questions
-    t = time.time()
-    qcfg = QGenConfig(mode=settings["qgen_mode"], per_doc=settings["questions"] + extra, seed=settings["seed"],
-                      max_rounds=settings["max_rounds"], temperature=settings["qgen_temperature"])
-    qspec = {"docs": fingerprint, "generator": model, "qgen": dataclasses.asdict(qcfg), "prompts": prompt_overrides}
-    log.info("questions: %d per document (%d held out) for %d document(s)", qcfg.per_doc, extra, len(ds.documents))
-    questions = _step("questions.jsonl", qspec, stage, places,
-                      lambda: generate_questions(ds, _generator(model, cfg, settings["generation_batch_size"]), qcfg),
-                      reused)
-    if not questions:
-        raise DataError(f"{model} wrote no usable question about the documents in {docs} "
-                        f"(see {stage / 'questions.stats.json'}); try --set qgen_mode=single or more max_rounds")
-    timings["questions_s"] = round(time.time() - t, 1)
 
-    # 2. the expert's answers, with the document in its prompt
-    t = time.time()
-    params = SamplingParams(temperature=settings["answer_temperature"], top_k=0, top_p=1.0,
-                            max_new_tokens=settings["answer_max_tokens"], seed=settings["seed"])
-    aspec = {"questions": stable_hash(questions), "docs": fingerprint, "expert": model, "params": params.as_dict(),
-             "prompts": prompt_overrides}
-    answers = _step("answers.jsonl", aspec, stage, places, lambda: generate_answers(
-        questions, ds, _generator(model, cfg, settings["generation_batch_size"]), params, model), reused)
-    timings["answers_s"] = round(time.time() - t, 1)
+def _run_jobs(plan, target: str, docs: Path) -> tuple[list[str], dict[str, float]]:
+    """Run the jobs ``target`` needs in this process (pd.stages), reusing every output that exists."""
+    from pd.stages import run_spec
 
-    # 3. prompt distillation (adapter-off teacher), with the held-out KL before and after
-    t = time.time()
-    fraction = extra / (settings["questions"] + extra) if extra else 0.0
-    spec = {"method": "pd", "model": model, "dataset": ds.name, "dataset_cfg": {"loader": "folder", "path": str(docs)},
-            "seed": settings["seed"], "subset": "all", "answers": str(stage / "answers.jsonl"),
-            "answers_hash": stable_hash(answers), "teacher_model": model,
-            "models_extra": cfg.get("models") or None,
-            "training": {**training, "heldout_fraction": extra / settings["questions"] if extra else 0.0}}
-    adapter = stage / "adapter"
-    stored = read_json_roundtrip(spec)
-    done = [p for p in (adapter, out) if (p / META_FILE).is_file()
-            and read_json(p / META_FILE).get("workflow_spec") == stored]
-    if done:
-        reused.append("adapter")
-        log.info("adapter: reusing %s", done[0])
-        if done[0] != adapter:
-            _copy_adapter(done[0], adapter)
-    else:
-        run_adapter(spec, str(adapter))
-    timings["training_s"] = round(time.time() - t, 1)
-    _, heldout_rows = split_heldout(answers, fraction)
+    reused, timings = [], {}
+    for art in plan.in_order(target):
+        t = time.time()
+        if Path(art.path).exists():
+            reused.append(art.kind)
+            log.info("%s: reusing %s", art.kind, art.path)
+        else:
+            run_spec(art.spec, art.path)
+        if art.kind == "questions" and not read_jsonl(art.path):
+            from pd.io import stats_path
 
-    # 4. the output folder: adapter + model card + data, written atomically
-    if len(reused) == 3 and done and done[0] == out:
-        shutil.rmtree(stage, ignore_errors=True)
-        log.info("%s is up to date: every step reused", out)
-        return InjectResult(out, reused, read_json(out / RECORD_FILE))
-    meta = read_json(adapter / META_FILE)
-    kl = read_json(adapter / HELDOUT_FILE)
+            raise DataError(f"{art.spec.generator} wrote no usable question about the documents in {docs} "
+                            f"(see {stats_path(art.path)}); try --set qgen_mode=single or more max_rounds")
+        timings[STEP_TIMES.get(art.kind, f"{art.kind}_s")] = round(time.time() - t, 1)
+    return reused, timings
+
+
+def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, Any] | None = None, *,
+           config: str | None = None, command: str = "") -> InjectResult:
+    """Questions, answers and a PD adapter for the documents under ``docs``, written to ``out``.
+
+    The jobs are the workflow's (:func:`pd.plan.build_adapter_plan` over a ``folder``
+    dataset), run in this process by :mod:`pd.stages` into ``<out>/results``; a rerun
+    reuses every job whose output exists there, as Snakemake would.
+
+    Args:
+        docs: a folder of ``.txt``/``.md`` documents.
+        model: the model to inject into (a registry name).
+        out: the output folder (created, or an earlier inject's to update).
+        overrides: settings over :data:`DEFAULTS` (inject's own and training ones).
+        config: a project config for its model registry, prompts and generation backend.
+        command: the command line, for the model card.
+
+    Returns:
+        The output folder, the reused job kinds and the run's record (``inject.json``).
+
+    Raises:
+        ConfigError: an unknown setting or model, or an invalid value.
+        DataError: a missing documents folder, an ``out`` that is not an inject folder, or no
+            usable question.
+    """
+    from pd.models import get_spec
+    from pd.plan import build_adapter_plan
+    from pd.train.run import HELDOUT_FILE, split_heldout
+
+    t0 = time.time()
+    project = project_config(config)
+    settings, training = resolve_settings(overrides or {})
+    docs, out = Path(docs), Path(out)
+    ds = load_folder(docs)
+    get_spec(model, project.get("models"))  # an unknown model fails before any work
+    _check_out(docs, out)
+    plan, (adapter,) = build_adapter_plan(inject_config(docs, model, out, settings, training, project), EXPERIMENT)
+    reused, timings = _run_jobs(plan, adapter, docs)
+    if len(reused) == len(plan.in_order(adapter)) and (out / RECORD_FILE).is_file():
+        record = read_json(out / RECORD_FILE)
+        if record.get("adapter_job") == str(Path(adapter).relative_to(out)):
+            log.info("%s is up to date: every job reused", out)
+            return InjectResult(out, reused, record)
+    by_kind = {a.kind: a for a in plan.in_order(adapter)}
+    questions, answers = read_jsonl(by_kind["questions"].path), read_jsonl(by_kind["answers"].path)
+    _, heldout_rows = split_heldout(answers, by_kind["adapter"].spec.heldout_fraction)
+    meta, kl = read_json(Path(adapter) / META_FILE), read_json(Path(adapter) / HELDOUT_FILE)
     record = {
         "pd_version": _version(), "command": command, "model": model, "documents_folder": str(docs),
         "documents": [{"id": d.id, "characters": len(d.text), "words": len(d.text.split()),
@@ -280,34 +283,38 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
         "settings": settings, "training": meta["config"], "questions": len(questions), "answers": len(answers),
         "heldout_pairs": len(heldout_rows), "train_pairs": meta["examples"], "heldout_kl": kl,
         "train_steps": meta["steps"], "train_wall_clock_s": meta["wall_clock_s"],
-        "wall_clock_s": round(time.time() - t0, 1),
-        "step_times_s": timings, "reused": reused,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_clock_s": round(time.time() - t0, 1), "step_times_s": timings, "reused": reused,
+        "adapter_job": str(Path(adapter).relative_to(out)), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with atomic_path(out) as tmp:
-        shutil.copytree(adapter, tmp)
-        (tmp / DATA_DIR).mkdir()
-        for name in ("questions", "answers"):
-            for suffix in (".jsonl", ".stats.json"):
-                shutil.copyfile(stage / f"{name}{suffix}", tmp / DATA_DIR / f"{name}{suffix}")
-        write_jsonl(tmp / DATA_DIR / "heldout.jsonl", heldout_rows)
-        write_json(tmp / RECORD_FILE, record)
-        write_text(tmp / "README.md", model_card(record, out))
-    shutil.rmtree(stage, ignore_errors=True)
+    _write_output(out, by_kind, heldout_rows, record)
     return InjectResult(out, reused, record)
 
 
-def read_json_roundtrip(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples become lists), to compare with a stored spec."""
-    import json
+def _write_output(out: Path, by_kind: dict, heldout_rows: list[dict], record: dict) -> None:
+    """The output folder's top level: the adapter's files, the data, the card and, last, the record."""
+    from pd.io import stats_path
 
-    return json.loads(json.dumps(obj, default=str))
+    (out / RECORD_FILE).unlink(missing_ok=True)  # until the record is back, the folder is not finished
+    adapter = Path(by_kind["adapter"].path)
+    for f in sorted(adapter.iterdir()):
+        if f.is_file():
+            _link_or_copy(f, out / f.name)
+    for kind in ("questions", "answers"):
+        src = Path(by_kind[kind].path)
+        _link_or_copy(src, out / DATA_DIR / f"{kind}.jsonl")
+        _link_or_copy(stats_path(src), out / DATA_DIR / f"{kind}.stats.json")
+    write_jsonl(out / DATA_DIR / "heldout.jsonl", heldout_rows)
+    write_text(out / "README.md", model_card(record, out))
+    write_json(out / RECORD_FILE, record)
 
 
-def _copy_adapter(src: Path, dst: Path) -> None:
-    """The adapter part of a finished output folder (everything but the data and the card)."""
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (a copy across file systems), replaced atomically."""
     with atomic_path(dst) as tmp:
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(DATA_DIR, RECORD_FILE, "README.md"))
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def _version() -> str:
@@ -362,57 +369,3 @@ def model_card(record: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- ask
-
-
-def ask(adapter_dir: str | Path, questions: Sequence[str], *, rag: str | Path | None = None,
-        k: int = ASK_DEFAULTS["k"], temperature: float = ASK_DEFAULTS["temperature"],
-        max_tokens: int = ASK_DEFAULTS["max_tokens"], use_adapter: bool = True, seed: int = 0,
-        config: str | None = None) -> list[dict]:
-    """Answers to ``questions`` from the base model of ``adapter_dir`` with (or without) the adapter.
-
-    With ``rag`` the BM25 top-``k`` documents of that folder go into the prompt, as in
-    evaluation (:func:`pd.evaluate.eval_conversation`).
-    """
-    from pd.evaluate import eval_conversation
-    from pd.generate import SamplingParams
-
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / META_FILE).is_file():
-        raise DataError(f"{adapter_dir} is not an adapter folder written by pd (no {META_FILE}); "
-                        "pass the --out folder of `pd inject`")
-    if not questions or not all(q.strip() for q in questions):
-        raise DataError("ask needs a non-empty question")
-    if not isinstance(k, int) or k < 1:
-        raise ConfigError(f"--k must be a positive integer, got {k!r}")
-    model = read_json(adapter_dir / META_FILE)["model"]
-    retrieved: list[list[str]] = [[] for _ in questions]
-    ds = None
-    if rag is not None:
-        from pd.retrieve import make_retriever
-
-        ds = load_folder(rag)
-        retrieved = make_retriever("bm25", ds.documents).search(list(questions), min(k, len(ds.documents)))
-    cfg = _config(config)
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_tokens, seed=seed)
-    gen = _generator(model, cfg, batch_size=8, adapter=str(adapter_dir) if use_adapter else None, progress=False)
-    convs = [eval_conversation(q, [ds.documents[d].text for d in ids] if ds else None)
-             for q, ids in zip(questions, retrieved)]
-    outs = gen.generate(convs, params)
-    return [{"question": q, "answer": c[0].text.strip(), "retrieved": ids, "model": model,
-             "adapter": str(adapter_dir) if use_adapter else None, "finish_reason": c[0].finish_reason}
-            for q, ids, c in zip(questions, retrieved, outs)]
-
-
-def print_answers(rows: list[dict], as_json: bool = False, stream=None) -> None:
-    import json
-
-    stream = stream or sys.stdout
-
-    for r in rows:
-        if as_json:
-            print(json.dumps(r), file=stream)
-        elif len(rows) == 1:
-            print(r["answer"], file=stream)
-        else:
-            print(f"Q: {r['question']}\nA: {r['answer']}\n", file=stream)

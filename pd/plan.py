@@ -8,38 +8,48 @@ two cells that share questions, answers, a teacher cache or retrieval results sh
 file, and Snakemake builds it once. A changed setting changes the hash of exactly the
 artifacts that depend on it.
 
-The Snakefile asks this module, by output path, for each job's specification and
-inputs; the ``pd`` command uses it to list cells and their targets.
+Each artifact carries its job's typed specification (:mod:`pd.jobs`); its path comes
+from the one registry of path patterns (:mod:`pd.paths`). The Snakefile asks this module,
+by output path, for each job's specification and inputs (:mod:`pd.workflow`); the ``pd``
+command uses it to list cells and their targets, and ``pd inject`` runs a plan over a
+folder of documents in-process (:mod:`pd.inject`).
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pd import config as pdc
+from pd import jobs, paths
 from pd.errors import ConfigError
+from pd.grid import AXES, expand_grid, format_value, generation_settings
 from pd.io import file_hash, stable_hash
 from pd.models import registry
 
-AXES = ("model", "method", "dataset", "seed", "retrieval", "expert", "teacher", "qgen", "answer_temperature",
-        "kd_temperature", "n_questions", "rank", "snapshot", "subset")
-KINDS = ("questions", "answers", "teacher", "adapter", "retrieval", "eval", "grade", "capability", "manifest", "report")
+KINDS = paths.KINDS
+
+
+def _hash(spec: jobs.JobSpec) -> str:
+    return stable_hash(spec.as_dict(), 8)
 
 
 @dataclass(frozen=True)
 class Artifact:
+    """One job's output: its kind, path, typed specification and the artifacts it reads."""
+
     kind: str
     path: str
-    spec: dict
+    spec: jobs.JobSpec
     inputs: tuple[str, ...] = ()
     model: str | None = None  # the model the job loads, for its resources
 
 
 @dataclass
 class Cell:
+    """One point of an experiment's grid and the files that make it."""
+
     experiment: str
     axes: dict[str, Any]
     grades: dict[str, str]  # grader -> grade file
@@ -52,18 +62,25 @@ class Cell:
     def cell_id(self) -> str:
         """Readable and unique within its experiment: the main axes, then those the grid varies."""
         a = self.axes
-        extra = ",".join(f"{k}={_fmt(a[k])}" for k in self.varying if a.get(k) is not None)
+        extra = ",".join(f"{k}={format_value(a[k])}" for k in self.varying if a.get(k) is not None)
         parts = [a["dataset"], a["method"], a["model"], f"s{a['seed']}", a["retrieval"]]
         return "/".join(parts + ([extra] if extra else []))
 
 
 @dataclass
 class Plan:
+    """Every artifact the selected experiments need, by path, and each experiment's cells."""
+
     cfg: dict
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     cells: dict[str, list[Cell]] = field(default_factory=dict)
 
     def add(self, art: Artifact) -> str:
+        """Add an artifact (once per path) and return its path.
+
+        Raises:
+            RuntimeError: another specification already maps to the same path.
+        """
         old = self.artifacts.get(art.path)
         if old is not None and old.spec != art.spec:  # a hash collision or a bug: never silently merge
             raise RuntimeError(f"two different specifications map to {art.path}")
@@ -71,6 +88,11 @@ class Plan:
         return art.path
 
     def get(self, path: str) -> Artifact:
+        """The artifact at ``path``.
+
+        Raises:
+            ConfigError: no selected experiment needs ``path``.
+        """
         try:
             return self.artifacts[path]
         except KeyError:
@@ -85,10 +107,10 @@ class Plan:
         return [self.manifest_path(e) for e in (experiments or list(self.cells))]
 
     def report_path(self) -> str:
-        return f"{self.cfg['reports_dir']}/index.html"
+        return paths.output("report", reports=self.cfg["reports_dir"])
 
     def manifest_path(self, experiment: str) -> str:
-        return f"{self.cfg['results_dir']}/manifests/{experiment}.json"
+        return paths.output("manifest", R=self.cfg["results_dir"], experiment=experiment)
 
     def upstream(self, path: str) -> list[str]:
         """``path`` and every artifact it needs, transitively (the jobs that produce it), sorted."""
@@ -101,6 +123,22 @@ class Plan:
             todo.extend(self.artifacts[p].inputs)
         return sorted(seen)
 
+    def in_order(self, path: str) -> list[Artifact]:
+        """The artifacts ``path`` needs and ``path`` itself, each after everything it reads."""
+        out: list[Artifact] = []
+        seen: set[str] = set()
+
+        def visit(p: str) -> None:
+            if p in seen or p not in self.artifacts:
+                return
+            seen.add(p)
+            for q in self.artifacts[p].inputs:
+                visit(q)
+            out.append(self.artifacts[p])
+
+        visit(path)
+        return out
+
     def count(self) -> dict[str, int]:
         out = {k: 0 for k in KINDS}
         for a in self.artifacts.values():
@@ -108,60 +146,9 @@ class Plan:
         return out
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def generation_settings(cfg: dict, experiment: str | None) -> dict:
-    """The generation settings an experiment's cells use: the top level, then its overrides."""
-    base = cfg["generation"]
-    over = cfg["experiments"][experiment].get("generation", {}) if experiment else {}
-    return pdc.deep_merge(base, over)
-
-
-def expand_grid(cfg: dict, experiment: str) -> list[dict]:
-    """The experiment's cells as axis dicts, with defaults resolved and irrelevant axes cleared.
-
-    Axes a method does not use (a base model has no teacher; SFT has no distillation
-    temperature) are set to None, so cells that differ only there collapse into one.
-    """
-    qcfg = generation_settings(cfg, experiment)["questions"]
-    seen, cells = set(), []
-    points = (v for g in pdc.grids(cfg["experiments"][experiment]) for v in itertools.product(*(g[a] for a in AXES)))
-    for values in points:
-        c = dict(zip(AXES, values))
-        m = c["method"]
-        train = pdc.training_settings(cfg, m, c["model"], experiment)
-        for axis in ("expert", "teacher", "qgen"):
-            if c[axis] == "self":
-                c[axis] = c["model"]
-        if c["answer_temperature"] is None:
-            c["answer_temperature"] = pdc.answer_temperature(cfg, m)
-        if c["kd_temperature"] is None:
-            c["kd_temperature"] = train["kd_temperature"]
-        if c["n_questions"] is None:
-            c["n_questions"] = qcfg["per_item"]
-        if c["rank"] is None:
-            c["rank"] = train["rank"]
-        if m == "base":
-            for axis in AXES[5:]:
-                c[axis] = None
-        else:
-            if m not in pdc.DISTILLING_METHODS:
-                c["teacher"] = c["kd_temperature"] = None
-                if c["subset"] != "all":
-                    raise ConfigError(f"experiments.{experiment}.grid.subset: quintile subsets need a distilling method "
-                                      f"({', '.join(pdc.DISTILLING_METHODS)}), not {m!r}")
-            if m == "uft":
-                c["expert"] = c["qgen"] = c["answer_temperature"] = c["n_questions"] = None
-        key = tuple(sorted((k, str(v)) for k, v in c.items()))
-        if key not in seen:
-            seen.add(key)
-            cells.append(c)
-    return cells
-
-
 class _Builder:
+    """Adds each cell's artifacts to a plan; each method returns the artifact's path."""
+
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.plan = Plan(cfg)
@@ -169,8 +156,13 @@ class _Builder:
         self.R = cfg["results_dir"]
         self.experiment: str | None = None  # the experiment whose cells are being added
         self.gen = cfg["generation"]  # its generation settings
+        self.datasets = {name: _dataset_entry(name, d) for name, d in cfg["datasets"].items()}
 
-    # -- artifacts, each returns its path ----------------------------------------------
+    def _add(self, path: str, spec: jobs.JobSpec, inputs: tuple[str, ...] = (), model: str | None = None) -> str:
+        return self.plan.add(Artifact(spec.KIND, path, spec, inputs, model))
+
+    def _data(self, c: dict) -> dict:
+        return {"dataset": c["dataset"], "dataset_cfg": self.datasets[c["dataset"]]}
 
     def questions(self, c: dict) -> str:
         q = self.gen["questions"]
@@ -178,135 +170,128 @@ class _Builder:
         heldout = pdc.training_settings(self.cfg, c["method"], c["model"], self.experiment)["heldout_fraction"]
         total = c["n_questions"] + pdc.heldout_extra(c["n_questions"], heldout)
         mode = "bonito" if c["qgen"].startswith("bonito") else q["mode"]  # a Bonito-style generator has its own prompt
-        spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "generator": c["qgen"],
-                "mode": mode, "per_item": total, "heldout_per_item": total - c["n_questions"], "seed": dseed,
-                "sampling": {k: q[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")},
-                "max_rounds": q["max_rounds"], "prompts": self._prompt_overrides(), **self._backend(),
-                **self._models(c["qgen"])}
-        stem = f"{c['qgen']}_{mode}_n{c['n_questions']}_s{dseed}_{stable_hash(spec, 8)}"
-        return self.plan.add(Artifact("questions", f"{self.R}/{c['dataset']}/questions/{stem}.jsonl", spec, (), c["qgen"]))
+        sampling = jobs.Sampling.from_dict({k: q[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")})
+        spec = jobs.QuestionsSpec(**self._data(c), generator=c["qgen"], mode=mode, per_item=total,
+                                  heldout_per_item=total - c["n_questions"], seed=dseed, sampling=sampling,
+                                  max_rounds=q["max_rounds"], prompts=self._prompt_overrides(), **self._backend(),
+                                  models_extra=self._models(c["qgen"]), per_passage=self._per_passage(c["dataset"]))
+        stem = f"{c['qgen']}_{mode}_n{c['n_questions']}_s{dseed}_{_hash(spec)}"
+        return self._add(paths.output("questions", R=self.R, dataset=c["dataset"], stem=stem), spec, (), c["qgen"])
 
     def answers(self, c: dict) -> str:
         qpath = self.questions(c)
-        a = self.gen["answers"]
         kind = "cot" if c["method"] == "sft_distractors" else "plain"
         train = pdc.training_settings(self.cfg, c["method"], c["model"], self.experiment)
-        spec = {"questions": qpath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
-                "expert": c["expert"], "kind": kind, "seed": c["seed"] if self.gen["questions"]["per_seed"] else 0,
-                "sampling": {"temperature": c["answer_temperature"], **a}, "prompts": self._prompt_overrides(),
-                **self._backend(), **self._models(c["expert"])}
-        if kind == "cot":
-            spec["distractors"] = {"count": train["distractors"], "gold_drop_prob": train["gold_drop_prob"]}
-        qstem = qpath.rsplit("/", 1)[1][: -len(".jsonl")]
-        stem = f"{c['expert']}_{kind}_t{_fmt(c['answer_temperature'])}_{stable_hash(spec, 8)}"
-        return self.plan.add(Artifact("answers", f"{self.R}/{c['dataset']}/answers/{qstem}/{stem}.jsonl", spec,
-                                      (qpath,), c["expert"]))
+        distractors = jobs.Distractors(train["distractors"], train["gold_drop_prob"]) if kind == "cot" else None
+        sampling = jobs.Sampling.from_dict({"temperature": c["answer_temperature"], **self.gen["answers"]})
+        spec = jobs.AnswersSpec(questions=qpath, **self._data(c), expert=c["expert"], kind=kind,
+                                seed=c["seed"] if self.gen["questions"]["per_seed"] else 0, sampling=sampling,
+                                prompts=self._prompt_overrides(), **self._backend(),
+                                models_extra=self._models(c["expert"]), distractors=distractors)
+        qstem = paths.parse(qpath, c["dataset"])[1]["stem"]
+        stem = f"{c['expert']}_{kind}_t{format_value(c['answer_temperature'])}_{_hash(spec)}"
+        return self._add(paths.output("answers", R=self.R, dataset=c["dataset"], qstem=qstem, stem=stem), spec,
+                         (qpath,), c["expert"])
 
     def teacher(self, c: dict, apath: str, train: dict) -> str:
-        spec = {"answers": apath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
-                "teacher": c["teacher"], "student": c["model"], "topk": train["teacher_topk"],
-                "logprob_dtype": train["teacher_logprob_dtype"], "chunk_size": train["chunk_size"],
-                "kd_temperature": c["kd_temperature"], "max_answer_tokens": train["max_answer_tokens"],
-                "max_teacher_tokens": train["max_teacher_tokens"], **self._models(c["teacher"], c["model"])}
-        astem = "/".join(apath.rsplit("/", 2)[1:])[: -len(".jsonl")]
-        stem = f"{c['teacher']}_k{train['teacher_topk']}_T{_fmt(c['kd_temperature'])}_{stable_hash(spec, 8)}"
-        return self.plan.add(Artifact("teacher", f"{self.R}/{c['dataset']}/teacher/{astem}/{stem}", spec, (apath,),
-                                      c["teacher"]))
+        spec = jobs.TeacherSpec(answers=apath, **self._data(c), teacher=c["teacher"], student=c["model"],
+                                topk=train["teacher_topk"], logprob_dtype=train["teacher_logprob_dtype"],
+                                chunk_size=train["chunk_size"], kd_temperature=c["kd_temperature"],
+                                max_answer_tokens=train["max_answer_tokens"],
+                                max_teacher_tokens=train["max_teacher_tokens"],
+                                models_extra=self._models(c["teacher"], c["model"]))
+        a = paths.parse(apath, c["dataset"])[1]
+        stem = f"{c['teacher']}_k{train['teacher_topk']}_T{format_value(c['kd_temperature'])}_{_hash(spec)}"
+        path = paths.output("teacher", R=self.R, dataset=c["dataset"], qstem=a["qstem"], astem=a["stem"], stem=stem)
+        return self._add(path, spec, (apath,), c["teacher"])
 
     def adapter(self, c: dict, experiment: str) -> str:
         m = c["method"]
         train = pdc.training_settings(self.cfg, m, c["model"], experiment)
         train["rank"] = c["rank"]
-        inputs: list[str] = []
-        spec: dict[str, Any] = {"method": m, "model": c["model"], "dataset": c["dataset"],
-                                "dataset_cfg": self.cfg["datasets"][c["dataset"]], "seed": c["seed"], "subset": c["subset"]}
-        if m != "uft":
-            apath = self.answers(c)
-            inputs.append(apath)
-            spec["answers"] = apath
+        apath = self.answers(c) if m != "uft" else None
+        teacher_model = tpath = None
         if m in pdc.DISTILLING_METHODS:
             train["kd_temperature"] = c["kd_temperature"]
-            spec["teacher_model"] = c["teacher"]
+            teacher_model = c["teacher"]
             if train["teacher_topk"] > 0 or c["subset"] != "all":
-                tpath = self.teacher(c, spec["answers"], train)
-                inputs.append(tpath)
-                spec["teacher"] = tpath
-        spec["training"] = train
-        spec.update(self._models(c["model"], spec.get("teacher_model")))
-        stem = f"r{c['rank']}_{stable_hash(spec, 8)}_s{c['seed']}"
-        path = f"{self.R}/{c['dataset']}/adapters/{m}/{c['model']}/{stem}"
-        return self.plan.add(Artifact("adapter", path, spec, tuple(inputs), c["model"]))
+                tpath = self.teacher(c, apath, train)
+        spec = jobs.AdapterSpec(method=m, model=c["model"], **self._data(c), seed=c["seed"], subset=c["subset"],
+                                answers=apath, teacher_model=teacher_model, teacher=tpath, training=train,
+                                models_extra=self._models(c["model"], teacher_model))
+        stem = f"r{c['rank']}_{_hash(spec)}_s{c['seed']}"
+        path = paths.output("adapter", R=self.R, dataset=c["dataset"], method=m, model=c["model"], stem=stem)
+        return self._add(path, spec, tuple(p for p in (apath, tpath) if p), c["model"])
 
     def retrieval(self, c: dict) -> str | None:
         if c["retrieval"] == "none":
             return None
         r = pdc.deep_merge(self.cfg["retrieval"], self.cfg["experiments"][self.experiment].get("retrieval", {}))
         k = pdc.retrieval_k(r, self.cfg["datasets"][c["dataset"]])
-        spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "retriever": c["retrieval"],
-                "k": k}
-        if c["retrieval"] == "dense":
-            spec["dense_model"] = r["dense_model"]
-        if c["retrieval"] == "openai":
-            spec["embedding_model"] = r["openai_embedding_model"]
-        stem = f"{c['retrieval']}_k{k}_{stable_hash(spec, 8)}"
-        return self.plan.add(Artifact("retrieval", f"{self.R}/{c['dataset']}/retrieval/{stem}.jsonl", spec))
+        spec = jobs.RetrievalSpec(**self._data(c), retriever=c["retrieval"], k=k,
+                                  dense_model=r["dense_model"] if c["retrieval"] == "dense" else None,
+                                  embedding_model=r["openai_embedding_model"] if c["retrieval"] == "openai" else None)
+        stem = f"{c['retrieval']}_k{k}_{_hash(spec)}"
+        return self._add(paths.output("retrieval", R=self.R, dataset=c["dataset"], stem=stem), spec)
 
     def evaluation(self, c: dict, adapter: str | None) -> str:
         rpath = self.retrieval(c)
-        spec = {"dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]], "model": c["model"],
-                "adapter": adapter, "snapshot": c["snapshot"], "retrieval": rpath, "retriever": c["retrieval"],
-                "seed": c["seed"], "sampling": dict(self.gen["evaluation"]),
-                "prompts": self._prompt_overrides(), **self._backend(), **self._models(c["model"])}
-        where = adapter.split("/adapters/", 1)[1] if adapter else f"base/{c['model']}/s{c['seed']}"
-        snap = f"snap{_fmt(c['snapshot'])}_" if c["snapshot"] is not None else ""
-        path = f"{self.R}/{c['dataset']}/eval/{where}/{snap}{c['retrieval']}_{stable_hash(spec, 8)}.jsonl"
-        inputs = tuple(p for p in (adapter, rpath) if p)
-        return self.plan.add(Artifact("eval", path, spec, inputs, c["model"]))
+        spec = jobs.EvaluateSpec(**self._data(c), model=c["model"], adapter=adapter, snapshot=c["snapshot"],
+                                 retrieval=rpath, retriever=c["retrieval"], seed=c["seed"],
+                                 sampling=jobs.Sampling.from_dict(self.gen["evaluation"]),
+                                 prompts=self._prompt_overrides(), **self._backend(),
+                                 models_extra=self._models(c["model"]))
+        where = _adapter_place(adapter, c["dataset"]) if adapter else f"base/{c['model']}/s{c['seed']}"
+        snap = f"snap{format_value(c['snapshot'])}_" if c["snapshot"] is not None else ""
+        path = paths.output("evaluate", R=self.R, dataset=c["dataset"], rest=f"{where}/{snap}{c['retrieval']}_{_hash(spec)}")
+        return self._add(path, spec, tuple(p for p in (adapter, rpath) if p), c["model"])
 
     def grade(self, c: dict, epath: str, grader: str) -> str:
         g = self.cfg["grading"]
-        spec: dict[str, Any] = {"eval": epath, "dataset": c["dataset"], "dataset_cfg": self.cfg["datasets"][c["dataset"]],
-                                "grader": grader}
-        judge = None
         if grader == "judge":
             judge = g["judge"]
-            spec.update(judge=judge, max_new_tokens=g["judge_max_new_tokens"], prompts=self._prompt_overrides(),
-                        **self._backend(), **self._models(judge))
+            spec = jobs.GradeSpec(eval=epath, **self._data(c), grader=grader, judge=judge,
+                                  max_new_tokens=g["judge_max_new_tokens"], prompts=self._prompt_overrides(),
+                                  **self._backend(), models_extra=self._models(judge))
             name = f"judge-{judge}"
         else:
-            spec["mode"] = g["substring_mode"]
+            judge = None
+            spec = jobs.GradeSpec(eval=epath, **self._data(c), grader=grader, mode=g["substring_mode"])
             name = f"substring-{g['substring_mode']}"
-        stem = epath.split("/eval/", 1)[1][: -len(".jsonl")]
-        path = f"{self.R}/{c['dataset']}/grades/{stem}.{name}.jsonl"
-        return self.plan.add(Artifact("grade", path, spec, (epath,), judge))
+        rest = paths.parse(epath, c["dataset"])[1]["rest"]
+        return self._add(paths.output("grade", R=self.R, dataset=c["dataset"], rest=rest, grader=name), spec,
+                         (epath,), judge)
 
     def capability(self, c: dict, adapter: str | None) -> str:
         """MMLU-Pro accuracy of a cell's model (base or with its adapter): the forgetting check."""
         cap = self.cfg["capability"]
-        spec = {"model": c["model"], "adapter": adapter, "path": cap["path"], "limit": cap["limit"],
-                "hash": file_hash(cap["path"]) if cap["path"] and Path(cap["path"]).is_file() else None,
-                **self._models(c["model"])}
-        where = adapter.split("/adapters/", 1)[1] if adapter else f"base/{c['model']}"
-        path = f"{self.R}/capability/{where}/mmlu_pro_{stable_hash(spec, 8)}.jsonl"
-        return self.plan.add(Artifact("capability", path, spec, (adapter,) if adapter else (), c["model"]))
+        spec = jobs.CapabilitySpec(model=c["model"], adapter=adapter, path=cap["path"], limit=cap["limit"],
+                                   hash=file_hash(cap["path"]) if cap["path"] and Path(cap["path"]).is_file() else None,
+                                   models_extra=self._models(c["model"]))
+        where = _adapter_place(adapter, c["dataset"]) if adapter else f"base/{c['model']}"
+        path = paths.output("capability", R=self.R, rest=f"{where}/mmlu_pro_{_hash(spec)}")
+        return self._add(path, spec, (adapter,) if adapter else (), c["model"])
+
+    def _per_passage(self, dataset: str) -> bool | None:
+        """True for a folder of documents without test questions: questions are then per passage."""
+        d = self.cfg["datasets"][dataset]
+        return True if d["loader"] == "folder" and not d.get("questions") else None
 
     def _backend(self) -> dict:
         """How a generating job runs its model (not what it computes, but part of its spec)."""
-        out = {"backend": self.gen["backend"], "batch_size": self.gen["batch_size"]}
-        if self.gen.get("openai_base_url"):
-            out["base_url"] = self.gen["openai_base_url"]
-        return out
+        return {"backend": self.gen["backend"], "batch_size": self.gen["batch_size"],
+                "base_url": self.gen.get("openai_base_url") or None}
 
-    def _models(self, *names: str | None) -> dict:
+    def _models(self, *names: str | None) -> dict | None:
         """The config's own entries (`models:`) for the models a job loads, so the job resolves them
-        and a changed entry (another path or dtype) changes the job's hash; {} for built-in models.
+        and a changed entry (another path or dtype) changes the job's hash; None for built-in models.
         (An entry's `base:` is always a built-in model, so nothing else is needed.)"""
         own = self.cfg.get("models") or {}
-        extra = {n: own[n] for n in sorted({n for n in names if n and n in own})}
-        return {"models_extra": extra} if extra else {}
+        return {n: own[n] for n in sorted({n for n in names if n and n in own})} or None
 
     def _prompt_overrides(self) -> dict:
-        return {k: {"path": v, "hash": file_hash(v) if Path(v).is_file() else None} for k, v in sorted(self.cfg["prompts"].items())}
+        return {k: {"path": v, "hash": file_hash(v) if Path(v).is_file() else None}
+                for k, v in sorted(self.cfg["prompts"].items())}
 
     # -- cells -------------------------------------------------------------------------
 
@@ -316,26 +301,54 @@ class _Builder:
         exp = self.cfg["experiments"][name]
         graders = exp.get("graders") or self.cfg["grading"]["graders"]
         cells = []
-        expanded = expand_grid(self.cfg, name)
         listed = pdc.grids(exp)
         varying = tuple(a for a in AXES[5:] if len({str(v) for g in listed for v in g[a]}) > 1)
-        for c in expanded:
+        for c in expand_grid(self.cfg, name):
             adapter = None if c["method"] == "base" else self.adapter(c, name)
             epath = self.evaluation(c, adapter)
             grades = {g: self.grade(c, epath, g) for g in graders}
             capability = self.capability(c, adapter) if exp["capability"] else None
             cells.append(Cell(name, c, grades, epath, adapter, varying, capability))
         self.plan.cells[name] = cells
-        records = manifest_records(self.plan, name)
         inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), cell.adapter, cell.capability]
                                      if p))
-        spec = {"experiment": name, "table": exp["table"], "paper_table": exp.get("paper_table"),
-                "description": exp.get("description", ""), "records": records}
-        self.plan.add(Artifact("manifest", self.plan.manifest_path(name), spec, inputs))
+        spec = jobs.ManifestSpec(experiment=name, table=exp["table"], paper_table=exp.get("paper_table"),
+                                 description=exp.get("description", ""), records=manifest_records(self.plan, name))
+        self._add(self.plan.manifest_path(name), spec, inputs)
+
+
+def _dataset_entry(name: str, entry: dict) -> dict:
+    """A dataset's config entry as jobs carry it: a folder's also names its documents' content
+    (``documents_hash``), so edited documents change every job that reads them."""
+    if entry["loader"] != "folder":
+        return entry
+    from pd.data import load_folder
+
+    ds = load_folder(entry["path"], name=name)
+    return {**entry, "documents_hash": stable_hash([[d.id, d.text] for d in ds.documents.values()])}
+
+
+def _adapter_place(adapter: str, dataset: str) -> str:
+    """``<method>/<model>/<stem>`` of an adapter path, where its evaluations and capability rows go."""
+    f = paths.parse(adapter, dataset)[1]
+    return f"{f['method']}/{f['model']}/{f['stem']}"
 
 
 def build_plan(cfg: dict, experiments: list[str] | None = None) -> Plan:
-    """The artifacts of the given experiments (default: the config's ``run`` list)."""
+    """The artifacts of the given experiments, with their typed job specifications.
+
+    Args:
+        cfg: a validated config (:func:`pd.config.load_config`).
+        experiments: the experiments to plan (default: the config's ``run`` list).
+
+    Returns:
+        The :class:`Plan`: every artifact by path, each experiment's cells, one manifest per
+        experiment and the report over them.
+
+    Raises:
+        ConfigError: an unknown experiment, or a grid a method cannot run (e.g. quintile
+            subsets of a method that does not distil).
+    """
     b = _Builder(cfg)
     names = experiments or cfg["run"]
     for name in names:
@@ -343,9 +356,31 @@ def build_plan(cfg: dict, experiments: list[str] | None = None) -> Plan:
             raise ConfigError(f"unknown experiment {name!r}; allowed: {', '.join(sorted(cfg['experiments']))}")
         b.add_experiment(name)
     manifests = b.plan.targets(list(names))
-    b.plan.add(Artifact("report", b.plan.report_path(), {"manifests": manifests, "out_dir": cfg["reports_dir"]},
-                        tuple(manifests)))
+    b._add(b.plan.report_path(), jobs.ReportSpec(manifests=manifests, out_dir=cfg["reports_dir"]), tuple(manifests))
     return b.plan
+
+
+def build_adapter_plan(cfg: dict, experiment: str) -> tuple[Plan, list[str]]:
+    """The adapters of an experiment's trained cells and what they need, without evaluation.
+
+    ``pd inject`` runs such a plan over a folder of documents; its jobs have the
+    specifications and paths the workflow would give them.
+
+    Args:
+        cfg: a validated config.
+        experiment: one of its experiments.
+
+    Returns:
+        The plan and the adapter paths, one per trained cell in grid order.
+
+    Raises:
+        ConfigError: as :func:`expand_grid`.
+    """
+    b = _Builder(cfg)
+    b.experiment = experiment
+    b.gen = generation_settings(cfg, experiment)
+    adapters = [b.adapter(c, experiment) for c in expand_grid(cfg, experiment) if c["method"] != "base"]
+    return b.plan, adapters
 
 
 def manifest_records(plan: Plan, experiment: str) -> list[dict]:
@@ -354,10 +389,10 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
     for cell in plan.cells[experiment]:
         for grader, path in cell.grades.items():
             spec = plan.artifacts[path].spec
-            gname = f"judge:{spec['judge']}" if grader == "judge" else "substring"
+            gname = f"judge:{spec.judge}" if grader == "judge" else "substring"
             adapter_spec = plan.artifacts[cell.adapter].spec if cell.adapter else None
             out.append({"experiment": experiment, "cell_id": cell.cell_id, "axes": cell.axes, "grader": gname,
                         "grades": path, "eval": cell.eval_path, "adapter": cell.adapter, "capability": cell.capability,
                         "jobs": plan.upstream(path),
-                        "meta": {"training": adapter_spec["training"] if adapter_spec else None}})
+                        "meta": {"training": adapter_spec.training if adapter_spec else None}})
     return out

@@ -1,4 +1,6 @@
-"""Job resources (memory, runtime, CPUs, GPUs) for each rule kind, derived from model size.
+"""Job resources (memory, runtime, CPUs, GPUs) for each job kind, derived from model size.
+
+The kinds are the Snakemake rules' names (:data:`pd.paths.KINDS`).
 
 Snakemake asks for resources per job and passes ``attempt`` (1 on the first try, 2 on the
 first retry, ...) to resource callables; a retried job gets more memory and time here, so
@@ -7,7 +9,7 @@ first retry, ...) to resource callables; a retried job gets more memory and time
 The estimates, in decimal GB (1 GB = 1e9 bytes, 1 GB = 1000 MB as Snakemake's ``mem_mb``):
 
 * weights: 2 bytes per parameter in bf16 on a GPU, 4 bytes (float32) on a CPU;
-* generation-like kinds (questions, answers, teacher_cache, evaluate, judge): weights
+* generation-like kinds (questions, answers, teacher, evaluate, grade, capability): weights
   plus 20 % and 4 GB for the KV cache, activations and the CUDA context;
 * training with LoRA: weights (frozen) plus 16 bytes per adapter parameter (float32
   weight, gradient and AdamW's two moments) plus activations (10 % of the weights and
@@ -16,7 +18,7 @@ The estimates, in decimal GB (1 GB = 1e9 bytes, 1 GB = 1000 MB as Snakemake's ``
   ``gpu_mem_gb``, the size it is sold as, which counts GiB: an "80GB" H100 holds
   85.9 GB), rounded up to a power of two (tensor parallelism needs a divisor of the
   attention heads): an 8B model fits one 80GB GPU, a 70B judge gets four;
-* retrieve and report never ask for a GPU.
+* retrieval, manifest and report never ask for a GPU.
 
 A site (:class:`Site`, read from ``profiles/slurm/site.yaml``) adds the SLURM settings a
 cluster needs (partition, account, GPU type or gres string, constraint, caps) and can
@@ -25,18 +27,14 @@ replace any estimate for a kind and size range (``sizes``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pd.errors import ConfigError
+from pd.paths import KINDS
+from pd.site import DEVICES, GPU_REQUESTS, Site, SizeTier, load_site
 
-KINDS = ("questions", "answers", "teacher_cache", "train", "evaluate", "judge", "retrieve", "report")
-DEVICES = ("cpu", "gpu")
-GPU_KINDS = frozenset({"questions", "answers", "teacher_cache", "train", "evaluate", "judge"})
-GPU_REQUESTS = ("gpus", "gres")
+GPU_KINDS = frozenset({"questions", "answers", "teacher", "adapter", "evaluate", "grade", "capability"})
 
 GPU_USABLE = 0.9  # fraction of a GPU's memory a job may plan to fill
 GIB_IN_GB = 2**30 / 1e9  # GPU sizes as sold ("80GB") are GiB
@@ -49,15 +47,17 @@ ADAPTER_BYTES = 16  # float32 weight + gradient + two AdamW moments per adapter 
 BASE_RUNTIME = {
     "questions": 60,
     "answers": 120,
-    "teacher_cache": 60,
-    "train": 720,
+    "teacher": 60,
+    "adapter": 720,
     "evaluate": 30,
-    "judge": 60,
-    "retrieve": 30,
+    "grade": 60,
+    "capability": 30,
+    "retrieval": 30,
+    "manifest": 15,
     "report": 15,
 }
 REFERENCE_PARAMS_B = {"gpu": 8.0, "cpu": 0.5}
-SIZE_INDEPENDENT = frozenset({"retrieve", "report"})
+SIZE_INDEPENDENT = frozenset({"retrieval", "manifest", "report"})
 
 
 def lora_params_per_rank(params_b: float) -> float:
@@ -76,135 +76,6 @@ def default_lora_rank(params_b: float) -> int:
     return 1024 if params_b <= 10 else 512
 
 
-@dataclass(frozen=True)
-class SizeTier:
-    """Explicit values for jobs of one kind whose model has at most ``max_params_b``."""
-
-    max_params_b: float
-    mem_mb: int | None = None
-    runtime: int | None = None
-    gpus: int | None = None
-    cpus_per_task: int | None = None
-
-
-@dataclass(frozen=True)
-class Site:
-    """What a cluster needs in each job's submission; see profiles/slurm/site.yaml."""
-
-    device: str = "gpu"
-    partition: str | None = None
-    gpu_partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    gpu_constraint: str | None = None
-    gpu_model: str | None = None
-    gpu_request: str = "gpus"
-    gpu_mem_gb: float = 80.0
-    gpus_per_node: int = 8
-    cpus_per_gpu: int = 8
-    cpus_per_task: int = 4
-    max_cpus_per_task: int | None = None
-    max_mem_mb: int | None = None
-    max_runtime: int | None = None
-    runtime_factor: float = 1.0
-    slurm_extra: str | None = None
-    sizes: Mapping[str, tuple[SizeTier, ...]] = field(default_factory=dict)
-
-
-_SITE_FIELDS = {f.name: f for f in dataclasses.fields(Site)}
-_TIER_FIELDS = {f.name for f in dataclasses.fields(SizeTier)}
-_INT_FIELDS = {"gpus_per_node", "cpus_per_gpu", "cpus_per_task", "max_cpus_per_task", "max_mem_mb", "max_runtime"}
-_FLOAT_FIELDS = {"gpu_mem_gb", "runtime_factor"}
-
-
-def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "slurm_site") -> Site | None:
-    """A :class:`Site` from a mapping, a YAML file, or None (no site: local runs).
-
-    A YAML file may hold the settings at the top level or under ``slurm_site:`` (the
-    form profiles/slurm/site.yaml uses, so Snakemake can read it as a config file).
-    """
-    if source is None or isinstance(source, Site):
-        return source
-    if isinstance(source, (str, Path)):
-        import yaml
-
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"site file {path} does not exist (expected a YAML file like profiles/slurm/site.yaml)")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"site file {path}: expected a mapping of settings, got {type(data).__name__}")
-        where = str(path)
-        if key in data:
-            source, where = data[key] or {}, f"{path}: {key}"
-        else:
-            source = data
-    else:
-        where = key
-    if not isinstance(source, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of site settings, got {type(source).__name__}")
-    return _site_from_mapping(dict(source), where)
-
-
-def _site_from_mapping(d: dict[str, Any], where: str) -> Site:
-    unknown = set(d) - set(_SITE_FIELDS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}; allowed: {sorted(_SITE_FIELDS)}")
-    values: dict[str, Any] = {}
-    for name, value in d.items():
-        if value is None:
-            continue
-        if name == "sizes":
-            values[name] = _parse_sizes(value, where)
-        elif name in _INT_FIELDS:
-            values[name] = _positive(value, f"{where}.{name}", int)
-        elif name in _FLOAT_FIELDS:
-            values[name] = _positive(value, f"{where}.{name}", float)
-        else:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{where}.{name}: expected a string, got {value!r}")
-            values[name] = str(value)
-    site = Site(**values)
-    if site.device not in DEVICES:
-        raise ConfigError(f"{where}.device: {site.device!r} is not one of {list(DEVICES)}")
-    if site.gpu_request not in GPU_REQUESTS:
-        raise ConfigError(f"{where}.gpu_request: {site.gpu_request!r} is not one of {list(GPU_REQUESTS)}")
-    return site
-
-
-def _positive(value: Any, where: str, kind: type) -> Any:
-    ok_types = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types) or value <= 0:
-        raise ConfigError(f"{where}: expected a positive {kind.__name__}, got {value!r}")
-    return kind(value)
-
-
-def _parse_sizes(value: Any, where: str) -> dict[str, tuple[SizeTier, ...]]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}.sizes: expected a mapping from rule kind to a list of tiers, got {value!r}")
-    out = {}
-    for kind, tiers in value.items():
-        if kind not in KINDS:
-            raise ConfigError(f"{where}.sizes: unknown kind {kind!r}; allowed: {list(KINDS)}")
-        if not isinstance(tiers, list):
-            raise ConfigError(f"{where}.sizes.{kind}: expected a list of tiers like {{max_params_b: 8, runtime: 600}}")
-        parsed = []
-        for i, tier in enumerate(tiers):
-            w = f"{where}.sizes.{kind}[{i}]"
-            if not isinstance(tier, Mapping) or "max_params_b" not in tier:
-                raise ConfigError(f"{w}: expected a mapping with 'max_params_b' and some of {sorted(_TIER_FIELDS - {'max_params_b'})}")
-            unknown = set(tier) - _TIER_FIELDS
-            if unknown:
-                raise ConfigError(f"{w}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TIER_FIELDS)}")
-            parsed.append(SizeTier(
-                max_params_b=_positive(tier["max_params_b"], f"{w}.max_params_b", float),
-                **{k: _positive(v, f"{w}.{k}", int) for k, v in tier.items() if k != "max_params_b" and v is not None},
-            ))
-        out[kind] = tuple(sorted(parsed, key=lambda t: t.max_params_b))
-    return out
-
-
 # --------------------------------------------------------------------------- estimates
 
 
@@ -216,7 +87,7 @@ def memory_growth(attempt: int) -> float:
 def gpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> float:
     """GPU memory (GB) a job of this kind needs for a model of ``params_b`` billion parameters."""
     weights = 2.0 * params_b
-    if kind == "train":
+    if kind == "adapter":
         rank = default_lora_rank(params_b) if lora_rank is None else lora_rank
         adapter = ADAPTER_BYTES * lora_params_per_rank(params_b) * rank / 1e9
         return weights + adapter + 0.1 * weights + 4.0
@@ -225,10 +96,10 @@ def gpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> flo
 
 def cpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> float:
     """Host memory (GB) of a CPU-only job: float32 weights and, for training, adapter state."""
-    if kind in ("retrieve", "report"):
+    if kind in SIZE_INDEPENDENT:
         return CPU_BASE_GB
     weights = 4.0 * params_b
-    if kind == "train":
+    if kind == "adapter":
         rank = default_lora_rank(params_b) if lora_rank is None else lora_rank
         adapter = ADAPTER_BYTES * lora_params_per_rank(params_b) * rank / 1e9
         return CPU_BASE_GB + weights + adapter + 0.5 * weights
@@ -268,7 +139,36 @@ def job_resources(
     ``gres`` string when the site asks for ``gpu_request: gres``); with a site its
     partition, account, qos, constraint and extra sbatch flags. Keys that do not apply
     are left out.
+
+    Args:
+        kind: a job kind (:data:`pd.paths.KINDS`).
+        params_b: the size of the job's model in billions of parameters (0 for none).
+        attempt: 1 on the first try, 2 on the first retry, ...
+        device: ``cpu`` or ``gpu``.
+        site: the cluster's settings (a :class:`Site` or its mapping).
+        lora_rank: the adapter's rank (training only; default: the paper's for the size).
+        work: a runtime multiplier.
+
+    Returns:
+        Snakemake resources: ``mem_mb`` (MB), ``runtime`` (minutes), ``cpus_per_task``,
+        ``gpus`` and the SLURM plugin's keys that apply.
+
+    Raises:
+        ConfigError: an unknown kind or device, an invalid number, or a job that needs more
+            GPUs than a node has.
     """
+    _check_job(kind, params_b, attempt, work)
+    site = load_site(site) if not isinstance(site, Site) else site
+    device = device or (site.device if site else "cpu")
+    if device not in DEVICES:
+        raise ConfigError(f"device {device!r} is not one of {list(DEVICES)}")
+    defaults = site or Site(device=device)
+    res = _size(kind, params_b, attempt, device, defaults, _tier(site, kind, params_b), lora_rank, work)
+    _add_slurm_keys(res, defaults, site)
+    return res
+
+
+def _check_job(kind: str, params_b: float, attempt: int, work: float) -> None:
     if kind not in KINDS:
         raise ConfigError(f"unknown job kind {kind!r}; allowed: {list(KINDS)}")
     if isinstance(params_b, bool) or not isinstance(params_b, (int, float)) or params_b < 0:
@@ -277,14 +177,12 @@ def job_resources(
         raise ConfigError(f"attempt must be an integer >= 1, got {attempt!r}")
     if not isinstance(work, (int, float)) or work <= 0:
         raise ConfigError(f"work must be a positive number, got {work!r}")
-    site = load_site(site) if not isinstance(site, Site) else site
-    device = device or (site.device if site else "cpu")
-    if device not in DEVICES:
-        raise ConfigError(f"device {device!r} is not one of {list(DEVICES)}")
-    defaults = site or Site(device=device)
-    growth = memory_growth(attempt)
 
-    tier = _tier(site, kind, params_b)
+
+def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site, tier: SizeTier | None,
+          lora_rank: int | None, work: float) -> dict[str, Any]:
+    """``mem_mb``, ``runtime``, ``cpus_per_task`` and ``gpus``: the estimates, a site's tier, its caps."""
+    growth = memory_growth(attempt)
     on_gpu = device == "gpu" and kind in GPU_KINDS
     if on_gpu:
         need = gpu_need_gb(kind, params_b, lora_rank)
@@ -304,7 +202,7 @@ def job_resources(
     else:
         gpus = first_gpus = 0
         host_gb = cpu_need_gb(kind, params_b, lora_rank)
-        cpus = 1 if kind == "report" else defaults.cpus_per_task
+        cpus = 1 if kind in ("manifest", "report") else defaults.cpus_per_task
     mem_mb = math.ceil(host_gb * 1000 * growth / 100) * 100
 
     if kind in SIZE_INDEPENDENT:
@@ -330,7 +228,12 @@ def job_resources(
         runtime = min(runtime, defaults.max_runtime)
     if defaults.max_cpus_per_task is not None:
         cpus = min(cpus, defaults.max_cpus_per_task)
-    res: dict[str, Any] = {"mem_mb": mem_mb, "runtime": max(1, runtime), "cpus_per_task": max(1, cpus), "gpus": gpus}
+    return {"mem_mb": mem_mb, "runtime": max(1, runtime), "cpus_per_task": max(1, cpus), "gpus": gpus}
+
+
+def _add_slurm_keys(res: dict[str, Any], defaults: Site, site: Site | None) -> None:
+    """The SLURM plugin's GPU keys and the site's partition, account, qos, constraint and flags."""
+    gpus = res["gpus"]
     if gpus:
         if defaults.gpu_request == "gres":
             res["gres"] = f"gpu:{defaults.gpu_model}:{gpus}" if defaults.gpu_model else f"gpu:{gpus}"
@@ -345,7 +248,6 @@ def job_resources(
                            ("qos", site.qos), ("constraint", constraint), ("slurm_extra", site.slurm_extra)):
             if value is not None:
                 res[key] = value
-    return res
 
 
 RESOURCE_KEYS = ("mem_mb", "runtime", "cpus_per_task", "gpus", "gpu", "gpu_model", "gres",

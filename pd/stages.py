@@ -1,9 +1,11 @@
-"""Run one job of the workflow: turn a plan artifact's specification into its output.
+"""The only executor of jobs: turn a typed job specification into its output.
 
-Each function here reads its inputs, calls the pd module that does the work and writes
-its output atomically (with a ``.stats.json``/``.summary.json`` beside it where the
-module reports yields). The Snakemake rules call :func:`run_job` and nothing else, so a
-job can also be run by hand: ``pd stage <kind> <output path>``.
+One function per job kind (:data:`STAGES`, keyed by the kind's name, which is also its
+Snakemake rule's). Each reads its inputs, calls the pd module that does the work and
+writes its output atomically (with a ``.stats.json``/``.summary.json`` beside it where the
+module reports yields). The Snakemake rules call :func:`run_job` through
+``workflow/scripts/stage.py``; ``pd inject`` calls :func:`run_spec` in-process on the
+jobs of its plan.
 """
 
 from __future__ import annotations
@@ -14,171 +16,250 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from pd import prompts
-from pd.data import Dataset, load_dataset
+from pd import config as pdc
+from pd import jobs, prompts
 from pd.io import read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger("pd")
 
 
-def spec_dataset(spec: dict) -> Dataset:
-    """The dataset a job specification names, as its config entry describes it."""
-    return load_dataset(spec["dataset"], spec["dataset_cfg"])
-
-
-def _generation_cache() -> Path:
+def generation_cache() -> Path:
+    """The disk cache of completions that every generating job shares."""
     from pd.models import cache_dir
 
     return cache_dir() / "generations"
 
 
-def _generator(model: str, spec: dict, adapter: str | None = None, **options):
+def make_job_generator(model: str, *, backend: str = "transformers", batch_size: int | None = 8,
+                       base_url: str | None = None, models_extra: dict | None = None, adapter: str | None = None,
+                       **options):
+    """The generator a job uses: ``model`` on ``backend``, through the shared completion cache.
+
+    Args:
+        model: a registry name (for ``openai``, the server's model name).
+        backend: ``transformers``, ``vllm`` or ``openai``.
+        batch_size: prompts per forward pass (transformers only).
+        base_url: the server of the ``openai`` backend.
+        models_extra: the config's own model entries (``models:``).
+        adapter: a PEFT adapter folder to load on top of the model.
+        **options: further backend options (e.g. ``progress``).
+
+    Returns:
+        A :class:`pd.generate.Generator`.
+
+    Raises:
+        ConfigError: an unknown model or backend.
+    """
     from pd.generate import make_generator
 
-    backend = spec.get("backend", "transformers")
     if backend == "transformers":
-        options.setdefault("batch_size", spec.get("batch_size", 8))
-    if backend == "openai" and spec.get("base_url"):
-        options.setdefault("base_url", spec["base_url"])
-    return make_generator(model, backend, adapter=adapter, cache_dir=_generation_cache(),
-                          models_extra=spec.get("models_extra"), **options)
+        options.setdefault("batch_size", batch_size or 8)
+    if backend == "openai" and base_url:
+        options.setdefault("base_url", base_url)
+    return make_generator(model, backend, adapter=adapter, cache_dir=generation_cache(), models_extra=models_extra,
+                          **options)
 
 
-def _provenance(spec: dict) -> dict:
-    """Where and from what a file was made: its specification, host and SLURM job."""
-    return {"spec": spec, "host": os.uname().nodename, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+def _generator(spec: Any, model: str, adapter: str | None = None):
+    return make_job_generator(model, backend=spec.backend or "transformers", batch_size=spec.batch_size,
+                              base_url=spec.base_url, models_extra=spec.models_extra, adapter=adapter)
+
+
+def provenance(spec: jobs.JobSpec) -> dict:
+    """Where and from what a file was made: its specification, host, SLURM job and time."""
+    return {"spec": spec.as_dict(), "host": os.uname().nodename, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _install_prompts(spec: dict) -> None:
-    prompts.set_overrides({k: v["path"] for k, v in (spec.get("prompts") or {}).items()})
 
 
 # --------------------------------------------------------------------------- data
 
 
-def questions(spec: dict, out: str) -> None:
+def questions(spec: jobs.QuestionsSpec, out: str) -> None:
+    """Questions about each passage: ``per_item`` per test question citing it, or per passage when
+    ``per_passage`` (held-out ones included).
+
+    Args:
+        spec: the questions job.
+        out: the JSONL of question rows; yields go to ``<out stem>.stats.json``.
+
+    Raises:
+        DataError: the dataset's files are missing; ConfigError: an unknown generator.
+    """
     from pd.io import write_with_stats
     from pd.questions import QGenConfig, generate_questions
 
-    ds = spec_dataset(spec)
-    s = spec["sampling"]
-    cfg = QGenConfig(mode=spec["mode"], per_item=spec["per_item"], seed=spec["seed"], max_rounds=spec["max_rounds"],
-                     temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], max_new_tokens=s["max_new_tokens"])
-    rows, stats = generate_questions(ds, _generator(spec["generator"], spec), cfg)
-    write_with_stats(out, rows, stats | _provenance(spec))
+    s = spec.sampling
+    per_doc = spec.per_item if spec.per_passage else None
+    cfg = QGenConfig(mode=spec.mode, per_item=spec.per_item, per_doc=per_doc, seed=spec.seed,
+                     max_rounds=spec.max_rounds, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                     max_new_tokens=s.max_new_tokens)
+    rows, stats = generate_questions(spec.load_dataset(), _generator(spec, spec.generator), cfg)
+    write_with_stats(out, rows, stats | provenance(spec))
 
 
-def answers(spec: dict, out: str) -> None:
+def answers(spec: jobs.AnswersSpec, out: str) -> None:
+    """The expert's answers, with the passage in its prompt, to each question of ``spec.questions``.
+
+    Args:
+        spec: the answers job (``kind`` cot: chain-of-thought answers with distractor passages).
+        out: the JSONL of answer rows; yields go to ``<out stem>.stats.json``.
+
+    Raises:
+        DataError: a missing or malformed questions file.
+    """
     from pd.answers import generate_answers, generate_cot_answers
-    from pd.generate import SamplingParams
     from pd.io import write_with_stats
 
-    ds = spec_dataset(spec)
-    rows = read_jsonl(spec["questions"])
-    s = spec["sampling"]
-    params = SamplingParams(temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"],
-                            max_new_tokens=s["max_new_tokens"], seed=spec["seed"])
-    gen = _generator(spec["expert"], spec)
-    if spec["kind"] == "cot":
-        d = spec["distractors"]
-        out_rows, stats = generate_cot_answers(rows, ds, gen, params, spec["expert"], seed=spec["seed"],
-                                               distractors=d["count"], gold_drop_prob=d["gold_drop_prob"])
+    ds = spec.load_dataset()
+    rows = read_jsonl(spec.questions)
+    params = spec.sampling.params(spec.seed)
+    gen = _generator(spec, spec.expert)
+    if spec.kind == "cot":
+        d = spec.distractors
+        out_rows, stats = generate_cot_answers(rows, ds, gen, params, spec.expert, seed=spec.seed,
+                                               distractors=d.count, gold_drop_prob=d.gold_drop_prob)
     else:
-        out_rows, stats = generate_answers(rows, ds, gen, params, spec["expert"])
-    write_with_stats(out, out_rows, stats | _provenance(spec))
+        out_rows, stats = generate_answers(rows, ds, gen, params, spec.expert)
+    write_with_stats(out, out_rows, stats | provenance(spec))
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-def retrieval(spec: dict, out: str) -> None:
+def retrieval(spec: jobs.RetrievalSpec, out: str) -> None:
+    """The top-``k`` passages of each test question.
+
+    Args:
+        spec: the retrieval job.
+        out: the JSONL of ``{item_id, retrieved, gold}`` rows; recall@1 and @k go to ``.stats.json``.
+
+    Raises:
+        DataError: the dataset's files are missing; ConfigError: an unknown retriever.
+    """
     from pd.retrieve import recall_at_k, retrieve_for_items
 
-    ds = spec_dataset(spec)
-    opts: dict[str, Any] = {}
-    if spec["retriever"] == "dense":
-        opts["model"] = spec["dense_model"]
-    if spec["retriever"] == "openai":
-        opts["model"] = spec["embedding_model"]
-    ranked = retrieve_for_items(ds, spec["retriever"], spec["k"], **opts)
+    ds = spec.load_dataset()
+    opts = {"model": spec.retriever_model} if spec.retriever_model else {}
+    ranked = retrieve_for_items(ds, spec.retriever, spec.k, **opts)
     write_jsonl(out, ({"item_id": it.id, "retrieved": ranked[it.id], "gold": list(it.doc_ids)} for it in ds.items))
     write_json(Path(out).with_suffix(".stats.json"),
-               {**_provenance(spec), **{f"recall@{k}": recall_at_k(ds, ranked, k) for k in sorted({1, spec["k"]})}})
+               {**provenance(spec), **{f"recall@{k}": recall_at_k(ds, ranked, k) for k in sorted({1, spec.k})}})
 
 
-def _adapter_folder(spec: dict) -> str | None:
-    if not spec["adapter"]:
+def _adapter_folder(spec: jobs.EvaluateSpec) -> str | None:
+    if not spec.adapter:
         return None
-    if spec["snapshot"] is None:
-        return spec["adapter"]
+    if spec.snapshot is None:
+        return spec.adapter
     from pd.train.checkpoint import snapshot_folder
 
-    return str(snapshot_folder(spec["adapter"], spec["snapshot"]))
+    return str(snapshot_folder(spec.adapter, spec.snapshot))
 
 
-def evaluation(spec: dict, out: str) -> None:
+def evaluation(spec: jobs.EvaluateSpec, out: str) -> None:
+    """The model's answers (with its adapter or a snapshot of it) to the test questions, closed-book or RAG.
+
+    Args:
+        spec: the evaluate job.
+        out: the JSONL of per-question answers; counts go to ``.stats.json``.
+
+    Raises:
+        DataError: a missing adapter, snapshot or retrieval file.
+    """
     from pd.evaluate import evaluate
-    from pd.generate import SamplingParams
     from pd.io import write_with_stats
 
-    ds = spec_dataset(spec)
-    retrieved = None
-    if spec["retrieval"]:
-        retrieved = {r["item_id"]: r["retrieved"] for r in read_jsonl(spec["retrieval"])}
-    s = spec["sampling"]
-    params = SamplingParams(temperature=s.get("temperature", 0.25), top_k=s.get("top_k", 0), top_p=s.get("top_p", 1.0),
-                            max_new_tokens=s.get("max_new_tokens", 500), seed=spec["seed"])
+    ds = spec.load_dataset()
+    retrieved = {r["item_id"]: r["retrieved"] for r in read_jsonl(spec.retrieval)} if spec.retrieval else None
+    params = spec.sampling.params(spec.seed, **pdc.EVAL_SAMPLING)
     adapter = _adapter_folder(spec)
-    rows, stats = evaluate(ds, _generator(spec["model"], spec, adapter), retrieved, params, model=spec["model"],
+    rows, stats = evaluate(ds, _generator(spec, spec.model, adapter), retrieved, params, model=spec.model,
                            adapter=adapter)
-    write_with_stats(out, rows, stats | _provenance(spec))
+    write_with_stats(out, rows, stats | provenance(spec))
 
 
-def grade(spec: dict, out: str) -> None:
+def grade(spec: jobs.GradeSpec, out: str) -> None:
+    """Per-answer grades of the evaluation ``spec.eval``: substring match or an LLM judge.
+
+    Args:
+        spec: the grade job.
+        out: the JSONL of per-answer grades; accuracy goes to ``.summary.json``.
+
+    Raises:
+        DataError: a missing or malformed evaluation file.
+    """
     from pd.grade import grade_file, judge_params
 
-    ds = spec_dataset(spec)
-    if spec["grader"] == "judge":
-        template = "judge_hotpotqa" if spec["dataset_cfg"]["loader"] == "hotpotqa" else "judge_squadshifts"
-        grade_file(spec["eval"], ds, out, "judge", generator=_generator(spec["judge"], spec), template=template,
-                   params=judge_params(spec["max_new_tokens"]))
+    ds = spec.load_dataset()
+    if spec.grader == "judge":
+        grade_file(spec.eval, ds, out, "judge", generator=_generator(spec, spec.judge), template=spec.judge_template,
+                   params=judge_params(spec.max_new_tokens))
     else:
-        grade_file(spec["eval"], ds, out, "substring", mode=spec["mode"])
+        grade_file(spec.eval, ds, out, "substring", mode=spec.mode)
 
 
-def capability(spec: dict, out: str) -> None:
+def capability(spec: jobs.CapabilitySpec, out: str) -> None:
+    """MMLU-Pro rows of the model (with its adapter): the forgetting check.
+
+    Args:
+        spec: the capability job.
+        out: the JSONL of per-question rows; accuracy goes to ``.summary.json``.
+
+    Raises:
+        DataError: the MMLU-Pro file is missing.
+    """
     from pd.mmlu import run_mmlu
 
-    run_mmlu(spec["model"], spec["path"], out, adapter=spec["adapter"], limit=spec["limit"],
-             models_extra=spec.get("models_extra"))
+    run_mmlu(spec.model, spec.path, out, adapter=spec.adapter, limit=spec.limit, models_extra=spec.models_extra)
 
 
-def manifest(spec: dict, out: str) -> None:
-    write_json(out, spec)
+def manifest(spec: jobs.ManifestSpec, out: str) -> None:
+    """The experiment's manifest: its specification, records included.
+
+    Args:
+        spec: the manifest job.
+        out: the JSON file.
+    """
+    write_json(out, spec.as_dict())
 
 
-def report(spec: dict, out: str) -> None:
+def report(spec: jobs.ReportSpec, out: str) -> None:
+    """The HTML report and tables of the manifests.
+
+    Args:
+        spec: the report job.
+        out: ``index.html`` in the reports folder.
+
+    Raises:
+        RuntimeError: the report was written somewhere else than ``out`` (a bug).
+    """
     from pd.report import render_reports
 
-    result = render_reports(spec["manifests"], spec["out_dir"])
+    result = render_reports(spec.manifests, spec.out_dir)
     if str(result.index) != out and Path(out).resolve() != Path(result.index).resolve():
         raise RuntimeError(f"the report was written to {result.index}, expected {out}")
 
 
-STAGES: dict[str, Callable[[dict, str], None]] = {
-    "questions": questions, "answers": answers, "retrieval": retrieval, "evaluate": evaluation, "grade": grade,
-    "capability": capability, "manifest": manifest, "report": report,
+def teacher(spec: jobs.TeacherSpec, out: str) -> None:
+    """Teacher statistics and top-k targets: :func:`pd.train.run.run_teacher` (same Args, Raises)."""
+    from pd.train.run import run_teacher
+
+    run_teacher(spec, out)
+
+
+def adapter(spec: jobs.AdapterSpec, out: str) -> None:
+    """One trained adapter with its held-out KL: :func:`pd.train.run.run_adapter` (same Args, Raises)."""
+    from pd.train.run import run_adapter
+
+    run_adapter(spec, out)
+
+
+STAGES: dict[str, Callable[[Any, str], None]] = {
+    "questions": questions, "answers": answers, "teacher": teacher, "adapter": adapter, "retrieval": retrieval,
+    "evaluate": evaluation, "grade": grade, "capability": capability, "manifest": manifest, "report": report,
 }
-
-
-def _register_training() -> None:
-    from pd.train.run import run_adapter, run_teacher
-
-    STAGES["adapter"] = run_adapter
-    STAGES["teacher"] = run_teacher
 
 
 @contextlib.contextmanager
@@ -203,9 +284,35 @@ def _job_log(path: str | None):
             h.close()
 
 
-def run_job(rule: str, spec: dict, outputs: list[str], logs: list[str], threads: int = 1) -> None:
-    if rule in ("adapter", "teacher") and rule not in STAGES:
-        _register_training()
+def run_spec(spec: jobs.JobSpec, out: str) -> None:
+    """Run one job in this process: install its prompt overrides, then its stage.
+
+    Args:
+        spec: the job's typed specification (its class names the stage).
+        out: the output path (a file, or a folder for adapters and teacher caches).
+
+    Raises:
+        PDError: a user mistake the stage finds (missing data, a bad model name).
+    """
+    prompts.set_overrides(spec.prompt_paths)
+    t = time.time()
+    STAGES[spec.KIND](spec, out)
+    log.info("%s %s done in %.1f s", spec.KIND, out, time.time() - t)
+
+
+def run_job(rule: str, spec: Mapping[str, Any], outputs: list[str], logs: list[str], threads: int = 1) -> None:
+    """Run the job of a Snakemake rule (``workflow/scripts/stage.py``).
+
+    Args:
+        rule: the rule's name, which is its job kind.
+        spec: the job's specification in dictionary form (``params.spec``).
+        outputs: the rule's outputs; the first is the job's.
+        logs: the rule's log files; pd's log records go to the first as well as stderr.
+        threads: the job's CPU threads; torch's thread count is set to it.
+
+    Raises:
+        KeyError: no stage for ``rule``.
+    """
     if rule not in STAGES:
         raise KeyError(f"no stage for rule {rule!r}; known: {', '.join(sorted(STAGES))}")
     if threads and threads > 0:
@@ -217,7 +324,4 @@ def run_job(rule: str, spec: dict, outputs: list[str], logs: list[str], threads:
     with _job_log(logs[0] if logs else None):
         if os.environ.get("SLURM_JOB_ID"):
             log.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.uname().nodename)
-        _install_prompts(spec)
-        t = time.time()
-        STAGES[rule](spec, outputs[0])
-        log.info("%s %s done in %.1f s", rule, outputs[0], time.time() - t)
+        run_spec(jobs.from_dict(rule, spec), outputs[0])

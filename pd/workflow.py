@@ -1,36 +1,25 @@
 """What the Snakefile needs from the plan, as Snakemake-shaped callables.
 
-Each rule's output pattern is fixed here beside the plan's path scheme; a job's
+Each rule's ``output:``, ``benchmark:`` and ``log:`` strings come from the one registry
+of path patterns (:mod:`pd.paths`), the one the plan names its artifacts with; a job's
 wildcards give back its output path, and the path gives its specification, inputs and
-resources. Keeping this glue in the package keeps the rules to a few lines each.
+resources. A rule's name is its job kind everywhere (plan, stages, resources, site file).
+Keeping this glue in the package keeps the rules to a few lines each.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from pd import paths
 from pd.config import load_config
 from pd.models import registry
 from pd.plan import Plan, build_plan
 
-PATTERNS = {
-    "questions": "{R}/{dataset}/questions/{stem}.jsonl",
-    "answers": "{R}/{dataset}/answers/{qstem}/{stem}.jsonl",
-    "teacher": "{R}/{dataset}/teacher/{qstem}/{astem}/{stem}",
-    "adapter": "{R}/{dataset}/adapters/{method}/{model}/{stem}",
-    "retrieval": "{R}/{dataset}/retrieval/{stem}.jsonl",
-    "eval": "{R}/{dataset}/eval/{rest}.jsonl",
-    "grade": "{R}/{dataset}/grades/{rest}.{grader}.jsonl",
-    "capability": "{R}/capability/{rest}.jsonl",
-    "manifest": "{R}/manifests/{experiment}.json",
-    "report": "{reports}/index.html",
-}
-# Plan kinds -> pd.resources job kinds.
-RESOURCE_KINDS = {"questions": "questions", "answers": "answers", "teacher": "teacher_cache", "adapter": "train",
-                  "retrieval": "retrieve", "eval": "evaluate", "grade": "judge", "capability": "evaluate", "manifest": "report", "report": "report"}
-
 
 class Workflow:
+    """The plan of a Snakemake run and, per rule (job kind), its strings and callables."""
+
     def __init__(self, config: dict, basedir: str | None = None, cores: int | None = None):
         self.cfg = load_config(dict(config))
         self.cores = cores  # --cores of a local run: model jobs then get half each, so two run side by side
@@ -42,22 +31,44 @@ class Workflow:
         self.site = load_site(self.cfg.get("slurm_site"))
         self.device = "gpu" if self.site is not None and self.site.device == "gpu" else "cpu"
 
+    def output(self, kind: str) -> str:
+        """The rule's ``output:`` pattern (wrap a folder output in ``directory()``)."""
+        return paths.rule_output(kind, self.results_dir, self.cfg["reports_dir"])
+
+    def benchmark(self, kind: str) -> str:
+        """The rule's ``benchmark:`` pattern."""
+        return paths.rule_benchmark(kind, self.results_dir)
+
+    def log(self, kind: str) -> str:
+        """The rule's ``log:`` pattern."""
+        return paths.rule_log(kind, self.results_dir)
+
     def path(self, kind: str, wildcards) -> str:
-        return PATTERNS[kind].format(R=self.results_dir, reports=self.cfg["reports_dir"], **dict(wildcards.items()))
+        """A job's output path from its rule's wildcards."""
+        return paths.output(kind, R=self.results_dir, reports=self.cfg["reports_dir"], **dict(wildcards.items()))
 
     def artifact(self, kind: str, wildcards):
+        """The plan's artifact for a job of ``kind``.
+
+        Raises:
+            ConfigError: the path is no artifact of the selected experiments.
+            ValueError: the path is another kind's (a bug in the rules).
+        """
         art = self.plan.get(self.path(kind, wildcards))
         if art.kind != kind:
             raise ValueError(f"{art.path} is a {art.kind} artifact, not {kind}")
         return art
 
     def spec(self, kind: str) -> Callable:
-        return lambda wildcards: self.artifact(kind, wildcards).spec
+        """The job's specification in dictionary form, for ``params:`` (Snakemake records its repr)."""
+        return lambda wildcards: self.artifact(kind, wildcards).spec.as_dict()
 
     def inputs(self, kind: str) -> Callable:
+        """The rule's ``input:`` function: the artifacts the job reads."""
         return lambda wildcards: list(self.artifact(kind, wildcards).inputs)
 
     def params_b(self, kind: str) -> Callable:
+        """The size (billions of parameters) of the model a job loads; 0 when it loads none."""
         def size(wildcards) -> float:
             model = self.artifact(kind, wildcards).model
             return self.registry[model].params_b if model else 0.0
@@ -65,13 +76,13 @@ class Workflow:
         return size
 
     def resources(self, kind: str) -> dict[str, Any]:
+        """The rule's ``resources:`` (pd.resources.rule_resources for the job kind, the model's size and rank)."""
         from pd.resources import rule_resources
 
         def rank(wildcards):
-            spec = self.artifact(kind, wildcards).spec
-            return spec.get("training", {}).get("rank") if kind == "adapter" else None
+            return self.artifact(kind, wildcards).spec.training.get("rank") if kind == "adapter" else None
 
-        return rule_resources(RESOURCE_KINDS[kind], self.params_b(kind), device=self.device, site=self.site,
+        return rule_resources(kind, self.params_b(kind), device=self.device, site=self.site,
                               lora_rank=rank)
 
     def threads(self, kind: str) -> Callable:
@@ -82,9 +93,9 @@ class Workflow:
 
         def threads(wildcards) -> int:
             art = self.artifact(kind, wildcards)
-            if art.model is None and not (kind == "retrieval" and art.spec.get("retriever") == "dense"):
+            if art.model is None and not (kind == "retrieval" and art.spec.retriever == "dense"):
                 return 1  # BM25/oracle retrieval, substring grades, manifests, the report
-            res = job_resources(RESOURCE_KINDS[kind], self.params_b(kind)(wildcards), 1, self.device, self.site)
+            res = job_resources(kind, self.params_b(kind)(wildcards), 1, self.device, self.site)
             n = int(res.get("cpus_per_task") or 1)
             if self.site is None and self.cores:
                 # On one machine, two model jobs side by side keep the cores busier than one job on
@@ -96,4 +107,5 @@ class Workflow:
         return threads
 
     def final_targets(self) -> list[str]:
+        """What ``rule all`` asks for: the report over the selected experiments."""
         return [self.plan.report_path()]

@@ -85,24 +85,31 @@ def test_model_card_and_data_match_what_was_measured(injected):
     record = json.loads((out / "inject.json").read_text())
     assert record["settings"]["questions"] == 3 and record["training"]["epochs"] == 1
     assert record["training"]["lr"] == 1e-3 and record["training"]["rank"] == 64  # the defaults
-    assert not Path(str(out) + ".inject").exists()  # the staging folder is gone after success
+    assert not Path(str(out) + ".inject").exists()  # no staging folder beside the output
+    # The jobs are the workflow's: their outputs sit under results/ where the plan names them.
+    adapter_job = out / record["adapter_job"]
+    assert adapter_job.parent.parent.parent.name == "adapters" and (adapter_job / "pd_meta.json").is_file()
+    assert file_hash(adapter_job / "adapter_model.safetensors") == file_hash(out / "adapter_model.safetensors")
 
 
-def test_rerun_reuses_every_step_and_a_changed_setting_only_what_depends_on_it(injected, capsys, tmp_path):
+def test_rerun_reuses_every_job_and_a_changed_setting_only_what_depends_on_it(injected, capsys):
     docs, out = injected
     before = file_hash(out / "adapter_model.safetensors")
     card = (out / "README.md").read_text()
     rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS)
-    assert rc == 0 and "reused from an earlier run: questions.jsonl, answers.jsonl, adapter" in stdout
+    assert rc == 0 and "reused from an earlier run: questions, answers, adapter" in stdout
     assert file_hash(out / "adapter_model.safetensors") == before and (out / "README.md").read_text() == card
-    other = tmp_path / "two-epochs"
-    import shutil
-
-    shutil.copytree(out, other)  # the same data, a different training setting
-    rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", other, *TINY_ARGS, "--epochs", "2")
-    assert rc == 0 and "reused from an earlier run: questions.jsonl, answers.jsonl\n" in stdout
-    assert json.loads((other / "pd_meta.json").read_text())["config"]["epochs"] == 2
-    assert file_hash(other / "adapter_model.safetensors") != before
+    # A changed training setting: the data jobs are reused, a second adapter job is trained beside the first.
+    rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS, "--epochs", "2")
+    assert rc == 0 and "reused from an earlier run: questions, answers\n" in stdout
+    assert json.loads((out / "pd_meta.json").read_text())["config"]["epochs"] == 2
+    assert file_hash(out / "adapter_model.safetensors") != before
+    assert len(list((out / "results").glob("*/adapters/pd/tiny-llama/*"))) == 2
+    # Back to the first settings: every job is reused and the first adapter is the output again.
+    rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS)
+    assert rc == 0 and "reused from an earlier run: questions, answers, adapter" in stdout
+    assert file_hash(out / "adapter_model.safetensors") == before
+    assert json.loads((out / "pd_meta.json").read_text())["config"]["epochs"] == 1
 
 
 def test_ask_closed_book_with_retrieval_and_without_adapter(injected, capsys):

@@ -34,7 +34,7 @@ PAPER = ["main", "expert_teacher", "temperatures", "regularisation", "hotpotqa",
 #  grades: 2 graders x 711 = 1422; manifests: 12.
 #  capability (MMLU-Pro, regularisation only): the base model once (its seeds and retrievals share
 #    it) + 12 pd + 12 pd_reg adapters = 25.
-PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 3, "adapter": 363, "retrieval": 13, "eval": 711,
+PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 3, "adapter": 363, "retrieval": 13, "evaluate": 711,
                 "grade": 1422, "capability": 25, "manifest": 12, "report": 1}
 
 
@@ -53,7 +53,7 @@ def test_main_grid_alone(cfg):
     # base (no training data) + pd/sft (shared questions, own answers) + uft (no questions).
     plan = build_plan(cfg, ["main"])
     assert plan.count() == {"questions": 36, "answers": 72, "teacher": 0, "adapter": 108, "retrieval": 4,
-                            "eval": 288, "grade": 576, "capability": 0, "manifest": 1, "report": 1}
+                            "evaluate": 288, "grade": 576, "capability": 0, "manifest": 1, "report": 1}
 
 
 def test_irrelevant_axes_collapse(cfg):
@@ -75,12 +75,12 @@ def test_a_changed_setting_moves_only_its_dependants(cfg):
     for kind in ("adapter",):
         assert not _paths(base, kind) & _paths(lr, kind)
     # Base-model evaluations do not depend on training settings.
-    base_evals = {p for p in _paths(base, "eval") if "/eval/base/" in p}
-    assert base_evals and base_evals <= _paths(lr, "eval")
+    base_evals = {p for p in _paths(base, "evaluate") if "/eval/base/" in p}
+    assert base_evals and base_evals <= _paths(lr, "evaluate")
     t = build_plan(load_config(DEFAULT_CONFIG, {"experiments": {"demo": {"generation": {"evaluation": {"temperature": 0.5}}}}}),
                    ["demo"])
     assert _paths(base, "adapter") == _paths(t, "adapter")
-    assert not _paths(base, "eval") & _paths(t, "eval")
+    assert not _paths(base, "evaluate") & _paths(t, "evaluate")
 
 
 def test_paths_encode_their_dependencies(cfg):
@@ -119,7 +119,7 @@ def test_user_models_reach_their_jobs(tmp_path):
     import yaml
 
     from pd.io import read_jsonl
-    from pd.stages import run_job, spec_dataset
+    from pd.stages import run_job
 
     raw = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     raw["results_dir"] = str(tmp_path / "results")
@@ -127,17 +127,139 @@ def test_user_models_reach_their_jobs(tmp_path):
     raw["models"] = {"my-tiny": {"base": "tiny-llama", "dtype": "bfloat16"}}
     plan = build_plan(load_config(raw), ["tiny"])
     loading = [a for a in plan.artifacts.values() if a.model == "my-tiny"]
-    assert {a.kind for a in loading} == {"eval"}
+    assert {a.kind for a in loading} == {"evaluate"}
     for a in loading:
-        assert a.spec["models_extra"] == {"my-tiny": {"base": "tiny-llama", "dtype": "bfloat16"}}
-    assert all("models_extra" not in a.spec for a in plan.artifacts.values() if a.model is None)
+        assert a.spec.models_extra == {"my-tiny": {"base": "tiny-llama", "dtype": "bfloat16"}}
+    assert all("models_extra" not in a.spec.as_dict() for a in plan.artifacts.values() if a.model is None)
 
     raw["models"]["my-tiny"]["dtype"] = "float32"
     other = build_plan(load_config(raw), ["tiny"])
-    assert {a.path for a in other.of_kind("eval")}.isdisjoint(a.path for a in loading)
+    assert {a.path for a in other.of_kind("evaluate")}.isdisjoint(a.path for a in loading)
 
     # The job itself: "my-tiny" is not built in, so it resolves only through the spec.
     ev = loading[0]
-    run_job("evaluate", ev.spec, [str(tmp_path / "eval.jsonl")], [])
+    run_job("evaluate", ev.spec.as_dict(), [str(tmp_path / "eval.jsonl")], [])
     rows = read_jsonl(tmp_path / "eval.jsonl")
-    assert [r["item_id"] for r in rows] == [it.id for it in spec_dataset(ev.spec).items]
+    assert [r["item_id"] for r in rows] == [it.id for it in ev.spec.load_dataset().items]
+
+
+# --------------------------------------------------------------------------- registry and specs
+
+
+def test_every_artifact_parses_back_to_its_kind_and_path(cfg):
+    """One path registry: each planned path matches its own kind's pattern and formats back to itself."""
+    from pd import paths
+
+    plan = build_plan(cfg, PAPER)
+    for path, art in plan.artifacts.items():
+        kind, fields = paths.parse(path) or (None, {})
+        if art.kind == "report":
+            assert path == paths.output("report", reports=cfg["reports_dir"])
+            continue
+        assert kind == art.kind, path
+        assert paths.output(kind, **fields) == path
+
+
+def test_benchmark_and_log_files_are_beside_the_results():
+    from pd.paths import benchmark_file, log_file
+
+    assert benchmark_file("results/nyt/eval/sft/m/r4_ab_s0/none_cd.jsonl", "nyt") == \
+        "results/benchmarks/nyt/eval/sft/m/r4_ab_s0/none_cd.tsv"
+    assert benchmark_file("/x/r/nyt/adapters/pd/m/r4_ab_s0", "nyt") == "/x/r/benchmarks/nyt/adapters/pd/m/r4_ab_s0.tsv"
+    assert log_file("r/nyt/grades/base/m/s0/none_cd.substring-word.jsonl") == \
+        "r/logs/nyt/grades/base/m/s0/none_cd.substring-word.log"
+    assert benchmark_file("nyt/eval/a.jsonl", "nyt") == "./benchmarks/nyt/eval/a.tsv"
+    assert benchmark_file("results/other/eval/a.jsonl", "nyt") is None and benchmark_file(None, "nyt") is None
+
+
+def test_rule_strings_come_from_the_registry():
+    from pd import paths
+
+    assert paths.rule_output("answers", "R", "rep") == "R/{dataset,[^/]+}/answers/{qstem,[^/]+}/{stem,[^/]+}.jsonl"
+    assert paths.rule_benchmark("teacher", "R") == "R/benchmarks/{dataset}/teacher/{qstem}/{astem}/{stem}.tsv"
+    assert paths.rule_log("grade", "R") == "R/logs/{dataset}/grades/{rest}.{grader}.log"
+    assert paths.rule_output("report", "R", "rep") == "rep/index.html"
+    with pytest.raises(ValueError):
+        paths.output("questions", R="R", dataset="a/b", stem="s")
+
+
+def test_specs_round_trip_through_their_dictionary_form(cfg):
+    """Snakemake passes a spec as its dict; reading it back gives the same typed spec and the same dict."""
+    from pd import jobs
+    from pd.io import stable_hash
+
+    plan = build_plan(cfg, PAPER)
+    for art in plan.artifacts.values():
+        d = art.spec.as_dict()
+        back = jobs.from_dict(art.kind, d)
+        assert back == art.spec and back.as_dict() == d and list(back.as_dict()) == list(d)
+    grade = next(a for a in plan.of_kind("grade") if a.spec.grader == "substring")
+    # The dictionary as it was written before the specs were typed: its hash is in the path.
+    expected = {"eval": grade.inputs[0], "dataset": grade.spec.dataset,
+                "dataset_cfg": cfg["datasets"][grade.spec.dataset], "grader": "substring",
+                "mode": cfg["grading"]["substring_mode"]}
+    assert grade.spec.as_dict() == expected
+    adapter = plan.artifacts[plan.cells["main"][-1].adapter]
+    assert stable_hash(adapter.spec.as_dict(), 8) in adapter.path
+    with pytest.raises(ValueError, match="unknown field"):
+        jobs.from_dict("grade", {**expected, "colour": 1})
+
+
+def test_sampling_keeps_the_configs_key_order():
+    from pd.jobs import Sampling
+
+    s = Sampling.from_dict({"temperature": 1.5, "max_new_tokens": 512, "top_k": 0})
+    assert list(s.as_dict()) == ["temperature", "max_new_tokens", "top_k"]
+    p = s.params(seed=3, temperature=0.25, max_new_tokens=500)
+    assert (p.temperature, p.top_k, p.top_p, p.max_new_tokens, p.seed) == (1.5, 0, 1.0, 512, 3)
+    assert Sampling.from_dict({}).params(seed=0, temperature=0.25, max_new_tokens=500).max_new_tokens == 500
+
+
+def test_every_job_kind_has_a_stage_resources_and_a_rule():
+    """One name per job kind: the registry's kinds are the stages', the resources' and the rules'."""
+    from pd.jobs import SPECS
+    from pd.paths import KINDS
+    from pd.resources import job_resources
+    from pd.stages import STAGES
+
+    assert tuple(SPECS) == KINDS and set(STAGES) == set(KINDS)
+    for kind in KINDS:
+        assert job_resources(kind, 0.135)["mem_mb"] > 0
+    rules = set()
+    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
+        rules |= set(re.findall(r"^rule (\w+):", smk.read_text(), re.M))
+    assert rules == set(KINDS)
+
+
+def test_heldout_fraction_means_extra_questions_per_training_question():
+    """The config's heldout_fraction f: n training questions get round(n f) extra ones (at least 1),
+    and split_heldout, given the same f, holds out that many of the n + extra."""
+    from pd.config import heldout_extra
+    from pd.train.run import split_heldout
+
+    for n in (3, 10, 30):
+        extra = heldout_extra(n, 0.1)
+        rows = [{"id": f"q{i}", "question_id": f"q{i}"} for i in range(n + extra)]
+        train, held = split_heldout(rows, extra / n)  # the realised ratio, as pd inject passes it
+        assert (len(train), len(held)) == (n, extra)
+    assert split_heldout([{"id": "a"}], 0.0) == ([{"id": "a"}], [])
+
+
+def test_a_folder_dataset_is_named_by_its_content(tmp_path):
+    """pd inject's plan: questions per passage for a folder without test questions; edited documents
+    change every job's identity."""
+    from pd.plan import build_adapter_plan
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The harbour of Velmora was built in 1822.\n")
+    raw = {"results_dir": str(tmp_path / "r"), "datasets": {"mine": {"loader": "folder", "path": str(docs)}},
+           "experiments": {"x": {"grid": {"model": ["tiny-llama"], "method": ["pd", "sft"], "dataset": ["mine"]}}},
+           "run": ["x"]}
+    plan, adapters = build_adapter_plan(load_config(raw), "x")
+    assert len(adapters) == 2 and plan.count()["evaluate"] == 0
+    q = plan.of_kind("questions")[0].spec
+    assert q.per_passage is True and q.dataset_cfg["documents_hash"]
+    (docs / "a.txt").write_text("The harbour of Velmora was built in 1823.\n")
+    again, _ = build_adapter_plan(load_config(raw), "x")
+    assert set(again.artifacts).isdisjoint(plan.artifacts)

@@ -78,11 +78,11 @@ def test_gpus_for_rounds_to_power_of_two():
 def test_70b_judge_gets_four_gpus():
     # need = 1.2 x (2 x 70.6) + 4 = 173.44 GB; / 77.31 = 2.24 -> 3 -> 4 GPUs
     # host = 1.25 x 141.2 + 8 = 184.5 GB; runtime = 60 x (70.6 / 8) / 4 = 132.4 -> 133
-    assert job_resources("judge", 70.6, device="gpu") == {
+    assert job_resources("grade", 70.6, device="gpu") == {
         "mem_mb": 184500, "runtime": 133, "cpus_per_task": 32, "gpus": 4, "gpu": 4}
 
 
-@pytest.mark.parametrize("kind", ["questions", "answers", "teacher_cache", "train", "evaluate", "judge"])
+@pytest.mark.parametrize("kind", ["questions", "answers", "teacher", "adapter", "evaluate", "grade"])
 def test_8b_fits_one_80gb_gpu(kind):
     # train (rank 1024) is the worst case: adapter 16 B x (0.93e6 x 8^0.59 = 3.172e6) x 1024
     # = 51.97 GB, + 16 GB weights + 1.6 + 4 = 73.57 GB < 77.31 GB usable.
@@ -95,8 +95,8 @@ def test_8b_fits_one_80gb_gpu(kind):
 def test_train_retry_gets_more_memory_gpus_and_time():
     # attempt 2: memory x 1.5 (GPU need 73.57 x 1.5 = 110.4 GB -> 2 GPUs; host 28 -> 42 GB);
     # runtime 720 min (one GPU at attempt 1) x 2 = 1440.
-    first = job_resources("train", 8.0, attempt=1, device="gpu")
-    second = job_resources("train", 8.0, attempt=2, device="gpu")
+    first = job_resources("adapter", 8.0, attempt=1, device="gpu")
+    second = job_resources("adapter", 8.0, attempt=2, device="gpu")
     assert (first["gpus"], first["mem_mb"], first["runtime"]) == (1, 28000, 720)
     assert (second["gpus"], second["mem_mb"], second["runtime"], second["cpus_per_task"]) == (2, 42000, 1440, 16)
 
@@ -109,15 +109,15 @@ def test_cpu_jobs_hand_derived():
     assert job_resources("questions", 0.135, attempt=3)["mem_mb"] == 5300
     assert job_resources("questions", 0.135, attempt=3)["runtime"] == 49
     # train rank 8: 2 + 0.54 + 16 x (0.93e6 x 0.135^0.59 = 285,350) x 8 / 1e9 + 0.27 = 2.847 GB
-    res = job_resources("train", 0.135, lora_rank=8)
+    res = job_resources("adapter", 0.135, lora_rank=8)
     assert res["mem_mb"] == 2900 and res["runtime"] == 195  # 720 x 0.27 = 194.4
     # work scales the runtime only
-    assert job_resources("train", 0.135, lora_rank=8, work=0.5)["runtime"] == 98
-    assert job_resources("train", 0.135, lora_rank=8, work=0.5)["mem_mb"] == 2900
+    assert job_resources("adapter", 0.135, lora_rank=8, work=0.5)["runtime"] == 98
+    assert job_resources("adapter", 0.135, lora_rank=8, work=0.5)["mem_mb"] == 2900
 
 
 def test_report_and_retrieve_never_use_gpus():
-    for kind in ("report", "retrieve"):
+    for kind in ("retrieval", "manifest", "report"):
         res = job_resources(kind, 70.6, device="gpu")
         assert res["gpus"] == 0 and "gpu" not in res and res["mem_mb"] == 2000
     assert job_resources("report", 70.6, device="gpu")["cpus_per_task"] == 1
@@ -137,25 +137,25 @@ def test_site_partitions_account_gpu_model(tmp_path):
         "partition": "cpu", "gpu_partition": "gpu", "account": "proj1", "gpu_model": "a100",
         "constraint": "intel", "qos": "normal"}))
     assert site.device == "gpu"
-    judge = job_resources("judge", 8.0, site=site)
+    judge = job_resources("grade", 8.0, site=site)
     assert judge["slurm_partition"] == "gpu" and judge["gpu"] == 1 and judge["gpu_model"] == "a100"
     assert judge["slurm_account"] == "proj1" and judge["qos"] == "normal" and judge["constraint"] == "intel"
     report = job_resources("report", 8.0, site=site)
     assert report["slurm_partition"] == "cpu" and "gpu" not in report and "gpu_model" not in report
     # the site's device can be overridden per call
-    assert job_resources("judge", 8.0, device="cpu", site=site)["slurm_partition"] == "cpu"
+    assert job_resources("grade", 8.0, device="cpu", site=site)["slurm_partition"] == "cpu"
 
 
 def test_site_gres_form():
     site = load_site({"gpu_request": "gres", "gpu_model": "h100"})
-    res = job_resources("judge", 70.6, site=site)
+    res = job_resources("grade", 70.6, site=site)
     assert res["gres"] == "gpu:h100:4" and "gpu" not in res
-    assert job_resources("judge", 8.0, site=load_site({"gpu_request": "gres"}))["gres"] == "gpu:1"
+    assert job_resources("grade", 8.0, site=load_site({"gpu_request": "gres"}))["gres"] == "gpu:1"
 
 
 def test_site_caps_and_factor():
     site = load_site({"max_mem_mb": 100000, "max_runtime": 90, "max_cpus_per_task": 16, "runtime_factor": 2})
-    res = job_resources("judge", 70.6, site=site)
+    res = job_resources("grade", 70.6, site=site)
     assert res == {"mem_mb": 100000, "runtime": 90, "cpus_per_task": 16, "gpus": 4, "gpu": 4}
     assert job_resources("evaluate", 8.0, site=site)["runtime"] == 60  # 30 x 1 x 2
 
@@ -163,28 +163,28 @@ def test_site_caps_and_factor():
 def test_site_smaller_gpus_and_node_limit():
     # 40GB GPUs (38.65 GB usable): 8B judge 23.2 GB -> 1; train 73.57 / 38.65 = 1.90 -> 2
     site = load_site({"gpu_mem_gb": 40, "gpus_per_node": 4})
-    assert job_resources("judge", 8.0, site=site)["gpus"] == 1
-    assert job_resources("train", 8.0, site=site)["gpus"] == 2
+    assert job_resources("grade", 8.0, site=site)["gpus"] == 1
+    assert job_resources("adapter", 8.0, site=site)["gpus"] == 2
     # 70B judge: 173.44 / 38.65 = 4.49 -> 5 -> 8 > 4 per node: a clear error
     with pytest.raises(ConfigError, match="gpus_per_node=4"):
-        job_resources("judge", 70.6, site=site)
+        job_resources("grade", 70.6, site=site)
     # train attempt 3: 73.57 x 2 / 38.65 = 3.8 -> 4; attempt 4: x 2.5 -> 4.76 -> 8, capped at 4
-    assert job_resources("train", 8.0, attempt=3, site=site)["gpus"] == 4
-    fourth = job_resources("train", 8.0, attempt=4, site=site)
+    assert job_resources("adapter", 8.0, attempt=3, site=site)["gpus"] == 4
+    fourth = job_resources("adapter", 8.0, attempt=4, site=site)
     assert fourth["gpus"] == 4 and fourth["cpus_per_task"] == 32
 
 
 def test_site_size_tiers():
-    site = load_site({"sizes": {"train": [
+    site = load_site({"sizes": {"adapter": [
         {"max_params_b": 10, "runtime": 1440, "mem_mb": 100000, "gpus": 2},
         {"max_params_b": 4, "runtime": 600}]}})
-    small = job_resources("train", 3.1, site=site)  # first tier (sorted) with 3.1 <= 4
+    small = job_resources("adapter", 3.1, site=site)  # first tier (sorted) with 3.1 <= 4
     assert small["runtime"] == 600
-    mid = job_resources("train", 8.0, site=site)
+    mid = job_resources("adapter", 8.0, site=site)
     assert (mid["runtime"], mid["mem_mb"], mid["gpus"], mid["cpus_per_task"]) == (1440, 100000, 2, 16)
-    retry = job_resources("train", 8.0, attempt=2, site=site)
+    retry = job_resources("adapter", 8.0, attempt=2, site=site)
     assert (retry["runtime"], retry["mem_mb"], retry["gpus"]) == (2880, 150000, 2)
-    big = job_resources("train", 14.7, site=site)  # no tier: the estimate (rank 512 -> 1 GPU)
+    big = job_resources("adapter", 14.7, site=site)  # no tier: the estimate (rank 512 -> 1 GPU)
     assert big["gpus"] == 1 and big["runtime"] == 1323  # 720 x 14.7 / 8 = 1323
     assert job_resources("answers", 8.0, site=site)["runtime"] == 120  # other kinds untouched
 
@@ -192,13 +192,13 @@ def test_site_size_tiers():
 def test_shipped_site_file_loads():
     site = load_site(REPO / "profiles/slurm/site.yaml")
     assert isinstance(site, Site) and site.device == "gpu" and site.gpu_request == "gpus"
-    assert job_resources("judge", 70.6, site=site)["gpu"] == 4
-    assert job_resources("train", 8.0, site=site)["runtime"] == 1440
+    assert job_resources("grade", 70.6, site=site)["gpu"] == 4
+    assert job_resources("adapter", 8.0, site=site)["runtime"] == 1440
 
 
 def test_ci_site_file_loads():
     site = load_site(REPO / "tests/fixtures/smoke/site-ci.yaml")
-    res = job_resources("train", 0.135, site=site, lora_rank=8)
+    res = job_resources("adapter", 0.135, site=site, lora_rank=8)
     assert res == {"mem_mb": 2900, "runtime": 10, "cpus_per_task": 1, "gpus": 0, "slurm_partition": "debug"}
 
 
@@ -219,17 +219,17 @@ def test_slurm_profile_settings():
 
 @pytest.mark.parametrize("call, message", [
     (lambda: job_resources("training", 1.0), "allowed: \\['questions'"),
-    (lambda: job_resources("train", -1.0), "params_b"),
-    (lambda: job_resources("train", 1.0, attempt=0), "attempt"),
-    (lambda: job_resources("train", 1.0, device="tpu"), "'cpu', 'gpu'"),
-    (lambda: job_resources("train", 1.0, work=0), "work"),
+    (lambda: job_resources("adapter", -1.0), "params_b"),
+    (lambda: job_resources("adapter", 1.0, attempt=0), "attempt"),
+    (lambda: job_resources("adapter", 1.0, device="tpu"), "'cpu', 'gpu'"),
+    (lambda: job_resources("adapter", 1.0, work=0), "work"),
     (lambda: load_site({"partion": "x"}), "unknown setting.*partion.*allowed"),
     (lambda: load_site({"device": "tpu"}), "device"),
     (lambda: load_site({"gpu_request": "both"}), "'gpus', 'gres'"),
     (lambda: load_site({"gpu_mem_gb": -80}), "positive"),
     (lambda: load_site({"sizes": {"training": []}}), "unknown kind"),
-    (lambda: load_site({"sizes": {"train": [{"runtime": 5}]}}), "max_params_b"),
-    (lambda: load_site({"sizes": {"train": [{"max_params_b": 5, "time": 5}]}}), "unknown key.*time"),
+    (lambda: load_site({"sizes": {"adapter": [{"runtime": 5}]}}), "max_params_b"),
+    (lambda: load_site({"sizes": {"adapter": [{"max_params_b": 5, "time": 5}]}}), "unknown key.*time"),
     (lambda: load_site("/nonexistent/site.yaml"), "does not exist"),
 ])
 def test_bad_input_is_a_clear_error(call, message):
@@ -247,12 +247,12 @@ def test_site_none_means_local():
 
 def test_rule_resources_follow_wildcards_and_attempt():
     sizes = {"small": 8.0, "large": 70.6}
-    rr = rule_resources("judge", lambda wc: sizes[wc.model], device="gpu")
+    rr = rule_resources("grade", lambda wc: sizes[wc.model], device="gpu")
     small, large = SimpleNamespace(model="small"), SimpleNamespace(model="large")
     assert rr["gpu"](large, 1) == 4 and rr["gpu"](small, 1) == 1
     assert rr["mem_mb"](small, 2) == 42000  # 28000 x 1.5
     assert rr["gpu_model"](small, 1) is None  # Snakemake drops None-valued resources
     assert rr["slurm_partition"](small, 1) is None
-    assert set(KINDS) >= {"judge"}
+    assert set(KINDS) >= {"grade"}
     with pytest.raises(ConfigError):
         rule_resources("grading", 1.0)

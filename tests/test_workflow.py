@@ -13,6 +13,7 @@ import pytest
 from pd.config import load_config
 from pd.grade import substring_match
 from pd.io import read_jsonl
+from pd.paths import log_file
 from pd.plan import build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,10 +80,10 @@ def test_killed_run_leaves_nothing_that_looks_finished(tmp_path):
     proc = subprocess.Popen(snakemake_cmd(tmp_path, "--cores", "1"), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     plan = plan_for(tmp_path)
-    evals = [a.path for a in plan.of_kind("eval")]
+    evals = [a.path for a in plan.of_kind("evaluate")]
     deadline = time.time() + 300
     # Kill the whole run (Snakemake and its job) while an evaluation job is running.
-    logs = [Path(p.replace("/tiny-nyt/eval/", "/logs/tiny-nyt/eval/").replace(".jsonl", ".log")) for p in evals]
+    logs = [Path(log_file(p)) for p in evals]
     while time.time() < deadline and not any(l.exists() for l in logs):
         time.sleep(0.2)
     time.sleep(1.5)
@@ -120,12 +121,12 @@ def test_real_workflow_through_slurm(tmp_path, slurm_cluster):
     plan = plan_for(work)
     new_ids = submitted_ids(slurmctld_log()) - before
     job_ids = set()
-    for art in plan.of_kind("eval") + plan.of_kind("retrieval"):
+    for art in plan.of_kind("evaluate") + plan.of_kind("retrieval"):
         stats = json.loads(Path(art.path[: -len(".jsonl")] + ".stats.json").read_text())
         assert stats["slurm_job_id"], art.path
         job_ids.add(stats["slurm_job_id"])
     # Each of those jobs was its own sbatch submission, seen by slurmctld.
-    assert len(job_ids) == len(plan.of_kind("eval")) + len(plan.of_kind("retrieval"))
+    assert len(job_ids) == len(plan.of_kind("evaluate")) + len(plan.of_kind("retrieval"))
     assert job_ids <= new_ids
     assert all(Path(p).exists() for p in plan.artifacts)
 
@@ -151,7 +152,7 @@ def test_training_cells_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     plan = plan_for(tmp_path, config)
     assert all(Path(p).exists() for p in plan.artifacts)
-    adapters = {plan.artifacts[p].spec["method"]: Path(p) for p in (a.path for a in plan.of_kind("adapter"))}
+    adapters = {plan.artifacts[p].spec.method: Path(p) for p in (a.path for a in plan.of_kind("adapter"))}
     assert set(adapters) == {"pd", "sft", "uft"}
     # PD and SFT share the questions; each has its own answers (T = 1.5 and 0.25).
     assert len(plan.of_kind("questions")) == 1 and len(plan.of_kind("answers")) == 2
@@ -166,7 +167,7 @@ def test_training_cells_end_to_end(tmp_path):
             assert held["after"] != held["before"]  # the adapter changed the student
     # The forgetting check ran on every adapter: MMLU-Pro rows, one per question.
     caps = plan.of_kind("capability")
-    assert sorted(a.spec["adapter"] for a in caps) == sorted(str(p) for p in adapters.values())
+    assert sorted(a.spec.adapter for a in caps) == sorted(str(p) for p in adapters.values())
     for art in caps:
         rows = read_jsonl(art.path)
         assert len(rows) == 4 and all(r["pred"] in "ABCD" and r["correct"] == (r["pred"] == r["answer"]) for r in rows)

@@ -87,17 +87,10 @@ class CellRecord:
 
 
 def benchmark_file(path: Any, dataset: Any) -> str | None:
-    """``results/<dataset>/eval/x.jsonl`` -> ``results/benchmarks/<dataset>/eval/x.tsv`` (see workflow/rules)."""
-    marker = f"/{dataset}/"
-    if dataset is None or not isinstance(path, str) or marker not in "/" + path:
-        return None
-    if path.startswith("/"):
-        head, rest = path.split(marker, 1)
-    else:
-        head, rest = ("/" + path).split(marker, 1)
-        head = head[1:] or "."
-    rest = rest[: -len(".jsonl")] if rest.endswith(".jsonl") else rest
-    return f"{head}/benchmarks/{dataset}/{rest}.tsv"
+    """The benchmark file of the job that wrote ``path`` (:func:`pd.paths.benchmark_file`)."""
+    from pd.paths import benchmark_file as registry_benchmark
+
+    return registry_benchmark(path, dataset) if dataset is not None else None
 
 
 def conventional_benchmarks(d: Mapping[str, Any], dataset: Any) -> list[str]:

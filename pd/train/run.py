@@ -1,6 +1,7 @@
 """Workflow entry points for training jobs: the teacher statistics and the adapter.
 
-These read a plan artifact's specification (pd.plan), pick the training rows, run
+These read a job's typed specification (:mod:`pd.jobs`, built by :mod:`pd.plan`; run by
+:mod:`pd.stages`, which this package never imports), pick the training rows, run
 :func:`pd.train.loop.train`, and measure the judge-free quantity every trained cell
 reports: KL(teacher || student) on held-out question-answer pairs about the same
 passages, before and after training.
@@ -11,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from pd.data import Dataset
 from pd.errors import DataError
 from pd.io import atomic_path, read_json, read_jsonl, write_json
 from pd.models import get_spec, load_model, load_tokenizer
-from pd.stages import spec_dataset
+
+if TYPE_CHECKING:
+    from pd.jobs import AdapterSpec, TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +28,26 @@ STATS_FILE = "stats.jsonl"
 HELDOUT_FILE = "heldout.json"
 
 
-def split_heldout(rows: Sequence[dict], fraction: float, minimum: int = 1) -> tuple[list[dict], list[dict]]:
-    """Hold out about ``fraction`` of the questions (whole questions, chosen by a hash of their id).
+def split_heldout(rows: Sequence[dict], heldout_fraction: float, minimum: int = 1) -> tuple[list[dict], list[dict]]:
+    """Hold out whole questions, chosen by a hash of their id: the training and held-out rows.
 
-    A hash, not a random draw: the same question is held out in every cell and seed
-    that uses the same data, so before/after numbers compare like with like.
+    ``heldout_fraction`` has the config's meaning: held-out questions per training question
+    (the questions were generated with that many extra, :func:`pd.config.heldout_extra`), so
+    ``heldout_fraction / (1 + heldout_fraction)`` of all questions are held out (at least
+    ``minimum``, never all). A hash, not a random draw: the same question is held out in
+    every cell and seed that uses the same data, so before/after numbers compare like with like.
+
+    Args:
+        rows: answer rows with ``question_id`` (or ``id``).
+        heldout_fraction: held-out questions relative to training questions (0: none).
+        minimum: the fewest questions held out when any are.
+
+    Returns:
+        ``(train rows, held-out rows)``, each in the order of ``rows``.
     """
-    if fraction <= 0 or not rows:
+    if heldout_fraction <= 0 or not rows:
         return list(rows), []
+    fraction = heldout_fraction / (1 + heldout_fraction)
 
     def score(r: dict) -> str:
         return hashlib.sha256(str(r.get("question_id", r["id"])).encode()).hexdigest()
@@ -68,58 +83,63 @@ def _examples(rows: Sequence[dict], ds: Dataset) -> list[dict]:
             for r in rows]
 
 
-def run_teacher(spec: dict, out: str) -> None:
-    """Per-example teacher entropy and initial KL (and, with topk > 0, the top-k targets)."""
+def run_teacher(spec: TeacherSpec, out: str) -> None:
+    """Per-example teacher entropy and initial KL (and, with topk > 0, the top-k targets).
+
+    Args:
+        spec: the teacher job's specification.
+        out: the output folder (``stats.jsonl``, ``topk.safetensors`` when ``topk > 0``, ``build.json``).
+
+    Raises:
+        DataError: the answers file is missing or malformed.
+    """
     from pd.train.cache_builder import build_teacher_cache
     from pd.train.sequences import Limits, Tokens, pd_examples
 
-    ds = spec_dataset(spec)
-    rows = read_jsonl(spec["answers"])
-    extra = spec.get("models_extra")
-    student = get_spec(spec["student"], extra)
+    ds = spec.load_dataset()
+    rows = read_jsonl(spec.answers)
+    extra = spec.models_extra
+    student = get_spec(spec.student, extra)
     tok = load_tokenizer(student)
     tokens = Tokens(tok, student)
-    examples, build = pd_examples(rows, ds, tokens, Limits(spec["max_answer_tokens"], spec["max_teacher_tokens"]))
+    examples, build = pd_examples(rows, ds, tokens, Limits(spec.max_answer_tokens, spec.max_teacher_tokens))
     model = load_model(student)
     from pd.train.lora import attach_lora
 
     model = attach_lora(model, rank=1, alpha=2.0)  # a zero-initialised adapter: student == base at step 0
     teacher = None
-    if spec["teacher"] != spec["student"]:
-        teacher = load_model(get_spec(spec["teacher"], extra))
+    if spec.teacher != spec.student:
+        teacher = load_model(get_spec(spec.teacher, extra))
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        build_teacher_cache(model, examples, tokens.pad_id, k=max(1, spec["topk"]), temperature=spec["kd_temperature"],
-                            teacher=teacher, logprob_dtype=spec["logprob_dtype"], chunk_size=spec["chunk_size"],
-                            out=tmp / "topk.safetensors" if spec["topk"] > 0 else None, stats_path=tmp / STATS_FILE,
-                            student_tokenizer=tok, teacher_tokenizer=load_tokenizer(get_spec(spec["teacher"], extra)),
-                            student_name=spec["student"], teacher_name=spec["teacher"])
-        write_json(tmp / "build.json", {"spec": spec, "sequences": build.as_dict()})
+        build_teacher_cache(model, examples, tokens.pad_id, k=max(1, spec.topk), temperature=spec.kd_temperature,
+                            teacher=teacher, logprob_dtype=spec.logprob_dtype, chunk_size=spec.chunk_size,
+                            out=tmp / "topk.safetensors" if spec.topk > 0 else None, stats_path=tmp / STATS_FILE,
+                            student_tokenizer=tok, teacher_tokenizer=load_tokenizer(get_spec(spec.teacher, extra)),
+                            student_name=spec.student, teacher_name=spec.teacher)
+        write_json(tmp / "build.json", {"spec": spec.as_dict(), "sequences": build.as_dict()})
 
 
-def run_adapter(spec: dict, out: str) -> None:
-    """Train one adapter; write it with pd_meta.json and the held-out KL before and after."""
+def run_adapter(spec: AdapterSpec, out: str) -> None:
+    """Train one adapter; write it with pd_meta.json and the held-out KL before and after.
+
+    Args:
+        spec: the adapter job's specification.
+        out: the adapter folder (PEFT files, ``pd_meta.json``, ``heldout.json``, ``train_log.jsonl``).
+
+    Raises:
+        DataError: no training rows are left (an empty answers file), or too few for a quintile.
+        ConfigError: invalid training settings.
+    """
     from pd.train.heldout import heldout_kl
     from pd.train.loop import train
-    from pd.train.settings import TrainConfig
 
-    ds = spec_dataset(spec)
-    settings = dict(spec["training"])
-    extra = settings.pop("heldout_fraction", 0.0)
-    heldout_fraction = extra / (1 + extra)  # the questions were generated with that many extra
-    cfg = TrainConfig.from_dict(settings, method=spec["method"], seed=spec["seed"])
-    model_spec = get_spec(spec["model"], spec.get("models_extra"))
-    rows = read_jsonl(spec["answers"]) if spec.get("answers") else None
-    heldout: list[dict] = []
-    if rows is not None:
-        rows, heldout = split_heldout(rows, heldout_fraction)
-        if spec.get("subset", "all") != "all":
-            stats = read_jsonl(Path(spec["teacher"]) / STATS_FILE)
-            rows = quintile_rows(rows, stats, spec["subset"])
-        if not rows:
-            raise DataError(f"no training rows left for {spec['method']} on {spec['dataset']} (check the answers file)")
-    teacher_name = spec.get("teacher_model")
-    teacher_spec = get_spec(teacher_name, spec.get("models_extra")) if teacher_name and teacher_name != spec["model"] else None
+    ds = spec.load_dataset()
+    cfg = spec.train_config()
+    model_spec = get_spec(spec.model, spec.models_extra)
+    rows, heldout = _training_rows(spec)
+    teacher_name = spec.teacher_model
+    teacher_spec = get_spec(teacher_name, spec.models_extra) if teacher_name and teacher_name != spec.model else None
 
     tok = load_tokenizer(model_spec)
     before = None
@@ -129,12 +149,12 @@ def run_adapter(spec: dict, out: str) -> None:
         before = heldout_kl(base, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature, teacher_model=teacher_model)
         del base
     cache = None
-    if cfg.uses_kl and cfg.teacher_topk > 0 and spec.get("teacher"):
-        cache = Path(spec["teacher"]) / "topk.safetensors"  # built once by the teacher job, shared by cells
+    if cfg.uses_kl and cfg.teacher_topk > 0 and spec.teacher:
+        cache = Path(spec.teacher) / "topk.safetensors"  # built once by the teacher job, shared by cells
     result = train(cfg, model_spec, out, rows=rows, dataset=ds, teacher_spec=None if cache else teacher_spec,
                    teacher_cache=cache)
     record = {"n_heldout": len(heldout), "temperature": cfg.kd_temperature, "before": before, "after": None,
-              "closed_fraction": None, "teacher": teacher_name or spec["model"]}
+              "closed_fraction": None, "teacher": teacher_name or spec.model}
     if heldout and result.model is not None:
         teacher_model = load_model(teacher_spec) if teacher_spec else None
         after = heldout_kl(result.model, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature,
@@ -148,5 +168,17 @@ def run_adapter(spec: dict, out: str) -> None:
     if meta_path.is_file():
         meta = read_json(meta_path)
         meta["heldout_kl"] = record
-        meta["workflow_spec"] = spec
+        meta["workflow_spec"] = spec.as_dict()
         write_json(meta_path, meta)
+
+
+def _training_rows(spec: AdapterSpec) -> tuple[list[dict] | None, list[dict]]:
+    """The rows trained on (None for UFT, which trains on the passages) and the held-out rows."""
+    if not spec.answers:
+        return None, []
+    rows, heldout = split_heldout(read_jsonl(spec.answers), spec.heldout_fraction)
+    if spec.subset != "all":
+        rows = quintile_rows(rows, read_jsonl(Path(spec.teacher) / STATS_FILE), spec.subset)
+    if not rows:
+        raise DataError(f"no training rows left for {spec.method} on {spec.dataset} (check the answers file)")
+    return rows, heldout

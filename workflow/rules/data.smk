@@ -2,16 +2,16 @@
 
 rule questions:
     output:
-        f"{R}/{{dataset}}/questions/{{stem}}.jsonl",
+        WF.output("questions"),
     params:
         spec=WF.spec("questions"),
     threads: WF.threads("questions")
     resources:
         **WF.resources("questions"),
     benchmark:
-        f"{R}/benchmarks/{{dataset}}/questions/{{stem}}.tsv"
+        WF.benchmark("questions")
     log:
-        f"{R}/logs/{{dataset}}/questions/{{stem}}.log",
+        WF.log("questions"),
     script:
         "../scripts/stage.py"
 
@@ -20,16 +20,16 @@ rule answers:
     input:
         WF.inputs("answers"),
     output:
-        f"{R}/{{dataset}}/answers/{{qstem}}/{{stem}}.jsonl",
+        WF.output("answers"),
     params:
         spec=WF.spec("answers"),
     threads: WF.threads("answers")
     resources:
         **WF.resources("answers"),
     benchmark:
-        f"{R}/benchmarks/{{dataset}}/answers/{{qstem}}/{{stem}}.tsv"
+        WF.benchmark("answers")
     log:
-        f"{R}/logs/{{dataset}}/answers/{{qstem}}/{{stem}}.log",
+        WF.log("answers"),
     script:
         "../scripts/stage.py"
 
@@ -38,15 +38,15 @@ rule teacher:
     input:
         WF.inputs("teacher"),
     output:
-        directory(f"{R}/{{dataset}}/teacher/{{qstem}}/{{astem}}/{{stem}}"),
+        directory(WF.output("teacher")),
     params:
         spec=WF.spec("teacher"),
     threads: WF.threads("teacher")
     resources:
         **WF.resources("teacher"),
     benchmark:
-        f"{R}/benchmarks/{{dataset}}/teacher/{{qstem}}/{{astem}}/{{stem}}.tsv"
+        WF.benchmark("teacher")
     log:
-        f"{R}/logs/{{dataset}}/teacher/{{qstem}}/{{astem}}/{{stem}}.log",
+        WF.log("teacher"),
     script:
         "../scripts/stage.py"

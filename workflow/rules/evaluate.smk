@@ -1,35 +1,35 @@
-# Retrieval, answers to the test questions, grades.
+# Retrieval, answers to the test questions, grades, the forgetting check.
 
 rule retrieval:
     output:
-        f"{R}/{{dataset}}/retrieval/{{stem}}.jsonl",
+        WF.output("retrieval"),
     params:
         spec=WF.spec("retrieval"),
     threads: WF.threads("retrieval")
     resources:
         **WF.resources("retrieval"),
     benchmark:
-        f"{R}/benchmarks/{{dataset}}/retrieval/{{stem}}.tsv"
+        WF.benchmark("retrieval")
     log:
-        f"{R}/logs/{{dataset}}/retrieval/{{stem}}.log",
+        WF.log("retrieval"),
     script:
         "../scripts/stage.py"
 
 
 rule evaluate:
     input:
-        WF.inputs("eval"),
+        WF.inputs("evaluate"),
     output:
-        f"{R}/{{dataset}}/eval/{{rest}}.jsonl",
+        WF.output("evaluate"),
     params:
-        spec=WF.spec("eval"),
-    threads: WF.threads("eval")
+        spec=WF.spec("evaluate"),
+    threads: WF.threads("evaluate")
     resources:
-        **WF.resources("eval"),
+        **WF.resources("evaluate"),
     benchmark:
-        f"{R}/benchmarks/{{dataset}}/eval/{{rest}}.tsv"
+        WF.benchmark("evaluate")
     log:
-        f"{R}/logs/{{dataset}}/eval/{{rest}}.log",
+        WF.log("evaluate"),
     script:
         "../scripts/stage.py"
 
@@ -38,16 +38,16 @@ rule grade:
     input:
         WF.inputs("grade"),
     output:
-        f"{R}/{{dataset}}/grades/{{rest}}.{{grader}}.jsonl",
+        WF.output("grade"),
     params:
         spec=WF.spec("grade"),
     threads: WF.threads("grade")
     resources:
         **WF.resources("grade"),
     benchmark:
-        f"{R}/benchmarks/{{dataset}}/grades/{{rest}}.{{grader}}.tsv"
+        WF.benchmark("grade")
     log:
-        f"{R}/logs/{{dataset}}/grades/{{rest}}.{{grader}}.log",
+        WF.log("grade"),
     script:
         "../scripts/stage.py"
 
@@ -56,15 +56,15 @@ rule capability:
     input:
         WF.inputs("capability"),
     output:
-        f"{R}/capability/{{rest}}.jsonl",
+        WF.output("capability"),
     params:
         spec=WF.spec("capability"),
     threads: WF.threads("capability")
     resources:
         **WF.resources("capability"),
     benchmark:
-        f"{R}/benchmarks/capability/{{rest}}.tsv"
+        WF.benchmark("capability")
     log:
-        f"{R}/logs/capability/{{rest}}.log",
+        WF.log("capability"),
     script:
         "../scripts/stage.py"

@@ -4,7 +4,7 @@ rule manifest:
     input:
         WF.inputs("manifest"),
     output:
-        f"{R}/manifests/{{experiment}}.json",
+        WF.output("manifest"),
     params:
         spec=WF.spec("manifest"),
     script:
@@ -15,7 +15,7 @@ rule report:
     input:
         WF.inputs("report"),
     output:
-        report(f"{WF.cfg['reports_dir']}/index.html", caption="../report/index.rst", category="Overview"),
+        report(WF.output("report"), caption="../report/index.rst", category="Overview"),
         # Each experiment's table, with the caption the report writes beside it (for `snakemake --report`).
         [report(f"{WF.cfg['reports_dir']}/{e}/table.md", category=e,
                 caption=os.path.abspath(f"{WF.cfg['reports_dir']}/{e}/table.rst")) for e in WF.cfg["run"]],

@@ -4,15 +4,15 @@ rule adapter:
     input:
         WF.inputs("adapter"),
     output:
-        directory(f"{R}/{{dataset}}/adapters/{{method}}/{{model}}/{{stem}}"),
+        directory(WF.output("adapter")),
     params:
         spec=WF.spec("adapter"),
     threads: WF.threads("adapter")
     resources:
         **WF.resources("adapter"),
     benchmark:
-        f"{R}/benchmarks/{{dataset}}/adapters/{{method}}/{{model}}/{{stem}}.tsv"
+        WF.benchmark("adapter")
     log:
-        f"{R}/logs/{{dataset}}/adapters/{{method}}/{{model}}/{{stem}}.log",
+        WF.log("adapter"),
     script:
         "../scripts/stage.py"

@@ -1,0 +1,71 @@
+"""An experiment's grid: its cells as axis values, with defaults resolved.
+
+:func:`expand_grid` is what :mod:`pd.plan` builds artifacts from; it resolves the axes
+each method uses from the config (the expert's temperature, the distillation
+temperature, the number of questions, the LoRA rank) and clears the ones it does not.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from pd import config as pdc
+from pd.errors import ConfigError
+
+AXES = ("model", "method", "dataset", "seed", "retrieval", "expert", "teacher", "qgen", "answer_temperature",
+        "kd_temperature", "n_questions", "rank", "snapshot", "subset")
+
+
+def format_value(x: Any) -> str:
+    """A number as it appears in paths and cell ids (floats in %g)."""
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def generation_settings(cfg: dict, experiment: str | None) -> dict:
+    """The generation settings an experiment's cells use: the top level, then its overrides."""
+    base = cfg["generation"]
+    over = cfg["experiments"][experiment].get("generation", {}) if experiment else {}
+    return pdc.deep_merge(base, over)
+
+
+def expand_grid(cfg: dict, experiment: str) -> list[dict]:
+    """The experiment's cells as axis dicts, with defaults resolved and irrelevant axes cleared.
+
+    Axes a method does not use (a base model has no teacher; SFT has no distillation
+    temperature) are set to None, so cells that differ only there collapse into one.
+    """
+    qcfg = generation_settings(cfg, experiment)["questions"]
+    seen, cells = set(), []
+    points = (v for g in pdc.grids(cfg["experiments"][experiment]) for v in itertools.product(*(g[a] for a in AXES)))
+    for values in points:
+        c = dict(zip(AXES, values))
+        m = c["method"]
+        train = pdc.training_settings(cfg, m, c["model"], experiment)
+        for axis in ("expert", "teacher", "qgen"):
+            if c[axis] == "self":
+                c[axis] = c["model"]
+        if c["answer_temperature"] is None:
+            c["answer_temperature"] = pdc.answer_temperature(cfg, m)
+        if c["kd_temperature"] is None:
+            c["kd_temperature"] = train["kd_temperature"]
+        if c["n_questions"] is None:
+            c["n_questions"] = qcfg["per_item"]
+        if c["rank"] is None:
+            c["rank"] = train["rank"]
+        if m == "base":
+            for axis in AXES[5:]:
+                c[axis] = None
+        else:
+            if m not in pdc.DISTILLING_METHODS:
+                c["teacher"] = c["kd_temperature"] = None
+                if c["subset"] != "all":
+                    raise ConfigError(f"experiments.{experiment}.grid.subset: quintile subsets need a distilling method "
+                                      f"({', '.join(pdc.DISTILLING_METHODS)}), not {m!r}")
+            if m == "uft":
+                c["expert"] = c["qgen"] = c["answer_temperature"] = c["n_questions"] = None
+        key = tuple(sorted((k, str(v)) for k, v in c.items()))
+        if key not in seen:
+            seen.add(key)
+            cells.append(c)
+    return cells

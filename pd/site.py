@@ -1,0 +1,147 @@
+"""A cluster's site settings (``profiles/slurm/site.yaml``): what each job's submission needs.
+
+:func:`load_site` reads and checks them; :mod:`pd.resources` turns them, with its
+estimates, into each job's resources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pd.errors import ConfigError
+from pd.paths import KINDS
+
+DEVICES = ("cpu", "gpu")
+GPU_REQUESTS = ("gpus", "gres")
+
+
+@dataclass(frozen=True)
+class SizeTier:
+    """Explicit values for jobs of one kind whose model has at most ``max_params_b``."""
+
+    max_params_b: float
+    mem_mb: int | None = None
+    runtime: int | None = None
+    gpus: int | None = None
+    cpus_per_task: int | None = None
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a cluster needs in each job's submission; see profiles/slurm/site.yaml."""
+
+    device: str = "gpu"
+    partition: str | None = None
+    gpu_partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpu_constraint: str | None = None
+    gpu_model: str | None = None
+    gpu_request: str = "gpus"
+    gpu_mem_gb: float = 80.0
+    gpus_per_node: int = 8
+    cpus_per_gpu: int = 8
+    cpus_per_task: int = 4
+    max_cpus_per_task: int | None = None
+    max_mem_mb: int | None = None
+    max_runtime: int | None = None
+    runtime_factor: float = 1.0
+    slurm_extra: str | None = None
+    sizes: Mapping[str, tuple[SizeTier, ...]] = field(default_factory=dict)
+
+
+_SITE_FIELDS = {f.name: f for f in dataclasses.fields(Site)}
+_TIER_FIELDS = {f.name for f in dataclasses.fields(SizeTier)}
+_INT_FIELDS = {"gpus_per_node", "cpus_per_gpu", "cpus_per_task", "max_cpus_per_task", "max_mem_mb", "max_runtime"}
+_FLOAT_FIELDS = {"gpu_mem_gb", "runtime_factor"}
+
+
+def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "slurm_site") -> Site | None:
+    """A :class:`Site` from a mapping, a YAML file, or None (no site: local runs).
+
+    A YAML file may hold the settings at the top level or under ``slurm_site:`` (the
+    form profiles/slurm/site.yaml uses, so Snakemake can read it as a config file).
+    """
+    if source is None or isinstance(source, Site):
+        return source
+    if isinstance(source, (str, Path)):
+        import yaml
+
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"site file {path} does not exist (expected a YAML file like profiles/slurm/site.yaml)")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"site file {path}: expected a mapping of settings, got {type(data).__name__}")
+        where = str(path)
+        if key in data:
+            source, where = data[key] or {}, f"{path}: {key}"
+        else:
+            source = data
+    else:
+        where = key
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of site settings, got {type(source).__name__}")
+    return _site_from_mapping(dict(source), where)
+
+
+def _site_from_mapping(d: dict[str, Any], where: str) -> Site:
+    unknown = set(d) - set(_SITE_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}; allowed: {sorted(_SITE_FIELDS)}")
+    values: dict[str, Any] = {}
+    for name, value in d.items():
+        if value is None:
+            continue
+        if name == "sizes":
+            values[name] = _parse_sizes(value, where)
+        elif name in _INT_FIELDS:
+            values[name] = _positive(value, f"{where}.{name}", int)
+        elif name in _FLOAT_FIELDS:
+            values[name] = _positive(value, f"{where}.{name}", float)
+        else:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{name}: expected a string, got {value!r}")
+            values[name] = str(value)
+    site = Site(**values)
+    if site.device not in DEVICES:
+        raise ConfigError(f"{where}.device: {site.device!r} is not one of {list(DEVICES)}")
+    if site.gpu_request not in GPU_REQUESTS:
+        raise ConfigError(f"{where}.gpu_request: {site.gpu_request!r} is not one of {list(GPU_REQUESTS)}")
+    return site
+
+
+def _positive(value: Any, where: str, kind: type) -> Any:
+    ok_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types) or value <= 0:
+        raise ConfigError(f"{where}: expected a positive {kind.__name__}, got {value!r}")
+    return kind(value)
+
+
+def _parse_sizes(value: Any, where: str) -> dict[str, tuple[SizeTier, ...]]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}.sizes: expected a mapping from rule kind to a list of tiers, got {value!r}")
+    out = {}
+    for kind, tiers in value.items():
+        if kind not in KINDS:
+            raise ConfigError(f"{where}.sizes: unknown kind {kind!r}; allowed: {list(KINDS)}")
+        if not isinstance(tiers, list):
+            raise ConfigError(f"{where}.sizes.{kind}: expected a list of tiers like {{max_params_b: 8, runtime: 600}}")
+        parsed = []
+        for i, tier in enumerate(tiers):
+            w = f"{where}.sizes.{kind}[{i}]"
+            if not isinstance(tier, Mapping) or "max_params_b" not in tier:
+                raise ConfigError(f"{w}: expected a mapping with 'max_params_b' and some of {sorted(_TIER_FIELDS - {'max_params_b'})}")
+            unknown = set(tier) - _TIER_FIELDS
+            if unknown:
+                raise ConfigError(f"{w}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TIER_FIELDS)}")
+            parsed.append(SizeTier(
+                max_params_b=_positive(tier["max_params_b"], f"{w}.max_params_b", float),
+                **{k: _positive(v, f"{w}.{k}", int) for k, v in tier.items() if k != "max_params_b" and v is not None},
+            ))
+        out[kind] = tuple(sorted(parsed, key=lambda t: t.max_params_b))
+    return out
