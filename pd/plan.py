@@ -157,6 +157,7 @@ class _Builder:
         self.experiment: str | None = None  # the experiment whose cells are being added
         self.gen = cfg["generation"]  # its generation settings
         self.datasets = {name: _dataset_entry(name, d) for name, d in cfg["datasets"].items()}
+        self.precisions: dict[str, str] = {}  # model -> its resolved `dtype: auto`
 
     def _add(self, path: str, spec: jobs.JobSpec, inputs: tuple[str, ...] = (), model: str | None = None) -> str:
         return self.plan.add(Artifact(spec.KIND, path, spec, inputs, model))
@@ -283,11 +284,34 @@ class _Builder:
                 "base_url": self.gen.get("openai_base_url") or None}
 
     def _models(self, *names: str | None) -> dict | None:
-        """The config's own entries (`models:`) for the models a job loads, so the job resolves them
-        and a changed entry (another path or dtype) changes the job's hash; None for built-in models.
+        """The entries of the models a job loads: the config's own (`models:`), so the job resolves them
+        and a changed entry (another path or dtype) changes the job's hash, with ``dtype: auto``
+        resolved to the precision the job will run in (:func:`pd.precision.plan_precision`: the
+        machine decides, so the same config is float32 on one CPU and bfloat16 on another, and the
+        two never share a result). None for built-in models of a fixed precision (the test models).
         (An entry's `base:` is always a built-in model, so nothing else is needed.)"""
         own = self.cfg.get("models") or {}
-        return {n: own[n] for n in sorted({n for n in names if n and n in own})} or None
+        out = {}
+        for n in sorted({n for n in names if n}):
+            entry = dict(own.get(n) or {})
+            if self.reg[n].dtype == "auto":
+                entry = {"base": n} if not entry else entry
+                entry["dtype"] = self._precision(n)
+            if entry:
+                out[n] = entry
+        return out or None
+
+    def _precision(self, name: str) -> str:
+        """What ``dtype: auto`` resolves to for model ``name`` on the machines that run its jobs."""
+        if name not in self.precisions:
+            from pd.models import layer_shape
+            from pd.precision import plan_precision
+            from pd.site import load_site
+
+            site = load_site(self.cfg.get("slurm_site"))
+            self.precisions[name] = plan_precision(self.cfg.get("device", "auto"), site.device if site else None,
+                                                   site.precision if site else None, layer_shape(self.reg[name]))
+        return self.precisions[name]
 
     def _prompt_overrides(self) -> dict:
         return {k: {"path": v, "hash": file_hash(v) if Path(v).is_file() else None}

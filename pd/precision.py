@@ -218,7 +218,15 @@ def plan_precision(device: str, site_device: str | None = None, site_precision: 
             return resolve_precision(site_precision, "cpu")
         return "bfloat16" if site_device == "gpu" else "float32"
     if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if _cuda_available() else "cpu"
     return resolve_precision("auto", device, layer)
+
+
+def _cuda_available() -> bool:
+    """Whether a CUDA device is usable, without importing torch where no NVIDIA driver is present
+    (planning happens in every Snakemake job, so the common CPU case stays cheap)."""
+    if not Path("/dev/nvidiactl").exists() or os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()

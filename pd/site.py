@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pd.errors import ConfigError
+from pd.precision import REQUESTS
 from pd.paths import KINDS
 
 DEVICES = ("cpu", "gpu")
@@ -50,6 +51,7 @@ class Site:
     max_mem_mb: int | None = None
     max_runtime: int | None = None
     runtime_factor: float = 1.0
+    precision: str | None = None  # what `dtype: auto` means on the compute nodes (None: bfloat16 on GPUs, float32 on CPUs)
     slurm_extra: str | None = None
     sizes: Mapping[str, tuple[SizeTier, ...]] = field(default_factory=dict)
 
@@ -112,6 +114,8 @@ def _site_from_mapping(d: dict[str, Any], where: str) -> Site:
         raise ConfigError(f"{where}.device: {site.device!r} is not one of {list(DEVICES)}")
     if site.gpu_request not in GPU_REQUESTS:
         raise ConfigError(f"{where}.gpu_request: {site.gpu_request!r} is not one of {list(GPU_REQUESTS)}")
+    if site.precision is not None and site.precision not in REQUESTS:
+        raise ConfigError(f"{where}.precision: {site.precision!r} is not one of {list(REQUESTS)}")
     return site
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 from pd import config as pdc
 from pd import jobs, prompts
 from pd.io import read_jsonl, write_json, write_jsonl
+from pd.redact import RedactingFilter, redact
 
 log = logging.getLogger("pd")
 
@@ -68,8 +69,8 @@ def _generator(spec: Any, model: str, adapter: str | None = None):
 
 
 def provenance(spec: jobs.JobSpec) -> dict:
-    """Where and from what a file was made: its specification, host, SLURM job and time."""
-    return {"spec": spec.as_dict(), "host": os.uname().nodename, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    """Where and from what a file was made: its specification (credentials removed), host, SLURM job and time."""
+    return {"spec": redact(spec.as_dict()), "host": os.uname().nodename, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -273,6 +274,7 @@ def _job_log(path: str | None):
     root = logging.getLogger()
     for h in handlers:
         h.setFormatter(fmt)
+        h.addFilter(RedactingFilter())  # URLs lose their user-info, keys their values
         root.addHandler(h)
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)

@@ -121,3 +121,23 @@ def test_generation_cache_identity_names_the_precision_run(cache):
     # `auto` that resolves to float32 is the same identity as float32 itself.
     auto = dataclasses.replace(spec, dtype="auto")
     assert TransformersGenerator(auto, progress=False).name in names
+
+
+def test_the_resolved_precision_is_part_of_every_model_jobs_identity(cache):
+    """The same config planned for this CPU, a GPU site and a float16 site: model jobs get the
+    precision they will run in and another path each; jobs that load no model keep theirs."""
+    from pd.config import load_config
+    from pd.plan import build_plan
+
+    here = build_plan(load_config(None, {"run": ["demo"]}))
+    gpu = build_plan(load_config(None, {"run": ["demo"], "slurm_site": {"device": "gpu"}}))
+    fp16 = build_plan(load_config(None, {"run": ["demo"], "slurm_site": {"device": "gpu", "precision": "float16"}}))
+    smol = get_spec("smollm2-135m-instruct")
+    local = precision.plan_precision("auto", layer=layer_shape(smol))
+    for plan, want in ((here, local), (gpu, "bfloat16"), (fp16, "float16")):
+        answers = plan.of_kind("answers")
+        assert answers and all(a.spec.models_extra == {smol.name: {"base": smol.name, "dtype": want}} for a in answers)
+    for kind in ("questions", "answers", "adapter", "evaluate"):
+        assert {a.path for a in gpu.of_kind(kind)}.isdisjoint({a.path for a in fp16.of_kind(kind)}), kind
+    assert {a.path for a in gpu.of_kind("retrieval") if a.spec.retriever == "bm25"} == \
+           {a.path for a in fp16.of_kind("retrieval") if a.spec.retriever == "bm25"}
