@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.pd-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test report clean-results gpu-check
+.PHONY: setup demo test lint report clean-results gpu-check
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Style and workflow checks (CI runs them before the tests).
+lint: setup
+	$(BIN)/ruff check .
+	SNAKEMAKE=$(BIN)/snakemake bash .ci/lint-workflow.sh
 
 report: setup
 	$(BIN)/pd report

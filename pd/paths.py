@@ -101,8 +101,10 @@ def rule_benchmark(kind: str, results_dir: str) -> str:
 
 
 def rule_log(kind: str, results_dir: str) -> str:
-    """The ``log:`` string of a rule: ``{R}/logs/<tail>.log``."""
-    return _rule_string(f"{{R}}/logs/{PATTERNS[kind].tail}.log", results_dir, "", constrained=False)
+    """The ``log:`` string of a rule: ``{R}/logs/<tail>.log`` (``{R}/logs/<kind>.log`` for an output
+    outside the results folder, the report's)."""
+    tail = PATTERNS[kind].tail if PATTERNS[kind].pattern.startswith("{R}/") else kind
+    return _rule_string(f"{{R}}/logs/{tail}.log", results_dir, "", constrained=False)
 
 
 @functools.cache

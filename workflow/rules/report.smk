@@ -7,6 +7,8 @@ rule manifest:
         WF.output("manifest"),
     params:
         spec=WF.spec("manifest"),
+    log:
+        WF.log("manifest"),
     script:
         "../scripts/stage.py"
 
@@ -21,5 +23,7 @@ rule report:
                 caption=os.path.abspath(f"{WF.cfg['reports_dir']}/{e}/table.rst")) for e in WF.cfg["run"]],
     params:
         spec=WF.spec("report"),
+    log:
+        WF.log("report"),
     script:
         "../scripts/stage.py"
