@@ -185,7 +185,7 @@ def inject_config(docs: Path, model: str, out: Path, settings: dict[str, Any], t
         "datasets": {DATASET: {"loader": "folder", "path": str(docs.resolve())}},
         "models": project.get("models") or {}, "prompts": project.get("prompts") or {},
         "generation": {"backend": gen.get("backend", "transformers"), "openai_base_url": gen.get("openai_base_url"),
-                       "batch_size": settings["generation_batch_size"],
+                       "openai_cache_tag": gen.get("openai_cache_tag"), "batch_size": settings["generation_batch_size"],
                        "questions": {"mode": settings["qgen_mode"], "per_item": settings["questions"],
                                      "temperature": settings["qgen_temperature"], "max_rounds": settings["max_rounds"]},
                        "answers": {"max_new_tokens": settings["answer_max_tokens"]}},

@@ -139,7 +139,7 @@ class JobSpec:
 @dataclass(frozen=True)
 class QuestionsSpec(JobSpec):
     KIND: ClassVar[str] = "questions"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "models_extra", "per_passage"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "cache_tag", "models_extra", "per_passage"})
     dataset: str
     dataset_cfg: dict
     generator: str
@@ -153,6 +153,7 @@ class QuestionsSpec(JobSpec):
     backend: str
     batch_size: int
     base_url: str | None = None
+    cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
     models_extra: dict | None = None
     per_passage: bool | None = None  # True: per_item questions per passage (documents without test questions)
 
@@ -160,7 +161,7 @@ class QuestionsSpec(JobSpec):
 @dataclass(frozen=True)
 class AnswersSpec(JobSpec):
     KIND: ClassVar[str] = "answers"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "models_extra", "distractors"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "cache_tag", "models_extra", "distractors"})
     questions: str
     dataset: str
     dataset_cfg: dict
@@ -172,6 +173,7 @@ class AnswersSpec(JobSpec):
     backend: str
     batch_size: int
     base_url: str | None = None
+    cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
     models_extra: dict | None = None
     distractors: Distractors | None = None
 
@@ -243,7 +245,7 @@ class RetrievalSpec(JobSpec):
 @dataclass(frozen=True)
 class EvaluateSpec(JobSpec):
     KIND: ClassVar[str] = "evaluate"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "models_extra"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "cache_tag", "models_extra"})
     dataset: str
     dataset_cfg: dict
     model: str
@@ -257,6 +259,7 @@ class EvaluateSpec(JobSpec):
     backend: str
     batch_size: int
     base_url: str | None = None
+    cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
     models_extra: dict | None = None
 
 
@@ -264,7 +267,7 @@ class EvaluateSpec(JobSpec):
 class GradeSpec(JobSpec):
     KIND: ClassVar[str] = "grade"
     OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"judge", "max_new_tokens", "prompts", "backend", "batch_size",
-                                                     "base_url", "models_extra", "mode"})
+                                                     "base_url", "cache_tag", "models_extra", "mode"})
     eval: str  # the evaluation job's output
     dataset: str
     dataset_cfg: dict
@@ -275,6 +278,7 @@ class GradeSpec(JobSpec):
     backend: str | None = None
     batch_size: int | None = None
     base_url: str | None = None
+    cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
     models_extra: dict | None = None
     mode: str | None = None  # substring matching mode
 

@@ -281,7 +281,7 @@ class _Builder:
     def _backend(self) -> dict:
         """How a generating job runs its model (not what it computes, but part of its spec)."""
         return {"backend": self.gen["backend"], "batch_size": self.gen["batch_size"],
-                "base_url": self.gen.get("openai_base_url") or None}
+                "base_url": self.gen.get("openai_base_url") or None, "cache_tag": self.gen.get("openai_cache_tag")}
 
     def _models(self, *names: str | None) -> dict | None:
         """The entries of the models a job loads: the config's own (`models:`), so the job resolves them

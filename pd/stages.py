@@ -35,6 +35,7 @@ def generation_cache() -> Path:
 
 def make_job_generator(model: str, *, backend: str = "transformers", batch_size: int | None = 8,
                        base_url: str | None = None, models_extra: dict | None = None, adapter: str | None = None,
+                       cache_tag: str | None = None,
                        **options):
     """The generator a job uses: ``model`` on ``backend``, through the shared completion cache.
 
@@ -43,6 +44,7 @@ def make_job_generator(model: str, *, backend: str = "transformers", batch_size:
         backend: ``transformers``, ``vllm`` or ``openai``.
         batch_size: prompts per forward pass (transformers only).
         base_url: the server of the ``openai`` backend.
+        cache_tag: names the weights behind the ``openai`` server's model in the cache (replaces its probe).
         models_extra: the config's own model entries (``models:``).
         adapter: a PEFT adapter folder to load on top of the model.
         **options: further backend options (e.g. ``progress``).
@@ -59,13 +61,16 @@ def make_job_generator(model: str, *, backend: str = "transformers", batch_size:
         options.setdefault("batch_size", batch_size or 8)
     if backend == "openai" and base_url:
         options.setdefault("base_url", base_url)
+    if backend == "openai" and cache_tag:
+        options.setdefault("cache_tag", cache_tag)
     return make_generator(model, backend, adapter=adapter, cache_dir=generation_cache(), models_extra=models_extra,
                           **options)
 
 
 def _generator(spec: Any, model: str, adapter: str | None = None):
     return make_job_generator(model, backend=spec.backend or "transformers", batch_size=spec.batch_size,
-                              base_url=spec.base_url, models_extra=spec.models_extra, adapter=adapter)
+                              base_url=spec.base_url, models_extra=spec.models_extra, adapter=adapter,
+                              cache_tag=getattr(spec, "cache_tag", None))
 
 
 def provenance(spec: jobs.JobSpec) -> dict:

@@ -124,3 +124,17 @@ def test_a_run_through_the_openai_backend_writes_no_secret(tiny_llama, tmp_path)
     assert "HTTP Request: POST" in log and url.removesuffix("/v1") in log  # the log did record the requests
     assert url.removeprefix("http://") in rows[0]["generator"]
     assert _files_containing(tmp_path, [USER, PASSWORD, KEY]) == {}
+
+
+def test_openai_cache_tag_travels_from_config_to_the_jobs_generator():
+    """generation.openai_cache_tag reaches every generating job's spec and the generator it makes."""
+    from pd.config import load_config
+    from pd.plan import build_plan
+
+    cfg = load_config(None, {"run": ["demo"], "generation": {"backend": "openai", "openai_cache_tag": "weights-v2",
+                                                              "openai_base_url": "http://127.0.0.1:9/v1"}})
+    plan = build_plan(cfg)
+    for kind in ("questions", "answers", "evaluate"):
+        assert all(a.spec.cache_tag == "weights-v2" for a in plan.of_kind(kind)), kind
+    plain = build_plan(load_config(None, {"run": ["demo"]}))
+    assert all("cache_tag" not in a.spec.as_dict() for a in plain.of_kind("answers"))  # unset: hashes unchanged
