@@ -223,5 +223,7 @@ def network_jobs(plan) -> list[str]:
     Returns:
         Their output paths, sorted.
     """
-    return sorted(a.path for a in plan.artifacts.values()
-                  if (a.kind == "retrieval" and a.spec.retriever == "openai") or getattr(a.spec, "backend", None) == "openai")
+    def calls_service(a) -> bool:
+        return (a.kind == "retrieval" and a.spec.retriever == "openai") or getattr(a.spec, "backend", None) == "openai"
+
+    return sorted(a.path for a in plan.artifacts.values() if calls_service(a))

@@ -312,3 +312,16 @@ def rule_resources(
         return resource
 
     return {key: make(key) for key in RESOURCE_KEYS}
+
+
+def job_gpus() -> int:
+    """The GPUs this job holds: SLURM's ``SLURM_GPUS_ON_NODE`` (what ``--gpus``/``--gres`` granted),
+    else the CUDA devices the process sees, at least 1 (vLLM's ``tensor_parallel_size``)."""
+    import os
+
+    granted = os.environ.get("SLURM_GPUS_ON_NODE", "")
+    if granted.isdigit() and int(granted) > 0:
+        return int(granted)
+    import torch
+
+    return max(1, torch.cuda.device_count())

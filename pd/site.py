@@ -7,8 +7,8 @@ estimates, into each job's resources.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 

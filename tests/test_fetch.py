@@ -46,7 +46,8 @@ def test_paper_needs_listed_as_missing_with_hub_ids(tmp_path):
         "qwen2.5-14b-instruct": "Qwen/Qwen2.5-14B-Instruct",
     }
     for name, repo in expected.items():
-        assert any(line.split()[:3] == ["missing", "model", name] and line.endswith(f"hub {repo}") for line in lines), name
+        assert any(line.split()[:3] == ["missing", "model", name] and line.endswith(f"hub {repo}")
+                   for line in lines), name
     for name, repo in [("hotpotqa", "hotpotqa/hotpot_qa (distractor)"), ("mmlu_pro", "TIGER-Lab/MMLU-Pro"),
                        ("tulu3", "allenai/tulu-3-sft-mixture")]:
         assert any(line.split()[:3] == ["missing", "dataset", name] and repo in line for line in lines), name

@@ -351,3 +351,20 @@ def test_site_env_exported_to_jobs(monkeypatch):
     assert apply_job_env(None, env) == {}
     with pytest.raises(ConfigError, match="env"):
         load_site({"env": {"1BAD": "x"}})
+
+
+def test_vllm_jobs_use_every_gpu_slurm_granted(monkeypatch):
+    import pd.generate
+    from pd.resources import job_gpus
+    from pd.stages import make_job_generator
+
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "4")
+    assert job_gpus() == 4
+    seen = {}
+    monkeypatch.setattr(pd.generate, "make_generator", lambda model, backend, **kw: seen.update(kw, backend=backend))
+    make_job_generator("llama3-70b-instruct", backend="vllm")
+    assert seen["backend"] == "vllm" and seen["gpus"] == 4
+    monkeypatch.delenv("SLURM_GPUS_ON_NODE")
+    import torch
+
+    assert job_gpus() == max(1, torch.cuda.device_count())
