@@ -60,6 +60,8 @@ def cmd_validate(args) -> int:
           f"{site.gpu_mem_gb:g} GB GPUs), first attempt; min-max over the jobs of a kind and model size:")
     for line in format_table(resource_table(plan, registry(cfg.get("models")), site)):
         print(line)
+    env = " ".join(f"{k}={v}" for k, v in site.job_env().items())
+    print(f"Every job also gets {env} (site.yaml `env:`); fetch the models first: `pd fetch --check`")
     return 0
 
 
@@ -82,6 +84,10 @@ def cmd_fetch(args) -> int:
         print(f"note: {len(service)} jobs call an OpenAI-compatible service at run time (openai retrieval or backend): "
               "they need network, or run them where it is (e.g. on the login node with profiles/local)")
     missing = [n for n in needs if not n.present]
+    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
+    if offline and missing and not args.check:
+        print(f"note: {' and '.join(offline)} set: downloads will fail; on a machine with network run "
+              f"`{' '.join(v + '=0' for v in offline)} pd fetch`")
     if args.check or not missing:
         print(f"{len(missing)} missing" + (": run `pd fetch` on a machine with network" if missing else ""))
         return 1 if missing else 0

@@ -18,7 +18,9 @@ The estimates, in decimal GB (1 GB = 1e9 bytes, 1 GB = 1000 MB as Snakemake's ``
   ``gpu_mem_gb``, the size it is sold as, which counts GiB: an "80GB" H100 holds
   85.9 GB), rounded up to a power of two (tensor parallelism needs a divisor of the
   attention heads): an 8B model fits one 80GB GPU, a 70B judge gets four;
-* retrieval, manifest and report never ask for a GPU;
+* retrieval, manifest and report never ask for a GPU, nor does a grade without a judge;
+* a second model the job loads (``extra_params_b``: a teacher that runs inside the
+  training job, :func:`pd.workload.inprocess_teacher_b`) adds its frozen weights;
 * the teacher cache an adapter job reads (``cache_gb``, :func:`pd.workload.teacher_cache_gb`)
   adds to its host memory.
 
@@ -50,8 +52,8 @@ CPU_BASE_GB = 2.0  # python + torch + tokenizer, before any weights
 GPU_HOST_BASE_GB = 8.0  # host RAM of a GPU job besides a copy of the weights
 ADAPTER_BYTES = 16  # float32 weight + gradient + two AdamW moments per adapter parameter
 
-# Minutes at attempt 1 for an 8B model on GPUs (or a 0.5B model on a CPU) at the paper's
-# data sizes (30 questions per test question, 10 epochs); ``work`` scales them.
+# Minutes at attempt 1 for an 8B model on one GPU (or a 0.5B model on a CPU) at the paper's
+# data sizes (pd.workload.REFERENCE: 1000 test items, 30 questions each, 10 epochs); ``work`` scales them.
 BASE_RUNTIME = {
     "questions": 60,
     "answers": 120,

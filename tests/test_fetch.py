@@ -57,6 +57,7 @@ def test_paper_needs_listed_as_missing_with_hub_ids(tmp_path):
 def test_fetch_offline_reports_what_is_still_missing(tmp_path):
     proc = _pd(["fetch", "--run", "hotpotqa"], tmp_path)  # HF_HUB_OFFLINE=1: every download fails
     assert proc.returncode == 1
+    assert "HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 pd fetch" in proc.stdout  # says why it cannot download
     assert "fetching model llama3-8b-instruct (hub meta-llama/Meta-Llama-3-8B-Instruct)" in proc.stdout
     assert "still missing: missing  model    qwen2.5-3b-instruct" in proc.stdout
     assert proc.stdout.rstrip().endswith("0 fetched, 4 still missing")  # 3 models + HotpotQA
