@@ -22,13 +22,93 @@ def _cfg(args):
     return load_config(args.config)
 
 
+def _config_with_files(args) -> dict:
+    """The config with each ``--configfile`` merged on top, as Snakemake merges a profile's ``configfile``."""
+    import yaml
+
+    from pd.config import deep_merge, load_config
+
+    extra: dict = {}
+    for path in getattr(args, "configfile", None) or []:
+        p = Path(path)
+        if not p.is_file():
+            raise PDError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise PDError(f"{p}: the top level must be a mapping of keys")
+        extra = deep_merge(extra, data)
+    return load_config(args.config, overrides=extra)
+
+
 def cmd_validate(args) -> int:
-    cfg = _cfg(args)
+    """Check the config, count the grid and, with a SLURM site, show what each kind of job asks for."""
+    cfg = _config_with_files(args)
     from pd.plan import build_plan
 
     plan = build_plan(cfg, list(cfg["experiments"]))
     print(f"{args.config}: valid; {len(cfg['experiments'])} experiments, {sum(len(c) for c in plan.cells.values())} "
           f"cells, {len(plan.artifacts)} artifacts in all; `run` selects {', '.join(cfg['run'])}")
+    if cfg.get("slurm_site") is None:
+        print("(with --configfile profiles/slurm/site.yaml: the GPUs, memory and time each job asks SLURM for)")
+        return 0
+    from pd.models import registry
+    from pd.site import load_site
+    from pd.workload import format_table, resource_table
+
+    site = load_site(cfg["slurm_site"])
+    print(f"\nWhat the jobs of all experiments ask for on this site ({site.device}, "
+          f"{site.gpu_mem_gb:g} GB GPUs), first attempt; min-max over the jobs of a kind and model size:")
+    for line in format_table(resource_table(plan, registry(cfg.get("models")), site)):
+        print(line)
+    env = " ".join(f"{k}={v}" for k, v in site.job_env().items())
+    print(f"Every job also gets {env} (site.yaml `env:`); fetch the models first: `pd fetch --check`")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    """List what the selected experiments load; download what is missing (or, with --check, only report)."""
+    from pd.env import cache_dir
+    from pd.fetch import fetch, network_jobs, plan_needs
+    from pd.plan import build_plan
+
+    cfg = _cfg(args)
+    names = args.run or cfg["run"]
+    plan = build_plan(cfg, names)
+    needs = plan_needs(plan)
+    hub = os.environ.get("HF_HOME") or "~/.cache/huggingface (HF_HOME unset)"
+    print(f"{', '.join(names)}: {len(needs)} models and datasets; hub cache {hub}, pd cache {cache_dir()}")
+    for need in needs:
+        print("  " + need.line())
+    service = network_jobs(plan)
+    if service:
+        print(f"note: {len(service)} jobs call an OpenAI-compatible service at run time (openai retrieval or backend): "
+              "they need network, or run them where it is (e.g. on the login node with profiles/local)")
+    missing = [n for n in needs if not n.present]
+    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
+    if offline and missing and not args.check:
+        print(f"note: {' and '.join(offline)} set: downloads will fail; on a machine with network run "
+              f"`{' '.join(v + '=0' for v in offline)} pd fetch`")
+    if args.check or not missing:
+        print(f"{len(missing)} missing" + (": run `pd fetch` on a machine with network" if missing else ""))
+        return 1 if missing else 0
+    left = fetch(missing) + [n for n in missing if n.fetch is None]
+    for need in left:
+        print("still missing: " + need.line())
+    print(f"{len(missing) - len(left)} fetched, {len(left)} still missing")
+    return 1 if left else 0
+
+
+def cmd_merge(args) -> int:
+    """Merge a PEFT adapter into its base model's weights: a plain model folder (pd.merge.merge_into)."""
+    from pd.merge import merge_into
+    from pd.models import get_spec
+
+    cfg = _cfg(args)
+    spec = get_spec(args.model, cfg.get("models"))
+    if not Path(args.adapter).is_dir():
+        raise PDError(f"adapter folder {args.adapter} does not exist")
+    merge_into(spec, args.adapter, args.out, dtype=args.dtype)
+    print(f"merged {args.adapter} into {spec.name} ({args.dtype}): {args.out}")
     return 0
 
 
@@ -156,8 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=os.environ.get("PD_CONFIG", "config.yaml"), help="config file (default: config.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("validate", help="check config.yaml and count the grid")
+    s = sub.add_parser("validate", help="check config.yaml and count the grid (with a site file: each job's request)")
+    s.add_argument("--configfile", action="append", metavar="FILE",
+                   help="merged on top of the config, as Snakemake does (e.g. profiles/slurm/site.yaml)")
     s.set_defaults(func=cmd_validate)
+    s = sub.add_parser("fetch", help="download every model and hub dataset the selected experiments load")
+    s.add_argument("--check", action="store_true", help="only report present/missing (exit 1 if something is missing)")
+    s.add_argument("--run", nargs="+", metavar="EXPERIMENT", help="experiments (default: the config's `run`)")
+    s.set_defaults(func=cmd_fetch)
+    s = sub.add_parser("merge", help="merge a LoRA adapter into its base model: a plain model folder")
+    s.add_argument("adapter", help="a PEFT adapter folder")
+    s.add_argument("--model", required=True, help="the base model it was trained on (`pd models` lists them)")
+    s.add_argument("--out", required=True, help="the folder to write")
+    s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    s.set_defaults(func=cmd_merge)
     s = sub.add_parser("models", help="list the model registry")
     s.set_defaults(func=cmd_models)
     s = sub.add_parser("datasets", help="list datasets (--load to count passages and questions)")

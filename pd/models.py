@@ -258,9 +258,9 @@ def _build_random(spec: ModelSpec, out: Path) -> None:
 def _hub_error(spec: ModelSpec, err: Exception) -> ModelUnavailableError:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     gated = "gated" in type(err).__name__.lower() or "401" in str(err) or "403" in str(err)
-    how = (f"On a machine with network access run `hf download {spec.repo}` (the files land in the shared HF cache, "
-           f"$HF_HOME), or download it anywhere and set `models.{spec.name}.path` in config.yaml to that folder "
-           "(with `source: local`).")
+    how = (f"On a machine with network access (a login node) run `pd fetch` (every model the selected experiments "
+           f"load) or `hf download {spec.repo}`, with the jobs' HF_HOME (the shared HF cache), or download it "
+           f"anywhere and set `models.{spec.name}.path` in config.yaml to that folder (with `source: local`).")
     if gated:
         how += f" {spec.repo} is gated: accept its licence on the hub and set HF_TOKEN."
     state = "the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline else "it could not be fetched"

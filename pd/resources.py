@@ -18,7 +18,17 @@ The estimates, in decimal GB (1 GB = 1e9 bytes, 1 GB = 1000 MB as Snakemake's ``
   ``gpu_mem_gb``, the size it is sold as, which counts GiB: an "80GB" H100 holds
   85.9 GB), rounded up to a power of two (tensor parallelism needs a divisor of the
   attention heads): an 8B model fits one 80GB GPU, a 70B judge gets four;
-* retrieval, manifest and report never ask for a GPU.
+* retrieval, manifest and report never ask for a GPU, nor does a grade without a judge;
+* a second model the job loads (``extra_params_b``: a teacher that runs inside the
+  training job, :func:`pd.workload.inprocess_teacher_b`) adds its frozen weights;
+* the teacher cache an adapter job reads (``cache_gb``, :func:`pd.workload.teacher_cache_gb`)
+  adds to its host memory.
+
+Runtimes: :data:`BASE_RUNTIME` is the minutes of a paper-size job (a 1,000-item dataset,
+30 questions per item, 10 epochs: :data:`pd.workload.REFERENCE`) for an 8B model on one
+GPU (or a 0.5B model on a CPU); it scales with the model's size, the job's ``work`` (its
+own size over the reference's, :func:`pd.workload.job_work`) and the GPUs, and never goes
+below :data:`MIN_RUNTIME` for a job that loads a model (loading and start-up).
 
 A site (:class:`Site`, read from ``profiles/slurm/site.yaml``) adds the SLURM settings a
 cluster needs (partition, account, GPU type or gres string, constraint, caps) and can
@@ -42,8 +52,8 @@ CPU_BASE_GB = 2.0  # python + torch + tokenizer, before any weights
 GPU_HOST_BASE_GB = 8.0  # host RAM of a GPU job besides a copy of the weights
 ADAPTER_BYTES = 16  # float32 weight + gradient + two AdamW moments per adapter parameter
 
-# Minutes at attempt 1 for an 8B model on GPUs (or a 0.5B model on a CPU) at the paper's
-# data sizes (30 questions per test question, 10 epochs); ``work`` scales them.
+# Minutes at attempt 1 for an 8B model on one GPU (or a 0.5B model on a CPU) at the paper's
+# data sizes (pd.workload.REFERENCE: 1000 test items, 30 questions each, 10 epochs); ``work`` scales them.
 BASE_RUNTIME = {
     "questions": 60,
     "answers": 120,
@@ -57,6 +67,7 @@ BASE_RUNTIME = {
     "report": 15,
 }
 REFERENCE_PARAMS_B = {"gpu": 8.0, "cpu": 0.5}
+MIN_RUNTIME = 15  # minutes at attempt 1 of a job that loads a model, however small its work
 SIZE_INDEPENDENT = frozenset({"retrieval", "manifest", "report"})
 
 
@@ -130,6 +141,8 @@ def job_resources(
     *,
     lora_rank: int | None = None,
     work: float = 1.0,
+    cache_gb: float = 0.0,
+    extra_params_b: float = 0.0,
 ) -> dict[str, Any]:
     """Resources of one job: ``mem_mb``, ``runtime`` (minutes), ``cpus_per_task``, ``gpus``.
 
@@ -147,7 +160,10 @@ def job_resources(
         device: ``cpu`` or ``gpu``.
         site: the cluster's settings (a :class:`Site` or its mapping).
         lora_rank: the adapter's rank (training only; default: the paper's for the size).
-        work: a runtime multiplier.
+        work: a runtime multiplier (the job's size over the paper's).
+        cache_gb: host memory (GB) of data the job holds besides the model (a teacher cache).
+        extra_params_b: billions of frozen parameters of a second model the job loads (a
+            teacher that runs inside the training job), added to the memory need.
 
     Returns:
         Snakemake resources: ``mem_mb`` (MB), ``runtime`` (minutes), ``cpus_per_task``,
@@ -158,12 +174,16 @@ def job_resources(
             GPUs than a node has.
     """
     _check_job(kind, params_b, attempt, work)
+    for name, v in (("cache_gb", cache_gb), ("extra_params_b", extra_params_b)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"{name} must be a number >= 0, got {v!r}")
     site = load_site(site) if not isinstance(site, Site) else site
     device = device or (site.device if site else "cpu")
     if device not in DEVICES:
         raise ConfigError(f"device {device!r} is not one of {list(DEVICES)}")
     defaults = site or Site(device=device)
-    res = _size(kind, params_b, attempt, device, defaults, _tier(site, kind, params_b), lora_rank, work)
+    res = _size(kind, params_b, attempt, device, defaults, _tier(site, kind, params_b), lora_rank, work,
+                cache_gb, extra_params_b)
     _add_slurm_keys(res, defaults, site)
     return res
 
@@ -180,12 +200,12 @@ def _check_job(kind: str, params_b: float, attempt: int, work: float) -> None:
 
 
 def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site, tier: SizeTier | None,
-          lora_rank: int | None, work: float) -> dict[str, Any]:
+          lora_rank: int | None, work: float, cache_gb: float = 0.0, extra_params_b: float = 0.0) -> dict[str, Any]:
     """``mem_mb``, ``runtime``, ``cpus_per_task`` and ``gpus``: the estimates, a site's tier, its caps."""
     growth = memory_growth(attempt)
-    on_gpu = device == "gpu" and kind in GPU_KINDS
+    on_gpu = device == "gpu" and kind in GPU_KINDS and params_b > 0  # substring grades load no model
     if on_gpu:
-        need = gpu_need_gb(kind, params_b, lora_rank)
+        need = gpu_need_gb(kind, params_b, lora_rank) + 2.0 * extra_params_b
         first_gpus = gpus_for(need, defaults.gpu_mem_gb)  # the runtime estimate's basis
         gpus = gpus_for(need * growth, defaults.gpu_mem_gb)
         if tier is not None and tier.gpus is not None:
@@ -197,13 +217,13 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
                 f"sizes.{kind} tier in the site file"
             )
         gpus = min(gpus, defaults.gpus_per_node)  # a retry asks for at most one full node
-        host_gb = max(16.0, 1.25 * 2.0 * params_b + GPU_HOST_BASE_GB)
+        host_gb = max(16.0, 1.25 * 2.0 * (params_b + extra_params_b) + GPU_HOST_BASE_GB)
         cpus = defaults.cpus_per_gpu * gpus
     else:
         gpus = first_gpus = 0
-        host_gb = cpu_need_gb(kind, params_b, lora_rank)
+        host_gb = cpu_need_gb(kind, params_b, lora_rank) + 4.0 * extra_params_b
         cpus = 1 if kind in ("manifest", "report") else defaults.cpus_per_task
-    mem_mb = math.ceil(host_gb * 1000 * growth / 100) * 100
+    mem_mb = math.ceil((host_gb + cache_gb) * 1000 * growth / 100) * 100
 
     if kind in SIZE_INDEPENDENT:
         size_factor = 1.0
@@ -211,13 +231,16 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
         size_factor = max(0.25, params_b / REFERENCE_PARAMS_B["gpu" if on_gpu else "cpu"])
     # More GPUs on a retry are for memory: the runtime stays that of the first attempt's
     # GPU count, times the attempt number.
-    runtime = BASE_RUNTIME[kind] * size_factor / max(first_gpus, 1) * work * defaults.runtime_factor
+    if tier is not None and tier.runtime is not None:
+        runtime = tier.runtime * work  # the site's minutes for a paper-size job
+    else:
+        runtime = BASE_RUNTIME[kind] * size_factor / max(first_gpus, 1) * work * defaults.runtime_factor
+    if params_b > 0 and kind not in SIZE_INDEPENDENT:
+        runtime = max(runtime, MIN_RUNTIME)
 
     if tier is not None:
         if tier.mem_mb is not None:
             mem_mb = math.ceil(tier.mem_mb * growth)
-        if tier.runtime is not None:
-            runtime = tier.runtime
         if tier.cpus_per_task is not None:
             cpus = tier.cpus_per_task
     runtime = math.ceil(runtime * attempt - 1e-9)
@@ -262,10 +285,13 @@ def rule_resources(
     site: Site | Mapping[str, Any] | None = None,
     lora_rank: int | None | Callable[[Any], int | None] = None,
     work: float | Callable[[Any], float] = 1.0,
+    cache_gb: float | Callable[[Any], float] = 0.0,
+    extra_params_b: float | Callable[[Any], float] = 0.0,
 ) -> dict[str, Callable]:
     """Snakemake ``resources:`` callables for one rule: ``resources: **rule_resources(...)``.
 
-    ``params_b``, ``lora_rank`` and ``work`` may be functions of the job's wildcards.
+    ``params_b``, ``lora_rank``, ``work``, ``cache_gb`` and ``extra_params_b`` may be functions of the
+    job's wildcards.
     Each callable takes ``(wildcards, attempt)``; a key that does not apply to a job
     returns None, which Snakemake drops.
     """
@@ -279,10 +305,25 @@ def rule_resources(
     def make(key: str) -> Callable:
         def resource(wildcards, attempt):
             res = job_resources(kind, value(params_b, wildcards), attempt, device, site,
-                                lora_rank=value(lora_rank, wildcards), work=value(work, wildcards))
+                                lora_rank=value(lora_rank, wildcards), work=value(work, wildcards),
+                                cache_gb=value(cache_gb, wildcards),
+                                extra_params_b=value(extra_params_b, wildcards))
             return res.get(key)
 
         resource.__name__ = f"{kind}_{key}"
         return resource
 
     return {key: make(key) for key in RESOURCE_KEYS}
+
+
+def job_gpus() -> int:
+    """The GPUs this job holds: SLURM's ``SLURM_GPUS_ON_NODE`` (what ``--gpus``/``--gres`` granted),
+    else the CUDA devices the process sees, at least 1 (vLLM's ``tensor_parallel_size``)."""
+    import os
+
+    granted = os.environ.get("SLURM_GPUS_ON_NODE", "")
+    if granted.isdigit() and int(granted) > 0:
+        return int(granted)
+    import torch
+
+    return max(1, torch.cuda.device_count())

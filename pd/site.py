@@ -7,6 +7,7 @@ estimates, into each job's resources.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,6 +17,9 @@ from pd.precision import REQUESTS
 from pd.paths import KINDS
 
 DEVICES = ("cpu", "gpu")
+# Exported to every job of a site unless its file says otherwise: compute nodes usually have
+# no network, so the hub clients read only the caches `pd fetch` filled.
+JOB_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 GPU_REQUESTS = ("gpus", "gres")
 
 
@@ -54,6 +58,11 @@ class Site:
     precision: str | None = None  # what `dtype: auto` means on the compute nodes (None: bfloat16 on GPUs, float32 on CPUs)
     slurm_extra: str | None = None
     sizes: Mapping[str, tuple[SizeTier, ...]] = field(default_factory=dict)
+    env: Mapping[str, str | None] = field(default_factory=lambda: dict(JOB_ENV))  # None: the submitting shell's
+
+    def job_env(self) -> dict[str, str]:
+        """The variables every job gets (those set to None keep the submitting shell's value)."""
+        return {k: v for k, v in self.env.items() if v is not None}
 
 
 _SITE_FIELDS = {f.name: f for f in dataclasses.fields(Site)}
@@ -101,6 +110,8 @@ def _site_from_mapping(d: dict[str, Any], where: str) -> Site:
             continue
         if name == "sizes":
             values[name] = _parse_sizes(value, where)
+        elif name == "env":
+            values[name] = _parse_env(value, where)
         elif name in _INT_FIELDS:
             values[name] = _positive(value, f"{where}.{name}", int)
         elif name in _FLOAT_FIELDS:
@@ -149,3 +160,38 @@ def _parse_sizes(value: Any, where: str) -> dict[str, tuple[SizeTier, ...]]:
             ))
         out[kind] = tuple(sorted(parsed, key=lambda t: t.max_params_b))
     return out
+
+
+def _parse_env(value: Any, where: str) -> dict[str, str | None]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}.env: expected a mapping of environment variables, e.g. {{HF_HOME: /shared/hf}}")
+    out: dict[str, str | None] = {**JOB_ENV}
+    for k, v in value.items():
+        if not isinstance(k, str) or not k.replace("_", "").isalnum() or k[0].isdigit():
+            raise ConfigError(f"{where}.env: {k!r} is not an environment variable name")
+        if isinstance(v, (dict, list)):
+            raise ConfigError(f"{where}.env.{k}: expected a string, a number or null, got {v!r}")
+        out[k] = None if v is None else os.path.expanduser(os.path.expandvars(str(v)))
+    return out
+
+
+def apply_job_env(site: Site | None, environ: dict | None = None) -> dict[str, str]:
+    """Put the site's job variables into this process's environment (Snakemake's, on the submitting host).
+
+    The SLURM executor plugin submits every job with ``sbatch --export=ALL``: a job starts
+    with the environment of the Snakemake process that submitted it, so what is set here
+    reaches every job (and the job's own Snakemake, which reads the same site file, sets
+    it again).
+
+    Args:
+        site: the site (None: local runs, nothing is set).
+        environ: the environment to change (default: ``os.environ``).
+
+    Returns:
+        The variables set.
+    """
+    if site is None:
+        return {}
+    env = site.job_env()
+    (os.environ if environ is None else environ).update(env)
+    return env

@@ -59,6 +59,10 @@ def make_job_generator(model: str, *, backend: str = "transformers", batch_size:
 
     if backend == "transformers":
         options.setdefault("batch_size", batch_size or 8)
+    if backend == "vllm":  # tensor parallelism over every GPU the job was granted (pd.resources sized it)
+        from pd.resources import job_gpus
+
+        options.setdefault("gpus", job_gpus())
     if backend == "openai" and base_url:
         options.setdefault("base_url", base_url)
     if backend == "openai" and cache_tag:

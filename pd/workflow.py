@@ -29,6 +29,9 @@ class Workflow:
         from pd.resources import load_site
 
         self.site = load_site(self.cfg.get("slurm_site"))
+        from pd.site import apply_job_env
+
+        apply_job_env(self.site)  # HF_HOME, HF_HUB_OFFLINE, PD_CACHE_DIR ... reach every job (sbatch --export=ALL)
         self.device = "gpu" if self.site is not None and self.site.device == "gpu" else "cpu"
 
     def output(self, kind: str) -> str:
@@ -82,8 +85,12 @@ class Workflow:
         def rank(wildcards):
             return self.artifact(kind, wildcards).spec.training.get("rank") if kind == "adapter" else None
 
-        return rule_resources(kind, self.params_b(kind), device=self.device, site=self.site,
-                              lora_rank=rank)
+        from pd.workload import inprocess_teacher_b, job_work, teacher_cache_gb
+
+        return rule_resources(kind, self.params_b(kind), device=self.device, site=self.site, lora_rank=rank,
+                              work=lambda wc: job_work(self.artifact(kind, wc), self.plan),
+                              cache_gb=lambda wc: teacher_cache_gb(self.artifact(kind, wc), self.plan),
+                              extra_params_b=lambda wc: inprocess_teacher_b(self.artifact(kind, wc), self.plan))
 
     def threads(self, kind: str) -> Callable:
         """The job's CPU threads: its ``cpus_per_task``, 1 for jobs that run no model (Snakemake caps it

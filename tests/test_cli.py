@@ -50,3 +50,66 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pd.cli", "--config", str(ok), "cells", "x", "nothing-matches"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "no cell of x matches" in out.stderr
+
+
+def test_validate_with_the_slurm_site_prints_each_kinds_requests(capsys):
+    from pd.models import registry
+    from pd.resources import gpu_need_gb, gpus_for, job_resources
+
+    site_file = ROOT / "profiles/slurm/site.yaml"
+    assert main(["--config", str(DEFAULT_CONFIG), "validate", "--configfile", str(site_file)]) == 0
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        for kind in ("questions", "answers", "teacher", "adapter", "evaluate", "grade", "capability"):
+            if line.startswith(kind + " ") and "(" in line:
+                model = line[len(kind):].split("(")[0].strip()
+                rows[(kind, model)] = line.split()[-3:]  # GPUs, memory GB, time h
+    size = registry()["llama3-70b-instruct"].params_b
+    # The 70B expert answers: as many GPUs as its weights need on 80GB GPUs (1.2 x 2 x 70.6 + 4 GB
+    # over 0.9 x 85.9 GB usable -> 3 -> a power of two: 4), and the generators use them all.
+    n = gpus_for(gpu_need_gb("answers", size), 80)
+    assert n == 4 and rows[("answers", "llama3-70b-instruct")][0] == str(n)
+    want = job_resources("answers", size, site=site_file)
+    assert rows[("answers", "llama3-70b-instruct")][1] == f"{want['mem_mb'] / 1000:g}"
+    # every job kind of the paper grid has a row; the 8B evaluation fits one GPU
+    assert {k for k, _ in rows} >= {"questions", "answers", "adapter", "evaluate", "grade", "capability"}
+    assert rows[("evaluate", "llama3-8b-instruct")][0] == "1"
+    # 4: the cells whose 70B teacher runs inside the training job
+    assert rows[("adapter", "llama3-8b-instruct")][0] == "1-4"
+    # without a site: a hint, no table
+    assert main(["--config", str(DEFAULT_CONFIG), "validate"]) == 0
+    assert "--configfile profiles/slurm/site.yaml" in capsys.readouterr().out
+
+
+def test_merge_command_writes_a_loadable_merged_model(tmp_path, monkeypatch):
+    import torch
+
+    from pd.models import get_spec, load_model, load_tokenizer
+    from pd.train.lora import attach_lora
+
+    monkeypatch.setenv("PD_CACHE_DIR", str(tmp_path / "cache"))
+    spec = get_spec("tiny-llama")
+    tok = load_tokenizer(spec)
+    lora = attach_lora(load_model(spec, device="cpu", dtype=torch.float32), rank=8, alpha=16.0, seed=0)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.full_like(p, 0.01))
+    lora.save_pretrained(tmp_path / "adapter")
+    ids = tok("The Hudson river flows south.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = lora.eval()(input_ids=ids).logits.float()
+        base = load_model(spec, device="cpu", dtype=torch.float32)(input_ids=ids).logits.float()
+    assert (want - base).abs().max() > 1e-3
+
+    assert main(["--config", str(DEFAULT_CONFIG), "merge", str(tmp_path / "adapter"), "--model", "tiny-llama",
+                 "--out", str(tmp_path / "merged"), "--dtype", "float32"]) == 0
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = merged(input_ids=ids).logits.float()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert main(["--config", str(DEFAULT_CONFIG), "merge", str(tmp_path / "nope"), "--model", "tiny-llama",
+                 "--out", str(tmp_path / "m2")]) == 2

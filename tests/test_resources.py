@@ -256,3 +256,115 @@ def test_rule_resources_follow_wildcards_and_attempt():
     assert set(KINDS) >= {"grade"}
     with pytest.raises(ConfigError):
         rule_resources("grading", 1.0)
+
+
+# --------------------------------------------------------------------------- work and caches (pd.workload)
+# The demo's plan (config.yaml): 4 NYT passages with 37 test items (data/squadshifts-pd/README.md
+# and config.yaml's comment); questions in `sentence` mode, one per call in at most 48 new tokens,
+# 3 per item plus 1 held out, at most 4 rounds; answers of at most 64 tokens; 3 epochs; top-1024
+# teacher cache; evaluation answers of at most 40 tokens. The paper-size reference: 1000 items,
+# 30 questions each written five per call in 512 tokens, 2 rounds; answers 512 tokens; 10 epochs.
+
+DEMO_ITEMS = 37
+PAPER_QUESTION_TOKENS = 1000 * 30 / 5 * 512 * 2  # 6,144,000
+PAPER_ANSWER_TOKENS = 1000 * 30 * 512  # 15,360,000
+
+
+@pytest.fixture(scope="module")
+def demo_plan():
+    from pd.config import DEFAULT_CONFIG, load_config
+    from pd.plan import build_plan
+
+    return build_plan(load_config(DEFAULT_CONFIG), ["demo"])
+
+
+def _one(plan, kind, pred=lambda a: True):
+    return next(a for a in plan.artifacts.values() if a.kind == kind and pred(a))
+
+
+def test_demo_work_factors_by_hand(demo_plan):
+    from pd.workload import job_work, teacher_cache_gb
+
+    questions = DEMO_ITEMS * (3 + 1)  # 148
+    # questions: 148 calls x 48 tokens x min(4 rounds, 2)
+    assert job_work(_one(demo_plan, "questions"), demo_plan) == pytest.approx(148 * 48 * 2 / PAPER_QUESTION_TOKENS)
+    # answers: 148 x 64 tokens
+    assert job_work(_one(demo_plan, "answers"), demo_plan) == pytest.approx(questions * 64 / PAPER_ANSWER_TOKENS)
+    # teacher: a forward pass over 148 answers of up to max_answer_tokens=512
+    assert job_work(_one(demo_plan, "teacher"), demo_plan) == pytest.approx(questions * 512 / PAPER_ANSWER_TOKENS)
+    # adapter: 3 epochs x 148 questions over 10 x 30,000
+    pd_adapter = _one(demo_plan, "adapter", lambda a: a.spec.method == "pd")
+    assert job_work(pd_adapter, demo_plan) == pytest.approx(3 * questions / (10 * 30000))
+    # evaluation: 37 items x 40 tokens over 1000 x 500
+    assert job_work(_one(demo_plan, "evaluate"), demo_plan) == pytest.approx(DEMO_ITEMS * 40 / (1000 * 500))
+    # the PD adapter holds the top-1024 cache: 1024 x 6 bytes x 148 answers x 64 tokens = 58.2 MB
+    assert teacher_cache_gb(pd_adapter, demo_plan) == pytest.approx(1024 * 6 * questions * 64 / 1e9)
+    sft = _one(demo_plan, "adapter", lambda a: a.spec.method == "sft")
+    assert teacher_cache_gb(sft, demo_plan) == 0.0
+
+
+def test_paper_size_work_is_about_one():
+    from pd.config import DEFAULT_CONFIG, load_config
+    from pd.plan import build_plan
+    from pd.workload import job_work
+
+    plan = build_plan(load_config(DEFAULT_CONFIG), ["main"])
+    q = _one(plan, "questions", lambda a: a.spec.dataset == "nyt" and a.model == "llama3-8b-instruct")
+    # 1000 items x 33 questions (30 + 3 held out) / 5 per call x 512 tokens x 2 rounds
+    assert job_work(q, plan) == pytest.approx(1000 * 33 / 5 * 512 * 2 / PAPER_QUESTION_TOKENS)  # 1.1
+    a = _one(plan, "adapter", lambda a: a.spec.dataset == "nyt" and a.model == "qwen2.5-3b-instruct"
+             and a.spec.method == "sft")
+    assert job_work(a, plan) == pytest.approx(5 * 33000 / (10 * 30000))  # Qwen: 5 epochs
+
+
+def test_work_cache_and_inprocess_teacher_reach_the_request():
+    # 8B answers on a GPU at half the paper's work: 120 min x 1 x 0.5 = 60
+    assert job_resources("answers", 8.0, device="gpu", work=0.5)["runtime"] == 60
+    # tiny work: the 15-minute floor of a job that loads a model (x2 on the second attempt)
+    assert job_resources("answers", 8.0, device="gpu", work=0.001)["runtime"] == 15
+    assert job_resources("answers", 8.0, device="gpu", work=0.001, attempt=2)["runtime"] == 30
+    # a 5.9 GB teacher cache adds to host memory: 28.0 GB (1.25 x 16 + 8) + 5.9 GB
+    assert job_resources("adapter", 8.0, device="gpu", cache_gb=5.9)["mem_mb"] == 33900
+    # an 8B student with a 70.6B teacher in the same job (rank 1024):
+    # 16 + 16 x 0.93e6 x 8^0.59 x 1024 / 1e9 + 1.6 + 4 + 141.2 GB over 77.31 usable per GPU -> 3 -> 4
+    need = 16 + 16 * 0.93e6 * 8 ** 0.59 * 1024 / 1e9 + 1.6 + 4 + 2 * 70.6
+    n = -(-need // (0.9 * 80 * 2**30 / 1e9))
+    assert n == 3 and job_resources("adapter", 8.0, device="gpu", extra_params_b=70.6)["gpus"] == 4
+    # a site tier's runtime is per paper-size job: scaled by the work
+    site = load_site({"sizes": {"adapter": [{"max_params_b": 10, "runtime": 1440}]}})
+    assert job_resources("adapter", 8.0, site=site, work=0.25)["runtime"] == 360
+    # a substring grade (no model) never asks for a GPU
+    assert job_resources("grade", 0.0, device="gpu")["gpus"] == 0
+
+
+def test_site_env_exported_to_jobs(monkeypatch):
+    from pd.site import apply_job_env
+
+    monkeypatch.setenv("PD_TEST_SHARED", "/shared")
+    site = load_site({"env": {"HF_HOME": "$PD_TEST_SHARED/hf", "PD_CACHE_DIR": None, "HF_HUB_OFFLINE": 1}})
+    env: dict = {}
+    assert apply_job_env(site, env) == {"HF_HOME": "/shared/hf", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    assert env["HF_HOME"] == "/shared/hf" and "PD_CACHE_DIR" not in env
+    shipped = load_site(REPO / "profiles/slurm/site.yaml")
+    assert shipped.job_env() == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    assert set(shipped.env) >= {"HF_HOME", "PD_CACHE_DIR"}
+    assert apply_job_env(None, env) == {}
+    with pytest.raises(ConfigError, match="env"):
+        load_site({"env": {"1BAD": "x"}})
+
+
+def test_vllm_jobs_use_every_gpu_slurm_granted(monkeypatch):
+    import pd.generate
+    from pd.resources import job_gpus
+    from pd.stages import make_job_generator
+
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "4")
+    assert job_gpus() == 4
+    seen = {}
+    monkeypatch.setattr(pd.generate, "make_generator", lambda model, backend, **kw: seen.update(kw, backend=backend))
+    make_job_generator("llama3-70b-instruct", backend="vllm")
+    assert seen["backend"] == "vllm" and seen["gpus"] == 4
+    monkeypatch.delenv("SLURM_GPUS_ON_NODE")
+    import torch
+
+    assert job_gpus() == max(1, torch.cuda.device_count())
