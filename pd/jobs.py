@@ -258,6 +258,9 @@ class EvaluateSpec(JobSpec):
     batch_size: int
     base_url: str | None = None
     models_extra: dict | None = None
+    # What each row scores beyond the answer; part of the identity, so that evaluations made before the
+    # gold-answer log-likelihood existed are recomputed rather than mixed with rows that carry it.
+    metrics: tuple[str, ...] = ("gold_logprob",)
 
 
 @dataclass(frozen=True)
