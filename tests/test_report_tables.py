@@ -337,3 +337,14 @@ def test_old_and_unscored_rows_make_no_block(tmp_path):
                                   str(grades), extra={"eval": str(ev)}))
     table = build_table("x", TableSpec.from_dict({"blocks": None, "reference": "old"}), build_groups(records))
     assert metric_sections(table) == []
+
+
+def test_a_snapshot_cell_has_no_heldout_kl(tmp_path):
+    """heldout.json measures the final adapter: a snapshot's cell does not borrow it."""
+    from pd.report.evidence import Evidence
+
+    (tmp_path / "heldout.json").write_text(json.dumps({"n_heldout": 2, "before": 2.0, "after": 0.5}))
+    final = CellRecord("x", "f", {"method": "pd", "snapshot": None}, "substring", "g", extra={"adapter": str(tmp_path)})
+    snap = CellRecord("x", "s", {"method": "pd", "snapshot": 60}, "substring", "g", extra={"adapter": str(tmp_path)})
+    ev = Evidence()
+    assert ev.heldout(final).closed == pytest.approx(0.75) and ev.heldout(snap) is None

@@ -130,6 +130,9 @@ class Evidence:
         return self._gold[path]
 
     def heldout(self, rec: CellRecord) -> HeldoutKL | None:
+        """The record's adapter's held-out KL; None for a snapshot's cell (it was measured on the final adapter)."""
+        if rec.axes.get("snapshot") is not None:
+            return None
         adapter = rec.extra.get("adapter")
         if adapter not in self._kl:
             self._kl[adapter] = load_heldout(adapter)
