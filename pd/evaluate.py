@@ -9,12 +9,19 @@ not know how they were found. Answers are sampled with :data:`pd.config.EVAL_SAM
 (the paper's T = 0.25 and up to 500 tokens) unless the caller says otherwise; each
 sample becomes one JSONL row that names the item, the prompt's hash, the passages shown
 and the parameters.
+
+Each row also carries the gold answer's log-likelihood under the same prompt
+(:mod:`pd.loglik`: ``gold_logprob`` in nats, ``gold_logprob_per_token``, ``gold_alias``,
+``gold_tokens``), best over the item's aliases, from one teacher-forced pass of the
+generator's own model (with its adapter). Only the transformers backend holds the
+model's weights; with vLLM or an OpenAI-compatible server the fields are null and the
+stats say why.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from pd.config import EVAL_SAMPLING
 from pd.data import Dataset
@@ -23,7 +30,11 @@ from pd.generate.base import Conversation, Generator, SamplingParams
 from pd.io import stable_hash
 from pd.prompts import render
 
+if TYPE_CHECKING:
+    from pd.loglik import GoldLogLik
+
 EVAL_PARAMS = SamplingParams(**EVAL_SAMPLING)
+GOLD_FIELDS = ("gold_logprob", "gold_logprob_per_token", "gold_alias", "gold_tokens")
 
 
 def eval_conversation(question: str, passages: Sequence[str] | None = None) -> Conversation:
@@ -54,30 +65,75 @@ def _retrieved_per_item(dataset: Dataset, retrieved) -> list[list[str]]:
 
 def evaluate(dataset: Dataset, generator: Generator, retrieved: Sequence[Sequence[str]] | Mapping[str, Sequence[str]] | None = None,
              params: SamplingParams = EVAL_PARAMS, *, model: str | None = None,
-             adapter: str | os.PathLike | None = None) -> tuple[list[dict], dict]:
-    """Rows ``{"item_id", "question", "prompt_hash", "retrieved", "params", "answer", "finish_reason",
-    "n_tokens", "model", "adapter", "generator"}`` (plus ``sample`` when ``params.n > 1``) and stats.
+             adapter: str | os.PathLike | None = None, gold_logprob: bool = True) -> tuple[list[dict], dict]:
+    """Answer every test item and score its gold answer.
 
-    ``retrieved``: None for closed-book, else per item (aligned with ``dataset.items``
-    or keyed by item id) the ordered doc ids to show, already cut to k.
+    Args:
+        dataset: the test items and passages.
+        generator: the model that answers (its ``prompt()`` renders each conversation).
+        retrieved: None for closed-book, else per item (aligned with ``dataset.items`` or
+            keyed by item id) the ordered doc ids to show, already cut to k.
+        params: the sampling parameters.
+        model: the model's name in the rows (default: the generator's).
+        adapter: the adapter folder, recorded in the rows.
+        gold_logprob: also compute the gold answers' log-likelihood (:func:`gold_logprobs`).
+
+    Returns:
+        Rows ``{"item_id", "question", "prompt_hash", "retrieved", "params", "answer",
+        "finish_reason", "n_tokens", "model", "adapter", "generator"}`` plus the
+        :data:`GOLD_FIELDS` (null where not computed) and ``sample`` when ``params.n > 1``;
+        and the stats.
+
+    Raises:
+        DataError: retrieval lists that do not match the dataset.
     """
     lists = _retrieved_per_item(dataset, retrieved)
     convs = []
     for it, ids in zip(dataset.items, lists):
         convs.append(eval_conversation(it.closed_book_question, [dataset.documents[d].text for d in ids]))
     outs = generator.generate(convs, params)
+    gold, gold_note = gold_logprobs(generator, convs, [it.answers for it in dataset.items]) if gold_logprob else (
+        [None] * len(convs), "not requested")
     rows = []
-    for it, ids, conv, comps in zip(dataset.items, lists, convs, outs):
+    for it, ids, conv, comps, g in zip(dataset.items, lists, convs, outs, gold):
+        scores = g.as_row() if g is not None else dict.fromkeys(GOLD_FIELDS)
         for j, c in enumerate(comps):
             row = {"item_id": it.id, "question": it.closed_book_question, "prompt_hash": stable_hash(conv),
                    "retrieved": ids, "params": params.as_dict(), "answer": c.text.strip(),
                    "finish_reason": c.finish_reason, "n_tokens": c.n_tokens, "model": model or generator.name,
-                   "adapter": str(adapter) if adapter else None, "generator": generator.name}
+                   "adapter": str(adapter) if adapter else None, "generator": generator.name, **scores}
             if params.n > 1:
                 row["sample"] = j
             rows.append(row)
     stats = {"items": len(dataset.items), "rows": len(rows), "mode": "rag" if retrieved is not None else "closed_book",
              "cut_at_max_tokens": sum(r["finish_reason"] == "length" for r in rows),
              "mean_tokens": round(sum(r["n_tokens"] for r in rows) / len(rows), 2) if rows else 0.0,
-             "params": params.as_dict(), "generator": generator.name}
+             "params": params.as_dict(), "generator": generator.name, "gold_logprob": gold_note}
+    scored = [g.per_token for g in gold if g is not None]
+    stats["mean_gold_logprob_per_token"] = round(sum(scored) / len(scored), 6) if scored else None
     return rows, stats
+
+
+def gold_logprobs(generator: Generator, convs: Sequence[Conversation],
+                  gold: Sequence[Sequence[str]]) -> tuple[list[GoldLogLik | None], str]:
+    """The gold answers' log-likelihood under each conversation, with the generator's own model.
+
+    Args:
+        generator: a transformers generator (or a cache around one): its ``model`` (with its
+            adapter), ``tokenizer`` and ``prompt()`` are used; any other backend scores nothing.
+        convs: the conversations the items were asked with.
+        gold: each item's gold answers (aliases).
+
+    Returns:
+        One :class:`pd.loglik.GoldLogLik` per item (None: no usable alias, or not computed)
+        and a note for the stats saying how it was computed, or why not.
+    """
+    from pd.loglik import gold_loglik
+
+    backend = getattr(generator, "backend", None)
+    if backend != "transformers":
+        return [None] * len(convs), f"not computed: backend {backend} gives no teacher-forced pass"
+    size = generator.batch_size if isinstance(generator.batch_size, int) else 8
+    prompts = [generator.prompt(c) for c in convs]
+    return (gold_loglik(generator.model.eval(), generator.tokenizer, prompts, gold, batch_size=size),
+            "teacher-forced log p(gold alias | evaluation prompt), nats, best over aliases")

@@ -261,6 +261,9 @@ class EvaluateSpec(JobSpec):
     base_url: str | None = None
     cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
     models_extra: dict | None = None
+    # What each row scores beyond the answer; part of the identity, so that evaluations made before the
+    # gold-answer log-likelihood existed are recomputed rather than mixed with rows that carry it.
+    metrics: tuple[str, ...] = ("gold_logprob",)
 
 
 @dataclass(frozen=True)

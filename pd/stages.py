@@ -169,7 +169,8 @@ def _adapter_folder(spec: jobs.EvaluateSpec) -> str | None:
 
 
 def evaluation(spec: jobs.EvaluateSpec, out: str) -> None:
-    """The model's answers (with its adapter or a snapshot of it) to the test questions, closed-book or RAG.
+    """The model's answers (with its adapter or a snapshot of it) to the test questions, closed-book or RAG,
+    each row with the gold answer's log-likelihood under its prompt (``spec.metrics``; transformers backend).
 
     Args:
         spec: the evaluate job.
@@ -186,7 +187,7 @@ def evaluation(spec: jobs.EvaluateSpec, out: str) -> None:
     params = spec.sampling.params(spec.seed, **pdc.EVAL_SAMPLING)
     adapter = _adapter_folder(spec)
     rows, stats = evaluate(ds, _generator(spec, spec.model, adapter), retrieved, params, model=spec.model,
-                           adapter=adapter)
+                           adapter=adapter, gold_logprob="gold_logprob" in spec.metrics)
     write_with_stats(out, rows, stats | provenance(spec))
 
 

@@ -39,12 +39,36 @@ def _grade_rows(rng: np.random.Generator, item_ids: list[str], skill: float, dif
     return rows
 
 
+def _eval_rows(rng: np.random.Generator, item_ids: list[str], skill: float, difficulty: np.ndarray) -> list[dict]:
+    """Evaluation rows with a gold-answer log-likelihood that rises with skill and falls with difficulty."""
+    per_token = -1.5 + 0.4 * skill - 0.5 * difficulty + rng.normal(0.0, 0.3, len(item_ids))
+    return [{"item_id": item, "answer": "x", "gold_logprob": 3 * float(v), "gold_logprob_per_token": float(v),
+             "gold_alias": f"answer {i}", "gold_tokens": 3} for i, (item, v) in enumerate(zip(item_ids, per_token))]
+
+
+def _write_adapter(folder: Path, rng: np.random.Generator, skill: float, method: str) -> None:
+    """An adapter folder's heldout.json and train_log.jsonl (no weights: the report reads only these)."""
+    before = 1.0 + 0.2 * rng.random()
+    after = before * (0.5 - 0.1 * skill + 0.05 * rng.random())
+    write_json(folder / "heldout.json", {"n_heldout": 6, "temperature": 2.0, "before": before, "after": after,
+                                         "closed_fraction": 1 - after / before, "teacher": "tiny-llama"})
+    rows = []
+    for step in range(1, 11):
+        row = {"step": step, "loss": float(2.0 * np.exp(-0.2 * step) + 0.05 * rng.random())}
+        if method == "pd":
+            row["kl"] = row["loss"]
+        rows.append(row)
+    write_jsonl(folder / "train_log.jsonl", rows)
+
+
 def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed: int = 0,
                         grader: str = "judge:tiny-judge", model: str = "tiny-llama") -> Path:
     """Write grades, benchmarks and ``manifest.json`` under ``root``; returns the manifest path.
 
     Experiments: ``main`` (pd/sft/base x two datasets x closed-book/bm25, three seeds, the
-    base model one seed, one cell without grades, some invalid judge grades) and
+    base model one seed, one cell without grades, some invalid judge grades; evaluation rows
+    with the gold-answer log-likelihood, adapter folders with ``heldout.json`` and
+    ``train_log.jsonl``, shared by the closed-book and BM25 cells) and
     ``n_questions`` / ``rank`` / ``snapshot`` (pd vs sft along one numeric axis, for figures).
     """
     root = Path(root)
@@ -53,7 +77,7 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
     difficulty = {ds: rng.normal(0.0, 1.2, n_questions) for ds in ("amazon", "nyt")}
 
     def add(experiment: str, axes: dict[str, Any], skill: float, *, invalid_rate: float = 0.0,
-            write: bool = True) -> None:
+            write: bool = True, evidence: bool = False) -> None:
         ds = str(axes["dataset"])
         item_ids = [f"{ds}-q{i:04d}" for i in range(n_questions)]
         name = "_".join(f"{k}-{v}" for k, v in axes.items() if k not in ("model",))
@@ -61,6 +85,15 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
         grades = Path("grades") / experiment / f"{name}.jsonl"
         if write:
             write_jsonl(root / grades, _grade_rows(rng, item_ids, skill, difficulty[ds], grader, invalid_rate))
+        extra: dict[str, Any] = {}
+        if evidence and write:
+            extra["eval"] = str(Path("eval") / experiment / f"{name}.jsonl")
+            write_jsonl(root / extra["eval"], _eval_rows(rng, item_ids, skill, difficulty[ds]))
+        if evidence and axes.get("method") != "base":
+            adapter = Path("adapters") / f"{ds}_{axes['method']}_s{axes['seed']}"
+            extra["adapter"] = str(adapter)
+            if not (root / adapter).is_dir():
+                _write_adapter(root / adapter, rng, skill, axes["method"])
         bench = Path("benchmarks") / experiment / f"{name}.tsv"
         secs = 30.0 + 10.0 * rng.random()
         fields = [f"{secs:.4f}", f"0:00:{int(secs):02d}", f"{512 + 100 * rng.random():.2f}", "900.00", "400.00",
@@ -70,7 +103,7 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
         if axes.get("method") not in ("base", None):
             meta["adapter"] = {"train_tokens": int(20000 + 1000 * rng.random()), "teacher_tokens": 31000, "steps": 40}
         cells.append({"experiment": experiment, "cell_id": cell_id, "axes": dict(axes, model=model), "grader": grader,
-                      "grades": str(grades), "benchmarks": [str(bench)], "meta": meta})
+                      "grades": str(grades), "benchmarks": [str(bench)], "meta": meta, **extra})
 
     for ds in ("amazon", "nyt"):
         for retrieval in ("none", "bm25"):
@@ -82,7 +115,7 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
                     if ds == "nyt" and retrieval == "none" and method == "sft":
                         write = False  # a whole cell the workflow has not produced yet
                     add("main", {"dataset": ds, "retrieval": retrieval, "method": method, "seed": s}, skill,
-                        invalid_rate=0.05, write=write)
+                        invalid_rate=0.05, write=write, evidence=True)
     for nq in (5, 10, 30):
         for method in ("pd", "sft"):
             for s in (0, 1):

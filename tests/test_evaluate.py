@@ -74,3 +74,59 @@ def test_smollm2_reads_the_passage_it_is_given(smollm2):
     rows, _ = evaluate(ds, gen, [["velmora"]], p)
     assert "orange" in rows[0]["answer"].lower()
     assert rows[0]["finish_reason"] in ("stop", "length")
+
+
+def _direct_logprob(model, tok, prompt: str, answer: str) -> float:
+    """log p(answer | prompt) from one unpadded forward pass, log-softmax in float64."""
+    import torch
+
+    p = tok.encode(prompt, add_special_tokens=False)
+    a = tok.encode(answer, add_special_tokens=False)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].double(), -1)
+    return float(sum(logp[len(p) - 1 + j, t] for j, t in enumerate(a)))
+
+
+def test_rows_carry_the_gold_loglik_of_their_own_prompt(tiny):
+    """Closed-book and RAG rows score the gold answer under the prompt they were asked with."""
+    from pd.evaluate import eval_conversation
+    from pd.generate.transformers_backend import render_prompt
+
+    ds = toy()
+    p = SamplingParams(temperature=0.25, max_new_tokens=2, seed=1)
+    retrieved = [["lake", "velmora"], ["lake"]]
+    for lists in (None, retrieved):
+        rows, stats = evaluate(ds, tiny, lists, p)
+        for it, row, ids in zip(ds.items, rows, lists or [[], []]):
+            conv = eval_conversation(it.closed_book_question, [ds.documents[d].text for d in ids])
+            prompt = render_prompt(tiny.tokenizer, conv)
+            direct = _direct_logprob(tiny.model, tiny.tokenizer, prompt, it.answers[0])
+            n = len(tiny.tokenizer.encode(it.answers[0], add_special_tokens=False))
+            assert row["gold_alias"] == it.answers[0] and row["gold_tokens"] == n
+            assert row["gold_logprob"] == pytest.approx(direct, abs=1e-4)
+            assert row["gold_logprob_per_token"] == pytest.approx(direct / n, abs=1e-4)
+        per_token = [r["gold_logprob_per_token"] for r in rows]
+        assert stats["mean_gold_logprob_per_token"] == pytest.approx(sum(per_token) / 2, abs=1e-5)
+        assert stats["gold_logprob"].startswith("teacher-forced")
+    # The RAG prompt holds the passage with the answer: its gold log-likelihood differs from closed-book's.
+    closed, _ = evaluate(ds, tiny, None, p)
+    rag, _ = evaluate(ds, tiny, retrieved, p)
+    assert closed[0]["gold_logprob"] != pytest.approx(rag[0]["gold_logprob"], abs=1e-6)
+
+
+def test_other_backends_record_null_gold_loglik():
+    """A backend without the model's weights (vLLM, a server) writes null and says so in the stats."""
+    from pd.generate.base import Completion
+
+    class Served:
+        name = backend = "openai"
+
+        def generate(self, convs, params):
+            return [[Completion(text="orange", finish_reason="stop", n_tokens=1)] for _ in convs]
+
+    rows, stats = evaluate(toy(), Served(), None, SamplingParams(max_new_tokens=4))
+    assert all(r["gold_logprob"] is None and r["gold_logprob_per_token"] is None and r["gold_alias"] is None
+               for r in rows)
+    assert "not computed: backend openai" in stats["gold_logprob"] and stats["mean_gold_logprob_per_token"] is None
+    rows, stats = evaluate(toy(), Served(), None, SamplingParams(max_new_tokens=4), gold_logprob=False)
+    assert rows[0]["gold_logprob"] is None and stats["gold_logprob"] == "not requested"

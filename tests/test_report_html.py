@@ -46,8 +46,9 @@ def test_every_table_image_and_link_exists(report):
     html = result.index.read_text(encoding="utf-8")
     refs = _Refs()
     refs.feed(html)
-    assert sorted(refs.tables) == sorted(f"table-{e}" for e in ("main", "n_questions", "rank", "snapshot"))
-    assert len(refs.imgs) == 4  # figure6 + one per figure experiment
+    sections = ("main-gold_logprob", "main-heldout_kl")  # only main's cells have evaluation rows and adapters
+    assert sorted(refs.tables) == sorted(f"table-{e}" for e in ("main", "n_questions", "rank", "snapshot") + sections)
+    assert len(refs.imgs) == 4 + 4  # figure6 + one per figure experiment + training curves of pd/sft x two datasets
     for ref in refs.refs:
         assert not ref.startswith(("http:", "https:", "//")), f"external resource {ref}"
         if ref.startswith("#"):
@@ -87,6 +88,32 @@ def test_figure_points_are_the_table_numbers(report):
         assert png.suffix == ".png" and pdf.read_bytes()[:5] == b"%PDF-"
 
 
+def test_training_curves_and_heldout_kl_on_the_page(report):
+    """One figure per trained configuration (closed-book and BM25 cells share adapters), captioned with
+    each seed's held-out KL before -> after as heldout.json holds it; summary.json carries the blocks."""
+    root, manifest, result = report
+    html = result.index.read_text(encoding="utf-8")
+    m = load_manifest(manifest)
+    trained = {(c.axes["dataset"], c.axes["method"]) for c in m.cells
+               if c.experiment == "main" and c.axes["method"] != "base"}
+    pngs = sorted((result.index.parent / "main").glob("training_*.png"))
+    assert len(pngs) == len(trained) == 4
+    for ds, method in trained:
+        for seed in (0, 1, 2):
+            h = json.loads((root / "adapters" / f"{ds}_{method}_s{seed}" / "heldout.json").read_text())
+            text = f"seed {seed}: {h['before']:.3f} → {h['after']:.3f} ({100 * (1 - h['after'] / h['before']):.1f}% closed)"
+            assert text in html
+    summary = json.loads(result.tables["main"]["json"].read_text())
+    gold = [r for r in summary["sections"]["gold_logprob"] if r["mean"] is not None]
+    for r in gold:
+        cells = [c for c in m.cells if c.experiment == "main" and c.extra.get("eval")
+                 and all(c.axes.get(k) == v for k, v in r["axes"].items())]
+        from pd.io import read_jsonl
+        means = [statistics.mean(x["gold_logprob_per_token"] for x in read_jsonl(c.extra["eval"])) for c in cells]
+        assert r["mean"] == pytest.approx(statistics.mean(means)) and r["n_seeds"] == len(means)
+    assert {r["block"] for r in summary["sections"]["heldout_kl"]} == {""}
+
+
 def test_cost_and_tokens_from_benchmarks_and_meta(tmp_path):
     p = tmp_path / "b.tsv"
     p.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -120,7 +147,7 @@ def test_report_opens_in_headless_chromium(report, tmp_path, headless_chromium):
     url = result.index.resolve().as_uri()
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    for exp in ("main", "n_questions", "rank", "snapshot"):
+    for exp in ("main", "n_questions", "rank", "snapshot", "main-gold_logprob", "main-heldout_kl"):
         assert f'id="table-{exp}"' in dom.stdout
     shot = tmp_path / "report.png"
     run = subprocess.run(flags + ["--window-size=1200,1800", f"--screenshot={shot}", url],

@@ -52,6 +52,17 @@ def test_real_run_report_numbers_and_links(real_run):
         rows = read_jsonl(result.index.parent / link)
         assert row["mean"] == sum(r["correct"] is True for r in rows) / len(rows)
         assert row["se_kind"] == "binomial"
+    # The gold-answer log-likelihood block: each cell's mean over its evaluation rows (one seed: SE over questions).
+    from pd.report.aggregate import load_manifest
+
+    cells = load_manifest(work / "results" / "manifests", root=work).cells
+    gold = summary["sections"]["gold_logprob"]
+    assert len(gold) == 3 and "heldout_kl" not in summary["sections"]  # the base model has no adapter
+    for row in gold:
+        (cell,) = [c for c in cells if c.axes == dict(row["axes"], seed=c.axes["seed"])]
+        values = [r["gold_logprob_per_token"] for r in read_jsonl(cell.extra["eval"])]
+        assert all(v is not None and v < 0 for v in values)
+        assert row["mean"] == pytest.approx(sum(values) / len(values)) and row["se_kind"] == "questions"
 
 
 @pytest.mark.slow

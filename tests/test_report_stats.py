@@ -138,3 +138,17 @@ def test_groups_aggregate_over_seeds_and_keep_missing_files(tmp_path):
     dup = CellRecord("e", "c9", {"method": "pd", "dataset": "nyt", "seed": 0}, "judge:x", recs[0].grades)
     with pytest.raises(DataError, match="same axes, seed and grader"):
         build_groups(recs + [dup])
+
+
+def test_seeds_mean_se_over_seeds_or_questions():
+    """Log-likelihood and KL closure: SE over seeds (ddof=1), one seed over its questions, else none."""
+    from pd.report.evidence import seeds_mean_se
+
+    s = seeds_mean_se([-1.0, -1.5, -0.7])
+    assert s.kind == "seeds" and s.se == pytest.approx(statistics.stdev([-1.0, -1.5, -0.7]) / math.sqrt(3))
+    q = seeds_mean_se([-1.2], [-1.0, -2.0, -0.6])
+    assert q.kind == "questions" and q.mean == -1.2
+    assert q.se == pytest.approx(statistics.stdev([-1.0, -2.0, -0.6]) / math.sqrt(3))
+    assert seeds_mean_se([0.4]).kind == "none" and math.isnan(seeds_mean_se([0.4]).se)
+    with pytest.raises(ValueError):
+        seeds_mean_se([])

@@ -12,6 +12,7 @@ import pytest
 
 from pd.errors import ConfigError
 from pd.report.aggregate import CellRecord, TableSpec, build_groups
+from pd.report.sections import metric_sections
 from pd.report.tables import build_table, latex_escape, render_latex, render_markdown
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -28,6 +29,7 @@ def small_experiment(root: Path):
     cell, base has one seed, pd has some unparseable judge grades. Returns (records, raw
     patterns) so tests can recompute every number by hand."""
     rng = np.random.default_rng(1234)
+    ev_rng = np.random.default_rng(99)  # its own stream: the grades stay those of the accuracy golden files
     base_p = {"pd": 0.85, "sft": 0.6, "base": 0.2}
     records, raw = [], {}
     for retrieval, bonus in (("none", 0.0), ("bm25", 0.1)):
@@ -48,13 +50,32 @@ def small_experiment(root: Path):
                                                 "valid": not bad, "reason": None, "answer": "x", "gold": ["y"]}) + "\n")
                     axes = {"model": "llama3-8b-instruct", "method": method, "dataset": ds, "retrieval": retrieval,
                             "seed": seed}
-                    records.append(CellRecord("small", f"{method}-{ds}-{retrieval}-{seed}", axes, JUDGE, str(path)))
+                    extra = _evidence_files(root, ev_rng, retrieval, ds, method, seed)
+                    records.append(CellRecord("small", f"{method}-{ds}-{retrieval}-{seed}", axes, JUDGE, str(path),
+                                              extra=extra))
                     raw[(retrieval, ds, method, seed)] = [False if i in invalid else c for i, c in enumerate(pat)]
     # a seed the workflow lists but has not graded yet
     axes = {"model": "llama3-8b-instruct", "method": "sft", "dataset": "squadshifts-nyt", "retrieval": "bm25",
             "seed": 3}
     records.append(CellRecord("small", "sft-nyt-bm25-3", axes, JUDGE, str(root / "grades/not-yet.jsonl")))
     return records, raw
+
+
+def _evidence_files(root: Path, rng, retrieval: str, ds: str, method: str, seed: int) -> dict:
+    """An evaluation file with gold log-likelihoods and (trained methods) an adapter's heldout.json."""
+    skill = {"pd": -0.8, "sft": -1.1, "base": -1.6}[method] + (0.5 if retrieval == "bm25" else 0.0)
+    ev = root / f"eval/{retrieval}/{ds}/{method}_s{seed}.jsonl"
+    ev.parent.mkdir(parents=True, exist_ok=True)
+    ev.write_text("".join(json.dumps({"item_id": f"{ds}-q{i}", "gold_logprob_per_token": round(skill + v, 4)}) + "\n"
+                          for i, v in enumerate(rng.normal(0, 0.4, N))))
+    extra = {"eval": str(ev)}
+    if method != "base":
+        adapter = root / f"adapters/{ds}/{method}_s{seed}"
+        adapter.mkdir(parents=True, exist_ok=True)
+        after = round(0.5 + (0.1 + 0.03 * seed ** 2 if method == "sft" else 0.0) + 0.05 * seed, 3)
+        (adapter / "heldout.json").write_text(json.dumps({"n_heldout": 4, "before": 1.0, "after": after}))
+        extra["adapter"] = str(adapter)
+    return extra
 
 
 SPEC = {"rows": ["method"], "columns": ["dataset"], "blocks": "retrieval", "paper_table": "2",
@@ -68,6 +89,7 @@ def built(tmp_path_factory):
     records, raw = small_experiment(root)
     table = build_table("small", TableSpec.from_dict(SPEC), build_groups(records), n_resamples=2000, seed=0,
                         display_root=str(root))
+    table.sections = metric_sections(table, n_resamples=2000, seed=0)
     return table, raw
 
 
@@ -206,3 +228,123 @@ def test_methods_compare_despite_their_own_settings(tmp_path):
     comp = table.comparisons[0]
     # 1 of 10 right against 8 of 10, the same in both seeds: -70 points.
     assert abs(comp.diff - (-0.7)) < 1e-9 and comp.significant_bootstrap
+
+
+def _section(table, name):
+    return next(s for s in table.sections if s.name == name)
+
+
+def _metric_cell(section, block_label, method, column_index):
+    block = next(b for b in section.blocks if b.label == block_label)
+    row = next((r for r in block.rows if r.key == (method,)), None)
+    return row.cells[column_index] if row else None
+
+
+def test_gold_loglik_block_matches_the_rows_and_scipy(built):
+    """Every number of the log-likelihood block, recomputed from the evaluation rows on disk."""
+    from scipy import stats as sps
+
+    from pd.report.stats import paired_bootstrap
+
+    table, _ = built
+    gold = _section(table, "gold_logprob")
+
+    def per_seed(group):
+        out = {}
+        for rec in group.records:
+            if rec.extra.get("eval"):
+                rows = [json.loads(line) for line in Path(rec.extra["eval"]).read_text().splitlines()]
+                out[rec.seed] = {r["item_id"]: r["gold_logprob_per_token"] for r in rows}
+        return out
+
+    checked = tested = 0
+    for block in gold.blocks:
+        for row in block.rows:
+            for j, cell in enumerate(row.cells):
+                if cell.summary is None:
+                    continue
+                seeds = per_seed(cell.group)
+                means = [statistics.mean(v.values()) for v in seeds.values()]
+                assert cell.summary.mean == pytest.approx(statistics.mean(means), abs=1e-12)
+                if len(means) > 1:
+                    se = statistics.stdev(means) / math.sqrt(len(means))
+                else:
+                    only = list(next(iter(seeds.values())).values())
+                    se = statistics.stdev(only) / math.sqrt(len(only))
+                assert cell.summary.se == pytest.approx(se, abs=1e-12)
+                checked += 1
+                if cell.comparison is None:
+                    continue
+                ref = per_seed(_metric_cell(gold, block.label, "pd", j).group)
+                shared = sorted(set(seeds) & set(ref))
+                a = [statistics.mean(seeds[s].values()) for s in shared]
+                b = [statistics.mean(ref[s].values()) for s in shared]
+                if len(shared) >= 2:
+                    assert cell.comparison.t.p == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-9)
+                items = sorted(set.intersection(*(set(v) for v in seeds.values()), *(set(v) for v in ref.values())))
+                xa = [statistics.mean(v[i] for v in seeds.values()) for i in items]
+                xb = [statistics.mean(v[i] for v in ref.values()) for i in items]
+                boot = paired_bootstrap(xa, xb, n_resamples=2000, seed=0)
+                assert cell.comparison.bootstrap.p == boot.p
+                assert cell.comparison.bootstrap.mean_diff == pytest.approx(statistics.mean(xa) - statistics.mean(xb))
+                assert cell.comparison.significant_t == (cell.comparison.t is not None and cell.comparison.t.p < 0.05)
+                tested += 1
+    assert checked == 11 and tested == 7
+
+
+def test_heldout_kl_block_matches_heldout_json_and_scipy(built):
+    """before -> after and the fraction closed, from each seed's heldout.json; the t-test against scipy's."""
+    from scipy import stats as sps
+
+    table, _ = built
+    kl = _section(table, "heldout_kl")
+    assert len(kl.blocks) == 1 and [r.key for r in kl.blocks[0].rows] == [("pd",), ("sft",)]  # no adapter, no row
+
+    def per_seed(group):
+        out = {}
+        for rec in group.records:
+            if rec.extra.get("adapter"):
+                h = json.loads((Path(rec.extra["adapter"]) / "heldout.json").read_text())
+                out[rec.seed] = (h["before"], h["after"], 1 - h["after"] / h["before"])
+        return out
+
+    for j in range(len(table.columns)):
+        pd_cell, sft_cell = (_metric_cell(kl, "", m, j) for m in ("pd", "sft"))
+        for cell in (pd_cell, sft_cell):
+            seeds = per_seed(cell.group)
+            closed = [c for _, _, c in seeds.values()]
+            assert cell.before == pytest.approx(statistics.mean(b for b, _, _ in seeds.values()))
+            assert cell.after == pytest.approx(statistics.mean(a for _, a, _ in seeds.values()))
+            assert cell.summary.mean == pytest.approx(statistics.mean(closed))
+            assert cell.summary.se == pytest.approx(statistics.stdev(closed) / math.sqrt(len(closed)))
+        a, b = per_seed(sft_cell.group), per_seed(pd_cell.group)
+        shared = sorted(set(a) & set(b))
+        expected = sps.ttest_rel([a[s][2] for s in shared], [b[s][2] for s in shared]).pvalue
+        assert sft_cell.comparison.t.p == pytest.approx(expected, rel=1e-9) and sft_cell.comparison.bootstrap is None
+        assert sft_cell.comparison.diff == pytest.approx(sft_cell.summary.mean - pd_cell.summary.mean)
+        assert pd_cell.bold and not sft_cell.bold
+
+
+def test_old_and_unscored_rows_make_no_block(tmp_path):
+    """Evaluation rows without the field (written before it existed) or with null (vLLM) contribute nothing."""
+    rows = {"old": [{"item_id": "q1", "answer": "x"}], "vllm": [{"item_id": "q1", "gold_logprob_per_token": None}]}
+    records = []
+    for method, r in rows.items():
+        ev, grades = tmp_path / f"{method}.eval.jsonl", tmp_path / f"{method}.jsonl"
+        ev.write_text(json.dumps(r[0]) + "\n")
+        grades.write_text(json.dumps({"item_id": "q1", "correct": True, "valid": True}) + "\n")
+        records.append(CellRecord("x", method, {"method": method, "dataset": "d", "seed": 0}, "substring",
+                                  str(grades), extra={"eval": str(ev)}))
+    table = build_table("x", TableSpec.from_dict({"blocks": None, "reference": "old"}), build_groups(records))
+    assert metric_sections(table) == []
+
+
+def test_a_snapshot_cell_has_no_heldout_kl(tmp_path):
+    """heldout.json measures the final adapter: a snapshot's cell does not borrow it."""
+    from pd.report.evidence import Evidence
+
+    (tmp_path / "heldout.json").write_text(json.dumps({"n_heldout": 2, "before": 2.0, "after": 0.5}))
+    final = CellRecord("x", "f", {"method": "pd", "snapshot": None}, "substring", "g", extra={"adapter": str(tmp_path)})
+    snap = CellRecord("x", "s", {"method": "pd", "snapshot": 60}, "substring", "g", extra={"adapter": str(tmp_path)})
+    ev = Evidence()
+    assert ev.heldout(final).closed == pytest.approx(0.75) and ev.heldout(snap) is None

@@ -18,6 +18,12 @@ each cell (``aggregate.CellRecord``)::
      "grader": str, "grades": path, "benchmarks": [Snakemake benchmark TSV paths],
      "meta": {resolved config, adapter pd_meta.json content, ...}}
 
+Beside accuracy, the tables show two judge-free blocks (:mod:`pd.report.sections`) read
+from the files a cell's optional ``eval`` and ``adapter`` keys name
+(:mod:`pd.report.evidence`): the evaluation rows' ``gold_logprob_per_token`` and the
+adapter's ``heldout.json`` (KL before and after); the HTML page also plots the adapter's
+``train_log.jsonl``.
+
 Relative paths are relative to the manifest's folder. Each experiment has a table spec
 (``aggregate.TableSpec``), e.g. ``{"rows": ["model", "method"], "columns": ["dataset"],
 "blocks": "retrieval", "grader": "judge:llama3-8b-instruct", "paper_table": "2",

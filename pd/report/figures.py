@@ -132,3 +132,39 @@ def panel_plot(panels: Sequence[dict], stem: str | os.PathLike) -> list[Path]:
         _draw(ax, series, p["x"], logx=p.get("logx", False), title=p.get("title"), xlabel=p.get("xlabel"))
     fig.tight_layout()
     return save_figure(fig, stem)
+
+
+def training_curves(runs: Sequence[tuple[str, Sequence[dict]]], stem: str | os.PathLike, *,
+                    title: str | None = None) -> list[Path]:
+    """Loss and KL per optimizer step of one configuration's seeds, side by side.
+
+    Args:
+        runs: (label, step log rows) per seed; rows are ``train_log.jsonl`` lines (``step``,
+            ``loss``, and ``kl`` for distilling methods).
+        stem: the files' path without suffix.
+        title: the figure's title.
+
+    Returns:
+        The PNG and PDF paths.
+
+    Raises:
+        ConfigError: no run has a logged step.
+    """
+    runs = [(label, rows) for label, rows in runs if rows]
+    if not runs:
+        raise ConfigError("no training log rows to plot")
+    keys = [k for k in ("loss", "kl") if any(k in r for _, rows in runs for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, rows in runs:
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=label, linewidth=1.2)
+        ax.set_xlabel("Optimizer step")
+        ax.set_ylabel({"loss": "Training loss", "kl": "KL (nats/token)"}[key])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, stem)

@@ -104,6 +104,7 @@ class ExperimentPage:
     files: dict[str, str] = field(default_factory=dict)  # label -> relative link
     figures: list[dict] = field(default_factory=list)  # {"png", "pdf", "caption"}
     details: list[GroupDetail] = field(default_factory=list)
+    training: list[dict] = field(default_factory=list)  # {"png", "pdf", "caption"}: loss and KL per step
 
 
 def group_details(groups: Iterable[Group], out_dir: str | os.PathLike, n_samples: int = 3) -> list[GroupDetail]:

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pd.io import write_json, write_text
-from pd.report.aggregate import Grades, Manifest, build_groups, load_manifest
-from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot
+from pd.report.aggregate import Group, Grades, Manifest, TableSpec, build_groups, load_manifest
+from pd.report.evidence import Evidence, load_train_log
+from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot, training_curves
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
 from pd.report.runinfo import machine_description, run_info
+from pd.report.sections import MetricSection, metric_sections
 from pd.report.tables import Table, build_table, render_latex, render_markdown
 
 
@@ -81,18 +83,21 @@ def render_reports(
     pages: list[ExperimentPage] = []
     fig6_panels: dict[str, dict] = {}
     machine = machine_description()
+    evidence = Evidence()
     for name, spec in manifest.experiments.items():
         exp_dir = out_dir / _safe(name)
         records = [c for c in manifest.cells if c.experiment == name]
         groups = build_groups(records, cache=cache)
         table = build_table(name, spec, groups, n_resamples=n_resamples, seed=bootstrap_seed,
                             paper_values_path=paper_values_path, display_root=str(out_dir))
+        table.sections = metric_sections(table, evidence, n_resamples=n_resamples, seed=bootstrap_seed)
         info = run_info(records, name, machine)
         table.run = info.lines()
         paths = {"md": exp_dir / "table.md", "tex": exp_dir / "table.tex", "json": exp_dir / "summary.json"}
         write_text(paths["md"], render_markdown(table))
         write_text(paths["tex"], render_latex(table))
         write_json(paths["json"], {"experiment": name, "grader": table.grader, "rows": summary_rows(table),
+                                   "sections": {sec.name: section_rows(sec) for sec in table.sections},
                                    "missing": table.missing, "run": dataclasses.asdict(info)})
         result.tables[name] = paths
         result.missing[name] = list(table.missing)
@@ -111,6 +116,7 @@ def render_reports(
                 fig6_panels[fig.x] = {"groups": graded, "x": fig.x, "group_axis": fig.group, "spec": spec,
                                       "logx": fig.logx, "title": X_LABELS[fig.x]}
         page.details = group_details(groups, out_dir)
+        page.training = _training_figures(graded, spec, evidence, exp_dir, out_dir)
         pages.append(page)
     extra = []
     if figure6 and len(fig6_panels) >= 2:
@@ -123,6 +129,49 @@ def render_reports(
     result.captions = write_snakemake_captions(out_dir, pages, extra)
     render_html(pages, result.index, title=title, extra_figures=extra)
     return result
+
+
+def section_rows(section: MetricSection) -> list[dict[str, Any]]:
+    """A section's numbers in machine-readable form (nats per token, or fractions closed and KL in nats)."""
+    rows = []
+    for block in section.blocks:
+        for row in block.rows:
+            for cell in row.cells:
+                s, c = cell.summary, cell.comparison
+                rows.append({"block": block.label, "row": list(row.key),
+                             "axes": cell.group.axes if cell.group is not None else None,
+                             "mean": s.mean if s else None, "se": s.se if s else None, "se_kind": s.kind if s else None,
+                             "n_seeds": s.n_seeds if s else 0, "before": cell.before, "after": cell.after,
+                             "p_bootstrap": c.bootstrap.p if c and c.bootstrap else None,
+                             "p_t": c.t.p if c and c.t else None})
+    return rows
+
+
+def _training_figures(groups: list[Group], spec: TableSpec, evidence: Evidence, exp_dir: Path,
+                      out_dir: Path) -> list[dict]:
+    """One figure of loss and KL per step for each trained configuration (its seeds as lines).
+
+    Configurations that share their adapters (the same adapters evaluated closed-book and with
+    retrieval) are drawn once. Returns the page's figure entries.
+    """
+    figures, drawn = [], set()
+    for g in groups:
+        adapters = tuple(r.extra.get("adapter") for r in g.records if r.extra.get("adapter"))
+        if not adapters or adapters in drawn:
+            continue
+        drawn.add(adapters)
+        runs = [(f"seed {r.seed}", load_train_log(r.extra.get("adapter"))) for r in g.records]
+        if not any(rows for _, rows in runs):
+            continue
+        label = ", ".join(f"{k}={v}" for k, v in sorted(g.axes.items())
+                          if v is not None and k not in (spec.blocks, "retrieval"))
+        files = training_curves(runs, exp_dir / f"training_{len(figures):02d}", title=label)
+        kl = [f"seed {s}: {k.before:.3f} → {k.after:.3f} ({100 * k.closed:.1f}% closed)"
+              for s, k in evidence.kl_per_seed(g).items()]
+        caption = f"{label}: training loss and KL per step. Held-out KL before → after: " + (
+            "; ".join(kl) if kl else "not measured") + "."
+        figures.append({"png": _rel(files[0], out_dir), "pdf": _rel(files[1], out_dir), "caption": caption})
+    return figures
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -146,6 +146,7 @@ class Table:
     invalid: list[str] = field(default_factory=list)
     inferred_paper: list[str] = field(default_factory=list)
     run: list[tuple[str, str, bool]] = field(default_factory=list)  # (label, text, is_code): pd.report.runinfo
+    sections: list = field(default_factory=list)  # pd.report.sections.MetricSection: the blocks beneath accuracy
 
     @property
     def has_binomial(self) -> bool:
@@ -350,6 +351,7 @@ _LATEX_SPECIAL = {
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"$\pm$", "—": "--", "√": r"$\surd$", "−": "-", "Δ": r"$\Delta$", "†": r"$^\dagger$",
     "§": r"$^\S$", "°": r"$^\circ$", "<": r"$<$", ">": r"$>$",
+    "→": r"$\to$", "‖": r"$\|$",
 }
 
 

@@ -12,6 +12,9 @@
 * finish (:func:`_finish`): the adapter folder with ``pd_meta.json``, the step log and
   the snapshots.
 
+With ``training.log_with`` every step-log line also goes to the trackers
+(:mod:`pd.train.trackers`).
+
 How the processes cooperate (one process, DDP or FSDP) is the business of one
 :class:`~pd.train.parallel.Processes` object; the loop is the same for all three.
 """
@@ -22,7 +25,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ from pd.train.sequences import Example, collate, count_tokens
 from pd.train.settings import TrainConfig
 from pd.train.setup import TrainingRun, resume_run, setup_run
 from pd.train.teacher import unwrap
+from pd.train.trackers import Trackers, check_trackers, clear_work, tracker_dir
 
 log = logging.getLogger("pd.train")
 
@@ -99,7 +102,9 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
 
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
-    procs = start_processes(cfg.parallel, device)
+    check_trackers(cfg.log_with)
+    procs = start_processes(cfg.parallel, device, log_with=cfg.log_with,
+                            project_dir=tracker_dir(work) if cfg.log_with else None)
     run = setup_run(cfg, spec, procs, work, rows=rows, dataset=dataset, instruction_pairs=instruction_pairs,
                     teacher_spec=teacher_spec, teacher_cache=teacher_cache)
     progress, resumed_from = resume_run(run, resume)
@@ -109,6 +114,7 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     recent: list[dict] = []  # the last epoch's log rows, for the final metrics
     bar = tqdm(total=run.schedule.total, initial=progress.step, disable=not (procs.is_main and cfg.progress),
                desc=f"{cfg.method}", dynamic_ncols=True)
+    trackers = Trackers(procs.accelerator, cfg.log_with, out_dir.name, cfg.as_dict())
     t0, elapsed0 = time.monotonic(), progress.elapsed
     stopped_by = "steps"
     try:
@@ -122,13 +128,14 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
             recent = (recent + [row])[-run.schedule.steps_per_epoch:]
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            if _after_step(run, progress, row, stop_after):
+            if _after_step(run, progress, row, stop_after, trackers):
                 return TrainResult(None, progress.step, {"stopped_at": progress.step}, unwrap(run.model))
             if cfg.max_seconds is not None and progress.elapsed >= cfg.max_seconds:
                 stopped_by = "max_seconds"
                 break
     finally:
         bar.close()
+        trackers.finish()
     meta = _meta(run, progress, recent, stopped_by=stopped_by, resumed_from=resumed_from,
                  elapsed=elapsed0 + (time.monotonic() - t0))
     return _finish(run, out_dir, meta, progress.step)
@@ -180,12 +187,16 @@ def _log_row(run: TrainingRun, progress: Progress, result: dict, seconds: float)
             "tokens_per_s": round(result["tokens"] / max(seconds, 1e-9), 1)}
 
 
-def _after_step(run: TrainingRun, progress: Progress, row: dict, stop_after: int | None) -> bool:
-    """Log line, due snapshots and checkpoint after a step; True when the run is to stop here (``stop_after``)."""
+def _after_step(run: TrainingRun, progress: Progress, row: dict, stop_after: int | None,
+                trackers: Trackers) -> bool:
+    """Log line (to the step log and the trackers), due snapshots and checkpoint after a step; True when the run is
+    to stop here (``stop_after``)."""
     cfg, procs, step, total = run.cfg, run.procs, progress.step, run.schedule.total
-    if procs.is_main and (step % cfg.log_every == 0 or step == total):
-        with open(run.work / LOG_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+    if step % cfg.log_every == 0 or step == total:
+        if procs.is_main:
+            with open(run.work / LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        trackers.log(row)  # accelerate logs on the main process only
     for t in _snapshots_due(cfg, progress):
         gathered = procs.gather_adapter(run.model)
         if procs.is_main:
@@ -247,7 +258,7 @@ def _finish(run: TrainingRun, out_dir: Path, meta: dict, steps: int) -> TrainRes
         adapter_dir = write_adapter_folder(run.model, out_dir, meta, extra_files={LOG_FILE: run.work / LOG_FILE},
                                            extra_dirs={"snapshots": run.work / "snapshots"}, state_dict=gathered)
         if not run.cfg.keep_checkpoints:
-            shutil.rmtree(run.work, ignore_errors=True)
+            clear_work(run.work, keep_trackers=bool(run.cfg.log_with))
     run.procs.barrier()
     return TrainResult(adapter_dir or out_dir, steps, meta, unwrap(run.model))
 

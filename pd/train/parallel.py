@@ -27,12 +27,15 @@ from pd.train.lora import load_adapter_state
 log = logging.getLogger("pd.train")
 
 
-def start_processes(parallel: str, device: str | None = None) -> "Processes":
+def start_processes(parallel: str, device: str | None = None, *, log_with: list[str] | None = None,
+                    project_dir=None) -> "Processes":
     """The process group of this training run, set up by ``accelerate``.
 
     Args:
         parallel: ``training.parallel``: "ddp" (replicate the model) or "fsdp" (shard it).
         device: "cpu" to train on the CPU; None: a GPU when there is one.
+        log_with: trackers for the accelerator (``training.log_with``, :mod:`pd.train.trackers`).
+        project_dir: where those trackers log.
 
     Returns:
         A :class:`ShardedProcesses` for "fsdp" on several processes, else a :class:`Processes`
@@ -41,7 +44,8 @@ def start_processes(parallel: str, device: str | None = None) -> "Processes":
     from accelerate import Accelerator
 
     # On a machine without GPUs, accelerate only sets up multi-process (gloo) DDP when told cpu=True.
-    accelerator = Accelerator(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
+    accelerator = Accelerator(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()),
+                              log_with=log_with or None, project_dir=project_dir)
     if parallel == "fsdp" and accelerator.num_processes == 1:
         log.warning("training.parallel: fsdp with one process: nothing to shard, training unsharded")
     if parallel == "fsdp" and accelerator.num_processes > 1:

@@ -41,6 +41,7 @@ GRID_METHODS = ("base", *METHODS)
 DIRECTIONS = ("forward", "reverse")
 PARALLEL = ("ddp", "fsdp")
 LOGPROB_DTYPES = ("float16", "bfloat16", "float32")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 _NUM, _INT = "number", "integer"
 _BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
@@ -164,6 +165,10 @@ class TrainConfig:
     snapshot_interval: float = _setting(0.0, schema={"type": _NUM, "minimum": 0},
                                         help="... and every this many seconds (0: none; else >= 1)")
     log_every: int = _setting(1, schema={"type": _INT, "minimum": 1}, help="optimizer steps between log lines")
+    log_with: list[str] | None = _setting(
+        None, schema={"type": ["array", "null"], "items": {"enum": list(TRACKERS)}, "uniqueItems": True},
+        help="also hand the step log's metrics to these trackers through accelerate (tensorboard, wandb, mlflow), "
+             "logging into <adapter>.work/trackers; null: none")
     progress: bool = _setting(True, schema={"type": "boolean"}, config=False, help="show a progress bar")
     keep_checkpoints: bool = _setting(False, schema={"type": "boolean"},
                                       help="keep the work folder's checkpoints after success")
