@@ -27,6 +27,7 @@ from pd.errors import ConfigError
 from pd.grid import AXES, expand_grid, format_value, generation_settings
 from pd.io import file_hash, stable_hash
 from pd.models import registry
+from pd.train.settings import SEPARATE_TEACHER_TOPK
 
 KINDS = paths.KINDS
 
@@ -215,6 +216,10 @@ class _Builder:
         if m in pdc.DISTILLING_METHODS:
             train["kd_temperature"] = c["kd_temperature"]
             teacher_model = c["teacher"]
+            if teacher_model != c["model"] and train["teacher_topk"] == 0:
+                # Another (larger) teacher never runs inside the student's job: a teacher job sized
+                # for it caches its top-k targets, and training reads them.
+                train["teacher_topk"] = SEPARATE_TEACHER_TOPK
             if train["teacher_topk"] > 0 or c["subset"] != "all":
                 tpath = self.teacher(c, apath, train)
         spec = jobs.AdapterSpec(method=m, model=c["model"], **self._data(c), seed=c["seed"], subset=c["subset"],

@@ -263,3 +263,21 @@ def test_a_folder_dataset_is_named_by_its_content(tmp_path):
     (docs / "a.txt").write_text("The harbour of Velmora was built in 1823.\n")
     again, _ = build_adapter_plan(load_config(raw), "x")
     assert set(again.artifacts).isdisjoint(plan.artifacts)
+
+
+def test_a_larger_teacher_runs_in_its_own_job_never_in_the_students():
+    """Table 3's 70B teachers: the adapter reads top-k targets from a teacher job that loads the 70B model;
+    the adapter job itself asks only for the student's resources."""
+    from pd.train.settings import SEPARATE_TEACHER_TOPK
+    from pd.workload import inprocess_teacher_b
+
+    plan = build_plan(load_config(DEFAULT_CONFIG, {"run": ["expert_teacher"]}))
+    separate = [a for a in plan.of_kind("adapter") if a.spec.teacher_model not in (None, a.spec.model)]
+    own = [a for a in plan.of_kind("adapter") if a.spec.teacher_model == a.spec.model]
+    assert separate and own
+    for a in separate:
+        assert a.spec.training["teacher_topk"] == SEPARATE_TEACHER_TOPK and a.spec.teacher in a.inputs
+        teacher_job = plan.get(a.spec.teacher)
+        assert teacher_job.kind == "teacher" and teacher_job.model == "llama3-70b-instruct"
+        assert inprocess_teacher_b(a, plan) == 0.0
+    assert all(a.spec.training["teacher_topk"] == 0 and a.spec.teacher is None for a in own)

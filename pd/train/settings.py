@@ -42,6 +42,12 @@ DIRECTIONS = ("forward", "reverse")
 PARALLEL = ("ddp", "fsdp")
 LOGPROB_DTYPES = ("float16", "bfloat16", "float32")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
+# The top-k a cell with a teacher other than its student caches when its `teacher_topk` is 0:
+# the teacher then runs in a teacher job sized for it, never inside the student's training
+# job. A cached token costs 6k + 16 bytes (k int32 ids, k float16 log-probabilities, four
+# float32 normalisers): 784 bytes at k = 128, so a paper-size dataset (30k answers of about
+# 150 tokens) needs about 3.5 GB.
+SEPARATE_TEACHER_TOPK = 128
 
 _NUM, _INT = "number", "integer"
 _BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
@@ -128,7 +134,8 @@ class TrainConfig:
     kl_direction: str | None = _setting(None, schema={"enum": [*DIRECTIONS, None]},
                                         help='KL direction; null: "reverse" for pd_reverse, else "forward"')
     teacher_topk: int = _setting(0, schema={"type": _INT, "minimum": 0}, in_spec=True,
-                                 help="0: teacher forward pass every step; k > 0: cached top-k targets")
+                                 help="0: teacher forward pass every step (a teacher other than the student: "
+                                      "SEPARATE_TEACHER_TOPK cached); k > 0: cached top-k targets")
     teacher_logprob_dtype: str = _setting("float16", schema={"enum": list(LOGPROB_DTYPES)}, in_spec=True,
                                           help="storage of cached teacher log-probabilities (float32 is exact)")
     chunk_size: int | None = _setting(128, schema={"type": [_INT, "null"], "minimum": 1}, in_spec=True,
