@@ -130,6 +130,7 @@ def job_resources(
     *,
     lora_rank: int | None = None,
     work: float = 1.0,
+    processes: int | str = 1,
 ) -> dict[str, Any]:
     """Resources of one job: ``mem_mb``, ``runtime`` (minutes), ``cpus_per_task``, ``gpus``.
 
@@ -148,6 +149,9 @@ def job_resources(
         site: the cluster's settings (a :class:`Site` or its mapping).
         lora_rank: the adapter's rank (training only; default: the paper's for the size).
         work: a runtime multiplier.
+        processes: an adapter job's ``training.processes``: N asks for at least N GPUs on a
+            GPU site (one per process), N times the CPUs and host memory on a CPU; ``auto``
+            is one process per GPU the job gets (one on a CPU).
 
     Returns:
         Snakemake resources: ``mem_mb`` (MB), ``runtime`` (minutes), ``cpus_per_task``,
@@ -158,12 +162,15 @@ def job_resources(
             GPUs than a node has.
     """
     _check_job(kind, params_b, attempt, work)
+    if processes != "auto" and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 1):
+        raise ConfigError(f"processes must be an integer >= 1 or auto, got {processes!r}")
     site = load_site(site) if not isinstance(site, Site) else site
     device = device or (site.device if site else "cpu")
     if device not in DEVICES:
         raise ConfigError(f"device {device!r} is not one of {list(DEVICES)}")
     defaults = site or Site(device=device)
-    res = _size(kind, params_b, attempt, device, defaults, _tier(site, kind, params_b), lora_rank, work)
+    res = _size(kind, params_b, attempt, device, defaults, _tier(site, kind, params_b), lora_rank, work,
+                processes if kind == "adapter" else 1)
     _add_slurm_keys(res, defaults, site)
     return res
 
@@ -180,8 +187,12 @@ def _check_job(kind: str, params_b: float, attempt: int, work: float) -> None:
 
 
 def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site, tier: SizeTier | None,
-          lora_rank: int | None, work: float) -> dict[str, Any]:
-    """``mem_mb``, ``runtime``, ``cpus_per_task`` and ``gpus``: the estimates, a site's tier, its caps."""
+          lora_rank: int | None, work: float, processes: int | str = 1) -> dict[str, Any]:
+    """``mem_mb``, ``runtime``, ``cpus_per_task`` and ``gpus``: the estimates, a site's tier, its caps.
+
+    ``processes`` (training processes of an adapter job, or ``auto``) sets a floor on the GPUs
+    (one each) and multiplies the CPUs and the host memory (each process loads the model).
+    """
     growth = memory_growth(attempt)
     on_gpu = device == "gpu" and kind in GPU_KINDS
     if on_gpu:
@@ -190,6 +201,8 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
         gpus = gpus_for(need * growth, defaults.gpu_mem_gb)
         if tier is not None and tier.gpus is not None:
             gpus = first_gpus = tier.gpus
+        if processes != "auto":  # one GPU per process, at least what the model needs
+            gpus, first_gpus = max(gpus, processes), max(first_gpus, processes)
         if first_gpus > defaults.gpus_per_node:
             raise ConfigError(
                 f"a {kind} job for a {params_b:g}B model needs {first_gpus} GPUs of {defaults.gpu_mem_gb:g} GB, "
@@ -199,10 +212,12 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
         gpus = min(gpus, defaults.gpus_per_node)  # a retry asks for at most one full node
         host_gb = max(16.0, 1.25 * 2.0 * params_b + GPU_HOST_BASE_GB)
         cpus = defaults.cpus_per_gpu * gpus
+        host_gb *= gpus if processes == "auto" else processes
     else:
         gpus = first_gpus = 0
-        host_gb = cpu_need_gb(kind, params_b, lora_rank)
-        cpus = 1 if kind in ("manifest", "report") else defaults.cpus_per_task
+        n = 1 if processes == "auto" else processes
+        host_gb = cpu_need_gb(kind, params_b, lora_rank) * n
+        cpus = 1 if kind in ("manifest", "report") else defaults.cpus_per_task * n
     mem_mb = math.ceil(host_gb * 1000 * growth / 100) * 100
 
     if kind in SIZE_INDEPENDENT:
@@ -262,10 +277,11 @@ def rule_resources(
     site: Site | Mapping[str, Any] | None = None,
     lora_rank: int | None | Callable[[Any], int | None] = None,
     work: float | Callable[[Any], float] = 1.0,
+    processes: int | str | Callable[[Any], int | str] = 1,
 ) -> dict[str, Callable]:
     """Snakemake ``resources:`` callables for one rule: ``resources: **rule_resources(...)``.
 
-    ``params_b``, ``lora_rank`` and ``work`` may be functions of the job's wildcards.
+    ``params_b``, ``lora_rank``, ``work`` and ``processes`` may be functions of the job's wildcards.
     Each callable takes ``(wildcards, attempt)``; a key that does not apply to a job
     returns None, which Snakemake drops.
     """
@@ -279,7 +295,8 @@ def rule_resources(
     def make(key: str) -> Callable:
         def resource(wildcards, attempt):
             res = job_resources(kind, value(params_b, wildcards), attempt, device, site,
-                                lora_rank=value(lora_rank, wildcards), work=value(work, wildcards))
+                                lora_rank=value(lora_rank, wildcards), work=value(work, wildcards),
+                                processes=value(processes, wildcards))
             return res.get(key)
 
         resource.__name__ = f"{kind}_{key}"

@@ -83,7 +83,12 @@ class Workflow:
             return self.artifact(kind, wildcards).spec.training.get("rank") if kind == "adapter" else None
 
         return rule_resources(kind, self.params_b(kind), device=self.device, site=self.site,
-                              lora_rank=rank)
+                              lora_rank=rank, processes=self.processes(kind))
+
+    def processes(self, kind: str) -> Callable:
+        """An adapter job's ``training.processes`` (1 for other kinds): its GPUs, CPUs and memory scale with it."""
+        return lambda wildcards: self.artifact(kind, wildcards).spec.training.get("processes", 1) \
+            if kind == "adapter" else 1
 
     def threads(self, kind: str) -> Callable:
         """The job's CPU threads: its ``cpus_per_task``, 1 for jobs that run no model (Snakemake caps it
@@ -95,7 +100,8 @@ class Workflow:
             art = self.artifact(kind, wildcards)
             if art.model is None and not (kind == "retrieval" and art.spec.retriever == "dense"):
                 return 1  # BM25/oracle retrieval, substring grades, manifests, the report
-            res = job_resources(kind, self.params_b(kind)(wildcards), 1, self.device, self.site)
+            res = job_resources(kind, self.params_b(kind)(wildcards), 1, self.device, self.site,
+                                processes=self.processes(kind)(wildcards))
             n = int(res.get("cpus_per_task") or 1)
             if self.site is None and self.cores:
                 # On one machine, two model jobs side by side keep the cores busier than one job on
