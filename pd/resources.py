@@ -202,6 +202,9 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
         if tier is not None and tier.gpus is not None:
             gpus = first_gpus = tier.gpus
         if processes != "auto":  # one GPU per process, at least what the model needs
+            if processes > defaults.gpus_per_node:
+                raise ConfigError(f"training.processes: {processes} asks for {processes} GPUs, more than "
+                                  f"gpus_per_node={defaults.gpus_per_node} (a job runs on one node)")
             gpus, first_gpus = max(gpus, processes), max(first_gpus, processes)
         if first_gpus > defaults.gpus_per_node:
             raise ConfigError(

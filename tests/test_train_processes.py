@@ -81,7 +81,7 @@ def two_runs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_the_global_batch(two_runs, one_thread):
-    (spec2, two, log), (spec1, one, log1) = two_runs["two"], two_runs["one"]
+    (spec2, two, _), (spec1, one, _) = two_runs["two"], two_runs["one"]
     assert spec2.answers == spec1.answers  # the same training data
     m2, m1 = (json.loads((p / "pd_meta.json").read_text()) for p in (two, one))
     assert (m2["world_size"], m1["world_size"]) == (2, 1)
@@ -130,3 +130,29 @@ def test_processes_setting():
     for bad in (0, -1, "two", 1.5):
         with pytest.raises(ConfigError, match="training.processes"):
             TrainConfig(processes=bad)
+
+
+def test_resources_of_an_adapter_job_with_processes():
+    from pd.resources import job_resources
+    from pd.site import Site
+
+    site = Site(device="gpu", gpu_mem_gb=80, gpus_per_node=8, cpus_per_gpu=8)
+    one = job_resources("adapter", 8.0, site=site)
+    assert one["gpus"] == 1  # an 8B adapter fits one 80GB GPU
+    four = job_resources("adapter", 8.0, site=site, processes=4)
+    assert (four["gpus"], four["gpu"], four["cpus_per_task"]) == (4, 4, 32)  # one GPU and its CPUs per process
+    assert four["mem_mb"] == 4 * one["mem_mb"]  # each process loads the weights on the host first
+    big = job_resources("adapter", 70.0, site=site)["gpus"]
+    assert big > 2 and job_resources("adapter", 70.0, site=site, processes=2)["gpus"] == big  # what the model needs
+    assert job_resources("adapter", 8.0, site=site, processes="auto")["gpus"] == 1  # auto: the GPUs the job gets
+    assert job_resources("evaluate", 8.0, site=site, processes=4) == job_resources("evaluate", 8.0, site=site)
+    with pytest.raises(ConfigError, match="training.processes: 16 .* gpus_per_node=8"):
+        job_resources("adapter", 8.0, site=site, processes=16)
+
+    cpu = job_resources("adapter", 0.135, device="cpu")
+    cpu2 = job_resources("adapter", 0.135, device="cpu", processes=2)
+    assert cpu2["gpus"] == 0 and cpu2["cpus_per_task"] == 2 * cpu["cpus_per_task"]
+    assert cpu2["mem_mb"] == pytest.approx(2 * cpu["mem_mb"], abs=100)  # rounded up to 100 MB
+    assert job_resources("adapter", 0.135, device="cpu", processes="auto") == cpu  # one process on a CPU
+    with pytest.raises(ConfigError, match="processes"):
+        job_resources("adapter", 0.135, device="cpu", processes=0)

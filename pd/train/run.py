@@ -123,6 +123,9 @@ def run_teacher(spec: TeacherSpec, out: str) -> None:
 def run_adapter(spec: AdapterSpec, out: str) -> None:
     """Train one adapter; write it with pd_meta.json and the held-out KL before and after.
 
+    Inside a launch of several processes (:mod:`pd.train.launch`) every rank trains and
+    measures on its own device; only rank 0 writes.
+
     Args:
         spec: the adapter job's specification.
         out: the adapter folder (PEFT files, ``pd_meta.json``, ``heldout.json``, ``train_log.jsonl``).
