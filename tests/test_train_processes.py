@@ -10,6 +10,7 @@ rounding); each rank logs its SLURM job, rank and world size.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -62,13 +63,13 @@ def write_answers(spec, n: int = 9) -> None:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """The adapter stage with processes 2 x batch 2, and with processes 1 x batch 4, on the same answers."""
-    import os
-
+    """The adapter stage with processes 2 x batch 2 (DDP and FSDP), and with processes 1 x batch 4, on the same
+    answers."""
     folder = tmp_path_factory.mktemp("processes")
     threads = os.environ.get("OMP_NUM_THREADS")
     out = {}
-    for name, training in (("two", {"processes": 2, "batch_size": 2}), ("one", {"batch_size": 4})):
+    for name, training in (("two", {"processes": 2, "batch_size": 2}), ("one", {"batch_size": 4}),
+                           ("fsdp", {"processes": 2, "batch_size": 2, "parallel": "fsdp"})):
         spec, path = adapter_spec(folder, **training)
         write_answers(spec)
         log = folder / f"{name}.log"
@@ -97,6 +98,19 @@ def test_two_processes_equal_one_process_with_the_global_batch(two_runs, one_thr
     assert h2["before"] == pytest.approx(h1["before"], rel=1e-5)
     assert h2["after"] == pytest.approx(h1["after"], rel=1e-3)
     assert m2["heldout_kl"] == h2 and m2["workflow_spec"]["training"]["processes"] == 2
+
+
+@pytest.mark.slow
+def test_two_sharded_processes_equal_one_process(two_runs):
+    (_, fsdp, _), (_, one, _) = two_runs["fsdp"], two_runs["one"]
+    meta = json.loads((fsdp / "pd_meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["sharded"] and meta["steps"] == 4
+    a, b = (load_file(str(p / "adapter_model.safetensors")) for p in (fsdp, one))
+    for k in b:  # the gathered, full-size adapter
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    # The held-out "after" pass ran on the sharded model, on both ranks together.
+    held, held1 = (json.loads((p / "heldout.json").read_text()) for p in (fsdp, one))
+    assert held["after"] == pytest.approx(held1["after"], rel=1e-3)
 
 
 @pytest.mark.slow
