@@ -135,18 +135,19 @@ def launch_adapter(spec: AdapterSpec, out: str, processes: int, threads: int | N
 
 
 def _raise_rank_error(folder: Path, returncode: int) -> None:
-    """Raise the error the first failing rank left in ``folder`` (or a generic one)."""
+    """Raise the error a failing rank left in ``folder``: a user mistake first (the other ranks then fail in
+    a collective), else the earliest; a generic error when no rank left one (killed, out of memory)."""
     job_log = os.environ.get(JOB_LOG_ENV)
-    reported = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("error.rank*.json"),
-                                                                          key=lambda p: p.stat().st_mtime)]
-    # A user mistake first (the other ranks then fail in a collective), else the earliest error.
-    for err in sorted(reported, key=lambda e: not _is_user_error(e["type"])):
-        where = f" (log: {rank_log(job_log, err['rank'])})" if job_log else ""
-        if _is_user_error(err["type"]):
-            raise getattr(errors, err["type"])(f"{err['message']}{where}")
-        raise RuntimeError(f"training rank {err['rank']} failed: {err['type']}: {err['message']}{where}")
-    raise RuntimeError(f"the training launch exited with status {returncode} before a rank reported an error"
-                       f"{f' (see {job_log})' if job_log else ''}")
+    reported = [json.loads(p.read_text(encoding="utf-8"))
+                for p in sorted(folder.glob("error.rank*.json"), key=lambda p: p.stat().st_mtime)]
+    if not reported:
+        raise RuntimeError(f"the training launch exited with status {returncode} before a rank reported an error"
+                           f"{f' (see {job_log})' if job_log else ''}")
+    err = sorted(reported, key=lambda e: not _is_user_error(e["type"]))[0]
+    where = f" (log: {rank_log(job_log, err['rank'])})" if job_log else ""
+    if _is_user_error(err["type"]):
+        raise getattr(errors, err["type"])(f"{err['message']}{where}")
+    raise RuntimeError(f"training rank {err['rank']} failed: {err['type']}: {err['message']}{where}")
 
 
 def _is_user_error(name: str) -> bool:
