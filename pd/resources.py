@@ -143,6 +143,7 @@ def job_resources(
     work: float = 1.0,
     cache_gb: float = 0.0,
     extra_params_b: float = 0.0,
+    processes: int | str = 1,
 ) -> dict[str, Any]:
     """Resources of one job: ``mem_mb``, ``runtime`` (minutes), ``cpus_per_task``, ``gpus``.
 
@@ -164,6 +165,9 @@ def job_resources(
         cache_gb: host memory (GB) of data the job holds besides the model (a teacher cache).
         extra_params_b: billions of frozen parameters of a second model the job loads (a
             teacher that runs inside the training job), added to the memory need.
+        processes: an adapter job's ``training.processes``: N asks for at least N GPUs on a
+            GPU site (one per process), N times the CPUs and host memory on a CPU; ``auto``
+            is one process per GPU the job gets (one on a CPU).
 
     Returns:
         Snakemake resources: ``mem_mb`` (MB), ``runtime`` (minutes), ``cpus_per_task``,
@@ -177,13 +181,15 @@ def job_resources(
     for name, v in (("cache_gb", cache_gb), ("extra_params_b", extra_params_b)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"{name} must be a number >= 0, got {v!r}")
+    if processes != "auto" and (isinstance(processes, bool) or not isinstance(processes, int) or processes < 1):
+        raise ConfigError(f"processes must be an integer >= 1 or auto, got {processes!r}")
     site = load_site(site) if not isinstance(site, Site) else site
     device = device or (site.device if site else "cpu")
     if device not in DEVICES:
         raise ConfigError(f"device {device!r} is not one of {list(DEVICES)}")
     defaults = site or Site(device=device)
     res = _size(kind, params_b, attempt, device, defaults, _tier(site, kind, params_b), lora_rank, work,
-                cache_gb, extra_params_b)
+                cache_gb, extra_params_b, processes if kind == "adapter" else 1)
     _add_slurm_keys(res, defaults, site)
     return res
 
@@ -200,8 +206,13 @@ def _check_job(kind: str, params_b: float, attempt: int, work: float) -> None:
 
 
 def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site, tier: SizeTier | None,
-          lora_rank: int | None, work: float, cache_gb: float = 0.0, extra_params_b: float = 0.0) -> dict[str, Any]:
-    """``mem_mb``, ``runtime``, ``cpus_per_task`` and ``gpus``: the estimates, a site's tier, its caps."""
+          lora_rank: int | None, work: float, cache_gb: float = 0.0, extra_params_b: float = 0.0,
+          processes: int | str = 1) -> dict[str, Any]:
+    """``mem_mb``, ``runtime``, ``cpus_per_task`` and ``gpus``: the estimates, a site's tier, its caps.
+
+    ``processes`` (training processes of an adapter job, or ``auto``) sets a floor on the GPUs
+    (one each) and multiplies the CPUs and the host memory (each process loads the model).
+    """
     growth = memory_growth(attempt)
     on_gpu = device == "gpu" and kind in GPU_KINDS and params_b > 0  # substring grades load no model
     if on_gpu:
@@ -210,6 +221,11 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
         gpus = gpus_for(need * growth, defaults.gpu_mem_gb)
         if tier is not None and tier.gpus is not None:
             gpus = first_gpus = tier.gpus
+        if processes != "auto":  # one GPU per process, at least what the model needs
+            if processes > defaults.gpus_per_node:
+                raise ConfigError(f"training.processes: {processes} asks for {processes} GPUs, more than "
+                                  f"gpus_per_node={defaults.gpus_per_node} (a job runs on one node)")
+            gpus, first_gpus = max(gpus, processes), max(first_gpus, processes)
         if first_gpus > defaults.gpus_per_node:
             raise ConfigError(
                 f"a {kind} job for a {params_b:g}B model needs {first_gpus} GPUs of {defaults.gpu_mem_gb:g} GB, "
@@ -219,10 +235,12 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
         gpus = min(gpus, defaults.gpus_per_node)  # a retry asks for at most one full node
         host_gb = max(16.0, 1.25 * 2.0 * (params_b + extra_params_b) + GPU_HOST_BASE_GB)
         cpus = defaults.cpus_per_gpu * gpus
+        host_gb *= gpus if processes == "auto" else processes
     else:
         gpus = first_gpus = 0
-        host_gb = cpu_need_gb(kind, params_b, lora_rank) + 4.0 * extra_params_b
-        cpus = 1 if kind in ("manifest", "report") else defaults.cpus_per_task
+        n = 1 if processes == "auto" else processes
+        host_gb = (cpu_need_gb(kind, params_b, lora_rank) + 4.0 * extra_params_b) * n
+        cpus = 1 if kind in ("manifest", "report") else defaults.cpus_per_task * n
     mem_mb = math.ceil((host_gb + cache_gb) * 1000 * growth / 100) * 100
 
     if kind in SIZE_INDEPENDENT:
@@ -287,11 +305,12 @@ def rule_resources(
     work: float | Callable[[Any], float] = 1.0,
     cache_gb: float | Callable[[Any], float] = 0.0,
     extra_params_b: float | Callable[[Any], float] = 0.0,
+    processes: int | str | Callable[[Any], int | str] = 1,
 ) -> dict[str, Callable]:
     """Snakemake ``resources:`` callables for one rule: ``resources: **rule_resources(...)``.
 
-    ``params_b``, ``lora_rank``, ``work``, ``cache_gb`` and ``extra_params_b`` may be functions of the
-    job's wildcards.
+    ``params_b``, ``lora_rank``, ``work``, ``cache_gb``, ``extra_params_b`` and ``processes`` may be
+    functions of the job's wildcards.
     Each callable takes ``(wildcards, attempt)``; a key that does not apply to a job
     returns None, which Snakemake drops.
     """
@@ -307,7 +326,8 @@ def rule_resources(
             res = job_resources(kind, value(params_b, wildcards), attempt, device, site,
                                 lora_rank=value(lora_rank, wildcards), work=value(work, wildcards),
                                 cache_gb=value(cache_gb, wildcards),
-                                extra_params_b=value(extra_params_b, wildcards))
+                                extra_params_b=value(extra_params_b, wildcards),
+                                processes=value(processes, wildcards))
             return res.get(key)
 
         resource.__name__ = f"{kind}_{key}"

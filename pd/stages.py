@@ -261,10 +261,20 @@ def teacher(spec: jobs.TeacherSpec, out: str) -> None:
 
 
 def adapter(spec: jobs.AdapterSpec, out: str) -> None:
-    """One trained adapter with its held-out KL: :func:`pd.train.run.run_adapter` (same Args, Raises)."""
+    """One trained adapter with its held-out KL: :func:`pd.train.run.run_adapter` (same Args, Raises).
+
+    With ``training.processes`` above one (resolved in the job: ``auto`` is its GPUs) and
+    outside a distributed launch, the job launches that many training processes
+    (:func:`pd.train.launch.launch_adapter`); rank 0 writes the adapter.
+    """
+    from pd.train.launch import in_launch, launch_adapter, resolve_processes
     from pd.train.run import run_adapter
 
-    run_adapter(spec, out)
+    processes = resolve_processes(spec.train_config().processes)
+    if processes > 1 and not in_launch():
+        launch_adapter(spec, out, processes)
+    else:
+        run_adapter(spec, out)
 
 
 STAGES: dict[str, Callable[[Any, str], None]] = {
@@ -275,11 +285,20 @@ STAGES: dict[str, Callable[[Any, str], None]] = {
 
 @contextlib.contextmanager
 def _job_log(path: str | None):
-    """Send pd's log records (and warnings) to the job's log file as well as stderr."""
+    """Send pd's log records (and warnings) to the job's log file as well as stderr.
+
+    The file is emptied, then appended to (``O_APPEND``), and named in ``PD_JOB_LOG`` while the
+    job runs: the processes of a launched training job append their lines to it too.
+    """
+    from pd.train.launch import JOB_LOG_ENV
+
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    before = os.environ.get(JOB_LOG_ENV)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(path, mode="w", encoding="utf-8"))
+        Path(path).write_text("", encoding="utf-8")
+        handlers.append(logging.FileHandler(path, mode="a", encoding="utf-8"))
+        os.environ[JOB_LOG_ENV] = str(Path(path).resolve())
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     root = logging.getLogger()
     for h in handlers:
@@ -294,6 +313,10 @@ def _job_log(path: str | None):
         for h in handlers:
             root.removeHandler(h)
             h.close()
+        if path and before is None:
+            os.environ.pop(JOB_LOG_ENV, None)
+        elif path:
+            os.environ[JOB_LOG_ENV] = before
 
 
 def run_spec(spec: jobs.JobSpec, out: str) -> None:

@@ -90,7 +90,13 @@ class Workflow:
         return rule_resources(kind, self.params_b(kind), device=self.device, site=self.site, lora_rank=rank,
                               work=lambda wc: job_work(self.artifact(kind, wc), self.plan),
                               cache_gb=lambda wc: teacher_cache_gb(self.artifact(kind, wc), self.plan),
-                              extra_params_b=lambda wc: inprocess_teacher_b(self.artifact(kind, wc), self.plan))
+                              extra_params_b=lambda wc: inprocess_teacher_b(self.artifact(kind, wc), self.plan),
+                              processes=self.processes(kind))
+
+    def processes(self, kind: str) -> Callable:
+        """An adapter job's ``training.processes`` (1 for other kinds): its GPUs, CPUs and memory scale with it."""
+        return lambda wildcards: self.artifact(kind, wildcards).spec.training.get("processes", 1) \
+            if kind == "adapter" else 1
 
     def threads(self, kind: str) -> Callable:
         """The job's CPU threads: its ``cpus_per_task``, 1 for jobs that run no model (Snakemake caps it
@@ -102,7 +108,8 @@ class Workflow:
             art = self.artifact(kind, wildcards)
             if art.model is None and not (kind == "retrieval" and art.spec.retriever == "dense"):
                 return 1  # BM25/oracle retrieval, substring grades, manifests, the report
-            res = job_resources(kind, self.params_b(kind)(wildcards), 1, self.device, self.site)
+            res = job_resources(kind, self.params_b(kind)(wildcards), 1, self.device, self.site,
+                                processes=self.processes(kind)(wildcards))
             n = int(res.get("cpus_per_task") or 1)
             if self.site is None and self.cores:
                 # On one machine, two model jobs side by side keep the cores busier than one job on

@@ -8,17 +8,22 @@ config and site as parameters so the real Snakefile can be run the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pd.io import read_json
 from pd.resources import job_resources, load_site
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_processes import write_answers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "tests/fixtures/smoke/Snakefile"
@@ -171,3 +176,75 @@ def test_slurm_profile_runs_smoke_through_sbatch(tmp_path, slurm_cluster):
     assert second.returncode == 0, second.stdout[-4000:]
     assert "Nothing to be done" in second.stdout
     assert submitted_ids(log) - before == set(ids), "the second run submitted jobs"
+
+
+# --------------------------------------------------------------------------- training processes
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_training_cell_with_two_processes_runs_in_one_job(tmp_path, slurm_cluster):
+    """The real Snakefile through profiles/slurm: a PD cell with ``processes: 2`` trains in two processes
+    inside one SLURM job, and its adapter equals the one-process adapter with twice the per-process batch."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from pd.config import load_config
+    from pd.paths import log_file
+    from pd.plan import build_plan
+    from pd.train.launch import rank_log
+
+    # The CI site, with one CPU per process: the two-process job asks SLURM for two.
+    site = yaml.safe_load(CI_SITE.read_text())
+    site["slurm_site"].update(cpus_per_task=1, max_cpus_per_task=2)
+    site_file = tmp_path / "site-ci.yaml"
+    site_file.write_text(yaml.safe_dump(site))
+    profile = slurm_profile(tmp_path / "profile", site_file)
+    training = {"rank": 8, "lr": 5e-3, "epochs": 2, "warmup_epochs": 0, "warmup_steps": 0, "chunk_size": 8}
+    cell = {"grid": {"model": ["tiny-llama"], "method": ["pd"], "dataset": ["tiny-nyt"], "retrieval": ["none"],
+                     "seed": [0]}, "graders": ["substring"]}
+    cfg = {"run": ["two", "one"], "results_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports"),
+           "datasets": {"tiny-nyt": {"loader": "squadshifts", "subset": "nyt", "passages": 2}},
+           "experiments": {"two": {**cell, "training": {**training, "processes": 2, "batch_size": 2}},
+                           "one": {**cell, "training": {**training, "batch_size": 4}}}}
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    plan = build_plan(load_config(yaml.safe_load((REPO / "config.yaml").read_text()), {**cfg, **site}))
+    adapters = {a.spec.training.get("processes", 1): a for a in plan.of_kind("adapter")}
+    assert sorted(adapters) == [1, 2] and adapters[1].spec.answers == adapters[2].spec.answers
+    two, one = Path(adapters[2].path), Path(adapters[1].path)
+    # The training data is given (questions, then answers: up to date for Snakemake), not generated: a random
+    # tiny model's questions are mostly rejected, and the comparison needs a row count that fills every step.
+    (questions,) = plan.of_kind("questions")
+    Path(questions.path).parent.mkdir(parents=True)
+    Path(questions.path).write_text("")
+    os.utime(questions.path, (time.time() - 60,) * 2)  # older than the answers
+    write_answers(adapters[1].spec)
+
+    done = run_workflow(tmp_path, profile, snakefile=REPO / "Snakefile", targets=(str(two), str(one)),
+                        extra=("--configfile", str(cfg_file), str(profile / "site.yaml"), *FAST_SLURM), timeout=1200)
+    assert done.returncode == 0, done.stdout[-4000:]
+
+    log = Path(log_file(str(two)))
+    lines = [re.search(r"SLURM job (\S+): rank (\d) of world size (\d+)", rank_log(log, r).read_text()) for r in (0, 1)]
+    assert all(lines), f"rank lines missing in {log}(.rank1)"
+    (job0, rank0, world0), (job1, rank1, world1) = (m.groups() for m in lines)
+    assert job0 == job1 and job0.isdigit(), f"ranks ran in SLURM jobs {job0} and {job1}"
+    assert (rank0, rank1, world0, world1) == ("0", "1", "2", "2")
+    assert f"SLURM job {job0} on " in log.read_text()  # the job's own line: the launcher ran in that job too
+    job = squeue_all().get(job0, {})
+    assert job.get("state") == "COMPLETED", f"job {job0}: {job}"
+    assert int(job["cpus"]) == 2 == job_resources("adapter", 0.0, site=load_site(site_file), processes=2)[
+        "cpus_per_task"]
+    job_one = re.search(r"SLURM job (\d+) on ", Path(log_file(str(one))).read_text()).group(1)
+    assert job_one != job0 and int(squeue_all()[job_one]["cpus"]) == 1  # one CPU per process
+
+    meta2, meta1 = (json.loads((p / "pd_meta.json").read_text()) for p in (two, one))
+    assert (meta2["world_size"], meta1["world_size"]) == (2, 1)
+    assert meta2["steps"] == meta1["steps"] == 4  # 8 rows / 4 per optimizer step x 2 epochs
+    a, b = load_file(str(two / "adapter_model.safetensors")), load_file(str(one / "adapter_model.safetensors"))
+    assert sorted(a) == sorted(b)
+    assert max(float(v.abs().max()) for k, v in b.items() if "lora_B" in k) > 1e-3
+    for k in a:  # tests/test_train_fsdp.py's tolerance
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)

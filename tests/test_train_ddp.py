@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from pd.data import Dataset, Document
+from pd.train.launch import free_port
 from pd.train.loop import train
 from pd.train.settings import TrainConfig
 
@@ -21,10 +21,7 @@ from test_train import PASSAGES, ROWS  # noqa: E402
 WORKER = Path(__file__).parent / "ddp_worker.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = free_port  # tests/test_train_fsdp.py imports it from here
 
 
 @pytest.mark.slow

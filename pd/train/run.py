@@ -123,6 +123,9 @@ def run_teacher(spec: TeacherSpec, out: str) -> None:
 def run_adapter(spec: AdapterSpec, out: str) -> None:
     """Train one adapter; write it with pd_meta.json and the held-out KL before and after.
 
+    Inside a launch of several processes (:mod:`pd.train.launch`) every rank trains and
+    measures on its own device; only rank 0 writes.
+
     Args:
         spec: the adapter job's specification.
         out: the adapter folder (PEFT files, ``pd_meta.json``, ``heldout.json``, ``train_log.jsonl``).
@@ -132,9 +135,11 @@ def run_adapter(spec: AdapterSpec, out: str) -> None:
         ConfigError: invalid training settings.
     """
     from pd.train.heldout import heldout_kl
+    from pd.train.launch import is_main_rank, local_device
     from pd.train.loop import train
 
     ds = spec.load_dataset()
+    device = local_device()  # a launched rank measures on its own device; one process: the default
     cfg = spec.train_config()
     model_spec = get_spec(spec.model, spec.models_extra)
     rows, heldout = _training_rows(spec)
@@ -144,8 +149,10 @@ def run_adapter(spec: AdapterSpec, out: str) -> None:
     tok = load_tokenizer(model_spec)
     before = None
     if heldout:
-        base = load_model(model_spec)
-        teacher_model = load_model(teacher_spec) if teacher_spec else None
+        # Every rank measures (the same numbers): ranks reach training together, and a sharded
+        # model's "after" pass is collective.
+        base = load_model(model_spec, device=device)
+        teacher_model = load_model(teacher_spec, device=device) if teacher_spec else None
         before = heldout_kl(base, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature, teacher_model=teacher_model)
         del base
     cache = None
@@ -156,12 +163,14 @@ def run_adapter(spec: AdapterSpec, out: str) -> None:
     record = {"n_heldout": len(heldout), "temperature": cfg.kd_temperature, "before": before, "after": None,
               "closed_fraction": None, "teacher": teacher_name or spec.model}
     if heldout and result.model is not None:
-        teacher_model = load_model(teacher_spec) if teacher_spec else None
+        teacher_model = load_model(teacher_spec, device=device) if teacher_spec else None
         after = heldout_kl(result.model, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature,
                            teacher_model=teacher_model)
         record.update(after=after, closed_fraction=(1 - after / before) if before else None)
         log.info("held-out KL(teacher || student) at T=%g: %.4f -> %.4f (%d pairs)", cfg.kd_temperature, before, after,
                  len(heldout))
+    if not is_main_rank():
+        return
     # The adapter folder is complete; add the held-out measurement beside pd_meta.json.
     write_json(Path(out) / HELDOUT_FILE, record)
     meta_path = Path(out) / "pd_meta.json"

@@ -127,6 +127,10 @@ class TrainConfig:
                                             help="recompute activations in the backward pass (less memory)")
     parallel: str = _setting("ddp", schema={"enum": list(PARALLEL)},
                              help="with several processes: ddp replicates the model, fsdp shards it (for 14B and up)")
+    processes: int | str = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
+        1, schema={"oneOf": [{"type": _INT, "minimum": 1}, {"type": "string", "enum": ["auto"]}]},
+        help="training processes the adapter job launches (torchrun; batch_size is per process); "
+             "auto: one per GPU the job holds (1 on a CPU-only job)")
     # distillation
     kd_temperature: float = _setting(2.0, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True,
                                      help="distillation temperature T")
