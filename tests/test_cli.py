@@ -75,8 +75,10 @@ def test_validate_with_the_slurm_site_prints_each_kinds_requests(capsys):
     # every job kind of the paper grid has a row; the 8B evaluation fits one GPU
     assert {k for k, _ in rows} >= {"questions", "answers", "adapter", "evaluate", "grade", "capability"}
     assert rows[("evaluate", "llama3-8b-instruct")][0] == "1"
-    # 4: the cells whose 70B teacher runs inside the training job
-    assert rows[("adapter", "llama3-8b-instruct")][0] == "1-4"
+    # a 70B teacher never runs inside the 8B student's training job: its own teacher job holds the GPUs
+    assert rows[("adapter", "llama3-8b-instruct")][0] == "1"
+    assert rows[("teacher", "llama3-70b-instruct")][0] == str(gpus_for(gpu_need_gb("teacher", size), 80))
+    assert int(rows[("teacher", "llama3-70b-instruct")][0]) > 1
     # without a site: a hint, no table
     assert main(["--config", str(DEFAULT_CONFIG), "validate"]) == 0
     assert "--configfile profiles/slurm/site.yaml" in capsys.readouterr().out

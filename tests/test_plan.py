@@ -22,7 +22,9 @@ PAPER = ["main", "expert_teacher", "temperatures", "regularisation", "hotpotqa",
 #  answers: main pd (T=1.5) and sft (T=0.25) on 36 = 72; expert_teacher L70 expert x {1.5, 0.25}
 #    x 12 = 24; temperatures: pd@0.25 is sft's file and sft@1.5 is pd's -> 0; hotpotqa 2 x 9 = 18;
 #    n_questions 2 x 18 = 36; Bonito pd 9 -> 159.
-#  teacher statistics: quintiles need them for L on NYT, 3 seeds -> 3.
+#  teacher statistics: quintiles need them for L on NYT, 3 seeds -> 3; expert_teacher's 70B teacher
+#    caches its top-k targets in a job of its own (never inside the 8B student's) for the answers of
+#    both experts x 4 sets x 3 seeds -> 24; 27 in all.
 #  adapters: main 3 methods x 3 x 4 x 3 = 108; expert_teacher (4 pd + 2 sft combos - 2 in main)
 #    x 12 = 48; temperatures (4 pd + 2 sft - 2) x 12 = 48; pd_reg 12; hotpotqa 2 x 3 x 3 = 18
 #    (epochs 5 override); n_questions 6 x 2 x 3 = 36; Bonito 9; wall_clock 2 x 3 = 6 (snapshot
@@ -34,7 +36,7 @@ PAPER = ["main", "expert_teacher", "temperatures", "regularisation", "hotpotqa",
 #  grades: 2 graders x 711 = 1422; manifests: 12.
 #  capability (MMLU-Pro, regularisation only): the base model once (its seeds and retrievals share
 #    it) + 12 pd + 12 pd_reg adapters = 25.
-PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 3, "adapter": 363, "retrieval": 13, "evaluate": 711,
+PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 27, "adapter": 363, "retrieval": 13, "evaluate": 711,
                 "grade": 1422, "capability": 25, "manifest": 12, "report": 1}
 
 
