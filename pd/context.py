@@ -85,3 +85,18 @@ def passage_chars(tokenizer, texts: Mapping[str, str], budget_tokens: int) -> in
     """
     rate = min((len(t) / max(1, token_count(tokenizer, t)) for t in texts.values() if t), default=4.0)
     return max(200, int(budget_tokens * rate * 0.9))
+
+
+def check_dataset_fits(generator, dataset, reserve: int) -> None:
+    """Every document and every test question of ``dataset`` against the generator's context.
+
+    Args:
+        generator: the job's generator.
+        dataset: a :class:`pd.data.Dataset`.
+        reserve: tokens for the rest of the prompt and the reply (the job's ``max_new_tokens``).
+
+    Raises:
+        DataError: as :func:`check_fits`, naming the document's or the question's id.
+    """
+    check_generator_fits(generator, {d.id: d.text for d in dataset.documents.values()}, reserve, "document")
+    check_generator_fits(generator, {it.id: it.closed_book_question for it in dataset.items}, reserve, "question")

@@ -58,7 +58,8 @@ def dataset_entry(name: str, entry: dict) -> dict:
     if entry["loader"] == "folder":
         from pd.data import load_folder
 
-        ds = load_folder(entry["path"], name=name, passage_chars=entry.get("passage_chars"))
+        # with its questions file, so a malformed row is refused at planning (``pd validate``)
+        ds = load_folder(entry["path"], entry.get("questions"), name, entry.get("passage_chars"))
         out["documents_hash"] = stable_hash([[d.id, d.text] for d in ds.documents.values()])
     named = {k: entry[k] for k in ("questions", "root") if entry.get(k)}
     if entry["loader"] != "folder" and entry.get("path"):
