@@ -244,3 +244,22 @@ def test_pd_serve_refuses_a_bad_field_by_name(server, body, field):
 
 def test_the_table_has_at_least_40_inputs():
     assert len(CONFIGS) + 3 + 2 + len(INJECT) + len(ASK) + 1 + len(SERVE) >= 40
+
+
+def test_resume_message_names_the_folder_to_delete(tmp_path):
+    """Issue 14 item 13: a checkpoint of another run is refused with what the user can do (there is no
+    resume=False on the command line): delete the work folder, named."""
+    import torch
+
+    from pd.errors import ConfigError
+    from pd.train.checkpoint import Progress, load_checkpoint, save_checkpoint
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([param])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    work = tmp_path / "adapter.work"
+    folder = save_checkpoint(work, Progress(step=3), "run-a", {"w": torch.zeros(2)}, opt.state_dict(), sched)
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(folder, "run-b", sched)
+    msg = str(err.value)
+    assert "resume=False" not in msg and f"delete {work} to train from the start" in msg and "\n" not in msg
