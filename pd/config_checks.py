@@ -128,7 +128,8 @@ def _exists(problems: list[str], where: str, path: str | None, folder: bool) -> 
         return
     p = Path(path).expanduser()
     if folder and not p.is_dir():
-        problems.append(f"{where}: folder {path} does not exist" if not p.exists() else f"{where}: {path} is not a folder")
+        problems.append(f"{where}: folder {path} does not exist" if not p.exists()
+                        else f"{where}: {path} is not a folder")
     elif not folder and not p.is_file():
         problems.append(f"{where}: file {path} does not exist" if not p.exists() else f"{where}: {path} is not a file")
 

@@ -112,6 +112,9 @@ def resolve_settings(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     if bad:
         raise ConfigError(f"these inject settings must be positive integers: {bad}")
     check_settings({"heldout_fraction": s["heldout_fraction"]})  # the config schema's range
+    if (extra := heldout_extra(s["questions"], s["heldout_fraction"])) / s["questions"] > 0.5:  # inject_config's ratio
+        raise ConfigError(f"questions={s['questions']} with heldout_fraction={s['heldout_fraction']} holds out {extra} "
+                          f"of every {s['questions'] + extra}; use --questions 2 or more, or heldout_fraction=0")
     if s["qgen_mode"] not in MODES:
         raise ConfigError(f"qgen_mode {s['qgen_mode']!r}; allowed: {', '.join(MODES)}")
     qt = s["qgen_temperature"]
@@ -197,8 +200,7 @@ QUESTION_TOKENS = 64  # room for a question in the teacher's prompt, beside the 
 
 
 def _passage_chars(spec, ds, settings: dict[str, Any], training: dict[str, Any]) -> int | None:
-    """Characters per passage when a document does not fit the teacher's prompt (passage, question and
-    answer in ``max_teacher_tokens``); None when every document fits whole."""
+    """Characters per passage when a document does not fit ``max_teacher_tokens`` beside a question and answer."""
     from pd.context import PROMPT_MARGIN, passage_chars, token_count
     from pd.models import load_tokenizer
     from pd.train.settings import spec_defaults
@@ -357,7 +359,8 @@ def model_card(record: dict, out: Path) -> str:
              f"A LoRA adapter (PEFT) for `{record['model']}` trained by prompt distillation on the documents of "
              f"`{record['documents_folder']}` with `pd inject` (pd {record['pd_version']}).", "",
              "## What was injected", "", "A document longer than the teacher's prompt allows is split into passages "
-             "(id: `<file>#<character offset>`).", "", "| passage | file | offset | characters | words | questions | answers |",
+             "(id: `<file>#<character offset>`).", "",
+             "| passage | file | offset | characters | words | questions | answers |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for d in record["documents"]:
         lines.append(f"| {d['id']} | {d.get('source', d['id'])} | {d.get('offset', 0)} | {d['characters']} | "

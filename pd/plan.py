@@ -18,7 +18,6 @@ folder of documents in-process (:mod:`pd.inject`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pd import config as pdc
