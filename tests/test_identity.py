@@ -102,6 +102,11 @@ def test_an_edited_local_model_config_moves_the_jobs_that_load_it(setup):
     plan = build_plan(load_config(cfg), ["y"])
     mine = {a.path for a in plan.artifacts.values() if a.model == "my-model"}
     assert mine and mine.isdisjoint(before["evaluate"])  # my-model's evaluations moved
+    from pd.models import get_spec
+
+    extra = plan.artifacts[next(iter(mine))].spec.models_extra
+    assert extra["my-model"]["fingerprint"] == local_model_fingerprint(ws["model"])
+    assert get_spec("my-model", extra).path == str(ws["model"])  # the job resolves the entry, fingerprint and all
     assert after["adapter"] == before["adapter"]  # tiny-llama's jobs did not
 
 
