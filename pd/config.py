@@ -259,7 +259,8 @@ def _check_names(problems: list[str], where: str, names: Iterable[str], known: I
 
 
 def validate_references(cfg: dict) -> None:
-    """Check what the schema cannot: names of models, datasets, experiments, table axes and prompts.
+    """Check what the schema cannot: names (models, datasets, experiments, table axes, prompts, per_model),
+    grid values' ranges and that every input file named exists (:mod:`pd.config_checks`).
 
     Args:
         cfg: a config that passed :func:`validate_schema`, with the built-in datasets merged in.
@@ -340,8 +341,7 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
         The resolved config.
 
     Raises:
-        ConfigError: the file is missing or not YAML (or gives a key twice in one mapping), or the
-            config is invalid (all problems at once).
+        ConfigError: the file is missing, not YAML or repeats a key, or the config is invalid (all problems).
     """
     if source is None:
         source = DEFAULT_CONFIG
