@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from pd.context import check_generator_fits
 from pd.data import load_folder
 from pd.errors import ConfigError, DataError
 from pd.inject import META_FILE, project_config
@@ -27,19 +28,34 @@ def ask(adapter_dir: str | Path, questions: Sequence[str], *, rag: str | Path | 
 
     With ``rag`` the BM25 top-``k`` documents of that folder go into the prompt, as in
     evaluation (:func:`pd.evaluate.eval_conversation`).
+
+    Args:
+        adapter_dir: the ``--out`` folder of ``pd inject``.
+        questions: the questions.
+        rag: a folder of documents to retrieve from (None: closed-book).
+        k: documents retrieved per question.
+        temperature: sampling temperature.
+        max_tokens: the longest answer in tokens.
+        use_adapter: False: the base model alone, for comparison.
+        seed: the sampling seed.
+        config: a project config (model registry, prompts, backend).
+
+    Returns:
+        One row per question: question, answer, retrieved ids, model, adapter, finish reason.
+
+    Raises:
+        DataError: a damaged adapter folder, an empty question, or a prompt longer than the model's context.
+        ConfigError: a bad ``k`` or config.
     """
     from pd.evaluate import eval_conversation
     from pd.generate import SamplingParams
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / META_FILE).is_file():
-        raise DataError(f"{adapter_dir} is not an adapter folder written by pd (no {META_FILE}); "
-                        "pass the --out folder of `pd inject`")
     if not questions or not all(q.strip() for q in questions):
         raise DataError("ask needs a non-empty question")
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"--k must be a positive integer, got {k!r}")
-    model = read_json(adapter_dir / META_FILE)["model"]
+    model = adapter_model(adapter_dir, check_weights=use_adapter)
     retrieved: list[list[str]] = [[] for _ in questions]
     ds = None
     if rag is not None:
@@ -52,10 +68,49 @@ def ask(adapter_dir: str | Path, questions: Sequence[str], *, rag: str | Path | 
     gen = _generator(model, cfg, adapter=str(adapter_dir) if use_adapter else None)
     convs = [eval_conversation(q, [ds.documents[d].text for d in ids] if ds else None)
              for q, ids in zip(questions, retrieved)]
+    what = "question (with its retrieved documents)" if ds else "question"
+    prompts = {f"{i + 1} ({q[:40]!r}...)": c[0]["content"] for i, (q, c) in enumerate(zip(questions, convs))}
+    check_generator_fits(gen, prompts, max_tokens, what)  # before any generation
     outs = gen.generate(convs, params)
     return [{"question": q, "answer": c[0].text.strip(), "retrieved": ids, "model": model,
              "adapter": str(adapter_dir) if use_adapter else None, "finish_reason": c[0].finish_reason}
             for q, ids, c in zip(questions, retrieved, outs)]
+
+
+def adapter_model(adapter_dir: Path, check_weights: bool = True) -> str:
+    """The base model's name of an adapter folder of ``pd inject``, after checking the folder's files.
+
+    Args:
+        adapter_dir: the folder.
+        check_weights: also check ``adapter_config.json`` and the safetensors header (the adapter is loaded).
+
+    Returns:
+        The model named in ``pd_meta.json``.
+
+    Raises:
+        DataError: one line naming the file that is missing, not JSON, lacks a field, or is no safetensors file.
+    """
+    meta_path = adapter_dir / META_FILE
+    if not meta_path.is_file():
+        raise DataError(f"{adapter_dir} is not an adapter folder written by pd (no {META_FILE}); "
+                        "pass the --out folder of `pd inject`")
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+        raise DataError(f"{meta_path}: expected a JSON object with the base model's name in 'model'")
+    if check_weights:
+        config = adapter_dir / "adapter_config.json"
+        if not config.is_file() or not isinstance(read_json(config), dict) or "peft_type" not in read_json(config):
+            raise DataError(f"{config}: missing, or not a PEFT adapter config (a JSON object with 'peft_type')")
+        weights = adapter_dir / "adapter_model.safetensors"
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors raises its own error types, and OSError for a missing file
+            raise DataError(f"{weights}: not a readable safetensors file ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+    return meta["model"]
 
 
 def print_answers(rows: list[dict], as_json: bool = False, stream=None) -> None:

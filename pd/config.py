@@ -23,7 +23,9 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
+from pd import config_checks
 from pd.errors import ConfigError
+from pd.io import read_text
 from pd.train.settings import DISTILLING_METHODS, GRID_METHODS, spec_defaults, training_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -227,7 +229,7 @@ def validate_schema(cfg: dict) -> dict:
     errors = _leaf_errors(_Validator(schema()).iter_errors(cfg))
     if errors:
         lines = sorted({_format(e) for e in errors})
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+        raise config_checks.invalid(lines)
     return cfg
 
 
@@ -257,7 +259,8 @@ def _check_names(problems: list[str], where: str, names: Iterable[str], known: I
 
 
 def validate_references(cfg: dict) -> None:
-    """Check what the schema cannot: names of models, datasets, experiments, table axes and prompts.
+    """Check what the schema cannot: names (models, datasets, experiments, table axes, prompts, per_model),
+    grid values' ranges and that every input file named exists (:mod:`pd.config_checks`).
 
     Args:
         cfg: a config that passed :func:`validate_schema`, with the built-in datasets merged in.
@@ -288,10 +291,13 @@ def validate_references(cfg: dict) -> None:
         for gi, g in enumerate(grids(exp)):
             where = f"experiments.{ename}.grid" + (f"[{gi}]" if isinstance(exp["grid"], list) else "")
             _check_grid(problems, where, g, reg, datasets)
+            config_checks.check_grid_ranges(problems, where, g)
         axes = set().union(*(grids(exp)))
         unknown_axes = [a for a in exp["table"]["rows"] + exp["table"]["columns"] if a not in axes]
         if unknown_axes:
             problems.append(f"experiments.{ename}.table: unknown axis {unknown_axes}; allowed: {', '.join(sorted(axes))}")
+    config_checks.check_per_model(problems, cfg, reg)
+    config_checks.check_files(problems, cfg)
     if "judge" in cfg["grading"]["graders"] and cfg["grading"]["judge"] not in reg:
         problems.append(f"grading.judge: unknown model {cfg['grading']['judge']!r}; allowed: {', '.join(sorted(reg))}")
     known_prompts = prompts.builtin_names()
@@ -301,7 +307,7 @@ def validate_references(cfg: dict) -> None:
         elif not Path(path).is_file():
             problems.append(f"prompts.{name}: template file {path} does not exist")
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        raise config_checks.invalid(problems)
 
 
 def _check_grid(problems: list[str], where: str, g: dict, reg: dict, datasets: dict) -> None:
@@ -335,7 +341,7 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
         The resolved config.
 
     Raises:
-        ConfigError: the file is missing or not YAML, or the config is invalid (all problems at once).
+        ConfigError: the file is missing, not YAML or repeats a key, or the config is invalid (all problems).
     """
     if source is None:
         source = DEFAULT_CONFIG
@@ -345,10 +351,7 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
         p = Path(source)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        raw = config_checks.load_yaml(read_text(p), str(p))
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(raw).__name__}")
     cfg = deep_merge(raw, overrides or {})

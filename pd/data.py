@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from pd.errors import DataError
 from pd.io import read_json, read_text
+from pd.passages import document_passages
 from pd.question_rows import read_question_rows
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -321,20 +322,24 @@ DOC_SUFFIXES = (".txt", ".md")
 
 
 def load_folder(folder: str | os.PathLike, questions: str | os.PathLike | None = None,
-                name: str | None = None) -> Dataset:
+                name: str | None = None, passage_chars: int | None = None) -> Dataset:
     """A folder of ``.txt``/``.md`` documents, optionally with a questions file.
 
     Document ids are paths relative to the folder; documents are UTF-8 (a byte-order mark
-    is dropped) and empty ones are skipped. The questions file is JSONL or CSV, every row
-    checked as :mod:`pd.question_rows` describes.
+    is dropped) and empty ones are skipped. With ``passage_chars`` a longer document becomes
+    passages (:func:`split_passages`) with ids ``<path>#<offset>``: its character offset in the
+    file's text. The questions file is JSONL or CSV, every row checked as
+    :mod:`pd.question_rows` describes.
 
     Args:
         folder: the documents' folder (searched recursively).
         questions: the questions file, if any.
         name: the dataset's name (default: the folder's).
+        passage_chars: the longest passage in characters (None: documents stay whole).
 
     Returns:
-        The dataset (no items without a questions file).
+        The dataset (no items without a questions file); ``meta["passages"]`` maps each split
+        passage's id to its ``source`` file and ``offset``.
 
     Raises:
         DataError: the folder is missing or holds no non-empty document, a document is not UTF-8,
@@ -344,16 +349,19 @@ def load_folder(folder: str | os.PathLike, questions: str | os.PathLike | None =
     if not folder.is_dir():
         raise DataError(f"document folder {folder} does not exist")
     docs: dict[str, Document] = {}
+    passages: dict[str, dict] = {}
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.suffix.lower() in DOC_SUFFIXES:
-            text = read_text(p).strip()
-            if text:
-                rel = p.relative_to(folder).as_posix()
-                docs[rel] = Document(rel, text, p.stem)
+            rel = p.relative_to(folder).as_posix()
+            for pid, text, offset in document_passages(rel, read_text(p), passage_chars):
+                docs[pid] = Document(pid, text, p.stem)
+                if pid != rel:
+                    passages[pid] = {"source": rel, "offset": offset}
     if not docs:
         raise DataError(f"no non-empty {'/'.join(DOC_SUFFIXES)} files under {folder}")
     items = [TestItem(**row) for row in read_question_rows(questions, docs)] if questions else []
-    return Dataset(name or folder.name, docs, items, {"source": str(folder)})
+    meta = {"source": str(folder), **({"passages": passages} if passages else {})}
+    return Dataset(name or folder.name, docs, items, meta)
 
 
 # --------------------------------------------------------------------------- from config
@@ -378,7 +386,7 @@ def load_dataset(name: str, settings: dict) -> Dataset:
     elif loader == "hotpotqa":
         ds = load_hotpotqa(settings.get("path"), settings.get("limit"))
     elif loader == "folder":
-        ds = load_folder(settings["path"], settings.get("questions"), name)
+        ds = load_folder(settings["path"], settings.get("questions"), name, settings.get("passage_chars"))
     else:
         raise DataError(f"datasets.{name}.loader: {loader!r}; allowed: squadshifts, hotpotqa, folder")
     if settings.get("passages") or settings.get("passage_offset"):

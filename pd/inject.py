@@ -26,19 +26,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from pd.config import heldout_extra
+from pd.config_checks import load_yaml
 from pd.data import load_folder
 from pd.errors import ConfigError, DataError
-from pd.io import (
-    atomic_path,
-    read_json,
-    read_jsonl,
-    write_json,
-    write_jsonl,
-    write_text,
-)
+from pd.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl, write_text
 
 log = logging.getLogger("pd.inject")
 
@@ -79,16 +71,17 @@ EXPERIMENT = "inject"
 
 
 def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` strings to a dict; values are read as YAML scalars (``1e-3``, ``true``, ``[1, 2]``)."""
+    """``key=value`` strings to a dict; values are read as YAML scalars (``1e-3``, ``true``, ``[1, 2]``).
+
+    Raises:
+        ConfigError: a pair without ``=`` or a key, or a value that is not YAML (one line naming the pair).
+    """
     out = {}
     for p in pairs:
         key, sep, value = p.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {p!r}: expected key=value")
-        try:
-            v = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {p!r}: value is not valid YAML: {err}") from None
+        v = load_yaml(value, f"--set {p!r}")
         if isinstance(v, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
             try:
                 v = float(v)
@@ -106,7 +99,7 @@ def resolve_settings(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     validated here, so a bad value fails before any model is loaded.
     """
     from pd.questions import MODES
-    from pd.train.settings import TrainConfig
+    from pd.train.settings import TrainConfig, check_settings
 
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"method", "seed"}
     allowed = set(INJECT_KEYS) | train_fields
@@ -118,8 +111,10 @@ def resolve_settings(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     bad = {k: v for k, v in ints.items() if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1)}
     if bad:
         raise ConfigError(f"these inject settings must be positive integers: {bad}")
-    if not isinstance(s["heldout_fraction"], (int, float)) or not 0 <= s["heldout_fraction"] < 1:
-        raise ConfigError(f"heldout_fraction must lie in [0, 1), got {s['heldout_fraction']!r}")
+    check_settings({"heldout_fraction": s["heldout_fraction"]})  # the config schema's range
+    if (extra := heldout_extra(s["questions"], s["heldout_fraction"])) / s["questions"] > 0.5:  # inject_config's ratio
+        raise ConfigError(f"questions={s['questions']} with heldout_fraction={s['heldout_fraction']} holds out {extra} "
+                          f"of every {s['questions'] + extra}; use --questions 2 or more, or heldout_fraction=0")
     if s["qgen_mode"] not in MODES:
         raise ConfigError(f"qgen_mode {s['qgen_mode']!r}; allowed: {', '.join(MODES)}")
     qt = s["qgen_temperature"]
@@ -159,7 +154,7 @@ def project_config(path: str | None) -> dict:
 
 
 def inject_config(docs: Path, model: str, out: Path, settings: dict[str, Any], training: dict[str, Any],
-                  project: dict) -> dict:
+                  project: dict, passage_chars: int | None = None) -> dict:
     """The config of inject's one-cell experiment: PD of ``model`` on the folder ``docs``.
 
     Args:
@@ -169,6 +164,7 @@ def inject_config(docs: Path, model: str, out: Path, settings: dict[str, Any], t
         settings: inject's own settings (:func:`resolve_settings`).
         training: the training settings given (the rest are the workflow's defaults).
         project: the project config (models, prompts, generation backend), or {}.
+        passage_chars: split documents longer than this into passages (None: keep them whole).
 
     Returns:
         A validated config with the experiment ``inject``.
@@ -182,7 +178,8 @@ def inject_config(docs: Path, model: str, out: Path, settings: dict[str, Any], t
     extra = heldout_extra(settings["questions"], settings["heldout_fraction"])
     raw = {
         "results_dir": str(out / RESULTS_DIR), "reports_dir": str(out / RESULTS_DIR / "reports"),
-        "datasets": {DATASET: {"loader": "folder", "path": str(docs.resolve())}},
+        "datasets": {DATASET: {"loader": "folder", "path": str(docs.resolve()),
+                               **({"passage_chars": passage_chars} if passage_chars else {})}},
         "models": project.get("models") or {}, "prompts": project.get("prompts") or {},
         "generation": {"backend": gen.get("backend", "transformers"), "openai_base_url": gen.get("openai_base_url"),
                        "openai_cache_tag": gen.get("openai_cache_tag"), "batch_size": settings["generation_batch_size"],
@@ -199,6 +196,26 @@ def inject_config(docs: Path, model: str, out: Path, settings: dict[str, Any], t
     return load_config(raw)
 
 
+QUESTION_TOKENS = 64  # room for a question in the teacher's prompt, beside the passage and the answer
+
+
+def _passage_chars(spec, ds, settings: dict[str, Any], training: dict[str, Any]) -> int | None:
+    """Characters per passage when a document does not fit ``max_teacher_tokens`` beside a question and answer."""
+    from pd.context import PROMPT_MARGIN, passage_chars, token_count
+    from pd.models import load_tokenizer
+    from pd.train.settings import spec_defaults
+
+    teacher_tokens = training.get("max_teacher_tokens", spec_defaults()["max_teacher_tokens"])
+    budget = max(64, teacher_tokens - settings["answer_max_tokens"] - QUESTION_TOKENS - PROMPT_MARGIN)
+    texts = {d.id: d.text for d in ds.documents.values()}
+    if all(len(t.encode("utf-8")) <= budget for t in texts.values()):  # no more tokens than bytes
+        return None
+    tok = load_tokenizer(spec)
+    if all(token_count(tok, t) <= budget for t in texts.values()):
+        return None
+    return passage_chars(tok, texts, budget)
+
+
 def _check_out(docs: Path, out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RECORD_FILE).is_file()
                                               and not (out / RESULTS_DIR).is_dir())):
@@ -206,6 +223,8 @@ def _check_out(docs: Path, out: Path) -> None:
                         "(it would be replaced)")
     if docs.resolve() == out.resolve() or out.resolve() in docs.resolve().parents:
         raise DataError(f"--out {out} must not contain the documents folder {docs}")
+    if docs.resolve() in out.resolve().parents:  # a rerun would read the model card as a document
+        raise DataError(f"--out {out} lies inside the documents folder {docs}; choose a folder outside it")
 
 
 def _run_jobs(plan, target: str, docs: Path) -> tuple[list[str], dict[str, float]]:
@@ -262,9 +281,15 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
     settings, training = resolve_settings(overrides or {})
     docs, out = Path(docs), Path(out)
     ds = load_folder(docs)
-    get_spec(model, project.get("models"))  # an unknown model fails before any work
+    spec = get_spec(model, project.get("models"))  # an unknown model fails before any work
     _check_out(docs, out)
-    plan, (adapter,) = build_adapter_plan(inject_config(docs, model, out, settings, training, project), EXPERIMENT)
+    chars = _passage_chars(spec, ds, settings, training)
+    if chars:
+        ds = load_folder(docs, passage_chars=chars)
+        log.info("documents longer than the teacher's prompt allows are split: %d passages of at most %d characters",
+                 len(ds.documents), chars)
+    cfg = inject_config(docs, model, out, settings, training, project, passage_chars=chars)
+    plan, (adapter,) = build_adapter_plan(cfg, EXPERIMENT)
     reused, timings = _run_jobs(plan, adapter, docs)
     if len(reused) == len(plan.in_order(adapter)) and (out / RECORD_FILE).is_file():
         record = read_json(out / RECORD_FILE)
@@ -277,7 +302,8 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
     meta, kl = read_json(Path(adapter) / META_FILE), read_json(Path(adapter) / HELDOUT_FILE)
     record = {
         "pd_version": _version(), "command": command, "model": model, "documents_folder": str(docs),
-        "documents": [{"id": d.id, "characters": len(d.text), "words": len(d.text.split()),
+        "documents": [{"id": d.id, **ds.meta.get("passages", {}).get(d.id, {"source": d.id, "offset": 0}),
+                       "characters": len(d.text), "words": len(d.text.split()),
                        "questions": sum(q["doc_id"] == d.id for q in questions),
                        "answers": sum(a["doc_id"] == d.id for a in answers)} for d in ds.documents.values()],
         "settings": settings, "training": meta["config"], "questions": len(questions), "answers": len(answers),
@@ -332,10 +358,13 @@ def model_card(record: dict, out: Path) -> str:
     lines = [f"# {out.name}: knowledge injected into {record['model']}", "",
              f"A LoRA adapter (PEFT) for `{record['model']}` trained by prompt distillation on the documents of "
              f"`{record['documents_folder']}` with `pd inject` (pd {record['pd_version']}).", "",
-             "## What was injected", "", "| document | characters | words | questions | answers |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             "## What was injected", "", "A document longer than the teacher's prompt allows is split into passages "
+             "(id: `<file>#<character offset>`).", "",
+             "| passage | file | offset | characters | words | questions | answers |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for d in record["documents"]:
-        lines.append(f"| {d['id']} | {d['characters']} | {d['words']} | {d['questions']} | {d['answers']} |")
+        lines.append(f"| {d['id']} | {d.get('source', d['id'])} | {d.get('offset', 0)} | {d['characters']} | "
+                     f"{d['words']} | {d['questions']} | {d['answers']} |")
     lines += ["", f"{record['questions']} questions ({s['qgen_mode']} mode, {s['questions']} per document requested, "
               f"written by {record['model']}) and {record['answers']} answers by the expert ({record['model']} with "
               f"the document in its prompt, temperature {s['answer_temperature']:g}, at most {s['answer_max_tokens']} "

@@ -199,7 +199,8 @@ class TeacherSpec(JobSpec):
 @dataclass(frozen=True)
 class AdapterSpec(JobSpec):
     KIND: ClassVar[str] = "adapter"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"answers", "teacher_model", "teacher", "models_extra"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"answers", "teacher_model", "teacher", "models_extra",
+                                                     "reg_data_hash"})
     method: str
     model: str
     dataset: str
@@ -211,6 +212,7 @@ class AdapterSpec(JobSpec):
     teacher: str | None = None  # the teacher job's folder (top-k cache, per-example statistics)
     training: dict = field(default_factory=dict)  # TrainConfig fields and heldout_fraction
     models_extra: dict | None = None
+    reg_data_hash: str | None = None  # pd_reg: the content of a local training.reg_data file
 
     @property
     def heldout_fraction(self) -> float:

@@ -18,14 +18,13 @@ folder of documents in-process (:mod:`pd.inject`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pd import config as pdc
-from pd import jobs, paths
+from pd import identity, jobs, paths
 from pd.errors import ConfigError
 from pd.grid import AXES, expand_grid, format_value, generation_settings
-from pd.io import file_hash, stable_hash
+from pd.io import stable_hash
 from pd.models import registry
 from pd.train.settings import SEPARATE_TEACHER_TOPK
 
@@ -157,8 +156,8 @@ class _Builder:
         self.R = cfg["results_dir"]
         self.experiment: str | None = None  # the experiment whose cells are being added
         self.gen = cfg["generation"]  # its generation settings
-        self.datasets = {name: _dataset_entry(name, d) for name, d in cfg["datasets"].items()}
-        self.precisions: dict[str, str] = {}  # model -> its resolved `dtype: auto`
+        self.datasets = {name: identity.dataset_entry(name, d) for name, d in cfg["datasets"].items()}
+        self.model_entries = identity.ModelEntries(cfg, self.reg)
 
     def _add(self, path: str, spec: jobs.JobSpec, inputs: tuple[str, ...] = (), model: str | None = None) -> str:
         return self.plan.add(Artifact(spec.KIND, path, spec, inputs, model))
@@ -222,9 +221,10 @@ class _Builder:
                 train["teacher_topk"] = SEPARATE_TEACHER_TOPK
             if train["teacher_topk"] > 0 or c["subset"] != "all":
                 tpath = self.teacher(c, apath, train)
+        reg_hash = identity.file_identity(train["reg_data"]) if m == "pd_reg" else None
         spec = jobs.AdapterSpec(method=m, model=c["model"], **self._data(c), seed=c["seed"], subset=c["subset"],
                                 answers=apath, teacher_model=teacher_model, teacher=tpath, training=train,
-                                models_extra=self._models(c["model"], teacher_model))
+                                models_extra=self._models(c["model"], teacher_model), reg_data_hash=reg_hash)
         stem = f"r{c['rank']}_{_hash(spec)}_s{c['seed']}"
         path = paths.output("adapter", R=self.R, dataset=c["dataset"], method=m, model=c["model"], stem=stem)
         return self._add(path, spec, tuple(p for p in (apath, tpath) if p), c["model"])
@@ -272,7 +272,7 @@ class _Builder:
         """MMLU-Pro accuracy of a cell's model (base or with its adapter): the forgetting check."""
         cap = self.cfg["capability"]
         spec = jobs.CapabilitySpec(model=c["model"], adapter=adapter, path=cap["path"], limit=cap["limit"],
-                                   hash=file_hash(cap["path"]) if cap["path"] and Path(cap["path"]).is_file() else None,
+                                   hash=identity.file_identity(cap["path"]),
                                    models_extra=self._models(c["model"]))
         where = _adapter_place(adapter, c["dataset"]) if adapter else f"base/{c['model']}"
         path = paths.output("capability", R=self.R, rest=f"{where}/mmlu_pro_{_hash(spec)}")
@@ -289,38 +289,10 @@ class _Builder:
                 "base_url": self.gen.get("openai_base_url") or None, "cache_tag": self.gen.get("openai_cache_tag")}
 
     def _models(self, *names: str | None) -> dict | None:
-        """The entries of the models a job loads: the config's own (`models:`), so the job resolves them
-        and a changed entry (another path or dtype) changes the job's hash, with ``dtype: auto``
-        resolved to the precision the job will run in (:func:`pd.precision.plan_precision`: the
-        machine decides, so the same config is float32 on one CPU and bfloat16 on another, and the
-        two never share a result). None for built-in models of a fixed precision (the test models).
-        (An entry's `base:` is always a built-in model, so nothing else is needed.)"""
-        own = self.cfg.get("models") or {}
-        out = {}
-        for n in sorted({n for n in names if n}):
-            entry = dict(own.get(n) or {})
-            if self.reg[n].dtype == "auto":
-                entry = {"base": n} if not entry else entry
-                entry["dtype"] = self._precision(n)
-            if entry:
-                out[n] = entry
-        return out or None
-
-    def _precision(self, name: str) -> str:
-        """What ``dtype: auto`` resolves to for model ``name`` on the machines that run its jobs."""
-        if name not in self.precisions:
-            from pd.models import layer_shape
-            from pd.precision import plan_precision
-            from pd.site import load_site
-
-            site = load_site(self.cfg.get("slurm_site"))
-            self.precisions[name] = plan_precision(self.cfg.get("device", "auto"), site.device if site else None,
-                                                   site.precision if site else None, layer_shape(self.reg[name]))
-        return self.precisions[name]
+        return self.model_entries.entries(*names)
 
     def _prompt_overrides(self) -> dict:
-        return {k: {"path": v, "hash": file_hash(v) if Path(v).is_file() else None}
-                for k, v in sorted(self.cfg["prompts"].items())}
+        return identity.prompt_overrides(self.cfg["prompts"])
 
     # -- cells -------------------------------------------------------------------------
 
@@ -344,17 +316,6 @@ class _Builder:
         spec = jobs.ManifestSpec(experiment=name, table=exp["table"], paper_table=exp.get("paper_table"),
                                  description=exp.get("description", ""), records=manifest_records(self.plan, name))
         self._add(self.plan.manifest_path(name), spec, inputs)
-
-
-def _dataset_entry(name: str, entry: dict) -> dict:
-    """A dataset's config entry as jobs carry it: a folder's also names its documents' content
-    (``documents_hash``), so edited documents change every job that reads them."""
-    if entry["loader"] != "folder":
-        return entry
-    from pd.data import load_folder
-
-    ds = load_folder(entry["path"], name=name)
-    return {**entry, "documents_hash": stable_hash([[d.id, d.text] for d in ds.documents.values()])}
 
 
 def _adapter_place(adapter: str, dataset: str) -> str:

@@ -98,6 +98,7 @@ def questions(spec: jobs.QuestionsSpec, out: str) -> None:
         DataError: the dataset's files are missing; ConfigError: an unknown generator.
     """
     from pd.io import write_with_stats
+    from pd.context import check_dataset_fits
     from pd.questions import QGenConfig, generate_questions
 
     s = spec.sampling
@@ -105,7 +106,9 @@ def questions(spec: jobs.QuestionsSpec, out: str) -> None:
     cfg = QGenConfig(mode=spec.mode, per_item=spec.per_item, per_doc=per_doc, seed=spec.seed,
                      max_rounds=spec.max_rounds, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                      max_new_tokens=s.max_new_tokens)
-    rows, stats = generate_questions(spec.load_dataset(), _generator(spec, spec.generator), cfg)
+    ds, gen = spec.load_dataset(), _generator(spec, spec.generator)
+    check_dataset_fits(gen, ds, s.max_new_tokens or 512)  # a document the model cannot read fails here, by name
+    rows, stats = generate_questions(ds, gen, cfg)
     write_with_stats(out, rows, stats | provenance(spec))
 
 
@@ -179,6 +182,7 @@ def evaluation(spec: jobs.EvaluateSpec, out: str) -> None:
     Raises:
         DataError: a missing adapter, snapshot or retrieval file.
     """
+    from pd.context import check_dataset_fits
     from pd.evaluate import evaluate
     from pd.io import write_with_stats
 
@@ -186,8 +190,10 @@ def evaluation(spec: jobs.EvaluateSpec, out: str) -> None:
     retrieved = {r["item_id"]: r["retrieved"] for r in read_jsonl(spec.retrieval)} if spec.retrieval else None
     params = spec.sampling.params(spec.seed, **pdc.EVAL_SAMPLING)
     adapter = _adapter_folder(spec)
-    rows, stats = evaluate(ds, _generator(spec, spec.model, adapter), retrieved, params, model=spec.model,
-                           adapter=adapter, gold_logprob="gold_logprob" in spec.metrics)
+    gen = _generator(spec, spec.model, adapter)
+    check_dataset_fits(gen, ds, params.max_new_tokens)  # a question the model cannot read fails here, by name
+    rows, stats = evaluate(ds, gen, retrieved, params, model=spec.model, adapter=adapter,
+                           gold_logprob="gold_logprob" in spec.metrics)
     write_with_stats(out, rows, stats | provenance(spec))
 
 

@@ -121,5 +121,10 @@ class Workflow:
         return threads
 
     def final_targets(self) -> list[str]:
-        """What ``rule all`` asks for: the report over the selected experiments."""
-        return [self.plan.report_path()]
+        """What ``rule all`` asks for: each selected experiment's manifest, then the report over them.
+
+        The manifests are named too because Snakemake does not rebuild a target that exists when it
+        has no record of its inputs: after one selection (the demo) wrote the report, a new selection
+        (``--config 'run=[main]'``) still lacks its own manifests, so it has jobs to run.
+        """
+        return [*self.plan.targets(self.cfg["run"]), self.plan.report_path()]

@@ -186,3 +186,28 @@ def test_dataset_settings_come_from_the_entry_else_the_loader():
     assert dataset_judge_template(mine) == "judge_hotpotqa" and retrieval_k({"k": None}, mine) == 4
     with pytest.raises(ConfigError, match="judge_template: 'judge_x' is not allowed"):
         load_config(_mutate(["datasets"], {"mine": {"loader": "folder", "path": "docs", "judge_template": "judge_x"}}))
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    """Issue 14 item 12: YAML keeps the last of two equal keys; a second `training:` silently reset settings."""
+    from pd.config_checks import load_yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text("run: [demo]\ntraining:\n  lr: 0.001\n  rank: 8\nexperiments: {}\ntraining:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: line 6: duplicate key 'training' \(first given on line 2\)"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"x: line 3: duplicate key 'lr' \(first given on line 2\)"):
+        load_yaml("a:\n  lr: 1\n  lr: 2\n", "x")
+    assert load_yaml("a: {b: 1}\nc: [1, 1]\n", "x") == {"a": {"b": 1}, "c": [1, 1]}  # equal values are fine
+
+
+@pytest.mark.parametrize("axis, value, ok", [("answer_temperature", -1, False), ("answer_temperature", 0, True),
+                                             ("kd_temperature", 0, False), ("kd_temperature", 0.5, True),
+                                             ("snapshot", -5, False), ("snapshot", 0, True)])
+def test_grid_values_out_of_range_are_refused(axis, value, ok):
+    cfg = _mutate(["experiments", "x", "grid", axis], [value])
+    if ok:
+        load_config(cfg)
+    else:
+        with pytest.raises(ConfigError, match=rf"^invalid configuration: experiments\.x\.grid\.{axis}\[0\]: "):
+            load_config(cfg)

@@ -281,3 +281,31 @@ def test_bad_rows_are_refused_naming_file_and_row(tmp_path, row, message):
 def test_bad_files_are_refused(tmp_path, suffix, raw, message):
     with pytest.raises(DataError, match=message):
         _load_rows(tmp_path, suffix=suffix, raw=raw)
+
+
+def test_long_documents_become_passages_with_file_and_offset(tmp_path):
+    """Issue 14 item 9: with passage_chars, a long document is cut at sentence ends into passages whose ids
+    give the file and the character offset at which each passage's text stands in the file."""
+    from pd.data import load_folder
+    from pd.passages import split_passages
+
+    sentences = [f"Sentence number {i} tells about the harbour." for i in range(40)]
+    raw = "\ufeff\n  " + " ".join(sentences) + "\n"
+    (tmp_path / "long.txt").write_text(raw, encoding="utf-8")
+    (tmp_path / "short.txt").write_text("A short note.\n", encoding="utf-8")
+    ds = load_folder(tmp_path, passage_chars=300)
+    text = (tmp_path / "long.txt").read_text(encoding="utf-8-sig")  # the file's text, BOM dropped
+    long_ids = [d for d in ds.documents if d.startswith("long.txt#")]
+    assert len(long_ids) >= len(text.strip()) / 300  # none longer than 300 characters
+    for pid in long_ids:
+        offset = int(pid.split("#")[1])
+        doc = ds.documents[pid]
+        assert len(doc.text) <= 300 and doc.text.endswith(".")  # whole sentences
+        assert text[offset: offset + len(doc.text)] == doc.text
+        assert ds.meta["passages"][pid] == {"source": "long.txt", "offset": offset}
+    # Together the passages are the document: every sentence once, in order.
+    joined = " ".join(ds.documents[p].text for p in long_ids)
+    assert joined == " ".join(sentences)
+    assert ds.documents["short.txt"].text == "A short note." and "short.txt" not in ds.meta["passages"]
+    assert load_folder(tmp_path).documents.keys() == {"long.txt", "short.txt"}  # no limit: whole documents
+    assert split_passages("abcdefghij", 4) == [(0, "abcd"), (4, "efgh"), (8, "ij")]  # no boundary: cut mid-word

@@ -80,7 +80,8 @@ def test_model_card_and_data_match_what_was_measured(injected):
     meta = json.loads((out / "pd_meta.json").read_text())
     assert meta["examples"] + len(heldout) == len(answers)  # every pair is either trained on or held out
     for name, text in TINY_DOCS.items():  # the card names each document with its size
-        assert re.search(rf"\| {re.escape(name)} \| {len(text.strip())} \| {len(text.split())} \|", card)
+        assert re.search(rf"\| {re.escape(name)} \| {re.escape(name)} \| 0 \| {len(text.strip())} \| {len(text.split())} \|",
+                             card)
     assert f"{len(questions)} questions" in card and "pd inject" in card and "--questions 3" in card
     record = json.loads((out / "inject.json").read_text())
     assert record["settings"]["questions"] == 3 and record["training"]["epochs"] == 1
@@ -208,3 +209,34 @@ def test_inject_then_ask_knows_invented_facts_the_base_model_does_not(tmp_path, 
     # question writer and expert recalls little, and mixes facts up (it named the kite's inventor
     # as the town's founder).
     assert sum(adapted) >= 1
+
+
+def test_a_long_document_is_split_into_passages_that_fit_the_teacher(tmp_path, capsys, one_thread):
+    """Issue 14 item 9: a document longer than the teacher's prompt allows becomes passages; each passage's
+    file and character offset are in the data (its doc_id) and in the model card."""
+    from pd.context import token_count
+    from pd.models import get_spec, load_tokenizer
+
+    sentences = [f"The lighthouse keeper number {i} of Velmora painted the door blue in {1800 + i}." for i in range(60)]
+    docs = write_docs(tmp_path / "docs", {"long.txt": " ".join(sentences), "salt.txt": TINY_DOCS["salt.txt"]})
+    out = tmp_path / "adapter"
+    rc, _, err = run_cli(capsys, "inject", docs, "--out", out, "--model", "tiny-llama", "--questions", "2",
+                         "--epochs", "1", "--set", "answer_max_tokens=12", "--set", "max_rounds=2",
+                         "--set", "warmup_steps=0", "--set", "max_teacher_tokens=400")
+    assert rc == 0, err
+    record = json.loads((out / "inject.json").read_text())
+    text = (docs / "long.txt").read_text(encoding="utf-8")
+    passages = [d for d in record["documents"] if d["source"] == "long.txt"]
+    assert len(passages) > 1
+    tok = load_tokenizer(get_spec("tiny-llama"))
+    budget = 400 - 12 - 64 - 128  # max_teacher_tokens less the answer, a question and the prompt's margin
+    for p in passages:
+        assert p["id"] == f"long.txt#{p['offset']}"
+        piece = text[p["offset"]: p["offset"] + p["characters"]]
+        assert token_count(tok, piece) <= budget and piece.rstrip().endswith(".")
+    card = (out / "README.md").read_text()
+    for p in passages:
+        assert f"| {p['id']} | long.txt | {p['offset']} | {p['characters']} |" in card
+    questions = [json.loads(x) for x in (out / "data" / "questions.jsonl").read_text().splitlines()]
+    assert {q["doc_id"] for q in questions} <= {d["id"] for d in record["documents"]}
+    assert any(q["doc_id"].startswith("long.txt#") for q in questions)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,3 +180,21 @@ def test_training_cells_end_to_end(tmp_path):
         ref = base(x).logits
         tuned = PeftModel.from_pretrained(load_model(spec, device="cpu"), str(adapters["pd"]))(x).logits
     assert not torch.allclose(ref, tuned)
+
+
+def test_a_new_selection_after_another_has_jobs(tmp_path):
+    """Issue 14 item 14: once one selection wrote the report (as `make demo` does), a new selection still
+    has its own targets (each experiment's manifest), so `snakemake -n` lists its jobs."""
+    plan = plan_for(tmp_path)
+    report = Path(plan.report_path())
+    report.parent.mkdir(parents=True)
+    report.write_text("<html>an earlier selection's report</html>")
+    out = subprocess.run(snakemake_cmd(tmp_path, "-n", "--quiet", "rules"), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    assert "Nothing to be done" not in text
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M)}
+    # tiny: base x {none, bm25, oracle}: 3 evaluations, 2 retrievals (bm25, oracle), 3 substring grades.
+    assert {k: counts.get(k) for k in ("evaluate", "retrieval", "grade", "manifest")} == {
+        "evaluate": 3, "retrieval": 2, "grade": 3, "manifest": 1}

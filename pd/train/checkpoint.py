@@ -146,7 +146,7 @@ def load_checkpoint(folder: Path, key: str, scheduler) -> tuple[Progress, dict[s
                               "to train from the start")
     if state.get("run_key") != key:
         raise ConfigError(f"{folder} is a checkpoint of a different run (other settings, model or data); "
-                          "delete the work folder or train with resume=False")
+                          f"delete {folder.parent.parent} to train from the start")
     optimizer_state = _load_tensors(folder / "optimizer.pt", folder)
     adapter = load_file(str(folder / "adapter.safetensors"))
     scheduler.load_state_dict(state["scheduler"])
