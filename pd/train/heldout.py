@@ -39,9 +39,15 @@ def heldout_rows(examples: Sequence[dict]) -> tuple[list[dict], Dataset]:
 
 @torch.no_grad()
 def heldout_kl_per_example(model, tokenizer, spec: ModelSpec | None, examples: Sequence[dict], temperature: float = 2.0,
-                           *, teacher_model=None, batch_size: int = 4, limits: Limits = Limits(),
-                           chunk_size: int | None = 128) -> dict[str, float]:
-    """KL(teacher || student) per held-out example id (see :func:`heldout_kl`)."""
+                           *, teacher_model=None, teacher_cache=None, batch_size: int = 4,
+                           limits: Limits = Limits(), chunk_size: int | None = 128) -> dict[str, float]:
+    """KL(teacher || student) per held-out example id (see :func:`heldout_kl`).
+
+    ``teacher_cache``: a :class:`~pd.train.teacher_cache.TeacherCache` holding the teacher's
+    top-k targets for these examples (by id, at ``temperature``): then no teacher network
+    runs here (a teacher larger than the student runs in its own job) and the KL is the
+    top-k one with the rest of the mass in one bucket (:func:`pd.train.losses.kl_from_hidden`).
+    """
     rows, dataset = heldout_rows(examples)
     tokens = Tokens(tokenizer, spec)
     seqs, _ = pd_examples(rows, dataset, tokens, limits, kind="heldout")
@@ -55,7 +61,10 @@ def heldout_kl_per_example(model, tokenizer, spec: ModelSpec | None, examples: S
         for start in range(0, len(seqs), batch_size):
             batch = collate(seqs[start:start + batch_size], tokens.pad_id)
             batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            teacher = teacher_answer_logits(model, batch, teacher=teacher_model)
+            if teacher_cache is not None:
+                teacher = teacher_cache.targets_for(batch["example_ids"], batch["answer_mask"].cpu(), device)
+            else:
+                teacher = teacher_answer_logits(model, batch, teacher=teacher_model)
             hidden = answer_hidden(model, batch["student_input_ids"], batch["student_attention_mask"],
                                    batch["student_answer_positions"])
             lm_head = output_head(model)
@@ -73,7 +82,8 @@ def heldout_kl(model, tokenizer, spec: ModelSpec | None, examples: Sequence[dict
 
     ``model``: a PeftModel (student = adapter on, teacher = adapter off) or a plain
     model (both roles: the "before" value). ``teacher_model`` (keyword) replaces the
-    adapter-off teacher by another network of the same vocabulary.
+    adapter-off teacher by another network of the same vocabulary; ``teacher_cache`` by its
+    cached top-k targets (see :func:`heldout_kl_per_example`).
     """
     per = heldout_kl_per_example(model, tokenizer, spec, examples, temperature, **kwargs)
     return sum(per.values()) / len(per)

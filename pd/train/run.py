@@ -18,6 +18,7 @@ from pd.data import Dataset
 from pd.errors import DataError
 from pd.io import atomic_path, read_json, read_jsonl, write_json
 from pd.models import get_spec, load_model, load_tokenizer
+from pd.train.teacher_cache import load_teacher_cache
 
 if TYPE_CHECKING:
     from pd.jobs import AdapterSpec, TeacherSpec
@@ -147,25 +148,31 @@ def run_adapter(spec: AdapterSpec, out: str) -> None:
     teacher_spec = get_spec(teacher_name, spec.models_extra) if teacher_name and teacher_name != spec.model else None
 
     tok = load_tokenizer(model_spec)
+    cache = None
+    if cfg.uses_kl and cfg.teacher_topk > 0 and spec.teacher:
+        cache = Path(spec.teacher) / "topk.safetensors"  # built once by the teacher job, shared by cells
+    # Another teacher never runs in the student's job: its cached targets stand in for it here too.
+    measure = {"limits": cfg.limits()}
+    if teacher_spec is not None and cache is not None:
+        measure["teacher_cache"] = load_teacher_cache(cache)
     before = None
     if heldout:
         # Every rank measures (the same numbers): ranks reach training together, and a sharded
         # model's "after" pass is collective.
         base = load_model(model_spec, device=device)
-        teacher_model = load_model(teacher_spec, device=device) if teacher_spec else None
-        before = heldout_kl(base, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature, teacher_model=teacher_model)
+        teacher_model = load_model(teacher_spec, device=device) if teacher_spec and cache is None else None
+        before = heldout_kl(base, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature,
+                            teacher_model=teacher_model, **measure)
         del base
-    cache = None
-    if cfg.uses_kl and cfg.teacher_topk > 0 and spec.teacher:
-        cache = Path(spec.teacher) / "topk.safetensors"  # built once by the teacher job, shared by cells
     result = train(cfg, model_spec, out, rows=rows, dataset=ds, teacher_spec=None if cache else teacher_spec,
                    teacher_cache=cache)
     record = {"n_heldout": len(heldout), "temperature": cfg.kd_temperature, "before": before, "after": None,
-              "closed_fraction": None, "teacher": teacher_name or spec.model}
+              "closed_fraction": None, "teacher": teacher_name or spec.model,
+              "teacher_targets": f"top-{cfg.teacher_topk} cache" if "teacher_cache" in measure else "full"}
     if heldout and result.model is not None:
-        teacher_model = load_model(teacher_spec, device=device) if teacher_spec else None
+        teacher_model = load_model(teacher_spec, device=device) if teacher_spec and cache is None else None
         after = heldout_kl(result.model, tok, model_spec, _examples(heldout, ds), cfg.kd_temperature,
-                           teacher_model=teacher_model)
+                           teacher_model=teacher_model, **measure)
         record.update(after=after, closed_fraction=(1 - after / before) if before else None)
         log.info("held-out KL(teacher || student) at T=%g: %.4f -> %.4f (%d pairs)", cfg.kd_temperature, before, after,
                  len(heldout))
