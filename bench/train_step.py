@@ -210,8 +210,9 @@ class Stepper:
         import torch
 
         if self.variant == "pd_cached_autograd":
-            from pd.train import losses
             from topk_kl import kl_topk_autograd
+
+            from pd.train import losses
 
             fast, losses.token_kl_topk = losses.token_kl_topk, kl_topk_autograd  # the backward recomputes it too
             try:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping
 
 from pd.errors import ConfigError
 from pd.paths import KINDS
-from pd.site import DEVICES, GPU_REQUESTS, Site, SizeTier, load_site
+from pd.site import DEVICES, Site, SizeTier, load_site
 
 GPU_KINDS = frozenset({"questions", "answers", "teacher", "adapter", "evaluate", "grade", "capability"})
 

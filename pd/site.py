@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pd.errors import ConfigError
-from pd.precision import REQUESTS
 from pd.paths import KINDS
+from pd.precision import REQUESTS
 
 DEVICES = ("cpu", "gpu")
 # Exported to every job of a site unless its file says otherwise: compute nodes usually have

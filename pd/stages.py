@@ -97,8 +97,8 @@ def questions(spec: jobs.QuestionsSpec, out: str) -> None:
     Raises:
         DataError: the dataset's files are missing; ConfigError: an unknown generator.
     """
-    from pd.io import write_with_stats
     from pd.context import check_dataset_fits
+    from pd.io import write_with_stats
     from pd.questions import QGenConfig, generate_questions
 
     s = spec.sampling

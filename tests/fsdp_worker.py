@@ -24,7 +24,6 @@ from pd.train.fsdp import decoder_layers, local_share
 from pd.train.loop import train
 from pd.train.settings import TrainConfig
 
-
 SHARD = fsdp.shard_model
 
 

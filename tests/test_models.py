@@ -1,7 +1,6 @@
 """Model registry and offline loading, on tiny random models and the real SmolLM2."""
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -9,8 +8,16 @@ import torch
 
 from pd.chat import end_of_turn, prompt_text
 from pd.errors import ConfigError, ModelUnavailableError, VocabularyMismatchError
-from pd.models import (BUILTIN, check_same_vocabulary, get_spec, load_model, load_tokenizer, model_folder,
-                       registry, spec_from_dict)
+from pd.models import (
+    BUILTIN,
+    check_same_vocabulary,
+    get_spec,
+    load_model,
+    load_tokenizer,
+    model_folder,
+    registry,
+    spec_from_dict,
+)
 
 REQUIRED = ["llama3-8b-instruct", "llama3-70b-instruct", "qwen2.5-3b-instruct", "qwen2.5-14b-instruct",
             "qwen2.5-32b-instruct", "qwen2.5-72b-instruct", "smollm2-135m-instruct", "tiny-llama", "tiny-qwen2"]

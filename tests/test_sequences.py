@@ -9,8 +9,17 @@ from pd.chat import prompt_text
 from pd.data import Dataset, Document
 from pd.errors import ConfigError, DataError
 from pd.train.batch import validate_batch
-from pd.train.sequences import (Limits, Tokens, choose_context, collate, distractor_examples, pd_examples,
-                                reg_examples, sft_examples, uft_examples)
+from pd.train.sequences import (
+    Limits,
+    Tokens,
+    choose_context,
+    collate,
+    distractor_examples,
+    pd_examples,
+    reg_examples,
+    sft_examples,
+    uft_examples,
+)
 
 PASSAGES = {
     "d0": "Mattingly arrived for a cup of coffee in 1982 and retired in 1995, a year before the Yankees returned.",

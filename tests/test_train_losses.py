@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pd.errors import ConfigError
-from pd.train.losses import (cross_entropy, cross_entropy_from_hidden, kl_divergence, kl_from_hidden)
+from pd.train.losses import cross_entropy, cross_entropy_from_hidden, kl_divergence, kl_from_hidden
 from pd.train.targets import topk_targets
 
 LENGTHS = [7, 3, 0, 5]  # sample 2 has no answer tokens

@@ -281,8 +281,8 @@ def test_a_run_builds_the_same_cache_as_the_teacher_job(tiny_llama, tmp_path):
     from pathlib import Path
 
     from pd.data import Dataset, Document
-    from pd.train.lora import attach_lora
     from pd.train.loop import train
+    from pd.train.lora import attach_lora
     from pd.train.sequences import pd_examples
     from pd.train.settings import TrainConfig
 

@@ -139,11 +139,10 @@ TINY_TRAIN = ROOT / "tests" / "configs" / "tiny-train.yaml"
 def test_training_cells_end_to_end(tmp_path):
     """PD, SFT and UFT cells: data generation, adapters, held-out KL, evaluation, grades, report."""
     import torch
+    import yaml
     from peft import PeftModel
 
     from pd.models import get_spec, load_model
-
-    import yaml
 
     # The forgetting check reads a small MMLU-Pro file; config paths are relative to the run folder.
     mmlu = ROOT / "tests" / "data" / "mmlu_pro_easy.jsonl"

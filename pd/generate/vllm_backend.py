@@ -19,12 +19,17 @@ from dataclasses import dataclass
 
 from pd.errors import ConfigError, ModelUnavailableError
 from pd.generate.base import Completion, Conversation, SamplingParams
-from pd.generate.transformers_backend import (adapter_hash, check_conversation, check_params, model_identity, sample_seed,
-                                              stop_token_ids)
+from pd.generate.transformers_backend import (
+    adapter_hash,
+    check_conversation,
+    check_params,
+    model_identity,
+    sample_seed,
+    stop_token_ids,
+)
 from pd.merge import VLLM_MAX_LORA_RANK, adapter_config, merged_model, vllm_can_serve
 from pd.models import ModelSpec, get_spec, model_folder
 from pd.precision import resolve_precision
-
 
 # The LoRA ranks vLLM takes for max_lora_rank.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pd.io import write_json, write_text
-from pd.report.aggregate import Group, Grades, Manifest, TableSpec, build_groups, load_manifest
+from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups, load_manifest
 from pd.report.evidence import Evidence, load_train_log
 from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot, training_curves
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions

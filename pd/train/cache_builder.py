@@ -31,10 +31,25 @@ from pd.io import write_jsonl
 from pd.train.batch import validate_batch
 from pd.train.sequences import Example, collate
 from pd.train.targets import TopKTargets, cat_targets, topk_targets
-from pd.train.teacher import (adapter_disabled, answer_hidden, check_teacher, head_vocab, model_identity, output_head,
-                              teacher_hidden, unwrap)
-from pd.train.teacher_cache import (CACHE_FORMAT, LOGPROB_DTYPES, TeacherCache, cache_key, load_teacher_cache,
-                                    sequences_hash, sidecar_path)
+from pd.train.teacher import (
+    adapter_disabled,
+    answer_hidden,
+    check_teacher,
+    head_vocab,
+    model_identity,
+    output_head,
+    teacher_hidden,
+    unwrap,
+)
+from pd.train.teacher_cache import (
+    CACHE_FORMAT,
+    LOGPROB_DTYPES,
+    TeacherCache,
+    cache_key,
+    load_teacher_cache,
+    sequences_hash,
+    sidecar_path,
+)
 from pd.train.token_losses import token_entropy, token_kl
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,16 @@ from pd.data import Dataset
 from pd.errors import ConfigError, DataError
 from pd.io import read_jsonl, stable_hash
 from pd.train.losses import cross_entropy_from_hidden, kl_from_hidden
-from pd.train.sequences import (BuildStats, Example, Tokens, distractor_examples, pd_examples, reg_examples,
-                                sft_examples, uft_examples)
+from pd.train.sequences import (
+    BuildStats,
+    Example,
+    Tokens,
+    distractor_examples,
+    pd_examples,
+    reg_examples,
+    sft_examples,
+    uft_examples,
+)
 from pd.train.settings import TrainConfig
 from pd.train.targets import TopKTargets
 from pd.train.teacher import answer_hidden, output_head, teacher_answer_logits
