@@ -72,8 +72,9 @@ def main() -> None:
     convs = prompts(args.questions, args.prompts)
     params = SamplingParams(temperature=0.0, max_new_tokens=args.new_tokens)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    report = {"command": " ".join([Path(sys.executable).name] + sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "device": device, "threads": args.threads, "results": []}
+    report = {"command": " ".join([Path(sys.executable).name] + sys.argv),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device,
+              "threads": args.threads, "results": []}
     try:
         import vllm  # noqa: F401
 

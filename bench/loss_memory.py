@@ -48,8 +48,9 @@ def run_one(mode: str, vocab: int, tokens: int, hidden: int, chunk: int, teacher
         logits = head(h).float()
         loss = kl_divergence(logits, teacher, mask, temperature=2.0)
     loss.backward()
-    return {"mode": mode, "teacher": teacher_kind, "train_head": train_head, "peak_rise_mib": round(rss_peak_mib() - before, 1),
-            "seconds": round(time.perf_counter() - t0, 2), "loss": loss.item()}
+    return {"mode": mode, "teacher": teacher_kind, "train_head": train_head,
+            "peak_rise_mib": round(rss_peak_mib() - before, 1), "seconds": round(time.perf_counter() - t0, 2),
+            "loss": loss.item()}
 
 
 def main() -> None:
@@ -65,7 +66,8 @@ def main() -> None:
     ap.add_argument("--one", choices=["chunked", "unchunked"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.vocab, args.tokens, args.hidden, args.chunk, args.teacher, args.train_head)))
+        print(json.dumps(run_one(args.one, args.vocab, args.tokens, args.hidden, args.chunk, args.teacher,
+                                 args.train_head)))
         return
     modes = [m for m in args.modes.split(",") if m]
     if not modes or set(modes) - {"unchunked", "chunked"}:

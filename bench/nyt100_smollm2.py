@@ -73,7 +73,8 @@ def main() -> None:
             summary[name] = {"n": len(evals[name]), "substring_word": subs["word"]["accuracy"],
                              "substring_plain": subs["plain"]["accuracy"],
                              "cut_at_max_tokens": sum(r["finish_reason"] == "length" for r in evals[name]),
-                             "judge_n": j["n"], "judge_accuracy": j["accuracy"], "judge_accuracy_valid": j["accuracy_valid"],
+                             "judge_n": j["n"], "judge_accuracy": j["accuracy"],
+                             "judge_accuracy_valid": j["accuracy_valid"],
                              "judge_validity": j["validity_rate"], "judge_invalid_reasons": j["invalid_reasons"],
                              "answer_seconds": round(seconds[name][0], 1), "judge_seconds": round(seconds[name][1], 1)}
             write_json(out / "summary.json", summary)

@@ -61,7 +61,8 @@ def main() -> None:
                        answer_ids=tokens.encode(a) + [tokens.eot_id],
                        teacher_prompt_ids=tokens.chat_prompt(passage_question(passage, q)))
                for i, (q, a) in enumerate(zip(questions, texts))]
-        cache = build_teacher_cache(model, exs, tokens.pad_id, k=kmax, temperature=args.temperature, logprob_dtype="float32")
+        cache = build_teacher_cache(model, exs, tokens.pad_id, k=kmax, temperature=args.temperature,
+                                    logprob_dtype="float32")
         stats = cache.stats
         tg = cache.targets
         covered = {}
@@ -69,7 +70,8 @@ def main() -> None:
             logp_t, _ = tg.map(lambda t: t[:, :k] if t.dim() == 2 else t).log_probs_at(args.temperature)
             cov_t = logp_t.exp().sum(-1)
             cov_1 = tg.logprobs[:, :k].float().exp().sum(-1)
-            covered[f"k{k}"] = {"t1": round(float(cov_1.mean()), 4), f"t{args.temperature:g}": round(float(cov_t.mean()), 4),
+            covered[f"k{k}"] = {"t1": round(float(cov_1.mean()), 4),
+                                f"t{args.temperature:g}": round(float(cov_t.mean()), 4),
                                 f"t{args.temperature:g}_min_token": round(float(cov_t.min()), 4)}
         result[label] = {
             "answer_tokens": cache.meta["answer_tokens"],

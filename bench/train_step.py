@@ -387,8 +387,8 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     bad = sorted(set(variants) - set(VARIANTS) - set(EXTRA_VARIANTS))
     if bad or "sft" not in variants:
-        raise SystemExit(f"--variants: unknown {bad}; allowed {list(VARIANTS + EXTRA_VARIANTS)}, and sft (the baseline) "
-                         "must be one")
+        raise SystemExit(f"--variants: unknown {bad}; allowed {list(VARIANTS + EXTRA_VARIANTS)}, "
+                         "and sft (the baseline) must be one")
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     report = {"command": " ".join([Path(sys.executable).name] + sys.argv), "machine": machine(),

@@ -45,7 +45,8 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump({"run": ["x"], "results_dir": str(tmp_path / "r"), "experiments": {"x": {"grid": {
         "model": ["tiny-llama"], "method": ["base"], "dataset": ["nyt"]}}}}))
-    out = subprocess.run([sys.executable, "-m", "pd.cli", "--config", str(ok), "report"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "pd.cli", "--config", str(ok), "report"],
+                         capture_output=True, text=True)
     assert out.returncode == 2 and "no results yet for x" in out.stderr
     out = subprocess.run([sys.executable, "-m", "pd.cli", "--config", str(ok), "cells", "x", "nothing-matches"],
                          capture_output=True, text=True)

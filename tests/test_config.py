@@ -15,7 +15,8 @@ from pd.errors import ConfigError
 
 
 def minimal():
-    return {"run": ["x"], "experiments": {"x": {"grid": {"model": ["tiny-llama"], "method": ["pd"], "dataset": ["nyt"]}}}}
+    return {"run": ["x"],
+            "experiments": {"x": {"grid": {"model": ["tiny-llama"], "method": ["pd"], "dataset": ["nyt"]}}}}
 
 
 def test_shipped_config_is_valid_and_defaults_filled():

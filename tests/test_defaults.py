@@ -106,7 +106,8 @@ def test_field_annotation_schema_and_default_agree(name):
 def test_both_layers_reject_the_same_bad_value(name):
     s = FIELDS[name].metadata["schema"] if name in FIELDS else OUTSIDE_LOOP[name]["schema"]
     bad = _bad_value(s)
-    cfg = {"run": ["x"], "experiments": {"x": {"grid": {"model": ["tiny-llama"], "method": ["pd"], "dataset": ["nyt"]}}},
+    cfg = {"run": ["x"],
+           "experiments": {"x": {"grid": {"model": ["tiny-llama"], "method": ["pd"], "dataset": ["nyt"]}}},
            "training": {name: bad}}
     with pytest.raises(ConfigError, match=rf"training\.{name}"):
         pdc.load_config(cfg)
@@ -118,7 +119,8 @@ def test_both_layers_reject_the_same_bad_value(name):
 def test_spec_defaults_are_the_hashed_ones():
     got = spec_defaults()
     assert got == SPEC_DEFAULTS
-    assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in SPEC_DEFAULTS.items()}  # 1 and 1.0 hash apart
+    # 1 and 1.0 hash apart
+    assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in SPEC_DEFAULTS.items()}
     cfg = TrainConfig()
     assert all(getattr(cfg, k) == v for k, v in got.items() if k not in OUTSIDE_LOOP)
     got["snapshot_seconds"].append(1)

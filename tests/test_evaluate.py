@@ -18,7 +18,8 @@ FACT = "The Harbor Bridge in Velmora is painted orange. It was built in 1987 by 
 
 def toy() -> Dataset:
     docs = {"velmora": Document("velmora", FACT),
-            "lake": Document("lake", "Lake Tarnow freezes every January and hosts a skating race called the Tarnow Mile."),
+            "lake": Document("lake", "Lake Tarnow freezes every January and hosts a skating race "
+                                     "called the Tarnow Mile."),
             "fest": Document("fest", "The Osk festival is held each spring in the city of Brell.")}
     items = [TestItem("i1", "What colour was it painted?", ("orange",), ("velmora",),
                       rewritten="What colour is the Harbor Bridge in Velmora?"),

@@ -146,7 +146,8 @@ def test_prefill_and_system_prompt_rendering(gen, tiny_llama):
     assert "<|start_header_id|>system<|end_header_id|>\n\nSYS<|eot_id|>" in text
     assert render_prompt(tiny_llama.tokenizer, [{"role": "raw", "content": "plain text"}]) == "plain text"
     out = gen.generate([conv], SamplingParams(temperature=0, max_new_tokens=4))[0][0]
-    plain = reference_greedy(gen.model, tiny_llama.tokenizer, text.replace("<|start_header_id|>system<|end_header_id|>\n\nSYS<|eot_id|>", ""), 4)
+    plain = reference_greedy(gen.model, tiny_llama.tokenizer,
+                             text.replace("<|start_header_id|>system<|end_header_id|>\n\nSYS<|eot_id|>", ""), 4)
     assert out.token_ids == plain  # the spec has no system prompt: none is inserted
 
 

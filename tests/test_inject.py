@@ -80,8 +80,8 @@ def test_model_card_and_data_match_what_was_measured(injected):
     meta = json.loads((out / "pd_meta.json").read_text())
     assert meta["examples"] + len(heldout) == len(answers)  # every pair is either trained on or held out
     for name, text in TINY_DOCS.items():  # the card names each document with its size
-        assert re.search(rf"\| {re.escape(name)} \| {re.escape(name)} \| 0 \| {len(text.strip())} \| {len(text.split())} \|",
-                             card)
+        assert re.search(rf"\| {re.escape(name)} \| {re.escape(name)} \| 0 \| "
+                         rf"{len(text.strip())} \| {len(text.split())} \|", card)
     assert f"{len(questions)} questions" in card and "pd inject" in card and "--questions 3" in card
     record = json.loads((out / "inject.json").read_text())
     assert record["settings"]["questions"] == 3 and record["training"]["epochs"] == 1
@@ -132,7 +132,8 @@ def test_user_errors_exit_2_with_one_line(injected, capsys, tmp_path):
     docs, out = injected
     cases = [
         (["inject", tmp_path / "missing", "--model", "tiny-llama", "--out", tmp_path / "o"], "document folder"),
-        (["inject", docs, "--model", "no-such-model", "--out", tmp_path / "o"], "unknown model 'no-such-model'; allowed:"),
+        (["inject", docs, "--model", "no-such-model", "--out", tmp_path / "o"],
+         "unknown model 'no-such-model'; allowed:"),
         (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--set", "colour=3"],
          "unknown inject setting(s) ['colour']; allowed:"),
         (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--lr", "-1"], "must be positive"),

@@ -79,7 +79,8 @@ def test_a_changed_setting_moves_only_its_dependants(cfg):
     # Base-model evaluations do not depend on training settings.
     base_evals = {p for p in _paths(base, "evaluate") if "/eval/base/" in p}
     assert base_evals and base_evals <= _paths(lr, "evaluate")
-    t = build_plan(load_config(DEFAULT_CONFIG, {"experiments": {"demo": {"generation": {"evaluation": {"temperature": 0.5}}}}}),
+    t = build_plan(load_config(DEFAULT_CONFIG,
+                               {"experiments": {"demo": {"generation": {"evaluation": {"temperature": 0.5}}}}}),
                    ["demo"])
     assert _paths(base, "adapter") == _paths(t, "adapter")
     assert not _paths(base, "evaluate") & _paths(t, "evaluate")

@@ -101,7 +101,8 @@ def test_training_curves_and_heldout_kl_on_the_page(report):
     for ds, method in trained:
         for seed in (0, 1, 2):
             h = json.loads((root / "adapters" / f"{ds}_{method}_s{seed}" / "heldout.json").read_text())
-            text = f"seed {seed}: {h['before']:.3f} → {h['after']:.3f} ({100 * (1 - h['after'] / h['before']):.1f}% closed)"
+            text = (f"seed {seed}: {h['before']:.3f} → {h['after']:.3f} "
+                    f"({100 * (1 - h['after'] / h['before']):.1f}% closed)")
             assert text in html
     summary = json.loads(result.tables["main"]["json"].read_text())
     gold = [r for r in summary["sections"]["gold_logprob"] if r["mean"] is not None]

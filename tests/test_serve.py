@@ -16,7 +16,8 @@ from pd.serve import create_app, serve_in_thread
 
 CONVS = [
     [{"role": "user", "content": "Where is the Brooklyn Bridge?"}],
-    [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Name a colour of the sky at dusk."}],
+    [{"role": "system", "content": "Answer in one word."},
+     {"role": "user", "content": "Name a colour of the sky at dusk."}],
 ]
 EMB_NAME = "all-minilm-l6-v2"
 
@@ -123,7 +124,8 @@ def test_errors_are_clear(server):
 
     _, url = server
     with pytest.raises(ModelUnavailableError, match="no model 'other-model'"):
-        OpenAIGenerator("other-model", base_url=url, max_retries=0).generate(CONVS[:1], SamplingParams(max_new_tokens=2))
+        OpenAIGenerator("other-model", base_url=url, max_retries=0).generate(CONVS[:1],
+                                                                             SamplingParams(max_new_tokens=2))
     with pytest.raises(ConfigError, match="log-probabilities"):
         remote(url).generate(CONVS[:1], SamplingParams(logprobs=2))
     with socket.socket() as s:
@@ -177,7 +179,8 @@ def test_command_line_server_in_a_subprocess():
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(root))
     key = "cli-key-31c7"
     proc = subprocess.Popen([sys.executable, "-m", "pd.serve", "--model", "tiny-llama", "--embedding-model", EMB_NAME,
-                             "--port", str(port), "--api-key", key], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), "--api-key", key],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 240

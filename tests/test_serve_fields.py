@@ -50,7 +50,8 @@ BAD = [  # (endpoint, body, the field the message must name)
     ("chat/completions", {"messages": [{"role": "user"}]}, "messages[0].content"),
     ("chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     ("chat/completions", {"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages[0].name"),
-    ("chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+    ("chat/completions",
+     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content"),
     ("chat/completions", {"messages": M + [{"role": "assistant", "content": "It"}]}, "messages"),
     ("chat/completions", {"messages": M, "continue_final_message": True, "add_generation_prompt": False}, "messages"),
@@ -129,7 +130,8 @@ def test_no_op_values_of_unimplemented_fields_are_accepted(server, local):
             "store": False, "n": 2, "seed": 5}
     r = post(url, "chat/completions", body)
     assert r.status_code == 200, r.text
-    want = local.generate([[{"role": "system", "content": "Be brief."}] + M], SamplingParams(temperature=0, max_new_tokens=3))
+    want = local.generate([[{"role": "system", "content": "Be brief."}] + M],
+                          SamplingParams(temperature=0, max_new_tokens=3))
     assert [c["message"]["content"] for c in r.json()["choices"]] == [want[0][0].text] * 2
     r = post(url, "embeddings", {"input": "x", "dimensions": 384, "user": "u1", "encoding_format": "float"})
     assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
@@ -167,7 +169,8 @@ def test_stop_cuts_the_reply_before_the_stop_string(server, local):
     assert res.choices[0].message.content == text[:at]
     assert res.choices[0].finish_reason == "stop"
     assert res.usage.completion_tokens < 16  # it stopped counting at the stop string
-    res = client.chat.completions.create(model="tiny-llama", messages=M, temperature=0, max_tokens=16, stop="never-there")
+    res = client.chat.completions.create(model="tiny-llama", messages=M, temperature=0, max_tokens=16,
+                                         stop="never-there")
     assert res.choices[0].message.content == text and res.choices[0].finish_reason == "length"
     raw = local.generate([[{"role": "raw", "content": "The bridge"}]], SamplingParams(temperature=0, max_new_tokens=8))
     cut = raw[0][0].text[3:6]
@@ -198,7 +201,8 @@ def test_logprobs_are_the_models_own(server, local, tiny_llama):
         assert c.bytes == list(c.token.encode())
     plain = client.chat.completions.create(model="tiny-llama", messages=M, temperature=0, max_tokens=2, logprobs=True)
     assert plain.choices[0].logprobs.content[0].top_logprobs == []
-    comp = post(url, "completions", {"prompt": local.prompt(M), "temperature": 0, "max_tokens": 5, "logprobs": 2}).json()
+    comp = post(url, "completions",
+                {"prompt": local.prompt(M), "temperature": 0, "max_tokens": 5, "logprobs": 2}).json()
     lp = comp["choices"][0]["logprobs"]
     assert lp["token_logprobs"] == pytest.approx([ref[s, t].item() for s, t in enumerate(greedy.token_ids)], abs=1e-4)
     assert "".join(lp["tokens"]) == comp["choices"][0]["text"] and len(lp["top_logprobs"][0]) == 2
@@ -220,7 +224,8 @@ def test_a_client_that_disconnects_stops_its_generation(server, local):
 def test_api_key_is_required_when_set(local):
     key = "serve-key-0a9f"
     with serve_in_thread(create_app(local, model_name="tiny-llama", api_key=key)) as url:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": key}, {"Authorization": f"Basic {key}"}):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": key},
+                        {"Authorization": f"Basic {key}"}):
             r = httpx.get(f"{url}/models", headers=headers)
             assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
             assert httpx.post(f"{url}/chat/completions", json={"messages": M}, headers=headers).status_code == 401

@@ -41,6 +41,7 @@ def test_auto_batch_on_a_cpu_and_bad_values(tiny_llama):
     fixed = TransformersGenerator(get_spec("tiny-llama"), batch_size=2, progress=False)
     params = SamplingParams(temperature=0.7, max_new_tokens=6, seed=3)
     # Per-sample seeds: the batch size changes nothing in the samples.
-    assert [c[0].token_ids for c in gen.generate(convs, params)] == [c[0].token_ids for c in fixed.generate(convs, params)]
+    assert ([c[0].token_ids for c in gen.generate(convs, params)]
+            == [c[0].token_ids for c in fixed.generate(convs, params)])
     with pytest.raises(Exception, match="integer >= 1 or 'auto'"):
         TransformersGenerator(tiny_llama.spec, batch_size=0, progress=False)

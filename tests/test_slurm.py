@@ -1,9 +1,10 @@
 """The Snakemake profiles end to end: profiles/local, and profiles/slurm on a real cluster.
 
 The SLURM tests need a running cluster (as root: ``.ci/slurm-up.sh``). Without one they
-skip, or fail when ``PD_REQUIRE_SLURM=1`` (CI sets it): the ``slurm_cluster`` fixture in conftest.py. They run the smoke workflow in
-tests/fixtures/smoke; ``run_workflow`` and ``slurm_profile`` take the workflow, targets,
-config and site as parameters so the real Snakefile can be run the same way.
+skip, or fail when ``PD_REQUIRE_SLURM=1`` (CI sets it): the ``slurm_cluster`` fixture in
+conftest.py. They run the smoke workflow in tests/fixtures/smoke; ``run_workflow`` and
+``slurm_profile`` take the workflow, targets, config and site as parameters so the real
+Snakefile can be run the same way.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def run_workflow(
     if config:
         cmd += ["--config", *(f"{k}={v}" for k, v in config.items())]
     cmd += list(targets)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode in (-9, 124, 137):
         pytest.fail(f"snakemake was killed after {timeout} s (hung?):\n{proc.stdout[-4000:]}")

@@ -33,7 +33,8 @@ QA = [
     ("d3", "Whose paintings does the museum show?", "Paintings by two Dutch artists."),
     ("d3", "What did the two artists share?", "They shared one studio."),
 ]
-ROWS = [{"id": f"q{i}", "doc_id": d, "question": q, "answer": a, "finish_reason": "stop"} for i, (d, q, a) in enumerate(QA)]
+ROWS = [{"id": f"q{i}", "doc_id": d, "question": q, "answer": a, "finish_reason": "stop"}
+        for i, (d, q, a) in enumerate(QA)]
 PAIRS = [
     {"id": "i0", "instruction": "Name a primary colour.", "response": "Red is a primary colour."},
     {"id": "i1", "instruction": "What is two plus two?", "response": "Two plus two is four."},
@@ -60,13 +61,16 @@ def reference_loss(model, batch, kl: bool, temperature=2.0, direction="forward")
     was = model.training
     model.eval()
     with torch.no_grad():
-        s_all = model(input_ids=batch["student_input_ids"], attention_mask=batch["student_attention_mask"]).logits.double()
+        s_all = model(input_ids=batch["student_input_ids"],
+                      attention_mask=batch["student_attention_mask"]).logits.double()
         if kl:
             if hasattr(model, "disable_adapter"):
                 with model.disable_adapter():
-                    t_all = model(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits.double()
+                    t_all = model(input_ids=batch["teacher_input_ids"],
+                                  attention_mask=batch["teacher_attention_mask"]).logits.double()
             else:
-                t_all = model(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits.double()
+                t_all = model(input_ids=batch["teacher_input_ids"],
+                              attention_mask=batch["teacher_attention_mask"]).logits.double()
     model.train(was)
     per_sample = []
     for b in range(s_all.shape[0]):
@@ -132,7 +136,8 @@ def test_adapter_folder_gives_the_trained_logits(tiny_llama, dataset, tmp_path):
     assert torch.equal(a, b)
     assert (a - base).abs().max() > 1e-4  # training changed the function
     cfg = json.loads((res.adapter_dir / "adapter_config.json").read_text())
-    assert sorted(cfg["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert sorted(cfg["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
+                                             "v_proj"]
     assert cfg["r"] == 8 and cfg["lora_alpha"] == 16
 
 
@@ -281,7 +286,8 @@ def test_cached_teacher_matches_live_teacher(tiny_llama, dataset, tmp_path):
     assert la[0]["kl_pd"] > 3e-3  # the big teacher disagrees (the adapter-off self: ~1e-4)
     assert [r["kl_pd"] for r in lb] == pytest.approx([r["kl_pd"] for r in la], rel=1e-4)
     assert [r["kl_reg"] for r in lb] == pytest.approx([r["kl_reg"] for r in la], rel=1e-3, abs=1e-7)
-    assert cached.meta["teacher_cache"]["k"] == 512 and cached.meta["teacher_cache"]["covered_mass"] == pytest.approx(1.0)
+    assert cached.meta["teacher_cache"]["k"] == 512
+    assert cached.meta["teacher_cache"]["covered_mass"] == pytest.approx(1.0)
     small = train(_cfg("pd", epochs=1, teacher_topk=8), tiny_llama.spec, tmp_path / "k8", rows=ROWS, dataset=dataset,
                   device="cpu")
     assert 0.0 < small.meta["teacher_cache"]["covered_mass"] < 1.0

@@ -74,7 +74,8 @@ def run_identity_checks(loaded, steps=3, lr=1e-2):
     check_teacher_is_base()
     # step 0: the student (adapter on, train mode, dropout active) equals the teacher on the same input
     with torch.no_grad():
-        same_input = gather_answers(student(input_ids=ids, attention_mask=att).logits, batch["teacher_answer_positions"])
+        same_input = gather_answers(student(input_ids=ids, attention_mask=att).logits,
+                                    batch["teacher_answer_positions"])
     teacher = teacher_answer_logits(student, batch)
     assert kl_divergence(same_input, teacher, mask, temperature=2.0).item() == 0.0
     assert kl_divergence(same_input, teacher, mask, temperature=2.0, direction="reverse").item() == 0.0

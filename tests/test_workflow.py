@@ -22,9 +22,10 @@ TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 
 
 def snakemake_cmd(workdir: Path, *extra: str, config: Path = TINY) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles" / "local"),
-            "--configfile", str(config), "--config", f"results_dir={workdir / 'results'}",
-            f"reports_dir={workdir / 'reports'}", "--cores", "2", *extra]
+    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+            "--profile", str(ROOT / "profiles" / "local"), "--configfile", str(config),
+            "--config", f"results_dir={workdir / 'results'}", f"reports_dir={workdir / 'reports'}",
+            "--cores", "2", *extra]
 
 
 def plan_for(workdir: Path, config: Path = TINY, extra: dict | None = None):
@@ -85,7 +86,7 @@ def test_killed_run_leaves_nothing_that_looks_finished(tmp_path):
     deadline = time.time() + 300
     # Kill the whole run (Snakemake and its job) while an evaluation job is running.
     logs = [Path(log_file(p)) for p in evals]
-    while time.time() < deadline and not any(l.exists() for l in logs):
+    while time.time() < deadline and not any(log.exists() for log in logs):
         time.sleep(0.2)
     time.sleep(1.5)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -147,8 +148,10 @@ def test_training_cells_end_to_end(tmp_path):
     # The forgetting check reads a small MMLU-Pro file; config paths are relative to the run folder.
     mmlu = ROOT / "tests" / "data" / "mmlu_pro_easy.jsonl"
     config = tmp_path / "tiny-train.yaml"
-    config.write_text(yaml.safe_dump(yaml.safe_load(TINY_TRAIN.read_text()) | {"capability": {"path": str(mmlu), "limit": 4}}))
-    out = subprocess.run(snakemake_cmd(tmp_path, config=config), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    config.write_text(yaml.safe_dump(yaml.safe_load(TINY_TRAIN.read_text())
+                                     | {"capability": {"path": str(mmlu), "limit": 4}}))
+    out = subprocess.run(snakemake_cmd(tmp_path, config=config), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     plan = plan_for(tmp_path, config)
     assert all(Path(p).exists() for p in plan.artifacts)
