@@ -117,7 +117,8 @@ def cmd_models(args) -> int:
 
     cfg = _cfg(args)
     for name, s in sorted(registry(cfg.get("models")).items()):
-        where = {"hub": s.repo, "local": s.path, "gguf_package": f"pip:{s.package}", "random": "random weights"}[s.source]
+        where = {"hub": s.repo, "local": s.path, "gguf_package": f"pip:{s.package}",
+                 "random": "random weights"}[s.source]
         print(f"{name:28s} {s.family:12s} {s.params_b:8.3f}B  {where}")
     return 0
 
@@ -233,7 +234,8 @@ def cmd_ask(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pd", description="Knowledge injection by prompt distillation")
-    p.add_argument("--config", default=os.environ.get("PD_CONFIG", "config.yaml"), help="config file (default: config.yaml)")
+    p.add_argument("--config", default=os.environ.get("PD_CONFIG", "config.yaml"),
+                   help="config file (default: config.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("validate", help="check config.yaml and count the grid (with a site file: each job's request)")

@@ -1,10 +1,9 @@
 """Load and validate config.yaml: one function for the workflow and the CLI alike.
 
-Validation has two layers: the JSON Schema in ``workflow/schemas/config.schema.yaml``
-(keys, types, ranges, enumerations; it also fills defaults), then the cross-references a
-schema cannot express (model, dataset and experiment names; teacher vocabularies).
-Every problem is reported with its key path and, where a set of values is allowed,
-that set; all problems are reported at once.
+Validation has two layers: the JSON Schema in ``workflow/schemas/config.schema.yaml`` (keys, types, ranges,
+enumerations; it also fills defaults), then the cross-references a schema cannot express (model, dataset and
+experiment names; teacher vocabularies). Every problem is reported with its key path and, where a set of values
+is allowed, that set; all problems are reported at once.
 
 Defaults: the training ones and the method vocabulary are :mod:`pd.train.settings`'s
 (re-exported here: ``DISTILLING_METHODS``, ``GRID_METHODS``); evaluation's sampling and the
@@ -35,10 +34,9 @@ DEFAULT_CONFIG = REPO_ROOT / "config.yaml"
 # Evaluation's sampling (the paper's): the default of config.yaml's generation.evaluation.
 EVAL_SAMPLING: dict[str, Any] = {"temperature": 0.25, "max_new_tokens": 500}
 
-# What a dataset's config entry may set beyond where its data lies, as lm-eval's task YAML
-# does: the judge's template and the retrieval depth. A key the entry leaves out comes from
-# its loader's row here, else from DATASET_DEFAULTS. (Kept out of the entries themselves,
-# whose content is part of every job's specification.)
+# What a dataset's config entry may set beyond where its data lies, as lm-eval's task YAML does: the judge's
+# template and the retrieval depth. A key the entry leaves out comes from its loader's row here, else from
+# DATASET_DEFAULTS. (Kept out of the entries themselves, whose content is part of every job's specification.)
 DATASET_DEFAULTS: dict[str, Any] = {"judge_template": "judge_squadshifts", "retrieval_k": 7}
 LOADER_DEFAULTS: dict[str, dict[str, Any]] = {
     "hotpotqa": {"judge_template": "judge_hotpotqa", "retrieval_k": 10},  # the paper's k for multi-hop questions
@@ -163,12 +161,12 @@ def _format(err) -> str:
     if v == "additionalProperties" and isinstance(err.instance, dict):
         allowed = _allowed_keys(err.schema)
         extra = sorted(set(err.instance) - set(allowed))
-        return "; ".join(
-            f"{where}: unknown key {k!r}{_suggest(k, allowed)}; allowed: {', '.join(allowed)}" for k in extra
-        )
+        return "; ".join(f"{where}: unknown key {k!r}{_suggest(k, allowed)}; allowed: {', '.join(allowed)}"
+                         for k in extra)
     if v == "enum":
         allowed = [str(x) for x in err.validator_value]
-        return f"{where}: {err.instance!r} is not allowed{_suggest(err.instance, allowed)}; allowed: {', '.join(allowed)}"
+        return (f"{where}: {err.instance!r} is not allowed{_suggest(err.instance, allowed)}; "
+                f"allowed: {', '.join(allowed)}")
     if v == "type":
         want = err.validator_value if isinstance(err.validator_value, str) else " or ".join(err.validator_value)
         return f"{where}: expected {want}, got {type(err.instance).__name__} {err.instance!r}"
@@ -295,7 +293,8 @@ def validate_references(cfg: dict) -> None:
         axes = set().union(*(grids(exp)))
         unknown_axes = [a for a in exp["table"]["rows"] + exp["table"]["columns"] if a not in axes]
         if unknown_axes:
-            problems.append(f"experiments.{ename}.table: unknown axis {unknown_axes}; allowed: {', '.join(sorted(axes))}")
+            problems.append(f"experiments.{ename}.table: unknown axis {unknown_axes}; "
+                            f"allowed: {', '.join(sorted(axes))}")
     config_checks.check_per_model(problems, cfg, reg)
     config_checks.check_files(problems, cfg)
     if "judge" in cfg["grading"]["graders"] and cfg["grading"]["judge"] not in reg:
@@ -322,7 +321,8 @@ def _check_grid(problems: list[str], where: str, g: dict, reg: dict, datasets: d
         for m in g["model"]:
             if m in reg and reg[m].family != reg[t].family:
                 problems.append(f"{where}.teacher: teacher {t!r} (vocabulary family {reg[t].family}) cannot teach "
-                                f"student {m!r} (family {reg[m].family}); a teacher must share the student's vocabulary")
+                                f"student {m!r} (family {reg[m].family}); "
+                                "a teacher must share the student's vocabulary")
     for axis in ("seed", "retrieval", "method"):
         dup = {x for x in g[axis] if g[axis].count(x) > 1}
         if dup:

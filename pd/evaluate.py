@@ -59,11 +59,13 @@ def _retrieved_per_item(dataset: Dataset, retrieved) -> list[list[str]]:
     for it, ids in zip(dataset.items, lists):
         unknown = [d for d in ids if d not in dataset.documents]
         if unknown:
-            raise DataError(f"item {it.id}: retrieved unknown document id(s) {unknown[:3]} (not in dataset {dataset.name})")
+            raise DataError(f"item {it.id}: retrieved unknown document id(s) {unknown[:3]} "
+                            f"(not in dataset {dataset.name})")
     return lists
 
 
-def evaluate(dataset: Dataset, generator: Generator, retrieved: Sequence[Sequence[str]] | Mapping[str, Sequence[str]] | None = None,
+def evaluate(dataset: Dataset, generator: Generator,
+             retrieved: Sequence[Sequence[str]] | Mapping[str, Sequence[str]] | None = None,
              params: SamplingParams = EVAL_PARAMS, *, model: str | None = None,
              adapter: str | os.PathLike | None = None, gold_logprob: bool = True) -> tuple[list[dict], dict]:
     """Answer every test item and score its gold answer.

@@ -60,8 +60,8 @@ def expand_grid(cfg: dict, experiment: str) -> list[dict]:
             if m not in pdc.DISTILLING_METHODS:
                 c["teacher"] = c["kd_temperature"] = None
                 if c["subset"] != "all":
-                    raise ConfigError(f"experiments.{experiment}.grid.subset: quintile subsets need a distilling method "
-                                      f"({', '.join(pdc.DISTILLING_METHODS)}), not {m!r}")
+                    raise ConfigError(f"experiments.{experiment}.grid.subset: quintile subsets need a distilling "
+                                      f"method ({', '.join(pdc.DISTILLING_METHODS)}), not {m!r}")
             if m == "uft":
                 c["expert"] = c["qgen"] = c["answer_temperature"] = c["n_questions"] = None
         key = tuple(sorted((k, str(v)) for k, v in c.items()))

@@ -34,11 +34,10 @@ from pd.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl, w
 
 log = logging.getLogger("pd.inject")
 
-# The one place for inject's defaults (command-line flags and --set override them). Chosen
-# for smollm2-135m-instruct on a CPU; `questions` is per document. Measured on the three
-# invented-fact documents of tests/test_inject.py (6 questions): these settings gave 1/6
-# right closed-book (base 0/6) and held-out KL 0.82 -> 0.17; 12 questions/document at
-# distillation temperature 2 and 3 epochs, or 9 questions at T=2 and 8 epochs, gave 0/6.
+# The one place for inject's defaults (command-line flags and --set override them). Chosen for smollm2-135m-instruct on
+# a CPU; `questions` is per document. Measured on the three invented-fact documents of tests/test_inject.py (6
+# questions): these settings gave 1/6 right closed-book (base 0/6) and held-out KL 0.82 -> 0.17; 12 questions/document
+# at distillation temperature 2 and 3 epochs, or 9 questions at T=2 and 8 epochs, gave 0/6.
 DEFAULTS: dict[str, Any] = {
     "questions": 20,
     "heldout_fraction": 0.1,  # this many extra questions are generated and held out for the KL measurement
@@ -50,7 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 4,
     "lr": 1e-3,
     "rank": 64,
-    "kd_temperature": 1.0,  # the paper's 2 spreads the loss over the vocabulary; 1 did better for SmolLM2 (config.yaml, tune-demo)
+    # the paper's 2 spreads the loss over the vocabulary; 1 did better for SmolLM2 (config.yaml, tune-demo)
+    "kd_temperature": 1.0,
     "batch_size": 8,
     "warmup_epochs": 0,
     "warmup_steps": 2,

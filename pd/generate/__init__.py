@@ -18,7 +18,8 @@ __all__ = ["BACKENDS", "Completion", "Conversation", "Generator", "SamplingParam
 
 
 def make_generator(model, backend: str = "transformers", adapter: str | os.PathLike | None = None,
-                   cache_dir: str | os.PathLike | None = None, models_extra: dict | None = None, **options) -> Generator:
+                   cache_dir: str | os.PathLike | None = None, models_extra: dict | None = None,
+                   **options) -> Generator:
     """A generator for ``model`` (a registry name or ModelSpec; for ``openai`` the server's model name).
 
     ``options`` go to the backend: transformers ``device``, ``batch_size``, ``progress``;

@@ -103,7 +103,8 @@ class CachedGenerator:
             part = pending[start:start + self.chunk]
             outs = self.inner.generate([c for _, c in part], params)
             for (k, c), comps in zip(part, outs):
-                write_json(self.path(k), {"generator": redact_text(self.name), "conversation": c, "params": params.as_dict(),
+                write_json(self.path(k), {"generator": redact_text(self.name), "conversation": c,
+                                          "params": params.as_dict(),
                                           "completions": [completion_to_dict(x) for x in comps]})
                 results[k] = comps
         return [results[k] for k in keys]

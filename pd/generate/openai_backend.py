@@ -106,7 +106,8 @@ class OpenAIGenerator:
 
     @property
     def name(self) -> str:
-        """``openai:<url without user-info>:<model>@<fingerprint or tag:cache_tag>``; the first read probes the server."""
+        """``openai:<url without user-info>:<model>@<fingerprint or tag:cache_tag>``; the first read probes
+        the server."""
         with self._name_lock:
             if self._name is None:
                 self._name = f"openai:{self.where}:{self.model}@{self.fingerprint()}"

@@ -136,7 +136,8 @@ class TransformersGenerator:
 
         self.spec = model if isinstance(model, ModelSpec) else get_spec(model, models_extra)
         if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ConfigError(f"batch_size {batch_size!r}: must be an integer >= 1 or 'auto' (from the device's memory)")
+            raise ConfigError(f"batch_size {batch_size!r}: must be an integer >= 1 or 'auto' "
+                              "(from the device's memory)")
         self.batch_size = batch_size
         self.progress = progress
         self.adapter = str(adapter) if adapter else None

@@ -114,7 +114,8 @@ class VLLMGenerator:
         spec = model if isinstance(model, ModelSpec) else get_spec(model, models_extra)
         plan = engine_plan(spec, adapter, gpus=gpus or max(1, torch.cuda.device_count()), **options)
         self.spec, self.adapter = plan.spec, plan.lora_path
-        self.name = f"vllm:{model_identity(self.spec)}" + (f"+adapter:{adapter_hash(self.adapter)}" if self.adapter else "")
+        self.name = (f"vllm:{model_identity(self.spec)}"
+                     + (f"+adapter:{adapter_hash(self.adapter)}" if self.adapter else ""))
         self.lora = None
         if self.adapter:
             from vllm.lora.request import LoRARequest
@@ -165,7 +166,8 @@ class VLLMGenerator:
     def _completion(self, o, params: SamplingParams) -> Completion:
         top = None
         if params.logprobs and o.logprobs is not None:
-            top = [dict(sorted(((int(t), float(lp.logprob)) for t, lp in step.items()), key=lambda kv: -kv[1])[:params.logprobs])
+            top = [dict(sorted(((int(t), float(lp.logprob)) for t, lp in step.items()),
+                               key=lambda kv: -kv[1])[:params.logprobs])
                    for step in o.logprobs]
         ids = list(o.token_ids)
         if ids and ids[-1] in self.stop_ids:  # as in the transformers backend, the end-of-turn token is not counted

@@ -229,9 +229,9 @@ def _test(name: str, g: Group, ref: Group, ev: Evidence, n_resamples: int, seed:
 def _notes(table: Table, section: MetricSection) -> list[tuple[str, str]]:
     ref = table.reference_label
     if section.name == GOLD:
-        notes = [("", "Gold-answer log-likelihood: log-probability of the gold answer given the cell's evaluation prompt, per answer token, "
-                      "teacher-forced, best alias, mean over questions; mean ± 2 SE over seeds (higher is better). "
-                      "Bold: best per column and block.")]
+        notes = [("", "Gold-answer log-likelihood: log-probability of the gold answer given the cell's evaluation "
+                      "prompt, per answer token, teacher-forced, best alias, mean over questions; mean ± 2 SE over "
+                      "seeds (higher is better). Bold: best per column and block.")]
         if any(c.summary is not None and c.summary.kind == "questions" for b in section.blocks for r in b.rows
                for c in r.cells):
             notes.append((MARK_BINOMIAL, "One seed only: ± 2 standard errors over questions."))

@@ -178,7 +178,8 @@ def _teacher_pass(model, teacher, batches: list[dict], *, k: int, temperature: f
                 batch_ids = [str(e) for e in batch["example_ids"]]
                 on = {key: (v.to(dev) if isinstance(v, Tensor) else v) for key, v in batch.items()}
                 vals = _batch_values(model, teacher, on, batch["answer_mask"], parts, vocab=vocab, k=k_eff,
-                                     temperature=temperature, dtype=LOGPROB_DTYPES[logprob_dtype], chunk_size=chunk_size)
+                                     temperature=temperature, dtype=LOGPROB_DTYPES[logprob_dtype],
+                                     chunk_size=chunk_size)
                 stats += _example_rows(batch_ids, batch["answer_mask"], vals, temperature)
                 example_ids += batch_ids
                 counts += [int(n) for n in batch["answer_mask"].sum(1)]

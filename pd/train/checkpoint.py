@@ -253,6 +253,7 @@ def snapshot_folder(adapter_dir: str | os.PathLike, seconds: float) -> Path:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("stopped_by") == "steps" and float(meta.get("wall_clock_s", float("inf"))) <= float(seconds):
             return adapter_dir
-    have = sorted(p.name for p in (adapter_dir / "snapshots").glob("t*")) if (adapter_dir / "snapshots").is_dir() else []
+    have = (sorted(p.name for p in (adapter_dir / "snapshots").glob("t*")) if (adapter_dir / "snapshots").is_dir()
+            else [])
     raise DataError(f"{adapter_dir} has no snapshot at {seconds} s (have: {have or 'none'}); train with "
                     f"training.snapshot_seconds including {seconds}")

@@ -11,9 +11,9 @@ with another teacher (see :func:`pd.train.methods.batch_loss`).
 The per-token terms live in :mod:`pd.train.token_losses`; this module chunks, masks and
 reduces them. Inputs are already gathered at the answer positions (see
 :mod:`pd.train.batch`): student and teacher tensors of shape [B, A, ...] and a bool
-``mask`` [B, A]. A sample without answer tokens is left out of the mean, never NaN. The T^2 factor of classic distillation
-is an option, off by default as in the authors' code. KL values and cross-entropies are
-in nats.
+``mask`` [B, A]. A sample without answer tokens is left out of the mean, never NaN. The
+T^2 factor of classic distillation is an option, off by default as in the authors' code.
+KL values and cross-entropies are in nats.
 
 Memory: only answer positions are computed (padding is skipped), in chunks of
 ``chunk_size`` answer tokens. With ``*_from_hidden`` the student's logits are made from its
@@ -89,7 +89,8 @@ def _check_common(mask: Tensor, lead: tuple, temperature: float, direction: str,
 def _check_teacher(teacher: Tensor | TopKTargets, mask: Tensor, vocab: int) -> None:
     if isinstance(teacher, TopKTargets):
         if tuple(teacher.ids.shape[:-1]) != tuple(mask.shape):
-            raise ValueError(f"teacher top-k targets are {tuple(teacher.ids.shape)}, expected {tuple(mask.shape)} + (k,)")
+            raise ValueError(f"teacher top-k targets are {tuple(teacher.ids.shape)}, "
+                             f"expected {tuple(mask.shape)} + (k,)")
         if teacher.vocab_size != vocab:
             raise ValueError(f"teacher targets come from a vocabulary of {teacher.vocab_size}, the student has {vocab}")
         return

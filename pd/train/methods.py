@@ -175,7 +175,8 @@ def _rows(batch: dict, rows: list[int]) -> dict:
     return out
 
 
-def teacher_groups(batch: dict, *, teacher_model=None, caches: Sequence[TeacherCache] = ()) -> list[tuple[list[int], object]]:
+def teacher_groups(batch: dict, *, teacher_model=None,
+                   caches: Sequence[TeacherCache] = ()) -> list[tuple[list[int], object]]:
     """Split a batch's rows by where their teacher comes from.
 
     A row whose example id is in one of ``caches`` takes its top-k targets from there;
@@ -242,7 +243,8 @@ def batch_loss(cfg: TrainConfig, model, batch: dict, *, teacher_model=None,
         for rows, source in teacher_groups(batch, teacher_model=teacher_model, caches=caches):
             teacher = teacher_for(model, batch, rows, source, teacher_model)
             idx = torch.tensor(rows, device=hidden.device)
-            part = kl_from_hidden(hidden.index_select(0, idx), lm_head, teacher, mask.index_select(0, idx.to(mask.device)),
+            part = kl_from_hidden(hidden.index_select(0, idx), lm_head, teacher,
+                                  mask.index_select(0, idx.to(mask.device)),
                                   temperature=cfg.kd_temperature, direction=cfg.direction, t2_scale=cfg.t2_scale,
                                   chunk_size=cfg.chunk_size, reduction="sample")
             per_sample = per_sample.index_put((idx,), part)

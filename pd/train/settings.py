@@ -111,7 +111,8 @@ class TrainConfig:
     warmup_steps: int = _setting(0, schema={"type": _INT, "minimum": 0}, in_spec=True,
                                  help="linear warmup in optimizer steps (Qwen2.5: 100)")
     max_steps: int | None = _setting(None, schema={"type": [_INT, "null"], "minimum": 1},
-                                     help="if set, the run (and its schedule) lasts this many steps instead of the epochs")
+                                     help="if set, the run (and its schedule) lasts this many steps instead of "
+                                          "the epochs")
     max_seconds: float | None = _setting(None, schema={"type": [_NUM, "null"], "minimum": 0},
                                          help="wall-clock budget of the loop in seconds")
     # LoRA
@@ -289,7 +290,8 @@ def check_settings(values: dict[str, Any]) -> None:
                 problems.append(f"{where}: {err.instance!r} is not allowed; allowed: {allowed}")
             elif err.validator in _BOUNDS:
                 bound = err.validator_value
-                what = "positive" if (err.validator, bound) == ("exclusiveMinimum", 0) else f"{_BOUNDS[err.validator]} {bound}"
+                what = ("positive" if (err.validator, bound) == ("exclusiveMinimum", 0)
+                        else f"{_BOUNDS[err.validator]} {bound}")
                 problems.append(f"{where} must be {what}, got {err.instance!r}")
             else:
                 problems.append(f"{where}: {err.message}")

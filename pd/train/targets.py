@@ -66,7 +66,8 @@ class TopKTargets:
         return -torch.expm1(self.log_probs_at(temperature)[1])
 
 
-def topk_targets(logits: Tensor, k: int, temperature: float, *, logprob_dtype: torch.dtype = torch.float16) -> TopKTargets:
+def topk_targets(logits: Tensor, k: int, temperature: float, *,
+                 logprob_dtype: torch.dtype = torch.float16) -> TopKTargets:
     """Targets from full teacher logits [..., V] (no grad); the rest masses are exact."""
     if not 1 <= k:
         raise ConfigError(f"top-k: k must be >= 1, got {k}")

@@ -43,7 +43,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     except ImportError:  # pragma: no cover - accelerate is a dependency
         pass
     while True:
-        inner = getattr(model, "_orig_mod", None) or (model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else None)
+        inner = (getattr(model, "_orig_mod", None)
+                 or (model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else None))
         if inner is None:
             return model
         model = inner
@@ -143,7 +144,8 @@ def check_teacher(model: torch.nn.Module, teacher: torch.nn.Module, *, student_t
         check_same_vocabulary(student_tokenizer, teacher_tokenizer, student_name, teacher_name)
         if tv < sv or len(student_tokenizer) > sv:
             raise VocabularyMismatchError(f"teacher {teacher_name} has {tv} output rows, student {student_name} {sv}, "
-                                          f"tokenizer {len(student_tokenizer)}: the teacher cannot cover the student's ids")
+                                          f"tokenizer {len(student_tokenizer)}: "
+                                          "the teacher cannot cover the student's ids")
     elif sv != tv:
         raise VocabularyMismatchError(
             f"teacher {teacher_name} outputs {tv} tokens, student {student_name} {sv}: distillation compares "

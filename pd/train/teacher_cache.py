@@ -104,7 +104,8 @@ class TeacherCache:
     def __contains__(self, example_id: str) -> bool:
         return example_id in self.index
 
-    def targets_for(self, example_ids: list[str], mask: Tensor, device: torch.device | str | None = None) -> TopKTargets:
+    def targets_for(self, example_ids: list[str], mask: Tensor,
+                    device: torch.device | str | None = None) -> TopKTargets:
         """The cached targets of a batch's rows, in the batch's order (any order, e.g. shuffled).
 
         Args:

@@ -39,8 +39,8 @@ def check_trackers(names: list[str] | None) -> None:
     available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}
     missing = [n for n in names or [] if not available[n]()]
     if missing:
-        raise ConfigError(f"training.log_with: {', '.join(missing)} not installed; run `pip install {' '.join(missing)}` "
-                          "or leave it out of log_with")
+        raise ConfigError(f"training.log_with: {', '.join(missing)} not installed; "
+                          f"run `pip install {' '.join(missing)}` or leave it out of log_with")
 
 
 def _scalar(v: Any) -> bool | int | float | str:
@@ -66,7 +66,8 @@ class Trackers:
         """Log one ``train_log.jsonl`` line: its numbers (the step as the step)."""
         if self.accelerator is None:
             return
-        values = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = {k: v for k, v in row.items()
+                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.accelerator.log(values, step=row["step"])
 
     def finish(self) -> None:
