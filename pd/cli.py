@@ -24,19 +24,13 @@ def _cfg(args):
 
 def _config_with_files(args) -> dict:
     """The config with each ``--configfile`` merged on top, as Snakemake merges a profile's ``configfile``."""
-    import yaml
 
     from pd.config import deep_merge, load_config
+    from pd.config_checks import load_yaml_mapping
 
     extra: dict = {}
     for path in getattr(args, "configfile", None) or []:
-        p = Path(path)
-        if not p.is_file():
-            raise PDError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise PDError(f"{p}: the top level must be a mapping of keys")
-        extra = deep_merge(extra, data)
+        extra = deep_merge(extra, load_yaml_mapping(path))
     return load_config(args.config, overrides=extra)
 
 

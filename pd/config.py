@@ -24,7 +24,6 @@ from jsonschema import Draft202012Validator, validators
 
 from pd import config_checks
 from pd.errors import ConfigError
-from pd.io import read_text
 from pd.train.settings import DISTILLING_METHODS, GRID_METHODS, spec_defaults, training_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -348,12 +347,7 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
     if isinstance(source, dict):
         raw = copy.deepcopy(source)
     else:
-        p = Path(source)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        raw = config_checks.load_yaml(read_text(p), str(p))
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(raw).__name__}")
+        raw = config_checks.load_yaml_mapping(source)
     cfg = deep_merge(raw, overrides or {})
     validate_schema(cfg)
     cfg["datasets"] = {**copy.deepcopy(BUILTIN_DATASETS), **cfg["datasets"]}

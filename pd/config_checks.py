@@ -68,6 +68,32 @@ def load_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: not valid YAML: {at}{problem}") from None
 
 
+def load_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
+    """A YAML file whose top level is a mapping, read as UTF-8 (BOM dropped) with duplicate keys refused.
+
+    Args:
+        path: the file.
+        what: what the file is, for the errors (``config file``, ``site file``).
+
+    Returns:
+        The mapping ({} for an empty file).
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8, not YAML, repeats a key, or is not a mapping.
+    """
+    from pd.io import read_text
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} does not exist")
+    data = load_yaml(read_text(p), str(p))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {p}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
 # Grid values' ranges the schema's types leave open: name -> (test, what the value must be).
 GRID_RANGES = {
     "answer_temperature": (lambda v: v >= 0, ">= 0 (0: greedy)"),

@@ -136,10 +136,29 @@ class JobSpec:
         return cfg["loader"] if cfg else None
 
 
+@dataclass(frozen=True, kw_only=True)
+class GeneratingSpec(JobSpec):
+    """The fields of a job that runs a generator: its prompt overrides and how it runs its model.
+
+    Keyword-only, so that each kind's own fields keep their order in front of them; every
+    field unset (None) is left out of the dictionary, as :data:`GENERATING_OMIT` says.
+    """
+
+    prompts: dict | None = None
+    backend: str | None = None
+    batch_size: int | None = None
+    base_url: str | None = None
+    cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
+    models_extra: dict | None = None
+
+
+GENERATING_OMIT = frozenset(f.name for f in dataclasses.fields(GeneratingSpec))
+
+
 @dataclass(frozen=True)
-class QuestionsSpec(JobSpec):
+class QuestionsSpec(GeneratingSpec):
     KIND: ClassVar[str] = "questions"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "cache_tag", "models_extra", "per_passage"})
+    OMIT_NONE: ClassVar[frozenset[str]] = GENERATING_OMIT | {"per_passage"}
     dataset: str
     dataset_cfg: dict
     generator: str
@@ -149,19 +168,13 @@ class QuestionsSpec(JobSpec):
     seed: int
     sampling: Sampling
     max_rounds: int
-    prompts: dict
-    backend: str
-    batch_size: int
-    base_url: str | None = None
-    cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
-    models_extra: dict | None = None
     per_passage: bool | None = None  # True: per_item questions per passage (documents without test questions)
 
 
 @dataclass(frozen=True)
-class AnswersSpec(JobSpec):
+class AnswersSpec(GeneratingSpec):
     KIND: ClassVar[str] = "answers"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "cache_tag", "models_extra", "distractors"})
+    OMIT_NONE: ClassVar[frozenset[str]] = GENERATING_OMIT | {"distractors"}
     questions: str
     dataset: str
     dataset_cfg: dict
@@ -169,12 +182,6 @@ class AnswersSpec(JobSpec):
     kind: str  # plain | cot
     seed: int
     sampling: Sampling
-    prompts: dict
-    backend: str
-    batch_size: int
-    base_url: str | None = None
-    cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
-    models_extra: dict | None = None
     distractors: Distractors | None = None
 
 
@@ -245,9 +252,9 @@ class RetrievalSpec(JobSpec):
 
 
 @dataclass(frozen=True)
-class EvaluateSpec(JobSpec):
+class EvaluateSpec(GeneratingSpec):
     KIND: ClassVar[str] = "evaluate"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"base_url", "cache_tag", "models_extra"})
+    OMIT_NONE: ClassVar[frozenset[str]] = GENERATING_OMIT
     dataset: str
     dataset_cfg: dict
     model: str
@@ -257,34 +264,21 @@ class EvaluateSpec(JobSpec):
     retriever: str
     seed: int
     sampling: Sampling
-    prompts: dict
-    backend: str
-    batch_size: int
-    base_url: str | None = None
-    cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
-    models_extra: dict | None = None
     # What each row scores beyond the answer; part of the identity, so that evaluations made before the
     # gold-answer log-likelihood existed are recomputed rather than mixed with rows that carry it.
     metrics: tuple[str, ...] = ("gold_logprob",)
 
 
 @dataclass(frozen=True)
-class GradeSpec(JobSpec):
+class GradeSpec(GeneratingSpec):
     KIND: ClassVar[str] = "grade"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"judge", "max_new_tokens", "prompts", "backend", "batch_size",
-                                                     "base_url", "cache_tag", "models_extra", "mode"})
+    OMIT_NONE: ClassVar[frozenset[str]] = GENERATING_OMIT | {"judge", "max_new_tokens", "mode"}
     eval: str  # the evaluation job's output
     dataset: str
     dataset_cfg: dict
     grader: str  # judge | substring
     judge: str | None = None
     max_new_tokens: int | None = None
-    prompts: dict | None = None
-    backend: str | None = None
-    batch_size: int | None = None
-    base_url: str | None = None
-    cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
-    models_extra: dict | None = None
     mode: str | None = None  # substring matching mode
 
     @property

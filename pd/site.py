@@ -81,14 +81,10 @@ def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "
     if source is None or isinstance(source, Site):
         return source
     if isinstance(source, (str, Path)):
-        import yaml
+        from pd.config_checks import load_yaml_mapping
 
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"site file {path} does not exist (expected a YAML file like profiles/slurm/site.yaml)")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"site file {path}: expected a mapping of settings, got {type(data).__name__}")
+        data = load_yaml_mapping(path, "site file (a YAML file like profiles/slurm/site.yaml)")
         where = str(path)
         if key in data:
             source, where = data[key] or {}, f"{path}: {key}"
