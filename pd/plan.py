@@ -383,7 +383,7 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
             gname = f"judge:{spec.judge}" if grader == "judge" else "substring"
             adapter_spec = plan.artifacts[cell.adapter].spec if cell.adapter else None
             out.append({"experiment": experiment, "cell_id": cell.cell_id, "axes": cell.axes, "grader": gname,
-                        "grades": path, "eval": cell.eval_path, "adapter": cell.adapter, "capability": cell.capability,
-                        "jobs": plan.upstream(path),
+                        "grades": path, "evaluate": cell.eval_path, "adapter": cell.adapter,
+                        "capability": cell.capability, "jobs": plan.upstream(path),
                         "meta": {"training": adapter_spec.training if adapter_spec else None}})
     return out

@@ -87,8 +87,8 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
             write_jsonl(root / grades, _grade_rows(rng, item_ids, skill, difficulty[ds], grader, invalid_rate))
         extra: dict[str, Any] = {}
         if evidence and write:
-            extra["eval"] = str(Path("eval") / experiment / f"{name}.jsonl")
-            write_jsonl(root / extra["eval"], _eval_rows(rng, item_ids, skill, difficulty[ds]))
+            extra["evaluate"] = str(Path("eval") / experiment / f"{name}.jsonl")
+            write_jsonl(root / extra["evaluate"], _eval_rows(rng, item_ids, skill, difficulty[ds]))
         if evidence and axes.get("method") != "base":
             adapter = Path("adapters") / f"{ds}_{axes['method']}_s{axes['seed']}"
             extra["adapter"] = str(adapter)

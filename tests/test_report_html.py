@@ -107,10 +107,10 @@ def test_training_curves_and_heldout_kl_on_the_page(report):
     summary = json.loads(result.tables["main"]["json"].read_text())
     gold = [r for r in summary["sections"]["gold_logprob"] if r["mean"] is not None]
     for r in gold:
-        cells = [c for c in m.cells if c.experiment == "main" and c.extra.get("eval")
+        cells = [c for c in m.cells if c.experiment == "main" and c.extra.get("evaluate")
                  and all(c.axes.get(k) == v for k, v in r["axes"].items())]
         from pd.io import read_jsonl
-        means = [statistics.mean(x["gold_logprob_per_token"] for x in read_jsonl(c.extra["eval"])) for c in cells]
+        means = [statistics.mean(x["gold_logprob_per_token"] for x in read_jsonl(c.extra["evaluate"])) for c in cells]
         assert r["mean"] == pytest.approx(statistics.mean(means)) and r["n_seeds"] == len(means)
     assert {r["block"] for r in summary["sections"]["heldout_kl"]} == {""}
 
@@ -180,13 +180,13 @@ def test_workflow_manifest_form_with_conventions(tmp_path, monkeypatch):
     manifest.write_text(json.dumps({
         "experiment": "exp", "description": "An experiment", "paper_table": None,
         "table": {"rows": ["model", "method"], "columns": ["dataset"], "blocks": "retrieval", "figure_x": None},
-        "records": [{"experiment": "exp", "cell_id": "c0", "grader": "substring", "grades": grades, "eval": ev,
+        "records": [{"experiment": "exp", "cell_id": "c0", "grader": "substring", "grades": grades, "evaluate": ev,
                      "adapter": adapter, "axes": {"model": "m", "method": "pd", "dataset": "nyt", "retrieval": "none",
                                                   "seed": 0, "rank": 8, "snapshot": None},
                      "meta": {"training": {"lr": 1e-5}}}]}))
     m = load_manifest("results/manifests")
     (cell,) = m.cells
-    assert cell.extra["eval"].endswith(ev) and cell.meta["adapter"]["tokens"] == 1234
+    assert cell.extra["evaluate"].endswith(ev) and cell.meta["adapter"]["tokens"] == 1234
     assert [Path(b).relative_to(tmp_path).as_posix() for b in cell.benchmarks] == [
         "results/benchmarks/nyt/adapters/pd/m/r8_s0.tsv", "results/benchmarks/nyt/eval/pd/m/s0/none_ab.tsv",
         "results/benchmarks/nyt/grades/pd/m/s0/none_ab.substring-word.tsv"]

@@ -60,7 +60,7 @@ def test_real_run_report_numbers_and_links(real_run):
     assert len(gold) == 3 and "heldout_kl" not in summary["sections"]  # the base model has no adapter
     for row in gold:
         (cell,) = [c for c in cells if c.axes == dict(row["axes"], seed=c.axes["seed"])]
-        values = [r["gold_logprob_per_token"] for r in read_jsonl(cell.extra["eval"])]
+        values = [r["gold_logprob_per_token"] for r in read_jsonl(cell.extra["evaluate"])]
         assert all(v is not None and v < 0 for v in values)
         assert row["mean"] == pytest.approx(sum(values) / len(values)) and row["se_kind"] == "questions"
 
@@ -93,7 +93,7 @@ def test_real_run_report_states_its_cost_and_machine(real_run):
     assert run["job_s"] == pytest.approx(sum(seconds))
     assert max(seconds) <= run["wall_s"] <= sum(seconds) + max(p.stat().st_mtime for p in bench) - min(
         p.stat().st_mtime for p in bench)
-    assert set(run["by_kind"]) == {"retrieval", "eval", "grades"}
+    assert set(run["by_kind"]) == {"retrieval", "evaluate", "grade"}
     md = result.tables["tiny"]["md"].read_text()
     assert "- Command: `snakemake --profile profiles/local --config 'run=[tiny]'`\n" in md
     assert "- Machine: " in md and "logical cores" in md and "- Wall-clock: " in md

@@ -68,7 +68,7 @@ def _evidence_files(root: Path, rng, retrieval: str, ds: str, method: str, seed:
     ev.parent.mkdir(parents=True, exist_ok=True)
     ev.write_text("".join(json.dumps({"item_id": f"{ds}-q{i}", "gold_logprob_per_token": round(skill + v, 4)}) + "\n"
                           for i, v in enumerate(rng.normal(0, 0.4, N))))
-    extra = {"eval": str(ev)}
+    extra = {"evaluate": str(ev)}
     if method != "base":
         adapter = root / f"adapters/{ds}/{method}_s{seed}"
         adapter.mkdir(parents=True, exist_ok=True)
@@ -252,8 +252,8 @@ def test_gold_loglik_block_matches_the_rows_and_scipy(built):
     def per_seed(group):
         out = {}
         for rec in group.records:
-            if rec.extra.get("eval"):
-                rows = [json.loads(line) for line in Path(rec.extra["eval"]).read_text().splitlines()]
+            if rec.extra.get("evaluate"):
+                rows = [json.loads(line) for line in Path(rec.extra["evaluate"]).read_text().splitlines()]
                 out[rec.seed] = {r["item_id"]: r["gold_logprob_per_token"] for r in rows}
         return out
 
@@ -334,7 +334,7 @@ def test_old_and_unscored_rows_make_no_block(tmp_path):
         ev.write_text(json.dumps(r[0]) + "\n")
         grades.write_text(json.dumps({"item_id": "q1", "correct": True, "valid": True}) + "\n")
         records.append(CellRecord("x", method, {"method": method, "dataset": "d", "seed": 0}, "substring",
-                                  str(grades), extra={"eval": str(ev)}))
+                                  str(grades), extra={"evaluate": str(ev)}))
     table = build_table("x", TableSpec.from_dict({"blocks": None, "reference": "old"}), build_groups(records))
     assert metric_sections(table) == []
 

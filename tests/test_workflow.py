@@ -58,7 +58,7 @@ def test_local_profile_end_to_end_then_nothing_to_do(tmp_path):
         assert [r["item_id"] for r in rows] == [it.id for it in ds.items]
         for r in rows:  # each grade is recomputed independently from the answer and the gold list
             assert r["correct"] == substring_match(r["answer"], items[r["item_id"]].answers, "word")
-        ev = read_jsonl(rec["eval"])
+        ev = read_jsonl(rec["evaluate"])
         if rec["axes"]["retrieval"] == "oracle":
             assert all(e["retrieved"] == list(items[e["item_id"]].doc_ids) for e in ev)
         if rec["axes"]["retrieval"] == "none":

@@ -63,7 +63,7 @@ class CellRecord:
                     return str(Path(base) / p)
             return str(Path(base_dirs[0]) / p)
 
-        for key in ("eval", "adapter"):
+        for key in ("evaluate", "adapter"):
             if isinstance(extra.get(key), str):
                 extra[key] = resolve(extra[key])
         if isinstance(extra.get("jobs"), list):  # every artifact behind the cell (see pd.plan.Plan.upstream)
@@ -95,7 +95,7 @@ def benchmark_file(path: Any, dataset: Any) -> str | None:
 
 def conventional_benchmarks(d: Mapping[str, Any], dataset: Any) -> list[str]:
     """The benchmark files of a record's adapter, evaluation and grades."""
-    return [b for b in (benchmark_file(d.get(k), dataset) for k in ("adapter", "eval", "grades")) if b]
+    return [b for b in (benchmark_file(d.get(k), dataset) for k in ("adapter", "evaluate", "grades")) if b]
 
 
 @dataclass

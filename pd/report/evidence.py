@@ -2,7 +2,7 @@
 
 Both are read from files the workflow already writes, named by each manifest record:
 
-* the evaluation file (``record.extra["eval"]``): each row's ``gold_logprob_per_token``
+* the evaluation file (``record.extra["evaluate"]``): each row's ``gold_logprob_per_token``
   (:mod:`pd.loglik`; null for backends without a teacher-forced pass, absent in rows
   written before the field existed: such a file contributes nothing);
 * the adapter folder (``record.extra["adapter"]``): ``heldout.json`` with the held-out
@@ -124,7 +124,7 @@ class Evidence:
         self._kl: dict[Any, HeldoutKL | None] = {}
 
     def gold(self, rec: CellRecord) -> GoldScores | None:
-        path = rec.extra.get("eval")
+        path = rec.extra.get("evaluate")
         if path not in self._gold:
             self._gold[path] = load_gold_scores(path)
         return self._gold[path]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from pd import paths
 from pd.report.aggregate import CellRecord, benchmark_file
 from pd.report.html import read_benchmarks
 
@@ -87,8 +88,9 @@ def run_info(records: Iterable[CellRecord], experiment: str, machine: str | None
         dataset = rec.axes.get("dataset")
         for job in rec.extra.get("jobs") or []:
             b = benchmark_file(job, dataset)
-            if b:
-                files[b] = job.split(f"/{dataset}/", 1)[-1].split("/", 1)[0]
+            found = paths.parse(job, None if dataset is None else str(dataset)) if b else None
+            if found:
+                files[b] = found[0]  # the job kind (pd.paths.KINDS)
     info = RunInfo(machine=machine if machine is not None else machine_description(),
                    command=reproduce_command(experiment))
     starts, ends = [], []
