@@ -76,11 +76,28 @@ def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
         raise ConfigError(f"checkpoint adapter does not match this model: unexpected keys {unexpected[:5]}")
 
 
-def save_adapter(model, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def training_precision(model) -> torch.dtype:
+    """The precision the frozen base weights train in (the LoRA weights themselves stay float32).
+
+    Returns:
+        The dtype of the first parameter that is not a LoRA weight.
+    """
+    return next(p.dtype for n, p in unwrap(model).named_parameters() if "lora_" not in n)
+
+
+def save_adapter(model, folder: Path, state_dict: dict[str, torch.Tensor] | None = None,
+                 dtype: torch.dtype | None = None) -> None:
     """adapter_config.json + adapter_model.safetensors into an existing or new folder.
 
-    ``state_dict`` as in :func:`adapter_state` (gathered LoRA tensors of a sharded model).
+    Args:
+        model: the PeftModel (wrapped or not).
+        folder: where the files go.
+        state_dict: as in :func:`adapter_state` (gathered LoRA tensors of a sharded model).
+        dtype: the precision the tensors are stored in (default: as trained, float32).
     """
+    if dtype is not None:
+        state = state_dict if state_dict is not None else adapter_state(model)
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     extra = {} if state_dict is None else {"state_dict": state_dict}
     unwrap(model).save_pretrained(str(folder), safe_serialization=True, **extra)
 
@@ -88,11 +105,15 @@ def save_adapter(model, folder: Path, state_dict: dict[str, torch.Tensor] | None
 def write_adapter_folder(model, target: str | Path, meta: dict, extra_files: dict[str, Path] | None = None,
                          extra_dirs: dict[str, Path] | None = None,
                          state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """The final artifact, written atomically: adapter files, ``pd_meta.json`` and extras."""
+    """The final artifact, written atomically: adapter files, ``pd_meta.json`` and extras.
+
+    The adapter is stored in the training precision (bfloat16 for a bfloat16 model: half the
+    size of the float32 weights the optimiser kept; float32 for a float32 model).
+    """
     target = Path(target)
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        save_adapter(model, tmp, state_dict)
+        save_adapter(model, tmp, state_dict, dtype=training_precision(model))
         write_json(tmp / META_FILE, meta)
         for name, src in (extra_files or {}).items():
             if Path(src).is_file():
