@@ -40,6 +40,10 @@ REQUESTS = ("auto",) + PRECISIONS
 # bfloat16 must beat float32 by this factor to be chosen (noise and conversions at the
 # edges of the model eat a few per cent).
 MIN_SPEEDUP = 1.15
+# Layers smaller than this (a 256-token product's multiply-adds x 2) are not probed: their products
+# take microseconds, so timing them measures overhead and noise, and a model that small gains nothing
+# from bfloat16; it runs in float32. SmolLM2-135M's layer is 453 MFLOP.
+MIN_PROBE_FLOP = 1e8
 # The probe's shape: tokens x hidden @ hidden x intermediate, with the model's own hidden and
 # intermediate sizes where they are known (SmolLM2-135M's otherwise); 256 tokens keep an
 # emulated bfloat16 product well under a second.
@@ -134,9 +138,12 @@ def cpu_bfloat16_speedup(layer: tuple[int, int] = DEFAULT_LAYER, refresh: bool =
         timer: seconds of one product of a dtype and ``(m, k, n)`` shape (default :func:`time_matmul`).
 
     Returns:
-        The speed-up of bfloat16 over float32 (dimensionless).
+        The speed-up of bfloat16 over float32 (dimensionless); 1.0, unmeasured, for a layer
+        below :data:`MIN_PROBE_FLOP`.
     """
     shape = (PROBE_TOKENS, int(layer[0]), int(layer[1]))
+    if 2.0 * shape[0] * shape[1] * shape[2] < MIN_PROBE_FLOP:
+        return 1.0  # too small to gain (see MIN_PROBE_FLOP): float32, the same on every run
     signature = _cpu_signature() | {"shape": list(shape)}
     path = _probe_file(signature)
     if not refresh and path.is_file():

@@ -42,21 +42,24 @@ def test_probe_is_cached_per_machine_and_shape(cache):
         calls.append((dtype, shape))
         return {"float32": 2.0, "bfloat16": 1.0}[dtype]
 
-    assert precision.cpu_bfloat16_speedup((64, 128), timer=timer) == 2.0
-    assert calls == [("float32", (256, 64, 128)), ("bfloat16", (256, 64, 128)), ("float32", (256, 64, 128))]
+    assert precision.cpu_bfloat16_speedup((576, 1536), timer=timer) == 2.0
+    assert calls == [("float32", (256, 576, 1536)), ("bfloat16", (256, 576, 1536)), ("float32", (256, 576, 1536))]
 
     def no_timer(dtype, shape):
         raise AssertionError("a cached result must not be measured again")
 
-    assert precision.cpu_bfloat16_speedup((64, 128), timer=no_timer) == 2.0
+    assert precision.cpu_bfloat16_speedup((576, 1536), timer=no_timer) == 2.0
     files = list((cache / "precision").glob("*.json"))
     assert len(files) == 1
     row = json.loads(files[0].read_text())
-    assert row["shape"] == [256, 64, 128] and row["float32_s"] == 2.0 and row["speedup"] == 2.0
+    assert row["shape"] == [256, 576, 1536] and row["float32_s"] == 2.0 and row["speedup"] == 2.0
     # Another shape is another probe; an unreadable file is measured again.
-    assert precision.cpu_bfloat16_speedup((128, 256), timer=timer) == 2.0
+    assert precision.cpu_bfloat16_speedup((512, 1024), timer=timer) == 2.0
     files[0].write_text("{not json")
-    assert precision.cpu_bfloat16_speedup((64, 128), timer=lambda d, s: {"float32": 1.0, "bfloat16": 4.0}[d]) == 0.25
+    assert precision.cpu_bfloat16_speedup((576, 1536), timer=lambda d, s: {"float32": 1.0, "bfloat16": 4.0}[d]) == 0.25
+    # A layer too small to time (tiny-llama's 64 x 128) is float32 without a probe, on every run.
+    assert precision.cpu_bfloat16_speedup((64, 128), timer=no_timer) == 1.0
+    assert precision.resolve_precision("auto", "cpu", (64, 128)) == "float32"
 
 
 PROBE = textwrap.dedent("""

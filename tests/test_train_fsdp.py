@@ -44,7 +44,7 @@ def tied_spec(tiny_llama, tmp_path_factory) -> ModelSpec:
     AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     tiny_llama.tokenizer.save_pretrained(folder)
     spec = ModelSpec("tiny-llama-tied", "local", "tiny-llama", path=str(folder),
-                     chat_template=tiny_llama.spec.chat_template)
+                     chat_template=tiny_llama.spec.chat_template, dtype="float32")
     model = load_model(spec, device="cpu")
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     return spec
