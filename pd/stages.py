@@ -273,7 +273,8 @@ def adapter(spec: jobs.AdapterSpec, out: str) -> None:
     outside a distributed launch, the job launches that many training processes
     (:func:`pd.train.launch.launch_adapter`); rank 0 writes the adapter.
     """
-    from pd.train.launch import in_launch, launch_adapter, resolve_processes
+    from pd.train.launch import launch_adapter, resolve_processes
+    from pd.train.ranks import in_launch
     from pd.train.run import run_adapter
 
     processes = resolve_processes(spec.train_config().processes)

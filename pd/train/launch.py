@@ -61,25 +61,6 @@ def resolve_processes(setting: int | str) -> int:
     return setting
 
 
-def in_launch() -> bool:
-    """Whether this process is one rank of a distributed launch (``WORLD_SIZE`` is set)."""
-    return "WORLD_SIZE" in os.environ
-
-
-def local_device() -> str | None:
-    """The device of this rank inside a launch: ``cuda:<LOCAL_RANK>`` with GPUs, else None (the default)."""
-    if not in_launch():
-        return None
-    import torch
-
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-
-
-def is_main_rank() -> bool:
-    """Whether this process writes the job's files: rank 0 of a launch, or a process that is none."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def rank_log(job_log: str | os.PathLike, rank: int) -> Path:
     """The log file of ``rank``: the job's log for rank 0, ``<log>.rank<r>`` beside it for the others.
 

@@ -136,8 +136,8 @@ def run_adapter(spec: AdapterSpec, out: str) -> None:
         ConfigError: invalid training settings.
     """
     from pd.train.heldout import heldout_kl
-    from pd.train.launch import is_main_rank, local_device
     from pd.train.loop import train
+    from pd.train.ranks import is_main_rank, local_device
 
     ds = spec.load_dataset()
     device = local_device()  # a launched rank measures on its own device; one process: the default
