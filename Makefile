@@ -49,7 +49,7 @@ clean-results:
 # Llama-3 1B/8B shapes with model FLOPs utilisation. GPU_PYTHON: the interpreter to use.
 GPU_PYTHON ?= python3
 gpu-check:
-	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target /tmp/pd-site .whl/*.whl; fi
-	PYTHONPATH=/tmp/pd-site:$$PWD $(GPU_PYTHON) -m pytest -p no:cacheprovider -o addopts= -m gpu -q -s tests/test_gpu.py
-	PYTHONPATH=/tmp/pd-site:$$PWD $(GPU_PYTHON) bench/train_step.py --models tiny-llama --dtypes float32 --llama3 1b,8b \
+	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target .gpu-site .whl/*.whl; fi
+	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) -m pytest -p no:cacheprovider -o addopts= -m gpu -q -s tests/test_gpu.py
+	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/train_step.py --models tiny-llama --dtypes float32 --llama3 1b,8b \
 		--gpu-ranks 64,1024 --no-memory --out bench/gpu_train_step.json
