@@ -59,7 +59,8 @@ def vllm_can_serve(adapter: str | Path, max_rank: int = VLLM_MAX_LORA_RANK) -> b
     return int(cfg.get("r", 0)) <= max_rank and bool(modules) and set(modules) <= VLLM_LORA_MODULES
 
 
-def merge_into(spec: ModelSpec, adapter: str | Path, out: str | Path, dtype: str = "bfloat16") -> None:
+def merge_into(spec: ModelSpec, adapter: str | Path, out: str | Path, dtype: str = "bfloat16",
+               adapter_hash: str | None = None) -> None:
     """Merge ``adapter`` into ``spec``'s weights and save the result as a plain model folder at ``out``.
 
     The merge is computed in float32 (on the CPU) and the merged weights are then cast
@@ -70,6 +71,8 @@ def merge_into(spec: ModelSpec, adapter: str | Path, out: str | Path, dtype: str
         adapter: a PEFT adapter folder.
         out: the folder to write (``config.json``, safetensors weights, tokenizer, ``pd_merged.json``).
         dtype: the merged weights' precision (``bfloat16``, ``float16`` or ``float32``).
+        adapter_hash: the adapter's content hash, where the caller has it (else read here:
+            an adapter of rank 1024 on an 8B model is ~10 GB, so it is read once).
 
     Raises:
         ModelUnavailableError: the adapter folder is missing or unreadable.
@@ -84,8 +87,9 @@ def merge_into(spec: ModelSpec, adapter: str | Path, out: str | Path, dtype: str
     out = Path(out)
     merged.save_pretrained(out)
     load_tokenizer(spec).save_pretrained(out)
-    write_json(out / MERGED_META, {"base": spec.name, "adapter": str(adapter), "adapter_hash": file_hash(adapter),
-                                   "rank": cfg.get("r"), "dtype": dtype})
+    write_json(out / MERGED_META, {"base": spec.name, "adapter": str(adapter),
+                                   "adapter_hash": adapter_hash or file_hash(adapter), "rank": cfg.get("r"),
+                                   "dtype": dtype})
 
 
 def merged_model(spec: ModelSpec, adapter: str | Path, dtype: str = "bfloat16") -> ModelSpec:
@@ -103,6 +107,6 @@ def merged_model(spec: ModelSpec, adapter: str | Path, dtype: str = "bfloat16") 
     ahash = file_hash(adapter)
     key = stable_hash({"base": dataclasses.asdict(spec) | {"dtype": ""}, "adapter": ahash, "dtype": dtype}, 16)
     folder = cache_dir() / "merged" / f"{spec.name}-{key}"
-    materialise(folder, lambda tmp: merge_into(spec, adapter, tmp, dtype))
+    materialise(folder, lambda tmp: merge_into(spec, adapter, tmp, dtype, adapter_hash=ahash))
     return dataclasses.replace(spec, name=f"{spec.name}+merged-{ahash[:12]}", source="local", path=str(folder),
                                repo=None, revision=None, dtype=dtype)

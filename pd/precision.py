@@ -19,7 +19,6 @@ plan then resolves ``auto`` the same way on every node.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from typing import Callable
 
 from pd.env import cache_dir
 from pd.errors import ConfigError
-from pd.io import write_json
+from pd.io import stable_hash, write_json
 
 log = logging.getLogger("pd")
 
@@ -74,14 +73,13 @@ def _cpu_signature() -> dict:
     threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1)
     # oneDNN's instruction-set cap changes which kernels run (AVX2 caps bfloat16 to the emulated path).
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "default"
-    return {"cpu": name, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16], "torch": torch_version,
+    return {"cpu": name, "flags": stable_hash(flags, 16), "torch": torch_version,
             "threads": threads, "isa": isa, "probe": PROBE_VERSION}
 
 
 def _probe_file(signature: dict) -> Path:
     """The probe's cache file for this machine and shape."""
-    key = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / "precision" / f"cpu-{key}.json"
+    return cache_dir() / "precision" / f"cpu-{stable_hash(signature, 16)}.json"
 
 
 def time_matmul(dtype_name: str, shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = PROBE_REPEATS,

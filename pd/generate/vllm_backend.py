@@ -88,8 +88,7 @@ def engine_plan(spec: ModelSpec, adapter: str | os.PathLike | None = None, *, gp
     spec = dataclasses.replace(spec, dtype=resolve_precision(spec.dtype, "cuda"))
     lora = str(adapter) if adapter else None
     if lora is not None:
-        adapter_hash(lora)  # a clear error for a missing folder
-        if not vllm_can_serve(lora, max_lora_rank):
+        if not vllm_can_serve(lora, max_lora_rank):  # reads adapter_config.json: a missing folder fails here
             spec, lora = merged_model(spec, lora, dtype=spec.dtype), None
     engine = dict(model=model_folder(spec), dtype=spec.dtype, tensor_parallel_size=int(gpus),
                   gpu_memory_utilization=gpu_memory_utilization, **llm_options)

@@ -150,11 +150,12 @@ def run_adapter(spec: AdapterSpec, out: str) -> None:
     tok = load_tokenizer(model_spec)
     cache = None
     if cfg.uses_kl and cfg.teacher_topk > 0 and spec.teacher:
-        cache = Path(spec.teacher) / "topk.safetensors"  # built once by the teacher job, shared by cells
+        # Built once by the teacher job, shared by cells; read once here for training and the held-out KL.
+        cache = load_teacher_cache(Path(spec.teacher) / "topk.safetensors")
     # Another teacher never runs in the student's job: its cached targets stand in for it here too.
     measure = {"limits": cfg.limits()}
     if teacher_spec is not None and cache is not None:
-        measure["teacher_cache"] = load_teacher_cache(cache)
+        measure["teacher_cache"] = cache
     before = None
     if heldout:
         # Every rank measures (the same numbers): ranks reach training together, and a sharded
