@@ -93,9 +93,10 @@ def evaluate(dataset: Dataset, generator: Generator,
     convs = []
     for it, ids in zip(dataset.items, lists):
         convs.append(eval_conversation(it.closed_book_question, [dataset.documents[d].text for d in ids]))
-    outs = generator.generate(convs, params)
-    gold, gold_note = gold_logprobs(generator, convs, [it.answers for it in dataset.items]) if gold_logprob else (
-        [None] * len(convs), "not requested")
+    if gold_logprob:
+        outs, gold, gold_note = generate_with_gold(generator, convs, params, [it.answers for it in dataset.items])
+    else:
+        outs, gold, gold_note = generator.generate(convs, params), [None] * len(convs), "not requested"
     rows = []
     for it, ids, conv, comps, g in zip(dataset.items, lists, convs, outs, gold):
         scores = g.as_row() if g is not None else dict.fromkeys(GOLD_FIELDS)
@@ -116,26 +117,32 @@ def evaluate(dataset: Dataset, generator: Generator,
     return rows, stats
 
 
-def gold_logprobs(generator: Generator, convs: Sequence[Conversation],
-                  gold: Sequence[Sequence[str]]) -> tuple[list[GoldLogLik | None], str]:
-    """The gold answers' log-likelihood under each conversation, with the generator's own model.
+def generate_with_gold(generator: Generator, convs: Sequence[Conversation], params: SamplingParams,
+                       gold: Sequence[Sequence[str]]) -> tuple[list, list[GoldLogLik | None], str]:
+    """Completions, and the gold answers' log-likelihood under each conversation with the generator's own model.
+
+    On the transformers backend the gold aliases are scored inside the generation's prefill
+    (:meth:`~pd.generate.transformers_backend.TransformersGenerator.generate_scored`); the
+    conversations a completion cache already holds are scored in a pass of their own.
 
     Args:
-        generator: a transformers generator (or a cache around one): its ``model`` (with its
-            adapter), ``tokenizer`` and ``prompt()`` are used; any other backend scores nothing.
-        convs: the conversations the items were asked with.
+        generator: any generator; only the transformers backend (or a cache around one) scores.
+        convs: the conversations the items are asked with.
+        params: the sampling parameters.
         gold: each item's gold answers (aliases).
 
     Returns:
-        One :class:`pd.loglik.GoldLogLik` per item (None: no usable alias, or not computed)
-        and a note for the stats saying how it was computed, or why not.
+        Per conversation its completions, one :class:`pd.loglik.GoldLogLik` per item (None:
+        no usable alias, or not computed), and a note for the stats saying how it was
+        computed, or why not.
     """
-    from pd.loglik import gold_loglik
+    from pd.loglik import alias_tokens, best_alias
 
     backend = getattr(generator, "backend", None)
     if backend != "transformers":
-        return [None] * len(convs), f"not computed: backend {backend} gives no teacher-forced pass"
-    size = generator.batch_size if isinstance(generator.batch_size, int) else 8
-    prompts = [generator.prompt(c) for c in convs]
-    return (gold_loglik(generator.model.eval(), generator.tokenizer, prompts, gold, batch_size=size),
+        return (generator.generate(list(convs), params), [None] * len(convs),
+                f"not computed: backend {backend} gives no teacher-forced pass")
+    aliases = alias_tokens(generator.tokenizer, gold)
+    outs, logps = generator.generate_scored(list(convs), params, [[ids for _, ids in a] for a in aliases])
+    return (outs, [best_alias(a, lp) for a, lp in zip(aliases, logps)],
             "teacher-forced log p(gold alias | evaluation prompt), nats, best over aliases")

@@ -96,9 +96,55 @@ def answer_logprobs(model, prompts: Sequence[list[int]], answers: Sequence[list[
     return [out[i] for i in range(len(prompts))]
 
 
+def alias_tokens(tokenizer, gold: Sequence[Sequence[str]]) -> list[list[tuple[str, list[int]]]]:
+    """Each item's distinct non-empty gold aliases with their token ids (no special tokens).
+
+    Args:
+        tokenizer: the model's tokenizer.
+        gold: each item's gold answers (aliases).
+
+    Returns:
+        Per item, ``(alias, token ids)`` in first-seen order; empty for an item whose aliases
+        are all blank or tokenize to nothing.
+    """
+    out = []
+    for aliases in gold:
+        pairs = []
+        for alias in dict.fromkeys(a.strip() for a in aliases if a and a.strip()):
+            ids = tokenizer.encode(alias, add_special_tokens=False)
+            if ids:
+                pairs.append((alias, ids))
+        out.append(pairs)
+    return out
+
+
+def best_alias(aliases: Sequence[tuple[str, list[int]]], logps: Sequence[torch.Tensor]) -> GoldLogLik | None:
+    """The best of one item's aliases (:class:`GoldLogLik`) from their token log-probabilities.
+
+    Args:
+        aliases: the item's ``(alias, token ids)`` (:func:`alias_tokens`).
+        logps: per alias, the ``[len(ids)]`` log-probabilities of its tokens (nats).
+
+    Returns:
+        Best total and best per-token log-likelihood over the aliases; None without aliases.
+    """
+    best: GoldLogLik | None = None
+    for (alias, _), lp in zip(aliases, logps):
+        total, n = float(lp.sum()), int(lp.numel())
+        if best is None:
+            best = GoldLogLik(total, total / n, alias, n)
+        else:
+            top = (total, alias, n) if total > best.total else (best.total, best.alias, best.tokens)
+            best = GoldLogLik(top[0], max(best.per_token, total / n), top[1], top[2])
+    return best
+
+
 def gold_loglik(model, tokenizer, prompt_texts: Sequence[str], gold: Sequence[Sequence[str]],
                 batch_size: int = 8) -> list[GoldLogLik | None]:
-    """The best gold-alias log-likelihood of each item (:class:`GoldLogLik`).
+    """The best gold-alias log-likelihood of each item (:class:`GoldLogLik`), in its own forward passes.
+
+    (:meth:`pd.generate.transformers_backend.TransformersGenerator.generate_scored` computes
+    the same inside the generation's prefill.)
 
     Args:
         model: a causal LM (a PeftModel too), in eval mode.
@@ -111,25 +157,10 @@ def gold_loglik(model, tokenizer, prompt_texts: Sequence[str], gold: Sequence[Se
     Returns:
         One result per item, None for an item without a non-empty alias.
     """
-    pairs: list[tuple[int, str]] = []
-    prompts, answers = [], []
+    items = alias_tokens(tokenizer, gold)
     encoded = [tokenizer.encode(p, add_special_tokens=False) for p in prompt_texts]
-    for i, aliases in enumerate(gold):
-        for alias in dict.fromkeys(a.strip() for a in aliases if a and a.strip()):
-            ids = tokenizer.encode(alias, add_special_tokens=False)
-            if ids:
-                pairs.append((i, alias))
-                prompts.append(encoded[i])
-                answers.append(ids)
+    prompts = [encoded[i] for i, pairs in enumerate(items) for _ in pairs]
+    answers = [ids for pairs in items for _, ids in pairs]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    logps = answer_logprobs(model, prompts, answers, pad, batch_size)
-    best: list[GoldLogLik | None] = [None] * len(prompt_texts)
-    for (i, alias), lp in zip(pairs, logps):
-        total, n = float(lp.sum()), int(lp.numel())
-        cur = best[i]
-        if cur is None:
-            best[i] = GoldLogLik(total, total / n, alias, n)
-        else:
-            top = (total, alias, n) if total > cur.total else (cur.total, cur.alias, cur.tokens)
-            best[i] = GoldLogLik(top[0], max(cur.per_token, total / n), top[1], top[2])
-    return best
+    logps = iter(answer_logprobs(model, prompts, answers, pad, batch_size))
+    return [best_alias(pairs, [next(logps) for _ in pairs]) for pairs in items]

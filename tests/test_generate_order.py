@@ -15,9 +15,9 @@ class RecordingGenerator(TransformersGenerator):
         super().__init__(*a, **kw)
         self.batches: list[list[int]] = []
 
-    def _generate_batch(self, prompts, seeds, params):
+    def _generate_batch(self, prompts, seeds, params, conts):
         self.batches.append([len(p) for p in prompts])
-        return super()._generate_batch(prompts, seeds, params)
+        return super()._generate_batch(prompts, seeds, params, conts)
 
 
 def test_prompts_are_batched_by_length_and_outputs_keep_the_input_order(tiny_llama):

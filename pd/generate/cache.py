@@ -85,26 +85,54 @@ class CachedGenerator:
             return None  # unreadable entry (e.g. written by an incompatible version): recompute and overwrite
 
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        return self.generate_scored(conversations, params)[0]
+
+    def generate_scored(self, conversations: list[Conversation], params: SamplingParams,
+                        continuations: list[list[list[int]]] | None = None):
+        """As the wrapped generator's ``generate_scored`` (continuations scored in the generation's
+        prefill); conversations served from the cache have their continuations scored by the wrapped
+        generator's ``score`` instead. Scores are not cached: they cost a fraction of a generation.
+
+        Args:
+            conversations: the requests.
+            params: the sampling parameters.
+            continuations: None, or per conversation token-id sequences to score (the wrapped
+                generator must then have ``generate_scored`` and ``score``).
+
+        Returns:
+            ``(completions, scores)`` as :meth:`pd.generate.transformers_backend.TransformersGenerator.generate_scored`.
+        """
         keys = [self.key(c, params) for c in conversations]
+        conts = continuations if continuations is not None else [[] for _ in conversations]
         results: dict[str, list[Completion]] = {}
-        todo: dict[str, Conversation] = {}
-        for k, c in zip(keys, conversations):
+        scores: dict[str, list] = {}
+        todo: dict[str, tuple[Conversation, list]] = {}
+        for k, c, cs in zip(keys, conversations, conts):
             if k in results or k in todo:
                 continue
             got = self._load(k)
             if got is None:
-                todo[k] = c
+                todo[k] = (c, cs)
             else:
                 results[k] = got
         self.hits += len(conversations) - len(todo)
         self.misses += len(todo)
+        hit = [(k, c, cs) for k, c, cs in zip(keys, conversations, conts) if k in results and cs and k not in scores]
+        if hit:
+            hit = list({k: (k, c, cs) for k, c, cs in hit}.values())
+            got = self.inner.score([c for _, c, _ in hit], [cs for _, _, cs in hit])
+            scores.update(zip([k for k, _, _ in hit], got))
         pending = list(todo.items())
         for start in range(0, len(pending), self.chunk):
             part = pending[start:start + self.chunk]
-            outs = self.inner.generate([c for _, c in part], params)
-            for (k, c), comps in zip(part, outs):
+            if continuations is None:
+                outs, got = self.inner.generate([c for _, (c, _) in part], params), [[] for _ in part]
+            else:
+                outs, got = self.inner.generate_scored([c for _, (c, _) in part], params, [cs for _, (_, cs) in part])
+            for (k, (c, _)), comps, lps in zip(part, outs, got):
                 write_json(self.path(k), {"generator": redact_text(self.name), "conversation": c,
                                           "params": params.as_dict(),
                                           "completions": [completion_to_dict(x) for x in comps]})
                 results[k] = comps
-        return [results[k] for k in keys]
+                scores[k] = lps
+        return [results[k] for k in keys], [scores.get(k, []) for k in keys]

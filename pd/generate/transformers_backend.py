@@ -34,6 +34,7 @@ from typing import Any
 
 from pd.errors import ConfigError, ModelUnavailableError
 from pd.generate.base import Completion, Conversation, SamplingParams
+from pd.generate.prefill_scoring import score_on_prefill
 from pd.io import file_hash, stable_hash
 from pd.models import ModelSpec, get_spec, load_model, load_tokenizer
 
@@ -173,29 +174,80 @@ class TransformersGenerator:
         return render_prompt(self.tokenizer, conv, self.spec.system_prompt)
 
     def generate(self, conversations: list[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        return self.generate_scored(conversations, params)[0]
+
+    def generate_scored(self, conversations: list[Conversation], params: SamplingParams,
+                        continuations: list[list[list[int]]] | None = None):
+        """Completions, and the teacher-forced log-probabilities of given continuations, in one pass.
+
+        Each continuation is scored on the KV cache of its conversation's prompt, right
+        after the generation's prefill, so the prompt is read once for both (scoring a gold
+        answer after a RAG prompt in its own pass repeats that prompt's whole prefill).
+        The continuation's tokens are appended to the cache, scored, and cropped off
+        again before decoding starts. Same quantity as :func:`pd.loglik.answer_logprobs`.
+
+        Args:
+            conversations: the requests.
+            params: the sampling parameters.
+            continuations: None, or per conversation a list of token-id sequences (each
+                non-empty) to score as the start of the assistant's reply.
+
+        Returns:
+            ``(completions, scores)``: ``params.n`` completions per conversation, and per
+            conversation one float32 CPU tensor ``[len(continuation)]`` of log-probabilities
+            (nats) per continuation (empty lists when ``continuations`` is None).
+        """
         from tqdm.auto import tqdm
 
         check_params(params)
+        conts = continuations if continuations is not None else [[] for _ in conversations]
+        if len(conts) != len(conversations) or any(not c for cs in conts for c in cs):
+            raise ValueError("continuations: one list per conversation, each continuation non-empty")
         if not conversations:
-            return []
+            return [], []
         greedy = params.temperature == 0
         prompts = [self.tokenizer.encode(self.prompt(c), add_special_tokens=False) for c in conversations]
         # One row per sample; greedy samples are identical, so compute one and copy it.
         rows = [(i, j) for i in range(len(conversations)) for j in range(1 if greedy else params.n)]
         rows.sort(key=lambda r: -len(prompts[r[0]]))  # similar lengths share a batch: less padding
         done: dict[tuple[int, int], Completion] = {}
+        scores: list[list] = [[] for _ in conversations]
         bar = tqdm(total=len(rows), desc=f"generate {self.spec.name}", disable=not self.progress, leave=False)
         start = 0
         while start < len(rows):
             batch = rows[start:start + self.batch_rows(len(prompts[rows[start][0]]), params.max_new_tokens)]
             start += len(batch)
             seeds = [sample_seed(params.seed, conversations[i], j) for i, j in batch]
-            outs = self._generate_batch([prompts[i] for i, _ in batch], seeds, params)
+            outs, got = self._generate_batch([prompts[i] for i, _ in batch], seeds, params,
+                                             [conts[i] if j == 0 else [] for i, j in batch])
             done.update(zip(batch, outs))
+            for (i, j), lps in zip(batch, got):
+                if j == 0:
+                    scores[i] = lps
             bar.update(len(batch))
         bar.close()
         self.conversations_generated += len(conversations)
-        return [[done[(i, 0 if greedy else j)] for j in range(params.n)] for i in range(len(conversations))]
+        return [[done[(i, 0 if greedy else j)] for j in range(params.n)] for i in range(len(conversations))], scores
+
+    def score(self, conversations: list[Conversation], continuations: list[list[list[int]]]) -> list[list]:
+        """The continuations' log-probabilities without generating (:func:`pd.loglik.answer_logprobs`).
+
+        Args:
+            conversations: the requests.
+            continuations: per conversation, token-id sequences (each non-empty).
+
+        Returns:
+            Per conversation, one float32 CPU tensor ``[len(continuation)]`` (nats) per continuation.
+        """
+        from pd.loglik import answer_logprobs
+
+        prompts = [self.tokenizer.encode(self.prompt(c), add_special_tokens=False) for c in conversations]
+        flat = [(i, c) for i, cs in enumerate(continuations) for c in cs]
+        size = self.batch_size if isinstance(self.batch_size, int) else 8
+        lps = iter(answer_logprobs(self.model.eval(), [prompts[i] for i, _ in flat], [c for _, c in flat],
+                                   self.pad_id, size))
+        self.calls += -(-len(flat) // size)
+        return [[next(lps) for _ in cs] for cs in continuations]
 
     def batch_rows(self, prompt_tokens: int, max_new_tokens: int) -> int:
         """Sequences per decoding batch: the configured number, or with ``batch_size: auto`` the
@@ -223,7 +275,8 @@ class TransformersGenerator:
 
     # ------------------------------------------------------------------ decoding
 
-    def _generate_batch(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:
+    def _generate_batch(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams,
+                        conts: list[list[list[int]]]) -> tuple[list[Completion], list[list]]:
         import torch
 
         dev = self.device
@@ -241,6 +294,7 @@ class TransformersGenerator:
         reasons = ["length"] * len(prompts)
         active = list(range(len(prompts)))  # rows still generating; finished rows leave the batch
         past = None
+        scores: list[list] = [[] for _ in prompts]
         step_ids, step_mask = ids, mask
         with torch.inference_mode():
             for _ in range(params.max_new_tokens):
@@ -250,6 +304,9 @@ class TransformersGenerator:
                 self.calls += 1
                 past = getattr(out, self._cache_kw)
                 logits = out.logits[:, -1, :].float()
+                if step_ids is ids and any(conts):
+                    scores, calls = score_on_prefill(self.model, past, mask, logits, conts, self.pad_id, self._cache_kw)
+                    self.calls += calls
                 nxt = self._choose(logits, [gens[r] for r in active], params)
                 if params.logprobs:
                     vals, idx = torch.log_softmax(logits, dim=-1).topk(params.logprobs, dim=-1)
@@ -277,7 +334,7 @@ class TransformersGenerator:
         return [Completion(text=self.tokenizer.decode(out_ids[r], skip_special_tokens=True), finish_reason=reasons[r],
                            n_tokens=len(out_ids[r]), token_ids=out_ids[r],
                            top_logprobs=top[r] if params.logprobs else None)
-                for r in range(len(prompts))]
+                for r in range(len(prompts))], scores
 
     @staticmethod
     def _choose(logits, gens, params: SamplingParams):
