@@ -46,6 +46,14 @@ from pd.site import DEVICES, Site, SizeTier, load_site
 
 GPU_KINDS = frozenset({"questions", "answers", "teacher", "adapter", "evaluate", "grade", "capability"})
 
+# Snakemake's ``priority:`` per job kind (higher starts first among ready jobs): the chain that feeds
+# training (questions -> answers -> teacher -> adapter) is the critical path of every grid, and an
+# evaluation or grade can always wait. On the demo's 2 cores this starts the questions at once (the
+# base model's evaluations fill the other core) and the last adapter before the first adapters'
+# evaluations, instead of after them.
+PRIORITY = {"questions": 40, "answers": 40, "teacher": 40, "adapter": 30, "retrieval": 20, "capability": 10,
+            "evaluate": 10, "grade": 5}
+
 GPU_USABLE = 0.9  # fraction of a GPU's memory a job may plan to fill
 GIB_IN_GB = 2**30 / 1e9  # GPU sizes as sold ("80GB") are GiB
 CPU_BASE_GB = 2.0  # python + torch + tokenizer, before any weights

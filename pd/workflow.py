@@ -98,6 +98,13 @@ class Workflow:
         return lambda wildcards: self.artifact(kind, wildcards).spec.training.get("processes", 1) \
             if kind == "adapter" else 1
 
+    @staticmethod
+    def priority(kind: str) -> int:
+        """The rule's ``priority:`` (:data:`pd.resources.PRIORITY`; 0 for kinds it does not name)."""
+        from pd.resources import PRIORITY
+
+        return PRIORITY.get(kind, 0)
+
     def threads(self, kind: str) -> Callable:
         """The job's CPU threads: its ``cpus_per_task``, 1 for jobs that run no model (Snakemake caps it
         at ``--cores``). A job sets torch's thread count to it (pd.stages.run_job), so jobs that run side

@@ -97,3 +97,39 @@ def test_real_run_report_states_its_cost_and_machine(real_run):
     md = result.tables["tiny"]["md"].read_text()
     assert "- Command: `snakemake --profile profiles/local --config 'run=[tiny]'`\n" in md
     assert "- Machine: " in md and "logical cores" in md and "- Wall-clock: " in md
+
+
+@pytest.mark.slow
+def test_committed_rows_reproduce_every_table_number(real_run, tmp_path):
+    """rows.jsonl.gz alone (no results folder) gives each accuracy and log-likelihood cell; re-rendering
+    an unchanged run rewrites it byte for byte."""
+    import gzip
+    from collections import defaultdict
+
+    work, result = real_run
+    paths = result.tables["tiny"]
+    rows = [json.loads(line) for line in gzip.open(paths["rows"], "rt", encoding="utf-8")]
+    summary = json.loads(paths["json"].read_text())
+    assert len(rows) == sum(len(read_jsonl(Path(p))) for p in _grade_files(result))
+    by_cell = defaultdict(list)
+    for r in rows:
+        by_cell[r["cell_id"]].append(r)
+    for row in summary["rows"]:
+        (cell_id,) = row["cell_ids"]
+        cell = by_cell[cell_id]
+        assert row["mean"] == sum(r["correct"] is True for r in cell) / len(cell)
+    for row in summary["sections"]["gold_logprob"]:
+        cell = [r for r in rows if {k: v for k, v in r["axes"].items() if k != "seed"} == row["axes"]]
+        values = [r["gold_logprob_per_token"] for r in cell]
+        assert cell and row["mean"] == pytest.approx(sum(values) / len(values))
+    before = paths["rows"].read_bytes()
+    again = render_reports(work / "results" / "manifests", tmp_path / "again", n_resamples=500)
+    assert again.tables["tiny"]["rows"].read_bytes() == before
+    training = [json.loads(line) for line in gzip.open(paths["training"], "rt", encoding="utf-8")]
+    assert training == []  # the tiny grid trains no adapter (its adapters' rows: tests/test_report_rows.py)
+
+
+def _grade_files(result):
+    parser = _Links()
+    parser.feed(result.index.read_text(encoding="utf-8"))
+    return [result.index.parent / link for link in parser.links if link.endswith(".jsonl")]

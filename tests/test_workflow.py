@@ -200,3 +200,26 @@ def test_a_new_selection_after_another_has_jobs(tmp_path):
     # tiny: base x {none, bm25, oracle}: 3 evaluations, 2 retrievals (bm25, oracle), 3 substring grades.
     assert {k: counts.get(k) for k in ("evaluate", "retrieval", "grade", "manifest")} == {
         "evaluate": 3, "retrieval": 2, "grade": 3, "manifest": 1}
+
+
+@pytest.mark.slow
+def test_the_training_chain_goes_first(tmp_path):
+    """Each rule carries its kind's priority (pd.resources.PRIORITY): on 2 cores the questions start at once
+    beside the base model's evaluations, and adapters before the evaluations of finished ones."""
+    from pd.resources import PRIORITY
+
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+           "--profile", str(ROOT / "profiles" / "local"), "--config", "run=[demo]",
+           f"results_dir={tmp_path / 'results'}", f"reports_dir={tmp_path / 'reports'}",
+           "--cores", "2", "-n"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen: dict[str, set[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out.stdout + out.stderr):
+        rule = re.match(r"(?:local)?rule (\w+):", block.strip())
+        prio = re.search(r"^\s+priority: (\d+)$", block, re.M)
+        if rule and rule.group(1) in PRIORITY:
+            seen.setdefault(rule.group(1), set()).add(int(prio.group(1)) if prio else 0)
+    assert set(seen) >= {"questions", "answers", "teacher", "adapter", "evaluate", "grade", "retrieval"}
+    assert seen == {kind: {PRIORITY[kind]} for kind in seen}
+    assert PRIORITY["questions"] >= PRIORITY["teacher"] > PRIORITY["adapter"] > PRIORITY["evaluate"]

@@ -17,6 +17,7 @@ from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups
 from pd.report.evidence import Evidence, load_train_log
 from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot, training_curves
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
+from pd.report.rows_export import export_rows
 from pd.report.runinfo import machine_description, run_info
 from pd.report.sections import MetricSection, metric_sections
 from pd.report.tables import Table, build_table, render_latex, render_markdown
@@ -99,11 +100,13 @@ def render_reports(
         write_json(paths["json"], {"experiment": name, "grader": table.grader, "rows": summary_rows(table),
                                    "sections": {sec.name: section_rows(sec) for sec in table.sections},
                                    "missing": table.missing, "run": dataclasses.asdict(info)})
+        paths.update(export_rows(records, exp_dir))
         result.tables[name] = paths
         result.missing[name] = list(table.missing)
         page = ExperimentPage(name, table, files={
             "Markdown": _rel(paths["md"], out_dir), "LaTeX": _rel(paths["tex"], out_dir),
-            "JSON": _rel(paths["json"], out_dir)})
+            "JSON": _rel(paths["json"], out_dir), "per-answer rows (JSONL, gzip)": _rel(paths["rows"], out_dir),
+            "training logs (JSONL, gzip)": _rel(paths["training"], out_dir)})
         graded = [g for g in groups if g.records[0].grader == table.grader]
         for fig in spec.figures:
             stem = exp_dir / f"figure_{_safe(fig.x)}"

@@ -6,6 +6,7 @@ rule questions:
     params:
         spec=WF.spec("questions"),
     threads: WF.threads("questions")
+    priority: WF.priority("questions")
     resources:
         **WF.resources("questions"),
     benchmark:
@@ -24,6 +25,7 @@ rule answers:
     params:
         spec=WF.spec("answers"),
     threads: WF.threads("answers")
+    priority: WF.priority("answers")
     resources:
         **WF.resources("answers"),
     benchmark:
@@ -42,6 +44,7 @@ rule teacher:
     params:
         spec=WF.spec("teacher"),
     threads: WF.threads("teacher")
+    priority: WF.priority("teacher")
     resources:
         **WF.resources("teacher"),
     benchmark:

@@ -6,6 +6,7 @@ rule retrieval:
     params:
         spec=WF.spec("retrieval"),
     threads: WF.threads("retrieval")
+    priority: WF.priority("retrieval")
     resources:
         **WF.resources("retrieval"),
     benchmark:
@@ -24,6 +25,7 @@ rule evaluate:
     params:
         spec=WF.spec("evaluate"),
     threads: WF.threads("evaluate")
+    priority: WF.priority("evaluate")
     resources:
         **WF.resources("evaluate"),
     benchmark:
@@ -42,6 +44,7 @@ rule grade:
     params:
         spec=WF.spec("grade"),
     threads: WF.threads("grade")
+    priority: WF.priority("grade")
     resources:
         **WF.resources("grade"),
     benchmark:
@@ -60,6 +63,7 @@ rule capability:
     params:
         spec=WF.spec("capability"),
     threads: WF.threads("capability")
+    priority: WF.priority("capability")
     resources:
         **WF.resources("capability"),
     benchmark:

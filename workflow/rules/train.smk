@@ -8,6 +8,7 @@ rule adapter:
     params:
         spec=WF.spec("adapter"),
     threads: WF.threads("adapter")
+    priority: WF.priority("adapter")
     resources:
         **WF.resources("adapter"),
     benchmark:
