@@ -46,10 +46,12 @@ clean-results:
 # GPU acceptance, on a machine with a CUDA GPU and torch, transformers, peft and accelerate
 # (no network needed; wheels of anything else may lie in .whl/): CUDA against CPU on tiny
 # models (tests marked gpu), then the training-step rows of bench/train_step.py on
-# Llama-3 1B/8B shapes with model FLOPs utilisation. GPU_PYTHON: the interpreter to use.
+# Llama-3 1B/8B shapes with model FLOPs utilisation, then generation tokens/s at the batch size the
+# backend chooses against batch 8 (8B shape). GPU_PYTHON: the interpreter to use.
 GPU_PYTHON ?= python3
 gpu-check:
 	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target .gpu-site .whl/*.whl; fi
 	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) -m pytest -p no:cacheprovider -o addopts= -m gpu -q -s tests/test_gpu.py
 	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/train_step.py --models tiny-llama --dtypes float32 --llama3 1b,8b \
 		--gpu-ranks 64,1024 --no-memory --out bench/gpu_train_step.json
+	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/generate.py --llama3 8b --out bench/gpu_generate.json
