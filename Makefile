@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.pd-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint report clean-results gpu-check
+.PHONY: setup demo study test lint report clean-results gpu-check
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/snakemake --profile profiles/local
 	$(BIN)/pd report --print demo
+
+# The small-scale study of the paper's claims (config.yaml: study, study-data): about 3 hours on
+# 2 cores, resumable (run it again after an interruption); shares the demo's jobs.
+study: setup
+	$(BIN)/snakemake --profile profiles/local --config 'run=[study,study-data]'
+	$(BIN)/pd report --print study study-data --out reports/small-scale-study
 
 test: setup
 	$(BIN)/python -m pytest

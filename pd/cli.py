@@ -177,7 +177,7 @@ def cmd_report(args) -> int:
     absent = sorted(set(plan.targets(names)) - set(manifests))
     if absent:
         print(f"pd: not finished, left out: {', '.join(absent)}", file=sys.stderr)
-    result = render_reports(manifests, cfg["reports_dir"])
+    result = render_reports(manifests, args.out or cfg["reports_dir"])
     for exp, paths in result.tables.items():
         if args.print:
             print(Path(paths["md"]).read_text(encoding="utf-8"))
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="re-render reports from existing results (no model is loaded)")
     s.add_argument("experiments", nargs="*")
     s.add_argument("--print", action="store_true", help="also print the Markdown tables")
+    s.add_argument("--out", help="the folder to render into (default: the config's reports_dir), e.g. one "
+                                 "self-contained folder to commit: its index.html, tables, figures and rows")
     s.set_defaults(func=cmd_report)
 
     from pd.ask import ASK_DEFAULTS

@@ -311,6 +311,9 @@ class _Builder:
             grades = {g: self.grade(c, epath, g) for g in graders}
             capability = self.capability(c, adapter) if exp["capability"] else None
             cells.append(Cell(name, c, grades, epath, adapter, varying, capability))
+        from pd.report.layout import check_layout
+
+        check_layout(name, exp["table"], [c.axes for c in cells])  # refused now, not after hours of jobs
         self.plan.cells[name] = cells
         inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), cell.adapter, cell.capability]
                                      if p))
@@ -337,8 +340,9 @@ def build_plan(cfg: dict, experiments: list[str] | None = None) -> Plan:
         experiment and the report over them.
 
     Raises:
-        ConfigError: an unknown experiment, or a grid a method cannot run (e.g. quintile
-            subsets of a method that does not distil).
+        ConfigError: an unknown experiment, a grid a method cannot run (e.g. quintile
+            subsets of a method that does not distil), or a table layout that would put two
+            configurations in one cell (:func:`pd.report.layout.check_layout`).
     """
     b = _Builder(cfg)
     names = experiments or cfg["run"]

@@ -286,3 +286,17 @@ def test_a_larger_teacher_runs_in_its_own_job_never_in_the_students():
         assert teacher_job.kind == "teacher" and teacher_job.model == "llama3-70b-instruct"
         assert inprocess_teacher_b(a, plan) == 0.0
     assert all(a.spec.training["teacher_topk"] == 0 and a.spec.teacher is None for a in own)
+
+
+def test_a_layout_that_cannot_show_the_grid_is_refused_before_any_job():
+    """Two configurations that differ in an axis the table does not show (here n_questions, with rows
+    [method] and columns [dataset]) would share one table cell: the plan refuses it by name."""
+    from pd.errors import ConfigError
+
+    over = {"run": ["x"], "experiments": {"x": {
+        "grid": {"model": ["tiny-llama"], "method": ["sft"], "dataset": ["demo-nyt"], "n_questions": [1, 3]},
+        "table": {"rows": ["method"], "columns": ["dataset"]}}}}
+    with pytest.raises(ConfigError, match=r"experiment 'x': two cell groups land in one table cell.*n_questions"):
+        build_plan(load_config(DEFAULT_CONFIG, over))
+    over["experiments"]["x"]["table"] = {"rows": ["method"], "columns": ["n_questions"]}
+    assert len(build_plan(load_config(DEFAULT_CONFIG, over)).cells["x"]) == 2  # a layout that shows the axis

@@ -20,6 +20,7 @@ import jinja2
 from pd.errors import ConfigError
 from pd.report.aggregate import Group, TableSpec, group_key, hashable
 from pd.report.labels import header_for, label_for, sort_values
+from pd.report.layout import matches_where, place_groups
 from pd.report.paper_values import PaperValue, lookup
 from pd.report.stats import Bootstrap, MeanSE, PairedT, paired_bootstrap, paired_t
 
@@ -191,10 +192,6 @@ def select_grader(spec: TableSpec, groups: Sequence[Group], experiment: str) -> 
     return graders[0]
 
 
-def _matches(axes: dict, where: dict) -> bool:
-    return all(str(axes.get(k)) == str(v) for k, v in where.items())
-
-
 def build_table(
     experiment: str,
     spec: TableSpec,
@@ -214,7 +211,7 @@ def build_table(
         return os.path.relpath(path, display_root) if display_root else path
 
     grader = select_grader(spec, groups, experiment)
-    groups = [g for g in groups if g.records[0].grader == grader and _matches(g.axes, spec.where)]
+    groups = [g for g in groups if g.records[0].grader == grader and matches_where(g.axes, spec.where)]
     if spec.blocks and not any(spec.blocks in g.axes for g in groups):
         spec = dataclasses.replace(spec, blocks=None)  # e.g. no retrieval axis at all: one block
     for a in list(spec.rows) + list(spec.columns):
@@ -225,15 +222,7 @@ def build_table(
     def key(g: Group, axes: Sequence[str]) -> tuple:
         return tuple(g.axes.get(a) for a in axes)
 
-    placed: dict[tuple, Group] = {}
-    for g in groups:
-        k = (g.axes.get(spec.blocks) if spec.blocks else None, key(g, spec.rows), key(g, spec.columns))
-        if k in placed:
-            other = placed[k]
-            varying = sorted(a for a in set(g.axes) | set(other.axes) if g.axes.get(a) != other.axes.get(a))
-            raise ConfigError(f"experiment {experiment!r}: two cell groups land in one table cell {k}; they differ in "
-                              f"{', '.join(varying)}: add those axes to rows/columns or fix them with `where`")
-        placed[k] = g
+    placed = place_groups(experiment, spec, [(g.axes, g) for g in groups])
 
     col_keys = _sort_keys(spec, spec.columns, [key(g, spec.columns) for g in groups])
     block_keys = sort_values(spec, spec.blocks, [g.axes.get(spec.blocks) for g in groups]) if spec.blocks else [None]
