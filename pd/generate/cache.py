@@ -117,11 +117,9 @@ class CachedGenerator:
                 results[k] = got
         self.hits += len(conversations) - len(todo)
         self.misses += len(todo)
-        hit = [(k, c, cs) for k, c, cs in zip(keys, conversations, conts) if k in results and cs and k not in scores]
+        hit = {k: (c, cs) for k, c, cs in zip(keys, conversations, conts) if k in results and cs}
         if hit:
-            hit = list({k: (k, c, cs) for k, c, cs in hit}.values())
-            got = self.inner.score([c for _, c, _ in hit], [cs for _, _, cs in hit])
-            scores.update(zip([k for k, _, _ in hit], got))
+            scores.update(zip(hit, self.inner.score([c for c, _ in hit.values()], [cs for _, cs in hit.values()])))
         pending = list(todo.items())
         for start in range(0, len(pending), self.chunk):
             part = pending[start:start + self.chunk]

@@ -32,7 +32,17 @@ Relative paths are relative to the manifest's folder. Each experiment has a tabl
 Entry point: ``render_reports(manifest_path, out_dir)`` (``pd report`` calls it).
 """
 
-from pd.report.aggregate import CellRecord, FigureSpec, TableSpec, load_manifest
-from pd.report.render import ReportResult, render_reports
+from importlib import import_module
 
-__all__ = ["CellRecord", "FigureSpec", "TableSpec", "load_manifest", "ReportResult", "render_reports"]
+# Imported on first use (PEP 562), so that a submodule the plan needs (pd.report.layout) does not
+# load matplotlib and jinja with the renderer: ``import pd.report.layout`` runs this file first.
+_EXPORTS = {"CellRecord": "aggregate", "FigureSpec": "aggregate", "TableSpec": "aggregate",
+            "load_manifest": "aggregate", "ReportResult": "render", "render_reports": "render"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pd.report' has no attribute {name!r}")
+    return getattr(import_module(f"pd.report.{_EXPORTS[name]}"), name)

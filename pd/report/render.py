@@ -100,7 +100,7 @@ def render_reports(
         write_json(paths["json"], {"experiment": name, "grader": table.grader, "rows": summary_rows(table),
                                    "sections": {sec.name: section_rows(sec) for sec in table.sections},
                                    "missing": table.missing, "run": dataclasses.asdict(info)})
-        paths.update(export_rows(records, exp_dir))
+        paths.update(export_rows(records, exp_dir, grades=cache))
         result.tables[name] = paths
         result.missing[name] = list(table.missing)
         page = ExperimentPage(name, table, files={

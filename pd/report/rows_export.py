@@ -23,10 +23,10 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from pd.io import atomic_path, read_json, read_jsonl
-from pd.report.aggregate import CellRecord
+from pd.report.aggregate import CellRecord, Grades, load_grades
 from pd.report.evidence import HELDOUT_FILE, load_train_log
 
 ROWS_FILE = "rows.jsonl.gz"
@@ -43,25 +43,30 @@ def _gzip_jsonl(rows: Iterable[dict]) -> bytes:
     return buf.getvalue()
 
 
-def answer_rows(records: Iterable[CellRecord]) -> list[dict]:
+def answer_rows(records: Iterable[CellRecord], grades: Mapping[str, Grades | None] | None = None) -> list[dict]:
     """Every graded answer of ``records`` joined with its evaluation row (first sample per item).
 
     Args:
         records: the experiment's manifest cells (a missing grade file contributes nothing).
+        grades: grade files already read, by path (:func:`pd.report.aggregate.build_groups`'s
+            cache); the others are read here.
 
     Returns:
         Rows sorted by (cell, grader, item order in the grade file).
     """
+    grades = grades or {}
     out = []
     for rec in sorted(records, key=lambda r: (r.cell_id, r.grader)):
-        if not rec.grades or not Path(rec.grades).is_file():
+        graded = grades[rec.grades] if rec.grades in grades else (
+            load_grades(rec.grades) if rec.grades and Path(rec.grades).is_file() else None)
+        if graded is None:
             continue
         evals: dict[str, dict] = {}
         path = rec.extra.get("evaluate")
         if path and Path(path).is_file():
             for r in read_jsonl(path):
                 evals.setdefault(str(r.get("item_id")), r)
-        for g in read_jsonl(rec.grades):
+        for g in graded.rows:
             item = str(g["item_id"])
             e = evals.get(item, {})
             out.append({"cell_id": rec.cell_id, "axes": rec.axes, "grader": rec.grader, "item_id": item,
@@ -90,19 +95,21 @@ def training_rows(records: Iterable[CellRecord]) -> list[dict]:
     return sorted(out, key=lambda r: r["cells"][0])
 
 
-def export_rows(records: list[CellRecord], exp_dir: str | os.PathLike) -> dict[str, Path]:
+def export_rows(records: list[CellRecord], exp_dir: str | os.PathLike,
+                grades: Mapping[str, Grades | None] | None = None) -> dict[str, Path]:
     """Write ``rows.jsonl.gz`` and ``training.jsonl.gz`` into ``exp_dir`` (atomically).
 
     Args:
         records: the experiment's manifest cells.
         exp_dir: the experiment's report folder.
+        grades: grade files already read, by path (see :func:`answer_rows`).
 
     Returns:
         ``{"rows": path, "training": path}``.
     """
     exp_dir = Path(exp_dir)
     paths = {"rows": exp_dir / ROWS_FILE, "training": exp_dir / TRAINING_FILE}
-    for key, rows in (("rows", answer_rows(records)), ("training", training_rows(records))):
+    for key, rows in (("rows", answer_rows(records, grades)), ("training", training_rows(records))):
         with atomic_path(paths[key]) as tmp:
             tmp.write_bytes(_gzip_jsonl(rows))
     return paths
