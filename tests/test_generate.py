@@ -270,3 +270,32 @@ def test_two_processes_sharing_a_cache_dir(tmp_path):
     assert len(files) == len(convs) and not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
     for f in files:
         json.loads(f.read_text())
+
+
+def test_merged_adapter_generates_as_the_unmerged_lora_does(tiny_llama, tmp_path):
+    """Evaluation merges the adapter into the weights (PEFT merge_and_unload): the same greedy text
+    and log-probabilities as the separate LoRA layers, in float32, and its own cache identity."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    lora = get_peft_model(tiny_llama.model(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    lora.save_pretrained(tmp_path / "adapter")
+    p = SamplingParams(temperature=0, max_new_tokens=8, logprobs=3)
+    merged = make_generator("tiny-llama", adapter=tmp_path / "adapter", progress=False)
+    separate = make_generator("tiny-llama", adapter=tmp_path / "adapter", progress=False, merge_adapter=False)
+    base = make_generator("tiny-llama", progress=False)
+    assert not any("lora_" in n for n, _ in merged.model.named_parameters())
+    assert any("lora_" in n for n, _ in separate.model.named_parameters())
+    assert merged.name.endswith("@merged") and merged.name != separate.name
+
+    a, b, c = merged.generate(CONVS, p), separate.generate(CONVS, p), base.generate(CONVS, p)
+    assert [r[0].token_ids for r in a] == [r[0].token_ids for r in b]
+    assert [r[0].token_ids for r in a] != [r[0].token_ids for r in c]  # the adapter acts
+    for ra, rb in zip(a, b):
+        for ta, tb in zip(ra[0].top_logprobs, rb[0].top_logprobs):
+            assert ta.keys() == tb.keys()
+            assert max(abs(ta[k] - tb[k]) for k in ta) < 1e-5
