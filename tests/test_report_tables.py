@@ -348,3 +348,20 @@ def test_a_snapshot_cell_has_no_heldout_kl(tmp_path):
     snap = CellRecord("x", "s", {"method": "pd", "snapshot": 60}, "substring", "g", extra={"adapter": str(tmp_path)})
     ev = Evidence()
     assert ev.heldout(final).closed == pytest.approx(0.75) and ev.heldout(snap) is None
+
+
+def test_a_difference_equal_in_every_seed_is_flagged_in_the_notes(built):
+    import dataclasses
+
+    from pd.report.stats import NO_SPREAD_NOTE, paired_t
+
+    table, _ = built
+    assert all(c.t is None or not c.t.no_spread for c in table.comparisons)
+    assert NO_SPREAD_NOTE not in [text for _, text in table.notes()]
+    shift = paired_t([0.30, 0.50], [0.20, 0.40])  # two seeds, the same +0.10 in both
+    assert shift.no_spread and shift.p == 0.0
+    assert not paired_t([0.30, 0.55], [0.20, 0.40]).no_spread
+    flagged = dataclasses.replace(table, comparisons=[dataclasses.replace(table.comparisons[0], t=shift),
+                                                      *table.comparisons[1:]])
+    assert NO_SPREAD_NOTE in [text for _, text in flagged.notes()]
+    assert NO_SPREAD_NOTE in render_markdown(flagged)

@@ -58,6 +58,16 @@ class PairedT:
     p: float
     n: int
 
+    @property
+    def no_spread(self) -> bool:
+        """The difference was equal in every seed and not zero: p = 0 with an infinite t, which
+        says only that the seeds agree, not how large the evidence is (with two seeds, little)."""
+        return math.isinf(self.statistic)
+
+
+NO_SPREAD_NOTE = ("A difference equal in every seed has no spread: its t-test gives p = 0 (shown < 0.001), "
+                  "which with few seeds is weak evidence; read the bootstrap beside it.")
+
 
 def paired_t(a: Sequence[float], b: Sequence[float]) -> PairedT | None:
     """``scipy.stats.ttest_rel`` on per-seed accuracies paired by seed; None below 2 pairs.
