@@ -196,3 +196,20 @@ def test_workflow_manifest_form_with_conventions(tmp_path, monkeypatch):
     assert "adapter.tokens: 1,234" in html and "<td>2.5</td>" in html  # tokens and wall seconds
     summary = json.loads(result.tables["exp"]["json"].read_text())
     assert summary["rows"][0]["mean"] == 0.75
+
+
+def test_figure_labels_name_only_the_axes_that_split_a_method(report):
+    """PD's distillation temperature (SFT has none) labels no line; two PD temperatures do."""
+    import dataclasses
+
+    root, manifest, result = report
+    m = load_manifest(manifest)
+    groups = build_groups([c for c in m.cells if c.experiment == "n_questions"])
+    follows = [dataclasses.replace(g, axes={**g.axes, "kd_temperature": 2.0 if g.axes["method"] == "pd" else None})
+               for g in groups]
+    assert [s.label for s in series_for(follows, "n_questions")] == ["Prompt Distillation",
+                                                                      "Supervised Fine-Tuning"]
+    pd_groups = [g for g in follows if g.axes["method"] == "pd"]
+    split = follows + [dataclasses.replace(g, axes={**g.axes, "kd_temperature": 1.0}) for g in pd_groups]
+    labels = [s.label for s in series_for(split, "n_questions")]
+    assert len(labels) == 3 and labels[0] != labels[1] and labels[2] == "Supervised Fine-Tuning · default"

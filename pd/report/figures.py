@@ -37,7 +37,9 @@ class Series:
 
 def series_for(groups: Sequence[Group], x: str, group_axis: str = "method",
                spec: TableSpec | None = None) -> list[Series]:
-    """Split groups into lines: one per value of ``group_axis`` and of any other axis that varies."""
+    """Split groups into lines: one per value of ``group_axis`` and of any other axis that varies
+    within one of its values. An axis that only follows ``group_axis`` (SFT has no distillation
+    temperature, PD has one) splits no line, so it stays out of the labels."""
     spec = spec or TableSpec()
     # unset x values (e.g. the final snapshot, null in config) have no place on the axis
     groups = [g for g in groups if g.axes.get(x) is not None and g.summary() is not None]
@@ -49,8 +51,13 @@ def series_for(groups: Sequence[Group], x: str, group_axis: str = "method",
         except (TypeError, ValueError):
             raise ConfigError(f"figure axis {x!r} must be numeric; "
                               f"cell {g.records[0].cell_id!r} has {g.axes[x]!r}") from None
-    varying = sorted(a for a in {k for g in groups for k in g.axes}
-                     if a not in (x, group_axis) and len({str(g.axes.get(a)) for g in groups}) > 1)
+    def splits(axis: str) -> bool:
+        seen: dict[str, set[str]] = {}
+        for g in groups:
+            seen.setdefault(str(g.axes.get(group_axis)), set()).add(str(g.axes.get(axis)))
+        return any(len(v) > 1 for v in seen.values())
+
+    varying = sorted(a for a in {k for g in groups for k in g.axes} if a not in (x, group_axis) and splits(a))
     lines: dict[tuple, list[Group]] = {}
     for g in groups:
         lines.setdefault((g.axes.get(group_axis),) + tuple(g.axes.get(a) for a in varying), []).append(g)
