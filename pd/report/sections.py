@@ -18,7 +18,7 @@ from typing import Any, Callable
 from pd.report.aggregate import Group, hashable
 from pd.report.evidence import Evidence
 from pd.report.labels import label_for
-from pd.report.stats import NO_SPREAD_NOTE, MeanSE, paired_bootstrap, paired_t
+from pd.report.stats import MeanSE, no_spread_notes, paired_bootstrap, paired_t
 from pd.report.tables import MARK_BINOMIAL, MARK_BOOT, MARK_T, MISSING, Comparison, Table
 
 GOLD = "gold_logprob"
@@ -241,6 +241,4 @@ def _notes(table: Table, section: MetricSection) -> list[tuple[str, str]]:
                       "seeds before → after training; in brackets the fraction closed, 1 − after/before, in percent, "
                       "mean ± 2 SE over seeds (no ± with one seed). Bold: most closed per column.")]
     notes.append((MARK_T, f"Differs from {ref} at p < {table.spec.alpha:g} (paired t-test over seeds)."))
-    if any(c.t is not None and c.t.no_spread for c in section.comparisons):
-        notes.append(("", NO_SPREAD_NOTE))
-    return notes
+    return notes + no_spread_notes(c.t for c in section.comparisons)

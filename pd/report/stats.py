@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -67,6 +67,18 @@ class PairedT:
 
 NO_SPREAD_NOTE = ("A difference equal in every seed has no spread: its t-test gives p = 0 (shown < 0.001), "
                   "which with few seeds is weak evidence; read the bootstrap beside it.")
+
+
+def no_spread_notes(tests: Iterable[PairedT | None]) -> list[tuple[str, str]]:
+    """The footnote for a table whose t-tests include one with no spread (:attr:`PairedT.no_spread`).
+
+    Args:
+        tests: the table's or section's paired t-tests (None where a cell had no test).
+
+    Returns:
+        ``[("", NO_SPREAD_NOTE)]`` when any test had no spread, else ``[]``.
+    """
+    return [("", NO_SPREAD_NOTE)] if any(t is not None and t.no_spread for t in tests) else []
 
 
 def paired_t(a: Sequence[float], b: Sequence[float]) -> PairedT | None:

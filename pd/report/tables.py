@@ -22,7 +22,7 @@ from pd.report.aggregate import Group, TableSpec, group_key, hashable
 from pd.report.labels import header_for, label_for, sort_values
 from pd.report.layout import matches_where, place_groups
 from pd.report.paper_values import PaperValue, lookup
-from pd.report.stats import NO_SPREAD_NOTE, Bootstrap, MeanSE, PairedT, paired_bootstrap, paired_t
+from pd.report.stats import Bootstrap, MeanSE, PairedT, no_spread_notes, paired_bootstrap, paired_t
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 MISSING = "—"
@@ -168,8 +168,7 @@ class Table:
             n.append((MARK_BOOT, f"Differs from {self.reference_label} in the same column and block at "
                                  f"p < {self.spec.alpha:g} (paired bootstrap over questions)."))
             n.append((MARK_T, "The same by a paired t-test over seeds (needs two or more shared seeds)."))
-            if any(c.t is not None and c.t.no_spread for c in self.comparisons):
-                n.append(("", NO_SPREAD_NOTE))
+            n += no_spread_notes(c.t for c in self.comparisons)
         if self.has_paper:
             n.append(("", f"(paper x, Δ d): the value paper table {self.spec.paper_table} reports for this cell and "
                           "ours minus it in points; ° marks a paper value whose column was inferred "
