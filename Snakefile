@@ -1,21 +1,21 @@
 # The experiment matrix. All logic lives in the `pd` package: this file loads and
-# validates config.yaml, asks pd.plan for the artifacts the selected experiments need,
-# and hands each job's specification to pd.stages through one thin script.
+# validates config.yaml, asks pd.pipeline.plan for the artifacts the selected experiments
+# need, and hands each job's specification to pd.pipeline.run through one thin script.
 #
 #   snakemake --profile profiles/local                      # the experiments in `run`
 #   snakemake --profile profiles/local --config run=[main]  # others
 #   snakemake --profile profiles/slurm                      # on a SLURM cluster
 #   snakemake -n <path>                                     # one artifact (see `pd cells`)
 #
-# To add a job kind: its path pattern in pd/paths.py, its specification in pd/jobs.py, the
-# plan's method that builds it (pd/plan.py), its stage (pd/stages.py), its resource
-# estimate (pd/resources.py) and a rule in workflow/rules/ like the ones there.
+# Each job kind is one module of pd/pipeline/kinds/ (its path pattern, specification, plan
+# step, run and resource facts). The loop below writes one rule per kind from that registry;
+# the local manifest and report rules are written out in workflow/rules/report.smk.
 
 import os
 import sys
 
 from pd.errors import PDError
-from pd.workflow import Workflow
+from pd.pipeline.workflow import Workflow
 
 # The repository's config.yaml is the base; --configfile / --config merge on top of it.
 configfile: os.path.join(workflow.basedir, "config.yaml")
@@ -31,8 +31,8 @@ except PDError as err:
     sys.stderr.write(f"\npd: {err}\n\n")
     sys.exit(2)
 
-# Each rule's output, benchmark and log strings come from pd.paths (WF.output/benchmark/log),
-# with the wildcard constraints inline; a rule's name is its job kind everywhere.
+# Each rule's output, benchmark and log strings come from its kind's path pattern
+# (WF.output/benchmark/log), with the wildcard constraints inline; a rule's name is its job kind.
 
 localrules: all, manifest, report
 
@@ -42,7 +42,20 @@ rule all:
         WF.final_targets(),
 
 
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
+# One rule per job kind, named after it: the job's spec, inputs, threads, priority and
+# resources come from the plan by its output path; workflow/scripts/stage.py runs it.
+for _kind in WF.generic_kinds():
+    rule:
+        name: _kind.name
+        input: WF.inputs(_kind.name)
+        output: directory(WF.output(_kind.name)) if _kind.pattern.directory else WF.output(_kind.name)
+        params: spec=WF.spec(_kind.name)
+        threads: WF.threads(_kind.name)
+        priority: _kind.priority
+        resources: **WF.resources(_kind.name)
+        benchmark: WF.benchmark(_kind.name)
+        log: WF.log(_kind.name)
+        script: "workflow/scripts/stage.py"
+
+
 include: "workflow/rules/report.smk"

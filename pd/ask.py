@@ -128,8 +128,8 @@ def print_answers(rows: list[dict], as_json: bool = False, stream=None) -> None:
 
 
 def _generator(model: str, cfg: dict, adapter: str | None):
-    """The jobs' generator (pd.stages) on the project config's backend, without a progress bar."""
-    from pd.stages import make_job_generator
+    """The jobs' generator (pd.pipeline.run) on the project config's backend, without a progress bar."""
+    from pd.pipeline.jobtools import make_job_generator
 
     gen = cfg.get("generation", {})
     backend = gen.get("backend", "transformers")

@@ -37,7 +37,7 @@ def _config_with_files(args) -> dict:
 def cmd_validate(args) -> int:
     """Check the config, count the grid and, with a SLURM site, show what each kind of job asks for."""
     cfg = _config_with_files(args)
-    from pd.plan import build_plan
+    from pd.pipeline.plan import build_plan
 
     plan = build_plan(cfg, list(cfg["experiments"]))
     print(f"{args.config}: valid; {len(cfg['experiments'])} experiments, {sum(len(c) for c in plan.cells.values())} "
@@ -46,8 +46,8 @@ def cmd_validate(args) -> int:
         print("(with --configfile profiles/slurm/site.yaml: the GPUs, memory and time each job asks SLURM for)")
         return 0
     from pd.models import registry
+    from pd.pipeline.requests import format_table, resource_table
     from pd.site import load_site
-    from pd.workload import format_table, resource_table
 
     site = load_site(cfg["slurm_site"])
     print(f"\nWhat the jobs of all experiments ask for on this site ({site.device}, "
@@ -63,7 +63,7 @@ def cmd_fetch(args) -> int:
     """List what the selected experiments load; download what is missing (or, with --check, only report)."""
     from pd.env import cache_dir
     from pd.fetch import fetch, network_jobs, plan_needs
-    from pd.plan import build_plan
+    from pd.pipeline.plan import build_plan
 
     cfg = _cfg(args)
     names = args.run or cfg["run"]
@@ -135,7 +135,7 @@ def cmd_datasets(args) -> int:
 
 def cmd_cells(args) -> int:
     """List an experiment's cells with the files that make each; optionally build some."""
-    from pd.plan import build_plan
+    from pd.pipeline.plan import build_plan
 
     cfg = _cfg(args)
     plan = build_plan(cfg, [args.experiment])
@@ -164,7 +164,7 @@ def cmd_cells(args) -> int:
 
 def cmd_report(args) -> int:
     """Re-render the reports from the manifests and per-sample grades already on disk."""
-    from pd.plan import build_plan
+    from pd.pipeline.plan import build_plan
     from pd.report import render_reports
 
     cfg = _cfg(args)

@@ -185,7 +185,7 @@ def plan_needs(plan) -> list[Need]:
     (unless a local ``path``), Tulu 3 for ``pd_reg`` adapters regularised with ``tulu3``.
 
     Args:
-        plan: a :class:`pd.plan.Plan` (``build_plan(cfg, experiments)``).
+        plan: a :class:`pd.pipeline.plan.Plan` (``build_plan(cfg, experiments)``).
 
     Returns:
         Models first (by name), then datasets.
@@ -218,7 +218,7 @@ def network_jobs(plan) -> list[str]:
     """Jobs that call a service at run time (OpenAI-compatible embeddings or generation): they need network.
 
     Args:
-        plan: a :class:`pd.plan.Plan`.
+        plan: a :class:`pd.pipeline.plan.Plan`.
 
     Returns:
         Their output paths, sorted.

@@ -1,6 +1,6 @@
 """An experiment's grid: its cells as axis values, with defaults resolved.
 
-:func:`expand_grid` is what :mod:`pd.plan` builds artifacts from; it resolves the axes
+:func:`expand_grid` is what :mod:`pd.pipeline.plan` builds artifacts from; it resolves the axes
 each method uses from the config (the expert's temperature, the distillation
 temperature, the number of questions, the LoRA rank) and clears the ones it does not.
 """

@@ -1,6 +1,6 @@
 """The content of a job's input files, as its specification carries it.
 
-A job's artifact path holds a hash of its specification (:mod:`pd.plan`). Everything the
+A job's artifact path holds a hash of its specification (:mod:`pd.pipeline.plan`). Everything the
 job reads that is not another job's output must enter that specification by content, not
 by name, or an edited file leaves a stale result in place: a folder's documents, a
 questions file with its gold answers, prompt overrides, ``reg_data``, the MMLU-Pro file,

@@ -1,9 +1,9 @@
 """``pd inject``: put a folder of your own documents into a model's weights.
 
 ``inject`` runs the workflow's own jobs on a folder instead of a benchmark: a plan
-(:func:`pd.plan.build_adapter_plan`) over a ``folder`` dataset, with one PD cell whose
+(:func:`pd.pipeline.plan.build_adapter_plan`) over a ``folder`` dataset, with one PD cell whose
 question writer, expert and adapter-off teacher are the model itself, run in this
-process by :mod:`pd.stages`: questions per document, the expert's answers with the
+process by :mod:`pd.pipeline.run`: questions per document, the expert's answers with the
 document in its prompt, prompt distillation (which holds out some questions and measures
 KL(teacher || student) on them before and after). The output folder is a PEFT adapter
 plus a model card (README.md), the training data (``data/``), ``inject.json`` (settings,
@@ -228,8 +228,8 @@ def _check_out(docs: Path, out: Path) -> None:
 
 
 def _run_jobs(plan, target: str, docs: Path) -> tuple[list[str], dict[str, float]]:
-    """Run the jobs ``target`` needs in this process (pd.stages), reusing every output that exists."""
-    from pd.stages import run_spec
+    """Run the jobs ``target`` needs in this process (pd.pipeline.run), reusing every output that exists."""
+    from pd.pipeline.run import run_spec
 
     reused, timings = [], {}
     for art in plan.in_order(target):
@@ -252,8 +252,8 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
            config: str | None = None, command: str = "") -> InjectResult:
     """Questions, answers and a PD adapter for the documents under ``docs``, written to ``out``.
 
-    The jobs are the workflow's (:func:`pd.plan.build_adapter_plan` over a ``folder``
-    dataset), run in this process by :mod:`pd.stages` into ``<out>/results``; a rerun
+    The jobs are the workflow's (:func:`pd.pipeline.plan.build_adapter_plan` over a ``folder``
+    dataset), run in this process by :mod:`pd.pipeline.run` into ``<out>/results``; a rerun
     reuses every job whose output exists there, as Snakemake would.
 
     Args:
@@ -273,8 +273,8 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
             usable question.
     """
     from pd.models import get_spec
-    from pd.plan import build_adapter_plan
-    from pd.train.run import HELDOUT_FILE, split_heldout
+    from pd.pipeline.plan import build_adapter_plan
+    from pd.train.rows import HELDOUT_FILE, split_heldout
 
     t0 = time.time()
     project = project_config(config)

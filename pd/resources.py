@@ -1,6 +1,7 @@
 """Job resources (memory, runtime, CPUs, GPUs) for each job kind, derived from model size.
 
-The kinds are the Snakemake rules' names (:data:`pd.paths.KINDS`).
+The kinds are the Snakemake rules' names; each declares its facts (:class:`pd.pipeline.kind.JobKind`:
+``gpu``, ``base_runtime``, ``size_independent``, ``local``) in its module of :mod:`pd.pipeline.kinds`.
 
 Snakemake asks for resources per job and passes ``attempt`` (1 on the first try, 2 on the
 first retry, ...) to resource callables; a retried job gets more memory and time here, so
@@ -18,17 +19,19 @@ The estimates, in decimal GB (1 GB = 1e9 bytes, 1 GB = 1000 MB as Snakemake's ``
   ``gpu_mem_gb``, the size it is sold as, which counts GiB: an "80GB" H100 holds
   85.9 GB), rounded up to a power of two (tensor parallelism needs a divisor of the
   attention heads): an 8B model fits one 80GB GPU, a 70B judge gets four;
-* retrieval, manifest and report never ask for a GPU, nor does a grade without a judge;
+* kinds without ``gpu`` (retrieval, manifest, report) never ask for a GPU, nor does a
+  grade without a judge;
 * a second model the job loads (``extra_params_b``: a teacher that runs inside the
-  training job, :func:`pd.workload.inprocess_teacher_b`) adds its frozen weights;
-* the teacher cache an adapter job reads (``cache_gb``, :func:`pd.workload.teacher_cache_gb`)
-  adds to its host memory.
+  training job, :meth:`JobKind.extra_params_b <pd.pipeline.kind.JobKind.extra_params_b>`) adds
+  its frozen weights;
+* the teacher cache an adapter job reads (``cache_gb``,
+  :meth:`JobKind.cache_gb <pd.pipeline.kind.JobKind.cache_gb>`) adds to its host memory.
 
-Runtimes: :data:`BASE_RUNTIME` is the minutes of a paper-size job (a 1,000-item dataset,
-30 questions per item, 10 epochs: :data:`pd.workload.REFERENCE`) for an 8B model on one
+Runtimes: a kind's ``base_runtime`` is the minutes of a paper-size job (a 1,000-item dataset,
+30 questions per item, 10 epochs: :data:`pd.pipeline.sizing.REFERENCE`) for an 8B model on one
 GPU (or a 0.5B model on a CPU); it scales with the model's size, the job's ``work`` (its
-own size over the reference's, :func:`pd.workload.job_work`) and the GPUs, and never goes
-below :data:`MIN_RUNTIME` for a job that loads a model (loading and start-up).
+own size over the reference's, :meth:`JobKind.work <pd.pipeline.kind.JobKind.work>`) and the
+GPUs, and never goes below :data:`MIN_RUNTIME` for a job that loads a model (loading and start-up).
 
 A site (:class:`Site`, read from ``profiles/slurm/site.yaml``) adds the SLURM settings a
 cluster needs (partition, account, GPU type or gres string, constraint, caps) and can
@@ -41,18 +44,8 @@ import math
 from typing import Any, Callable, Mapping
 
 from pd.errors import ConfigError
-from pd.paths import KINDS
+from pd.pipeline.registry import get_kind, kind_names
 from pd.site import DEVICES, Site, SizeTier, load_site
-
-GPU_KINDS = frozenset({"questions", "answers", "teacher", "adapter", "evaluate", "grade", "capability"})
-
-# Snakemake's ``priority:`` per job kind (higher starts first among ready jobs): the chain that feeds
-# training (questions -> answers -> teacher -> adapter) is the critical path of every grid, and an
-# evaluation or grade can always wait. On the demo's 2 cores this starts the questions at once (the
-# base model's evaluations fill the other core) and the last adapter before the first adapters'
-# evaluations, instead of after them.
-PRIORITY = {"questions": 40, "answers": 40, "teacher": 40, "adapter": 30, "retrieval": 20, "capability": 10,
-            "evaluate": 10, "grade": 5}
 
 GPU_USABLE = 0.9  # fraction of a GPU's memory a job may plan to fill
 GIB_IN_GB = 2**30 / 1e9  # GPU sizes as sold ("80GB") are GiB
@@ -60,23 +53,8 @@ CPU_BASE_GB = 2.0  # python + torch + tokenizer, before any weights
 GPU_HOST_BASE_GB = 8.0  # host RAM of a GPU job besides a copy of the weights
 ADAPTER_BYTES = 16  # float32 weight + gradient + two AdamW moments per adapter parameter
 
-# Minutes at attempt 1 for an 8B model on one GPU (or a 0.5B model on a CPU) at the paper's
-# data sizes (pd.workload.REFERENCE: 1000 test items, 30 questions each, 10 epochs); ``work`` scales them.
-BASE_RUNTIME = {
-    "questions": 60,
-    "answers": 120,
-    "teacher": 60,
-    "adapter": 720,
-    "evaluate": 30,
-    "grade": 60,
-    "capability": 30,
-    "retrieval": 30,
-    "manifest": 15,
-    "report": 15,
-}
 REFERENCE_PARAMS_B = {"gpu": 8.0, "cpu": 0.5}
 MIN_RUNTIME = 15  # minutes at attempt 1 of a job that loads a model, however small its work
-SIZE_INDEPENDENT = frozenset({"retrieval", "manifest", "report"})
 
 
 def lora_params_per_rank(params_b: float) -> float:
@@ -115,7 +93,7 @@ def gpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> flo
 
 def cpu_need_gb(kind: str, params_b: float, lora_rank: int | None = None) -> float:
     """Host memory (GB) of a CPU-only job: float32 weights and, for training, adapter state."""
-    if kind in SIZE_INDEPENDENT:
+    if get_kind(kind).size_independent:
         return CPU_BASE_GB
     weights = 4.0 * params_b
     if kind == "adapter":
@@ -163,7 +141,7 @@ def job_resources(
     are left out.
 
     Args:
-        kind: a job kind (:data:`pd.paths.KINDS`).
+        kind: a job kind (:func:`pd.pipeline.registry.kind_names`).
         params_b: the size of the job's model in billions of parameters (0 for none).
         attempt: 1 on the first try, 2 on the first retry, ...
         device: ``cpu`` or ``gpu``.
@@ -203,8 +181,8 @@ def job_resources(
 
 
 def _check_job(kind: str, params_b: float, attempt: int, work: float) -> None:
-    if kind not in KINDS:
-        raise ConfigError(f"unknown job kind {kind!r}; allowed: {list(KINDS)}")
+    if kind not in kind_names():
+        raise ConfigError(f"unknown job kind {kind!r}; allowed: {list(kind_names())}")
     if isinstance(params_b, bool) or not isinstance(params_b, (int, float)) or params_b < 0:
         raise ConfigError(f"params_b must be a model size in billions (>= 0), got {params_b!r}")
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
@@ -222,7 +200,8 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
     (one each) and multiplies the CPUs and the host memory (each process loads the model).
     """
     growth = memory_growth(attempt)
-    on_gpu = device == "gpu" and kind in GPU_KINDS and params_b > 0  # substring grades load no model
+    facts = get_kind(kind)
+    on_gpu = device == "gpu" and facts.gpu and params_b > 0  # substring grades load no model
     if on_gpu:
         need = gpu_need_gb(kind, params_b, lora_rank) + 2.0 * extra_params_b
         first_gpus = gpus_for(need, defaults.gpu_mem_gb)  # the runtime estimate's basis
@@ -248,10 +227,10 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
         gpus = first_gpus = 0
         n = 1 if processes == "auto" else processes
         host_gb = (cpu_need_gb(kind, params_b, lora_rank) + 4.0 * extra_params_b) * n
-        cpus = 1 if kind in ("manifest", "report") else defaults.cpus_per_task * n
+        cpus = 1 if facts.local else defaults.cpus_per_task * n
     mem_mb = math.ceil((host_gb + cache_gb) * 1000 * growth / 100) * 100
 
-    if kind in SIZE_INDEPENDENT:
+    if facts.size_independent:
         size_factor = 1.0
     else:
         size_factor = max(0.25, params_b / REFERENCE_PARAMS_B["gpu" if on_gpu else "cpu"])
@@ -260,8 +239,8 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
     if tier is not None and tier.runtime is not None:
         runtime = tier.runtime * work  # the site's minutes for a paper-size job
     else:
-        runtime = BASE_RUNTIME[kind] * size_factor / max(first_gpus, 1) * work * defaults.runtime_factor
-    if params_b > 0 and kind not in SIZE_INDEPENDENT:
+        runtime = facts.base_runtime * size_factor / max(first_gpus, 1) * work * defaults.runtime_factor
+    if params_b > 0 and not facts.size_independent:
         runtime = max(runtime, MIN_RUNTIME)
 
     if tier is not None:
@@ -322,8 +301,8 @@ def rule_resources(
     Each callable takes ``(wildcards, attempt)``; a key that does not apply to a job
     returns None, which Snakemake drops.
     """
-    if kind not in KINDS:
-        raise ConfigError(f"unknown job kind {kind!r}; allowed: {list(KINDS)}")
+    if kind not in kind_names():
+        raise ConfigError(f"unknown job kind {kind!r}; allowed: {list(kind_names())}")
     site = load_site(site) if not isinstance(site, Site) else site
 
     def value(v, wildcards):

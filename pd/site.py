@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pd.errors import ConfigError
-from pd.paths import KINDS
+from pd.pipeline.registry import kind_names
 from pd.precision import REQUESTS
 
 DEVICES = ("cpu", "gpu")
@@ -139,8 +139,8 @@ def _parse_sizes(value: Any, where: str) -> dict[str, tuple[SizeTier, ...]]:
         raise ConfigError(f"{where}.sizes: expected a mapping from rule kind to a list of tiers, got {value!r}")
     out = {}
     for kind, tiers in value.items():
-        if kind not in KINDS:
-            raise ConfigError(f"{where}.sizes: unknown kind {kind!r}; allowed: {list(KINDS)}")
+        if kind not in kind_names():
+            raise ConfigError(f"{where}.sizes: unknown kind {kind!r}; allowed: {list(kind_names())}")
         if not isinstance(tiers, list):
             raise ConfigError(f"{where}.sizes.{kind}: expected a list of tiers like {{max_params_b: 8, runtime: 600}}")
         parsed = []

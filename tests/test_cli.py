@@ -8,7 +8,7 @@ import yaml
 
 from pd.cli import main
 from pd.config import DEFAULT_CONFIG, load_config
-from pd.plan import build_plan
+from pd.pipeline.plan import build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -160,7 +160,7 @@ def test_a_list_of_grids_is_united():
         {"model": ["tiny-llama"], "method": ["base"], "dataset": ["nyt"], "retrieval": ["none", "bm25", "oracle"]},
         {"model": ["tiny-llama"], "method": ["pd", "sft"], "dataset": ["nyt"], "retrieval": ["none", "bm25"]},
     ]
-    from pd.plan import expand_grid
+    from pd.pipeline.plan import expand_grid
 
     cells = expand_grid(load_config(cfg), "x")
     assert len(cells) == 3 + 4

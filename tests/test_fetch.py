@@ -104,7 +104,7 @@ def test_local_model_need(tmp_path):
 
 
 def test_workflow_exports_the_site_env(monkeypatch):
-    from pd.workflow import Workflow
+    from pd.pipeline.workflow import Workflow
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "PD_CACHE_DIR"):
         monkeypatch.delenv(var, raising=False)
@@ -124,7 +124,7 @@ from pd.resources import rule_resources
 from pd.site import apply_job_env, load_site
 
 SITE = load_site(config.get("slurm_site"))
-apply_job_env(SITE)  # what pd.workflow.Workflow does for the real Snakefile
+apply_job_env(SITE)  # what pd.pipeline.workflow.Workflow does for the real Snakefile
 
 rule env:
     output: "env.txt"

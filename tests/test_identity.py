@@ -13,7 +13,7 @@ import pytest
 
 from pd.config import load_config
 from pd.identity import local_model_fingerprint
-from pd.plan import build_plan
+from pd.pipeline.plan import build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_KINDS = ("questions", "answers", "adapter", "evaluate", "grade")  # every job that reads the dataset

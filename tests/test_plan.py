@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pd.config import DEFAULT_CONFIG, load_config
-from pd.plan import build_plan, expand_grid
+from pd.pipeline.plan import build_plan, expand_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ["main", "expert_teacher", "temperatures", "regularisation", "hotpotqa", "rag_variants", "n_questions",
@@ -124,7 +124,7 @@ def test_user_models_reach_their_jobs(tmp_path):
     import yaml
 
     from pd.io import read_jsonl
-    from pd.stages import run_job
+    from pd.pipeline.run import run_job
 
     raw = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     raw["results_dir"] = str(tmp_path / "results")
@@ -152,8 +152,8 @@ def test_user_models_reach_their_jobs(tmp_path):
 
 
 def test_every_artifact_parses_back_to_its_kind_and_path(cfg):
-    """One path registry: each planned path matches its own kind's pattern and formats back to itself."""
-    from pd import paths
+    """Each planned path matches its own kind's pattern and formats back to itself."""
+    from pd.pipeline import paths
 
     plan = build_plan(cfg, PAPER)
     for path, art in plan.artifacts.items():
@@ -166,7 +166,7 @@ def test_every_artifact_parses_back_to_its_kind_and_path(cfg):
 
 
 def test_benchmark_and_log_files_are_beside_the_results():
-    from pd.paths import benchmark_file, log_file
+    from pd.pipeline.paths import benchmark_file, log_file
 
     assert benchmark_file("results/nyt/eval/sft/m/r4_ab_s0/none_cd.jsonl", "nyt") == \
         "results/benchmarks/nyt/eval/sft/m/r4_ab_s0/none_cd.tsv"
@@ -178,7 +178,7 @@ def test_benchmark_and_log_files_are_beside_the_results():
 
 
 def test_rule_strings_come_from_the_registry():
-    from pd import paths
+    from pd.pipeline import paths
 
     assert paths.rule_output("answers", "R", "rep") == "R/{dataset,[^/]+}/answers/{qstem,[^/]+}/{stem,[^/]+}.jsonl"
     assert paths.rule_benchmark("teacher", "R") == "R/benchmarks/{dataset}/teacher/{qstem}/{astem}/{stem}.tsv"
@@ -190,13 +190,13 @@ def test_rule_strings_come_from_the_registry():
 
 def test_specs_round_trip_through_their_dictionary_form(cfg):
     """Snakemake passes a spec as its dict; reading it back gives the same typed spec and the same dict."""
-    from pd import jobs
     from pd.io import stable_hash
+    from pd.pipeline.registry import spec_from_dict
 
     plan = build_plan(cfg, PAPER)
     for art in plan.artifacts.values():
         d = art.spec.as_dict()
-        back = jobs.from_dict(art.kind, d)
+        back = spec_from_dict(art.kind, d)
         assert back == art.spec and back.as_dict() == d and list(back.as_dict()) == list(d)
     grade = next(a for a in plan.of_kind("grade") if a.spec.grader == "substring")
     # The dictionary as it was written before the specs were typed: its hash is in the path.
@@ -207,11 +207,11 @@ def test_specs_round_trip_through_their_dictionary_form(cfg):
     adapter = plan.artifacts[plan.cells["main"][-1].adapter]
     assert stable_hash(adapter.spec.as_dict(), 8) in adapter.path
     with pytest.raises(ValueError, match="unknown field"):
-        jobs.from_dict("grade", {**expected, "colour": 1})
+        spec_from_dict("grade", {**expected, "colour": 1})
 
 
 def test_sampling_keeps_the_configs_key_order():
-    from pd.jobs import Sampling
+    from pd.pipeline.spec import Sampling
 
     s = Sampling.from_dict({"temperature": 1.5, "max_new_tokens": 512, "top_k": 0})
     assert list(s.as_dict()) == ["temperature", "max_new_tokens", "top_k"]
@@ -220,27 +220,26 @@ def test_sampling_keeps_the_configs_key_order():
     assert Sampling.from_dict({}).params(seed=0, temperature=0.25, max_new_tokens=500).max_new_tokens == 500
 
 
-def test_every_job_kind_has_a_stage_resources_and_a_rule():
-    """One name per job kind: the registry's kinds are the stages', the resources' and the rules'."""
-    from pd.jobs import SPECS
-    from pd.paths import KINDS
+def test_the_snakefile_writes_one_rule_per_registered_kind():
+    """Rules come from the registry: the Snakefile's loop covers every kind whose rule is generic, and the
+    written-out rules are exactly the others (plus `all`); every kind sizes its jobs."""
+    from pd.pipeline.registry import all_kinds
     from pd.resources import job_resources
-    from pd.stages import STAGES
 
-    assert tuple(SPECS) == KINDS and set(STAGES) == set(KINDS)
-    for kind in KINDS:
-        assert job_resources(kind, 0.135)["mem_mb"] > 0
-    rules = set()
-    for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        rules |= set(re.findall(r"^rule (\w+):", smk.read_text(), re.M))
-    assert rules == set(KINDS)
+    for kind in all_kinds():
+        assert job_resources(kind.name, 0.135)["mem_mb"] > 0
+        assert kind.spec.KIND == kind.name
+    written = set()
+    for smk in [ROOT / "Snakefile", *(ROOT / "workflow" / "rules").glob("*.smk")]:
+        written |= set(re.findall(r"^rule (\w+):", smk.read_text(), re.M))
+    assert written == {"all"} | {k.name for k in all_kinds() if not k.generic_rule}
 
 
 def test_heldout_fraction_means_extra_questions_per_training_question():
     """The config's heldout_fraction f: n training questions get round(n f) extra ones (at least 1),
     and split_heldout, given the same f, holds out that many of the n + extra."""
     from pd.config import heldout_extra
-    from pd.train.run import split_heldout
+    from pd.train.rows import split_heldout
 
     for n in (3, 10, 30):
         extra = heldout_extra(n, 0.1)
@@ -253,7 +252,7 @@ def test_heldout_fraction_means_extra_questions_per_training_question():
 def test_a_folder_dataset_is_named_by_its_content(tmp_path):
     """pd inject's plan: questions per passage for a folder without test questions; edited documents
     change every job's identity."""
-    from pd.plan import build_adapter_plan
+    from pd.pipeline.plan import build_adapter_plan
 
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -273,8 +272,8 @@ def test_a_folder_dataset_is_named_by_its_content(tmp_path):
 def test_a_larger_teacher_runs_in_its_own_job_never_in_the_students():
     """Table 3's 70B teachers: the adapter reads top-k targets from a teacher job that loads the 70B model;
     the adapter job itself asks only for the student's resources."""
+    from pd.pipeline.registry import get_kind
     from pd.train.settings import SEPARATE_TEACHER_TOPK
-    from pd.workload import inprocess_teacher_b
 
     plan = build_plan(load_config(DEFAULT_CONFIG, {"run": ["expert_teacher"]}))
     separate = [a for a in plan.of_kind("adapter") if a.spec.teacher_model not in (None, a.spec.model)]
@@ -284,7 +283,7 @@ def test_a_larger_teacher_runs_in_its_own_job_never_in_the_students():
         assert a.spec.training["teacher_topk"] == SEPARATE_TEACHER_TOPK and a.spec.teacher in a.inputs
         teacher_job = plan.get(a.spec.teacher)
         assert teacher_job.kind == "teacher" and teacher_job.model == "llama3-70b-instruct"
-        assert inprocess_teacher_b(a, plan) == 0.0
+        assert get_kind("adapter").extra_params_b(a, plan) == 0.0
     assert all(a.spec.training["teacher_topk"] == 0 and a.spec.teacher is None for a in own)
 
 

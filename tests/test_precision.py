@@ -130,7 +130,7 @@ def test_the_resolved_precision_is_part_of_every_model_jobs_identity(cache):
     """The same config planned for this CPU, a GPU site and a float16 site: model jobs get the
     precision they will run in and another path each; jobs that load no model keep theirs."""
     from pd.config import load_config
-    from pd.plan import build_plan
+    from pd.pipeline.plan import build_plan
 
     here = build_plan(load_config(None, {"run": ["demo"]}))
     gpu = build_plan(load_config(None, {"run": ["demo"], "slurm_site": {"device": "gpu"}}))

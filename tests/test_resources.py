@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from pd.errors import ConfigError
+from pd.pipeline.registry import kind_names
 from pd.resources import (
-    KINDS,
     Site,
     gpus_for,
     job_resources,
@@ -253,12 +253,12 @@ def test_rule_resources_follow_wildcards_and_attempt():
     assert rr["mem_mb"](small, 2) == 42000  # 28000 x 1.5
     assert rr["gpu_model"](small, 1) is None  # Snakemake drops None-valued resources
     assert rr["slurm_partition"](small, 1) is None
-    assert set(KINDS) >= {"grade"}
+    assert set(kind_names()) >= {"grade"}
     with pytest.raises(ConfigError):
         rule_resources("grading", 1.0)
 
 
-# --------------------------------------------------------------------------- work and caches (pd.workload)
+# --------------------------------------------------------------------------- work and caches (each kind's sizing hooks)
 # The demo's plan (config.yaml): 4 NYT passages with 37 test items (data/squadshifts-pd/README.md
 # and config.yaml's comment); questions in `sentence` mode, one per call in at most 48 new tokens,
 # 3 per item plus 1 held out, at most 4 rounds; answers of at most 64 tokens; 3 epochs; top-1024
@@ -273,7 +273,7 @@ PAPER_ANSWER_TOKENS = 1000 * 30 * 512  # 15,360,000
 @pytest.fixture(scope="module")
 def demo_plan():
     from pd.config import DEFAULT_CONFIG, load_config
-    from pd.plan import build_plan
+    from pd.pipeline.plan import build_plan
 
     return build_plan(load_config(DEFAULT_CONFIG), ["demo"])
 
@@ -283,7 +283,13 @@ def _one(plan, kind, pred=lambda a: True):
 
 
 def test_demo_work_factors_by_hand(demo_plan):
-    from pd.workload import job_work, teacher_cache_gb
+    from pd.pipeline.registry import get_kind
+
+    def job_work(art, plan):
+        return get_kind(art.kind).work(art, plan)
+
+    def teacher_cache_gb(art, plan):
+        return get_kind(art.kind).cache_gb(art, plan)
 
     questions = DEMO_ITEMS * (3 + 1)  # 148
     # questions: 148 calls x 48 tokens x min(4 rounds, 2)
@@ -305,8 +311,11 @@ def test_demo_work_factors_by_hand(demo_plan):
 
 def test_paper_size_work_is_about_one():
     from pd.config import DEFAULT_CONFIG, load_config
-    from pd.plan import build_plan
-    from pd.workload import job_work
+    from pd.pipeline.plan import build_plan
+    from pd.pipeline.registry import get_kind
+
+    def job_work(art, plan):
+        return get_kind(art.kind).work(art, plan)
 
     plan = build_plan(load_config(DEFAULT_CONFIG), ["main"])
     q = _one(plan, "questions", lambda a: a.spec.dataset == "nyt" and a.model == "llama3-8b-instruct")
@@ -355,8 +364,8 @@ def test_site_env_exported_to_jobs(monkeypatch):
 
 def test_vllm_jobs_use_every_gpu_slurm_granted(monkeypatch):
     import pd.generate
+    from pd.pipeline.jobtools import make_job_generator
     from pd.resources import job_gpus
-    from pd.stages import make_job_generator
 
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "4")
     assert job_gpus() == 4

@@ -129,7 +129,7 @@ def test_a_run_through_the_openai_backend_writes_no_secret(tiny_llama, tmp_path)
 def test_openai_cache_tag_travels_from_config_to_the_jobs_generator():
     """generation.openai_cache_tag reaches every generating job's spec and the generator it makes."""
     from pd.config import load_config
-    from pd.plan import build_plan
+    from pd.pipeline.plan import build_plan
 
     cfg = load_config(None, {"run": ["demo"], "generation": {"backend": "openai", "openai_cache_tag": "weights-v2",
                                                               "openai_base_url": "http://127.0.0.1:9/v1"}})

@@ -12,8 +12,8 @@ import yaml
 from pd.config import load_config
 from pd.io import read_json
 from pd.models import get_spec, load_model, load_tokenizer
-from pd.plan import build_plan
-from pd.stages import run_job
+from pd.pipeline.plan import build_plan
+from pd.pipeline.run import run_job
 from pd.train.heldout import heldout_kl
 from pd.train.settings import SEPARATE_TEACHER_TOPK
 
@@ -45,11 +45,13 @@ def test_student_job_reads_the_larger_teachers_cache(tmp_path, one_thread):
     # Against the live teacher network (the 70B stand-in, loaded here and not in the job): the cached
     # top-128 KL groups the other tokens into one bucket, and grouping never raises a KL (log-sum
     # inequality), so it is a positive lower bound of the full one.
-    from pd.train.run import _examples, _training_rows
+    from pd.pipeline.kinds.adapter import training_rows
+    from pd.train.rows import heldout_examples
 
-    _, held = _training_rows(adapter.spec)
+    _, held = training_rows(adapter.spec)
     student, big = get_spec("tiny-llama"), get_spec("tiny-llama-large")
-    live = heldout_kl(load_model(student, device="cpu"), load_tokenizer(student), student,
-                      _examples(held, adapter.spec.load_dataset()), 2.0, teacher_model=load_model(big, device="cpu"))
+    pairs = heldout_examples(held, adapter.spec.load_dataset())
+    live = heldout_kl(load_model(student, device="cpu"), load_tokenizer(student), student, pairs, 2.0,
+                      teacher_model=load_model(big, device="cpu"))
     assert 0 < record["before"] <= live
     assert 0 < record["after"] < record["before"]

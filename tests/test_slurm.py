@@ -193,8 +193,8 @@ def test_slurm_training_cell_with_two_processes_runs_in_one_job(tmp_path, slurm_
     from safetensors.torch import load_file
 
     from pd.config import load_config
-    from pd.paths import log_file
-    from pd.plan import build_plan
+    from pd.pipeline.paths import log_file
+    from pd.pipeline.plan import build_plan
     from pd.train.launch import rank_log
 
     # The CI site, with one CPU per process: the two-process job asks SLURM for two.

@@ -1,7 +1,7 @@
 """training.processes: the adapter stage launches its training processes itself (torchrun, gloo on a CPU).
 
 The adapter job of a real plan (tests/configs/tiny-train.yaml's PD cell on tiny-llama), run
-through :func:`pd.stages.run_job` as the workflow runs it: with ``processes: 2`` it trains in
+through :func:`pd.pipeline.run.run_job` as the workflow runs it: with ``processes: 2`` it trains in
 two processes whose averaged gradients equal one process's gradient on the global batch, so
 its adapter equals the one-process adapter with twice the per-process batch (to float
 rounding); each rank logs its SLURM job, rank and world size.
@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from pd.config import load_config
 from pd.errors import ConfigError, DataError
 from pd.io import write_jsonl
-from pd.plan import build_plan
-from pd.stages import run_job
+from pd.pipeline.plan import build_plan
+from pd.pipeline.run import run_job
 from pd.train.launch import rank_log, resolve_processes
 from pd.train.settings import TrainConfig, spec_defaults
 

@@ -14,8 +14,8 @@ import pytest
 from pd.config import load_config
 from pd.grade import substring_match
 from pd.io import read_jsonl
-from pd.paths import log_file
-from pd.plan import build_plan
+from pd.pipeline.paths import log_file
+from pd.pipeline.plan import build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -204,9 +204,11 @@ def test_a_new_selection_after_another_has_jobs(tmp_path):
 
 @pytest.mark.slow
 def test_the_training_chain_goes_first(tmp_path):
-    """Each rule carries its kind's priority (pd.resources.PRIORITY): on 2 cores the questions start at once
+    """Each rule carries its kind's priority (JobKind.priority): on 2 cores the questions start at once
     beside the base model's evaluations, and adapters before the evaluations of finished ones."""
-    from pd.resources import PRIORITY
+    from pd.pipeline.registry import all_kinds
+
+    PRIORITY = {k.name: k.priority for k in all_kinds() if k.priority}
 
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
            "--profile", str(ROOT / "profiles" / "local"), "--config", "run=[demo]",

@@ -66,7 +66,7 @@ class CellRecord:
         for key in ("evaluate", "adapter"):
             if isinstance(extra.get(key), str):
                 extra[key] = resolve(extra[key])
-        if isinstance(extra.get("jobs"), list):  # every artifact behind the cell (see pd.plan.Plan.upstream)
+        if isinstance(extra.get("jobs"), list):  # every artifact behind the cell (see pd.pipeline.plan.Plan.upstream)
             extra["jobs"] = [resolve(str(j)) for j in extra["jobs"]]
         rec = cls(
             experiment=str(d["experiment"]), cell_id=str(d["cell_id"]), axes=dict(d["axes"]),
@@ -87,8 +87,8 @@ class CellRecord:
 
 
 def benchmark_file(path: Any, dataset: Any) -> str | None:
-    """The benchmark file of the job that wrote ``path`` (:func:`pd.paths.benchmark_file`)."""
-    from pd.paths import benchmark_file as registry_benchmark
+    """The benchmark file of the job that wrote ``path`` (:func:`pd.pipeline.paths.benchmark_file`)."""
+    from pd.pipeline.paths import benchmark_file as registry_benchmark
 
     return registry_benchmark(path, dataset) if dataset is not None else None
 

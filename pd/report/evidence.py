@@ -6,7 +6,7 @@ Both are read from files the workflow already writes, named by each manifest rec
   (:mod:`pd.loglik`; null for backends without a teacher-forced pass, absent in rows
   written before the field existed: such a file contributes nothing);
 * the adapter folder (``record.extra["adapter"]``): ``heldout.json`` with the held-out
-  KL(teacher || student) ``before`` and ``after`` training (:mod:`pd.train.run`), and
+  KL(teacher || student) ``before`` and ``after`` training (:mod:`pd.pipeline.kinds.adapter`), and
   ``train_log.jsonl``, the loss per step.
 
 Per seed the log-likelihood is the mean over questions of the per-token value (nats per

@@ -32,7 +32,7 @@ def place_groups(experiment: str, spec: TableSpec, groups: Sequence[tuple[Mappin
 
     Raises:
         ConfigError: two groups that differ in an axis the layout does not show land in one
-            cell; the message names those axes. :func:`pd.plan.build_plan` calls this on the
+            cell; the message names those axes. :func:`pd.pipeline.plan.build_plan` calls this on the
             grid, so such a layout is refused before anything runs.
     """
     placed: dict[tuple, Any] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from pd import paths
+from pd.pipeline import paths
 from pd.report.aggregate import CellRecord, benchmark_file
 from pd.report.html import read_benchmarks
 
@@ -90,7 +90,7 @@ def run_info(records: Iterable[CellRecord], experiment: str, machine: str | None
             b = benchmark_file(job, dataset)
             found = paths.parse(job, None if dataset is None else str(dataset)) if b else None
             if found:
-                files[b] = found[0]  # the job kind (pd.paths.KINDS)
+                files[b] = found[0]  # the job kind (pd.pipeline.registry.kind_names)
     info = RunInfo(machine=machine if machine is not None else machine_description(),
                    command=reproduce_command(experiment))
     starts, ends = [], []

@@ -3,18 +3,20 @@
 An adapter job whose resolved ``processes`` (:func:`resolve_processes`) is above one, and
 that is not itself a process of a distributed launch (no ``WORLD_SIZE`` in the
 environment), starts that many copies of :func:`main` through
-``python -m torch.distributed.run`` inside the same job (one SLURM job, one node). Each copy
-runs the same :func:`pd.train.run.run_adapter`; :func:`pd.train.loop.train` finds the
+``python -m torch.distributed.run`` inside the same job (one SLURM job, one node) with
+:func:`launch`. Each copy runs the same function, named by the caller as ``module:function``
+(the adapter job's :func:`pd.pipeline.kinds.adapter.run_rank`, so this package never
+imports the job layer); :func:`pd.train.loop.train` finds the
 process group through ``accelerate`` (DDP, or FSDP with ``training.parallel: fsdp``; NCCL
 on GPUs, gloo on a CPU) and only rank 0 writes the adapter folder. ``batch_size`` is per
 process, so N processes train with N times the global batch.
 
-Logs: rank 0 appends to the job's log (``PD_JOB_LOG``, set by :mod:`pd.stages` while a job
+Logs: rank 0 appends to the job's log (``PD_JOB_LOG``, set by :mod:`pd.pipeline.run` while a job
 runs), rank r > 0 writes ``<log>.rank<r>`` beside it; each begins with one line naming the
 SLURM job, the rank and the world size (:func:`rank_line`). A failing rank fails the
 launch, and the launcher raises with that rank's error and log.
 
-This module imports neither torch nor :mod:`pd.stages` at import time.
+This module imports neither torch nor the job layer at import time.
 """
 
 from __future__ import annotations
@@ -26,13 +28,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pd import errors
-
-if TYPE_CHECKING:
-    from pd.jobs import AdapterSpec
 
 log = logging.getLogger("pd.train")
 
@@ -86,15 +86,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_adapter(spec: AdapterSpec, out: str, processes: int, threads: int | None = None) -> None:
-    """Train ``spec``'s adapter with ``processes`` processes under torchrun, in this job.
+def launch(target: str, payload: dict[str, Any], out: str, processes: int, threads: int | None = None) -> None:
+    """Run ``target(payload, out)`` in ``processes`` processes under torchrun, in this job.
 
     Args:
-        spec: the adapter job's specification.
-        out: the adapter folder (written by rank 0, atomically).
+        target: ``module:function`` that every rank calls with ``(payload, out)``.
+        payload: a JSON-serialisable mapping (the adapter job's specification).
+        out: the output folder (written by rank 0, atomically).
         processes: how many processes (> 1).
         threads: CPU threads of the whole job, shared out among the processes (default:
-            ``OMP_NUM_THREADS``, which :func:`pd.stages.run_job` sets to the job's threads; else 1 each).
+            ``OMP_NUM_THREADS``, which :func:`pd.pipeline.run.run_job` sets to the job's threads; else 1 each).
 
     Raises:
         PDError: a rank failed with a user mistake (the same class, its message and log).
@@ -102,11 +103,12 @@ def launch_adapter(spec: AdapterSpec, out: str, processes: int, threads: int | N
     """
     threads = threads or int(os.environ.get("OMP_NUM_THREADS") or processes)
     with tempfile.TemporaryDirectory(prefix="pd-launch-") as tmp:
-        spec_file = Path(tmp) / "spec.json"
-        spec_file.write_text(json.dumps(spec.as_dict()), encoding="utf-8")
+        spec_file = Path(tmp) / "payload.json"
+        spec_file.write_text(json.dumps(payload), encoding="utf-8")
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, threads // processes)), **{ERROR_DIR_ENV: tmp})
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", __name__, str(spec_file), out]
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", __name__, target, str(spec_file),
+               out]
         log.info("training with %d processes: %s", processes, " ".join(cmd))
         for h in logging.getLogger().handlers:
             h.flush()
@@ -154,12 +156,13 @@ def _rank_logging(rank: int) -> None:
     logging.captureWarnings(True)
 
 
-def main(spec_file: str, out: str) -> None:
-    """One rank of :func:`launch_adapter`: log who it is, then train the adapter.
+def main(target: str, payload_file: str, out: str) -> None:
+    """One rank of :func:`launch`: log who it is, then call ``target(payload, out)``.
 
     Args:
-        spec_file: the adapter specification (JSON, :meth:`pd.jobs.JobSpec.as_dict`).
-        out: the adapter folder.
+        target: ``module:function`` to call.
+        payload_file: the JSON payload (the adapter job's specification).
+        out: the output folder.
 
     Raises:
         Exception: whatever training raised (after writing it for the launcher).
@@ -173,12 +176,8 @@ def main(spec_file: str, out: str) -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        from pd import jobs, prompts
-        from pd.train.run import run_adapter
-
-        spec = jobs.from_dict("adapter", json.loads(Path(spec_file).read_text(encoding="utf-8")))
-        prompts.set_overrides(spec.prompt_paths)
-        run_adapter(spec, out)
+        module, function = target.split(":")
+        getattr(import_module(module), function)(json.loads(Path(payload_file).read_text(encoding="utf-8")), out)
     except BaseException as err:
         log.exception("rank %d failed", rank)
         folder = os.environ.get(ERROR_DIR_ENV)
@@ -189,4 +188,4 @@ def main(spec_file: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -1,6 +1,6 @@
 """Where this process stands in a launch of several training processes (``torchrun`` sets RANK,
 LOCAL_RANK and WORLD_SIZE): read by the launcher (:mod:`pd.train.launch`) and by the adapter
-job each rank runs (:mod:`pd.train.run`)."""
+job each rank runs (:mod:`pd.pipeline.kinds.adapter`)."""
 
 from __future__ import annotations
 

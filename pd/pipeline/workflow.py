@@ -1,20 +1,22 @@
 """What the Snakefile needs from the plan, as Snakemake-shaped callables.
 
-Each rule's ``output:``, ``benchmark:`` and ``log:`` strings come from the one registry
-of path patterns (:mod:`pd.paths`), the one the plan names its artifacts with; a job's
-wildcards give back its output path, and the path gives its specification, inputs and
-resources. A rule's name is its job kind everywhere (plan, stages, resources, site file).
-Keeping this glue in the package keeps the rules to a few lines each.
+The Snakefile writes one rule per job kind of the registry (:meth:`Workflow.generic_kinds`);
+each rule's ``output:``, ``benchmark:`` and ``log:`` strings come from its kind's path
+pattern, the one the plan names its artifacts with; a job's wildcards give back its output
+path, and the path gives its specification, inputs and resources. A rule's name is its job
+kind everywhere (plan, job runner, resources, site file). Keeping this glue in the package
+keeps the Snakefile to one loop and two written-out local rules.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from pd import paths
 from pd.config import load_config
 from pd.models import registry
-from pd.plan import Plan, build_plan
+from pd.pipeline import paths
+from pd.pipeline.plan import Plan, build_plan
+from pd.pipeline.registry import all_kinds, get_kind
 
 
 class Workflow:
@@ -33,6 +35,11 @@ class Workflow:
 
         apply_job_env(self.site)  # HF_HOME, HF_HUB_OFFLINE, PD_CACHE_DIR ... reach every job (sbatch --export=ALL)
         self.device = "gpu" if self.site is not None and self.site.device == "gpu" else "cpu"
+
+    @staticmethod
+    def generic_kinds() -> list:
+        """The job kinds whose rule the Snakefile's loop writes (:attr:`JobKind.generic_rule`)."""
+        return [k for k in all_kinds() if k.generic_rule]
 
     def output(self, kind: str) -> str:
         """The rule's ``output:`` pattern (wrap a folder output in ``directory()``)."""
@@ -82,38 +89,32 @@ class Workflow:
         """The rule's ``resources:`` (pd.resources.rule_resources for the job kind, the model's size and rank)."""
         from pd.resources import rule_resources
 
-        def rank(wildcards):
-            return self.artifact(kind, wildcards).spec.training.get("rank") if kind == "adapter" else None
-
-        from pd.workload import inprocess_teacher_b, job_work, teacher_cache_gb
-
-        return rule_resources(kind, self.params_b(kind), device=self.device, site=self.site, lora_rank=rank,
-                              work=lambda wc: job_work(self.artifact(kind, wc), self.plan),
-                              cache_gb=lambda wc: teacher_cache_gb(self.artifact(kind, wc), self.plan),
-                              extra_params_b=lambda wc: inprocess_teacher_b(self.artifact(kind, wc), self.plan),
+        k = get_kind(kind)
+        return rule_resources(kind, self.params_b(kind), device=self.device, site=self.site,
+                              lora_rank=lambda wc: k.lora_rank(self.artifact(kind, wc)),
+                              work=lambda wc: k.work(self.artifact(kind, wc), self.plan),
+                              cache_gb=lambda wc: k.cache_gb(self.artifact(kind, wc), self.plan),
+                              extra_params_b=lambda wc: k.extra_params_b(self.artifact(kind, wc), self.plan),
                               processes=self.processes(kind))
 
     def processes(self, kind: str) -> Callable:
         """An adapter job's ``training.processes`` (1 for other kinds): its GPUs, CPUs and memory scale with it."""
-        return lambda wildcards: self.artifact(kind, wildcards).spec.training.get("processes", 1) \
-            if kind == "adapter" else 1
+        return lambda wildcards: get_kind(kind).processes(self.artifact(kind, wildcards))
 
     @staticmethod
     def priority(kind: str) -> int:
-        """The rule's ``priority:`` (:data:`pd.resources.PRIORITY`; 0 for kinds it does not name)."""
-        from pd.resources import PRIORITY
-
-        return PRIORITY.get(kind, 0)
+        """The rule's ``priority:`` (the kind's :attr:`~pd.pipeline.kind.JobKind.priority`)."""
+        return get_kind(kind).priority
 
     def threads(self, kind: str) -> Callable:
         """The job's CPU threads: its ``cpus_per_task``, 1 for jobs that run no model (Snakemake caps it
-        at ``--cores``). A job sets torch's thread count to it (pd.stages.run_job), so jobs that run side
+        at ``--cores``). A job sets torch's thread count to it (pd.pipeline.run.run_job), so jobs that run side
         by side do not oversubscribe the cores."""
         from pd.resources import job_resources
 
         def threads(wildcards) -> int:
             art = self.artifact(kind, wildcards)
-            if art.model is None and not (kind == "retrieval" and art.spec.retriever == "dense"):
+            if not get_kind(kind).loads_model(art):
                 return 1  # BM25/oracle retrieval, substring grades, manifests, the report
             res = job_resources(kind, self.params_b(kind)(wildcards), 1, self.device, self.site,
                                 processes=self.processes(kind)(wildcards))

@@ -1,0 +1,82 @@
+"""Per-answer grades of an evaluation: substring match or an LLM judge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pd.pipeline.kind import JobKind, PathPattern, register
+from pd.pipeline.sizing import JUDGE_TOKENS_DEFAULT, REFERENCE, dataset_size
+from pd.pipeline.spec import GENERATING_OMIT, GeneratingSpec
+
+
+@dataclass(frozen=True)
+class GradeSpec(GeneratingSpec):
+    KIND: ClassVar[str] = "grade"
+    OMIT_NONE: ClassVar[frozenset[str]] = GENERATING_OMIT | {"judge", "max_new_tokens", "mode"}
+    eval: str  # the evaluation job's output
+    dataset: str
+    dataset_cfg: dict
+    grader: str  # judge | substring
+    judge: str | None = None
+    max_new_tokens: int | None = None
+    mode: str | None = None  # substring matching mode
+
+    @property
+    def judge_template(self) -> str:
+        """The judge's prompt template for this dataset (its config entry's ``judge_template``, else its loader's)."""
+        from pd.config import dataset_judge_template
+
+        return dataset_judge_template(self.dataset_cfg)
+
+
+@register
+class Grade(JobKind):
+    name = "grade"
+    pattern = PathPattern("{R}/{dataset}/grades/{rest}.{grader}.jsonl")
+    spec = GradeSpec
+    gpu = True
+    priority = 5
+    base_runtime = 60
+
+    def plan(self, planner, c, epath: str, grader: str) -> str:
+        """The grades of the evaluation ``epath`` by ``grader`` (``judge`` or ``substring``)."""
+        g = planner.cfg["grading"]
+        if grader == "judge":
+            judge = g["judge"]
+            spec = GradeSpec(eval=epath, **planner.data(c), grader=grader, judge=judge,
+                             max_new_tokens=g["judge_max_new_tokens"], prompts=planner.prompt_overrides(),
+                             **planner.backend(), models_extra=planner.models(judge))
+            name = f"judge-{judge}"
+        else:
+            judge = None
+            spec = GradeSpec(eval=epath, **planner.data(c), grader=grader, mode=g["substring_mode"])
+            name = f"substring-{g['substring_mode']}"
+        fields = {"dataset": c["dataset"], "rest": planner.fields(epath)["rest"], "grader": name}
+        return planner.add(spec, fields, (epath,), judge)
+
+    def run(self, spec: GradeSpec, out: str) -> None:
+        """Per-answer grades of the evaluation ``spec.eval``: substring match or an LLM judge.
+
+        Args:
+            spec: the grade job.
+            out: the JSONL of per-answer grades; accuracy goes to ``.summary.json``.
+
+        Raises:
+            DataError: a missing or malformed evaluation file.
+        """
+        from pd.grade import grade_file, judge_params
+        from pd.pipeline.jobtools import job_generator
+
+        ds = spec.load_dataset()
+        if spec.grader == "judge":
+            grade_file(spec.eval, ds, out, "judge", generator=job_generator(spec, spec.judge),
+                       template=spec.judge_template, params=judge_params(spec.max_new_tokens))
+        else:
+            grade_file(spec.eval, ds, out, "substring", mode=spec.mode)
+
+    def work(self, art, plan) -> float:
+        """Test items x the judge's ``max_new_tokens`` (substring grades load no model)."""
+        items = dataset_size(art.spec.dataset_cfg)[1]
+        tokens = art.spec.max_new_tokens or JUDGE_TOKENS_DEFAULT
+        return max(items * tokens, 1.0) / (REFERENCE["items"] * REFERENCE["judge_tokens"])
