@@ -47,7 +47,7 @@ def cmd_validate(args) -> int:
         return 0
     from pd.models import registry
     from pd.pipeline.requests import format_table, resource_table
-    from pd.site import load_site
+    from pd.pipeline.resources import load_site
 
     site = load_site(cfg["slurm_site"])
     print(f"\nWhat the jobs of all experiments ask for on this site ({site.device}, "

@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "questions": 20,
     "heldout_fraction": 0.1,  # this many extra questions are generated and held out for the KL measurement
     "qgen_mode": "sentence",  # small models fail at the five-question prompt; this asks about each sentence
-    "qgen_temperature": 0.6,  # None: the mode's default (pd/qgen.py MODE_DEFAULTS, 0.8); lower keeps SmolLM2 on topic
+    "qgen_temperature": 0.6,  # None: the mode's default (pd.questions.MODE_DEFAULTS, 0.8); lower keeps SmolLM2 on topic
     "max_rounds": 6,
     "answer_temperature": 0.25,
     "answer_max_tokens": 48,

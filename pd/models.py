@@ -99,7 +99,7 @@ def spec_from_dict(name: str, d: dict[str, Any]) -> ModelSpec:
     """A spec from config; ``base: other-name`` copies another spec and overrides fields."""
     d = dict(d)
     base = d.pop("base", None)
-    d.pop("fingerprint", None)  # a local folder's content, which the plan adds to a job's entry (pd.identity)
+    d.pop("fingerprint", None)  # a local folder's content, which the plan adds to a job's entry (pd.pipeline.identity)
     unknown = set(d) - _SPEC_FIELDS
     if unknown:
         raise ConfigError(f"models.{name}: unknown key(s) {sorted(unknown)}; "

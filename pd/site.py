@@ -1,6 +1,6 @@
 """A cluster's site settings (``profiles/slurm/site.yaml``): what each job's submission needs.
 
-:func:`load_site` reads and checks them; :mod:`pd.resources` turns them, with its
+:func:`load_site` reads and checks them; :mod:`pd.pipeline.resources` turns them, with its
 estimates, into each job's resources.
 """
 
@@ -10,10 +10,9 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from pd.errors import ConfigError
-from pd.pipeline.registry import kind_names
 from pd.precision import REQUESTS
 
 DEVICES = ("cpu", "gpu")
@@ -72,11 +71,24 @@ _INT_FIELDS = {"gpus_per_node", "cpus_per_gpu", "cpus_per_task", "max_cpus_per_t
 _FLOAT_FIELDS = {"gpu_mem_gb", "runtime_factor"}
 
 
-def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "slurm_site") -> Site | None:
+def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "slurm_site",
+              kinds: Iterable[str] | None = None) -> Site | None:
     """A :class:`Site` from a mapping, a YAML file, or None (no site: local runs).
 
     A YAML file may hold the settings at the top level or under ``slurm_site:`` (the
     form profiles/slurm/site.yaml uses, so Snakemake can read it as a config file).
+
+    Args:
+        source: the settings, a YAML file, a Site (returned as it is) or None.
+        key: the mapping key a YAML file may hold the settings under.
+        kinds: the job kinds ``sizes`` may name (:func:`pd.pipeline.resources.load_site` passes the
+            registry's); None: not checked.
+
+    Returns:
+        The site, or None.
+
+    Raises:
+        ConfigError: an unknown setting or kind, or a value of the wrong type.
     """
     if source is None or isinstance(source, Site):
         return source
@@ -94,10 +106,10 @@ def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "
         where = key
     if not isinstance(source, Mapping):
         raise ConfigError(f"{where}: expected a mapping of site settings, got {type(source).__name__}")
-    return _site_from_mapping(dict(source), where)
+    return _site_from_mapping(dict(source), where, None if kinds is None else tuple(kinds))
 
 
-def _site_from_mapping(d: dict[str, Any], where: str) -> Site:
+def _site_from_mapping(d: dict[str, Any], where: str, kinds: tuple[str, ...] | None) -> Site:
     unknown = set(d) - set(_SITE_FIELDS)
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}; allowed: {sorted(_SITE_FIELDS)}")
@@ -106,7 +118,7 @@ def _site_from_mapping(d: dict[str, Any], where: str) -> Site:
         if value is None:
             continue
         if name == "sizes":
-            values[name] = _parse_sizes(value, where)
+            values[name] = _parse_sizes(value, where, kinds)
         elif name == "env":
             values[name] = _parse_env(value, where)
         elif name in _INT_FIELDS:
@@ -134,13 +146,13 @@ def _positive(value: Any, where: str, kind: type) -> Any:
     return kind(value)
 
 
-def _parse_sizes(value: Any, where: str) -> dict[str, tuple[SizeTier, ...]]:
+def _parse_sizes(value: Any, where: str, kinds: tuple[str, ...] | None) -> dict[str, tuple[SizeTier, ...]]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}.sizes: expected a mapping from rule kind to a list of tiers, got {value!r}")
     out = {}
     for kind, tiers in value.items():
-        if kind not in kind_names():
-            raise ConfigError(f"{where}.sizes: unknown kind {kind!r}; allowed: {list(kind_names())}")
+        if kinds is not None and kind not in kinds:
+            raise ConfigError(f"{where}.sizes: unknown kind {kind!r}; allowed: {list(kinds)}")
         if not isinstance(tiers, list):
             raise ConfigError(f"{where}.sizes.{kind}: expected a list of tiers like {{max_params_b: 8, runtime: 600}}")
         parsed = []

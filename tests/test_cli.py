@@ -55,7 +55,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
 
 def test_validate_with_the_slurm_site_prints_each_kinds_requests(capsys):
     from pd.models import registry
-    from pd.resources import gpu_need_gb, gpus_for, job_resources
+    from pd.pipeline.resources import gpu_need_gb, gpus_for, job_resources
 
     site_file = ROOT / "profiles/slurm/site.yaml"
     assert main(["--config", str(DEFAULT_CONFIG), "validate", "--configfile", str(site_file)]) == 0

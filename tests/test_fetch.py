@@ -120,7 +120,7 @@ def test_workflow_exports_the_site_env(monkeypatch):
 
 
 SNAKEFILE = '''
-from pd.resources import rule_resources
+from pd.pipeline.resources import rule_resources
 from pd.site import apply_job_env, load_site
 
 SITE = load_site(config.get("slurm_site"))

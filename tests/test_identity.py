@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pd.config import load_config
-from pd.identity import local_model_fingerprint
+from pd.pipeline.identity import local_model_fingerprint
 from pd.pipeline.plan import build_plan
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -224,7 +224,7 @@ def test_the_snakefile_writes_one_rule_per_registered_kind():
     """Rules come from the registry: the Snakefile's loop covers every kind whose rule is generic, and the
     written-out rules are exactly the others (plus `all`); every kind sizes its jobs."""
     from pd.pipeline.registry import all_kinds
-    from pd.resources import job_resources
+    from pd.pipeline.resources import job_resources
 
     for kind in all_kinds():
         assert job_resources(kind.name, 0.135)["mem_mb"] > 0

@@ -159,9 +159,9 @@ def test_report_opens_in_headless_chromium(report, tmp_path, headless_chromium):
     assert pixels[..., :3].std() > 0.05  # not a blank page: text, tables and plots were drawn
 
 
-def test_workflow_manifest_form_with_conventions(tmp_path, monkeypatch):
-    """The workflow's per-experiment manifest: records with eval/adapter paths relative to the
-    run folder, no benchmark list (found by convention), the adapter's pd_meta.json as meta."""
+def test_workflow_manifest_form(tmp_path, monkeypatch):
+    """The workflow's per-experiment manifest: records with eval/adapter paths and the benchmark files the
+    plan names, relative to the run folder; the adapter's pd_meta.json as meta."""
     monkeypatch.chdir(tmp_path)
     grades = "results/nyt/grades/pd/m/s0/none_ab.substring-word.jsonl"
     ev = "results/nyt/eval/pd/m/s0/none_ab.jsonl"
@@ -183,6 +183,8 @@ def test_workflow_manifest_form_with_conventions(tmp_path, monkeypatch):
         "records": [{"experiment": "exp", "cell_id": "c0", "grader": "substring", "grades": grades, "evaluate": ev,
                      "adapter": adapter, "axes": {"model": "m", "method": "pd", "dataset": "nyt", "retrieval": "none",
                                                   "seed": 0, "rank": 8, "snapshot": None},
+                     "benchmarks": ["results/benchmarks/nyt/adapters/pd/m/r8_s0.tsv",
+                                    "results/benchmarks/nyt/eval/pd/m/s0/none_ab.tsv", str(bench)],
                      "meta": {"training": {"lr": 1e-5}}}]}))
     m = load_manifest("results/manifests")
     (cell,) = m.cells

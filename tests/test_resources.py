@@ -1,4 +1,4 @@
-"""pd.resources: job sizes per rule kind, model size, retry attempt and site.
+"""pd.pipeline.resources: job sizes per rule kind, model size, retry attempt and site.
 
 Expected values are worked out by hand from the rules in pd/resources.py's docstring
 (bf16 = 2 bytes/param, 16 bytes per LoRA parameter, 90 % of a GPU usable where an "80GB"
@@ -16,7 +16,7 @@ import yaml
 
 from pd.errors import ConfigError
 from pd.pipeline.registry import kind_names
-from pd.resources import (
+from pd.pipeline.resources import (
     Site,
     gpus_for,
     job_resources,
@@ -365,7 +365,7 @@ def test_site_env_exported_to_jobs(monkeypatch):
 def test_vllm_jobs_use_every_gpu_slurm_granted(monkeypatch):
     import pd.generate
     from pd.pipeline.jobtools import make_job_generator
-    from pd.resources import job_gpus
+    from pd.pipeline.resources import job_gpus
 
     monkeypatch.setenv("SLURM_GPUS_ON_NODE", "4")
     assert job_gpus() == 4

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pd.io import read_json
-from pd.resources import job_resources, load_site
+from pd.pipeline.resources import job_resources, load_site
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_processes import write_answers  # noqa: E402
@@ -123,7 +123,7 @@ def test_local_profile_runs_smoke_and_second_run_is_noop(tmp_path):
     parts = [read_json(tmp_path / f"smoke/part_{i}.json") for i in (1, 2, 3)]
     assert [p["part"] for p in parts] == [1, 2, 3]
     assert all(p["slurm_job_id"] is None for p in parts)  # ran as local processes
-    # resources reached the job from pd.resources: questions, 135M, CPU, attempt 1:
+    # resources reached the job from pd.pipeline.resources: questions, 135M, CPU, attempt 1:
     # 2 GB + 1.2 x 0.54 GB = 2.648 GB -> 2700 MB; 60 min x 0.27 = 16.2 -> 17 min
     assert {(p["mem_mb"], p["runtime"], p["cpus_per_task"]) for p in parts} == {(2700, 17, 4)}
     assert read_json(tmp_path / "smoke/summary.json")["parts"] == [1, 2, 3]

@@ -147,7 +147,7 @@ def test_processes_setting():
 
 
 def test_resources_of_an_adapter_job_with_processes():
-    from pd.resources import job_resources
+    from pd.pipeline.resources import job_resources
     from pd.site import Site
 
     site = Site(device="gpu", gpu_mem_gb=80, gpus_per_node=8, cpus_per_gpu=8)

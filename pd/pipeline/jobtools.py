@@ -43,8 +43,8 @@ def make_job_generator(model: str, *, backend: str = "transformers", batch_size:
 
     if backend == "transformers":
         options.setdefault("batch_size", batch_size or 8)
-    if backend == "vllm":  # tensor parallelism over every GPU the job was granted (pd.resources sized it)
-        from pd.resources import job_gpus
+    if backend == "vllm":  # tensor parallelism over every GPU the job was granted (pd.pipeline.resources sized it)
+        from pd.pipeline.resources import job_gpus
 
         options.setdefault("gpus", job_gpus())
     if backend == "openai" and base_url:

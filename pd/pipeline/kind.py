@@ -133,6 +133,9 @@ class JobKind:
         size_independent: its memory and time do not grow with a model's size (it loads none).
         local: a Snakemake ``localrule`` (runs on the submitting host: manifests, the report).
         generic_rule: the Snakefile writes its rule in the one loop over kinds (False: written out).
+        per_cell: the planner asks every cell of an experiment for this kind's artifact
+            (``plan(planner, cell, adapter)``; None: the cell needs none) and lists it in the cell's
+            manifest record under ``outputs``: the way a new measurement joins every experiment.
     """
 
     name: ClassVar[str]
@@ -144,6 +147,7 @@ class JobKind:
     size_independent: ClassVar[bool] = False
     local: ClassVar[bool] = False
     generic_rule: ClassVar[bool] = True
+    per_cell: ClassVar[bool] = False
 
     def plan(self, planner: Any, cell: Any, *args: Any) -> str | None:
         """Add this kind's artifact for a grid cell to the plan (and, through ``planner.need``, its inputs).
@@ -162,7 +166,7 @@ class JobKind:
         """Make the output ``out`` of one job from its specification (atomically)."""
         raise NotImplementedError
 
-    # -- sizing (pd.resources): the defaults fit a job that loads one model and no cache ----------
+    # -- sizing (pd.pipeline.resources): the defaults fit a job that loads one model and no cache ----------
 
     def work(self, art: Artifact, plan: Plan) -> float:
         """The job's work over the paper-size reference's (1: the paper's size); the runtime scales with it."""

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pd import config as pdc
-from pd import identity
 from pd.errors import ConfigError
 from pd.grid import AXES, expand_grid, format_value, generation_settings
 from pd.io import stable_hash
 from pd.models import registry
-from pd.pipeline.registry import get_kind, kind_names
+from pd.pipeline import identity
+from pd.pipeline.registry import all_kinds, get_kind, kind_names
 from pd.pipeline.spec import JobSpec
 
 
@@ -52,7 +52,12 @@ class Cell:
     eval_path: str
     adapter: str | None
     varying: tuple[str, ...] = ()  # the secondary axes the experiment's grid varies
-    capability: str | None = None  # MMLU-Pro rows of the cell's model, when the experiment measures forgetting
+    outputs: dict[str, str] = field(default_factory=dict)  # kind -> path of the per-cell kinds (JobKind.per_cell)
+
+    @property
+    def capability(self) -> str | None:
+        """MMLU-Pro rows of the cell's model, when the experiment measures forgetting."""
+        return self.outputs.get("capability")
 
     @property
     def cell_id(self) -> str:
@@ -236,14 +241,14 @@ class Planner:
             adapter = None if c["method"] == "base" else self.need("adapter", c)
             epath = self.need("evaluate", c, adapter)
             grades = {g: self.need("grade", c, epath, g) for g in graders}
-            capability = self.need("capability", c, adapter) if exp["capability"] else None
-            cells.append(Cell(name, c, grades, epath, adapter, varying, capability))
+            outputs = {k.name: p for k in all_kinds() if k.per_cell and (p := self.need(k.name, c, adapter))}
+            cells.append(Cell(name, c, grades, epath, adapter, varying, outputs))
         from pd.report.layout import check_layout
 
         check_layout(name, exp["table"], [c.axes for c in cells])  # refused now, not after hours of jobs
         self.plan.cells[name] = cells
-        inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), cell.adapter, cell.capability]
-                                     if p))
+        inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), cell.adapter,
+                                                                   *cell.outputs.values()] if p))
         spec = get_kind("manifest").spec(experiment=name, table=exp["table"], paper_table=exp.get("paper_table"),
                                          description=exp.get("description", ""),
                                          records=manifest_records(self.plan, name))
@@ -300,15 +305,28 @@ def build_adapter_plan(cfg: dict, experiment: str) -> tuple[Plan, list[str]]:
 
 
 def manifest_records(plan: Plan, experiment: str) -> list[dict]:
-    """The report's view of an experiment: one record per cell and grader."""
+    """The report's view of an experiment: one record per cell and grader.
+
+    Each record names its files (grades, evaluation, adapter, capability), every job behind it
+    (``jobs``), the benchmark files of its adapter, evaluation and grades (``benchmarks``, the cell's
+    cost) and of every timed job behind it with the job's kind (``job_benchmarks``, the report's job
+    time per kind), so that the report needs no knowledge of the job kinds' path patterns.
+    """
+    from pd.pipeline.paths import benchmark_file
+
     out = []
     for cell in plan.cells[experiment]:
+        dataset = cell.axes["dataset"]
         for grader, path in cell.grades.items():
             spec = plan.artifacts[path].spec
             gname = f"judge:{spec.judge}" if grader == "judge" else "substring"
             adapter_spec = plan.artifacts[cell.adapter].spec if cell.adapter else None
+            jobs = plan.upstream(path)
+            own = [benchmark_file(p, dataset) for p in (cell.adapter, cell.eval_path, path)]
+            timed = {b: plan.artifacts[p].kind for p in jobs if (b := benchmark_file(p, dataset))}
             out.append({"experiment": experiment, "cell_id": cell.cell_id, "axes": cell.axes, "grader": gname,
                         "grades": path, "evaluate": cell.eval_path, "adapter": cell.adapter,
-                        "capability": cell.capability, "jobs": plan.upstream(path),
+                        "capability": cell.capability, "outputs": cell.outputs, "jobs": jobs,
+                        "benchmarks": [b for b in own if b], "job_benchmarks": timed,
                         "meta": {"training": adapter_spec.training if adapter_spec else None}})
     return out

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def artifact_resources(art: Artifact, plan: Plan, params_b: float, attempt: int = 1, device: str | None = None,
                        site: Any = None) -> dict[str, Any]:
-    """The resources the job that makes ``art`` asks for (:func:`pd.resources.job_resources` with its kind's
+    """The resources the job that makes ``art`` asks for (:func:`pd.pipeline.resources.job_resources` with its kind's
     sizing hooks: work, cache, a second model, rank).
 
     Args:
@@ -27,7 +27,7 @@ def artifact_resources(art: Artifact, plan: Plan, params_b: float, attempt: int 
     Returns:
         Snakemake resources (``mem_mb``, ``runtime``, ``cpus_per_task``, ``gpus``, SLURM keys).
     """
-    from pd.resources import job_resources
+    from pd.pipeline.resources import job_resources
 
     kind = get_kind(art.kind)
     return job_resources(art.kind, params_b, attempt, device, site, lora_rank=kind.lora_rank(art),

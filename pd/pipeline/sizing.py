@@ -24,8 +24,6 @@ REFERENCE = {"items": 1000, "per_item": 30, "per_call": 5, "rounds": 2, "questio
 HOTPOTQA_ITEMS = 7405  # the distractor setting's validation questions
 HOTPOTQA_PASSAGES_PER_ITEM = 10  # two gold paragraphs and eight distractors
 CACHE_BYTES_PER_ENTRY = 4 + 2  # int32 token id + float16 log-probability, per kept token of k
-ANSWER_TOKENS_DEFAULT = 256  # pd.pipeline.spec.Sampling.params's default when the config sets none
-JUDGE_TOKENS_DEFAULT = 512  # pd.grade.judge_params's default
 
 
 @functools.lru_cache(maxsize=64)

@@ -48,10 +48,19 @@ class Sampling:
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.keys}
 
-    def params(self, seed: int, temperature: float = 1.0, max_new_tokens: int = 256):
-        """The :class:`pd.generate.SamplingParams` of these settings (unset ones take the defaults given)."""
+    def params(self, seed: int, temperature: float = 1.0, max_new_tokens: int | None = None):
+        """The :class:`pd.generate.SamplingParams` of these settings (unset ones take the defaults given).
+
+        The config's schema gives every generating job its ``max_new_tokens`` (or the caller its
+        mode's default, e.g. :data:`pd.config.EVAL_SAMPLING`): there is no second default here.
+
+        Raises:
+            ValueError: neither the settings nor the caller give ``max_new_tokens`` (a bug).
+        """
         from pd.generate import SamplingParams
 
+        if self.max_new_tokens is None and max_new_tokens is None:
+            raise ValueError("sampling settings without max_new_tokens and no default given")
         return SamplingParams(temperature=temperature if self.temperature is None else self.temperature,
                               top_k=self.top_k or 0, top_p=1.0 if self.top_p is None else self.top_p,
                               max_new_tokens=max_new_tokens if self.max_new_tokens is None else self.max_new_tokens,

@@ -28,7 +28,7 @@ class Workflow:
         self.plan: Plan = build_plan(self.cfg)
         self.results_dir = self.cfg["results_dir"]
         self.registry = registry(self.cfg.get("models"))
-        from pd.resources import load_site
+        from pd.pipeline.resources import load_site
 
         self.site = load_site(self.cfg.get("slurm_site"))
         from pd.site import apply_job_env
@@ -86,8 +86,8 @@ class Workflow:
         return size
 
     def resources(self, kind: str) -> dict[str, Any]:
-        """The rule's ``resources:`` (pd.resources.rule_resources for the job kind, the model's size and rank)."""
-        from pd.resources import rule_resources
+        """The rule's ``resources:`` (:func:`pd.pipeline.resources.rule_resources` for the kind, model size, rank)."""
+        from pd.pipeline.resources import rule_resources
 
         k = get_kind(kind)
         return rule_resources(kind, self.params_b(kind), device=self.device, site=self.site,
@@ -110,7 +110,7 @@ class Workflow:
         """The job's CPU threads: its ``cpus_per_task``, 1 for jobs that run no model (Snakemake caps it
         at ``--cores``). A job sets torch's thread count to it (pd.pipeline.run.run_job), so jobs that run side
         by side do not oversubscribe the cores."""
-        from pd.resources import job_resources
+        from pd.pipeline.resources import job_resources
 
         def threads(wildcards) -> int:
             art = self.artifact(kind, wildcards)

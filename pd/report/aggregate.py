@@ -68,14 +68,14 @@ class CellRecord:
                 extra[key] = resolve(extra[key])
         if isinstance(extra.get("jobs"), list):  # every artifact behind the cell (see pd.pipeline.plan.Plan.upstream)
             extra["jobs"] = [resolve(str(j)) for j in extra["jobs"]]
+        if isinstance(extra.get("job_benchmarks"), dict):  # benchmark file -> job kind, of every timed job behind it
+            extra["job_benchmarks"] = {resolve(str(b)): str(k) for b, k in extra["job_benchmarks"].items()}
         rec = cls(
             experiment=str(d["experiment"]), cell_id=str(d["cell_id"]), axes=dict(d["axes"]),
             grader=str(d["grader"]), grades=resolve(str(d["grades"])),
             benchmarks=[resolve(str(b)) for b in d.get("benchmarks") or []], meta=dict(d.get("meta") or {}),
             extra=extra,
         )
-        if "benchmarks" not in d:
-            rec.benchmarks = [resolve(b) for b in conventional_benchmarks(d, rec.axes.get("dataset"))]
         adapter = rec.extra.get("adapter")
         if adapter and "adapter" not in rec.meta and (Path(adapter) / "pd_meta.json").is_file():
             rec.meta["adapter"] = read_json(Path(adapter) / "pd_meta.json")
@@ -84,18 +84,6 @@ class CellRecord:
     @property
     def seed(self) -> Any:
         return self.axes.get(SEED_AXIS)
-
-
-def benchmark_file(path: Any, dataset: Any) -> str | None:
-    """The benchmark file of the job that wrote ``path`` (:func:`pd.pipeline.paths.benchmark_file`)."""
-    from pd.pipeline.paths import benchmark_file as registry_benchmark
-
-    return registry_benchmark(path, dataset) if dataset is not None else None
-
-
-def conventional_benchmarks(d: Mapping[str, Any], dataset: Any) -> list[str]:
-    """The benchmark files of a record's adapter, evaluation and grades."""
-    return [b for b in (benchmark_file(d.get(k), dataset) for k in ("adapter", "evaluate", "grades")) if b]
 
 
 @dataclass

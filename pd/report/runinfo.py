@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from pd.pipeline import paths
-from pd.report.aggregate import CellRecord, benchmark_file
+from pd.report.aggregate import CellRecord
 from pd.report.html import read_benchmarks
 
 
@@ -82,15 +81,10 @@ def reproduce_command(experiment: str, profile: str = "profiles/local") -> str:
 
 
 def run_info(records: Iterable[CellRecord], experiment: str, machine: str | None = None) -> RunInfo:
-    """The wall-clock and job time of all jobs behind ``records`` (their ``jobs`` lists, each once)."""
-    files: dict[str, str] = {}  # benchmark file -> artifact kind
+    """The wall-clock and job time of all jobs behind ``records`` (their ``job_benchmarks``, each once)."""
+    files: dict[str, str] = {}  # benchmark file -> job kind
     for rec in records:
-        dataset = rec.axes.get("dataset")
-        for job in rec.extra.get("jobs") or []:
-            b = benchmark_file(job, dataset)
-            found = paths.parse(job, None if dataset is None else str(dataset)) if b else None
-            if found:
-                files[b] = found[0]  # the job kind (pd.pipeline.registry.kind_names)
+        files.update(rec.extra.get("job_benchmarks") or {})
     info = RunInfo(machine=machine if machine is not None else machine_description(),
                    command=reproduce_command(experiment))
     starts, ends = [], []

@@ -54,7 +54,7 @@ class Adapter(JobKind):
     def plan(self, planner, c) -> str:
         """The adapter of a trained cell, after the answers and teacher statistics its method needs."""
         from pd import config as pdc
-        from pd import identity
+        from pd.pipeline import identity
         from pd.train.settings import SEPARATE_TEACHER_TOPK
 
         m = c["method"]
@@ -116,8 +116,6 @@ class Adapter(JobKind):
     def cache_gb(self, art, plan) -> float:
         """Host memory (GB) of the top-k teacher cache the job reads: k x 6 bytes x questions x tokens per
         answer (the answers' ``max_new_tokens``, at most the teacher's ``max_answer_tokens``); 0 without one."""
-        from pd.pipeline.sizing import ANSWER_TOKENS_DEFAULT
-
         if not art.spec.teacher:
             return 0.0
         teacher = plan.get(art.spec.teacher)
@@ -125,7 +123,7 @@ class Adapter(JobKind):
         if k <= 0:
             return 0.0
         answers = plan.get(teacher.spec.answers).spec
-        per_answer = min(answers.sampling.max_new_tokens or ANSWER_TOKENS_DEFAULT, teacher.spec.max_answer_tokens)
+        per_answer = min(answers.sampling.max_new_tokens, teacher.spec.max_answer_tokens)
         return k * CACHE_BYTES_PER_ENTRY * questions_behind(art, plan) * per_answer / 1e9
 
     def extra_params_b(self, art, plan) -> float:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pd.pipeline.kind import JobKind, PathPattern, register
-from pd.pipeline.sizing import ANSWER_TOKENS_DEFAULT, REFERENCE, questions_behind
+from pd.pipeline.sizing import REFERENCE, questions_behind
 from pd.pipeline.spec import GENERATING_OMIT, Distractors, GeneratingSpec, Sampling
 
 
@@ -77,7 +77,7 @@ class Answers(JobKind):
         write_with_stats(out, out_rows, stats | provenance(spec))
 
     def work(self, art, plan) -> float:
-        """Questions x the answers' ``max_new_tokens``."""
+        """Questions x the answers' ``max_new_tokens`` (the schema always sets it)."""
         ref = REFERENCE
-        work = questions_behind(art, plan) * (art.spec.sampling.max_new_tokens or ANSWER_TOKENS_DEFAULT)
+        work = questions_behind(art, plan) * art.spec.sampling.max_new_tokens
         return max(work, 1.0) / (ref["items"] * ref["per_item"] * ref["answer_tokens"])

@@ -30,11 +30,15 @@ class Capability(JobKind):
     gpu = True
     priority = 10
     base_runtime = 30
+    per_cell = True
 
-    def plan(self, planner, c, adapter: str | None) -> str:
-        """MMLU-Pro accuracy of a cell's model (base, or with ``adapter``)."""
-        from pd import identity
+    def plan(self, planner, c, adapter: str | None) -> str | None:
+        """MMLU-Pro accuracy of a cell's model (base, or with ``adapter``), when the experiment measures
+        forgetting (its ``capability`` setting); else None."""
+        from pd.pipeline import identity
 
+        if not planner.cfg["experiments"][planner.experiment]["capability"]:
+            return None
         cap = planner.cfg["capability"]
         spec = CapabilitySpec(model=c["model"], adapter=adapter, path=cap["path"], limit=cap["limit"],
                               hash=identity.file_identity(cap["path"]), models_extra=planner.models(c["model"]))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pd.pipeline.kind import JobKind, PathPattern, register
-from pd.pipeline.sizing import JUDGE_TOKENS_DEFAULT, REFERENCE, dataset_size
+from pd.pipeline.sizing import REFERENCE, dataset_size
 from pd.pipeline.spec import GENERATING_OMIT, GeneratingSpec
 
 
@@ -76,7 +76,7 @@ class Grade(JobKind):
             grade_file(spec.eval, ds, out, "substring", mode=spec.mode)
 
     def work(self, art, plan) -> float:
-        """Test items x the judge's ``max_new_tokens`` (substring grades load no model)."""
+        """Test items x the judge's ``max_new_tokens`` (substring grades load no model: counted at the reference's)."""
         items = dataset_size(art.spec.dataset_cfg)[1]
-        tokens = art.spec.max_new_tokens or JUDGE_TOKENS_DEFAULT
+        tokens = art.spec.max_new_tokens or REFERENCE["judge_tokens"]
         return max(items * tokens, 1.0) / (REFERENCE["items"] * REFERENCE["judge_tokens"])

@@ -43,9 +43,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
+from pd import site as site_settings
 from pd.errors import ConfigError
 from pd.pipeline.registry import get_kind, kind_names
-from pd.site import DEVICES, Site, SizeTier, load_site
+from pd.site import DEVICES, Site, SizeTier
 
 GPU_USABLE = 0.9  # fraction of a GPU's memory a job may plan to fill
 GIB_IN_GB = 2**30 / 1e9  # GPU sizes as sold ("80GB") are GiB
@@ -56,6 +57,15 @@ ADAPTER_BYTES = 16  # float32 weight + gradient + two AdamW moments per adapter 
 REFERENCE_PARAMS_B = {"gpu": 8.0, "cpu": 0.5}
 MIN_RUNTIME = 15  # minutes at attempt 1 of a job that loads a model, however small its work
 
+
+
+def load_site(source: Any, key: str = "slurm_site") -> Site | None:
+    """:func:`pd.site.load_site` with the ``sizes`` tiers checked against the registered job kinds.
+
+    Raises:
+        ConfigError: as :func:`pd.site.load_site`, or a tier for an unknown kind (named with the allowed ones).
+    """
+    return site_settings.load_site(source, key, kinds=kind_names())
 
 def lora_params_per_rank(params_b: float) -> float:
     """Estimated LoRA parameters per unit of rank with adapters on every linear layer.
