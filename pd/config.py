@@ -5,8 +5,8 @@ enumerations; it also fills defaults), then the cross-references a schema cannot
 experiment names; teacher vocabularies). Every problem is reported with its key path and, where a set of values
 is allowed, that set; all problems are reported at once.
 
-Defaults: the training ones and the method vocabulary are :mod:`pd.train.settings`'s
-(re-exported here: ``DISTILLING_METHODS``, ``GRID_METHODS``); evaluation's sampling and the
+Defaults: the training ones are :mod:`pd.train.settings`'s, the methods and their paper settings
+:mod:`pd.train.methods`'s; evaluation's sampling and the
 datasets' own settings (judge template, retrieval depth) are defined below.
 """
 
@@ -24,7 +24,8 @@ from jsonschema import Draft202012Validator, validators
 
 from pd import config_checks
 from pd.errors import ConfigError
-from pd.train.settings import DISTILLING_METHODS, GRID_METHODS, spec_defaults, training_schema
+from pd.train.methods.registry import get_method, grid_methods
+from pd.train.settings import spec_defaults, training_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -55,12 +56,16 @@ def heldout_extra(questions: int, fraction: float) -> int:
     return max(1, round(questions * fraction)) if fraction > 0 else 0
 
 
-# The paper's per-method settings: the expert's answers at T=1.5 for PD, 0.25 for SFT; UFT's own lr and epochs.
-PAPER_METHODS: dict[str, dict[str, Any]] = {
-    "base": {}, **{m: {"answer_temperature": 1.5} for m in DISTILLING_METHODS},
-    "sft": {"answer_temperature": 0.25}, "sft_distractors": {"answer_temperature": 0.25},
-    "uft": {"training": {"lr": 5e-5, "epochs": 3}},
-}
+
+
+def paper_method_settings(method: str) -> dict[str, Any]:
+    """The paper's settings for a method (its :attr:`Method.paper <pd.train.methods.registry.Method.paper>`:
+    the expert's answers at T=1.5 for PD, 0.25 for SFT; UFT's own lr and epochs), under ``methods:``.
+
+    Raises:
+        ConfigError: an unknown method.
+    """
+    return get_method(method).paper
 BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
     **{s: {"loader": "squadshifts", "subset": s} for s in ("amazon", "new_wiki", "nyt", "reddit")},
     "hotpotqa": {"loader": "hotpotqa", "limit": 1000},
@@ -123,7 +128,8 @@ _schema_cache: dict | None = None
 
 def schema() -> dict:
     """config.yaml's JSON Schema: the file, with ``$defs.training`` (from TrainConfig's fields),
-    ``$defs.method`` (:data:`GRID_METHODS`) and evaluation's default (:data:`EVAL_SAMPLING`) filled in.
+    ``$defs.method`` (the registered methods, :func:`pd.train.methods.grid_methods`) and evaluation's
+    default (:data:`EVAL_SAMPLING`) filled in.
 
     Returns:
         The schema (cached; do not modify it).
@@ -132,9 +138,9 @@ def schema() -> dict:
     if _schema_cache is None:
         s = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
         s["$defs"]["training"].update(training_schema())
-        s["$defs"]["method"]["enum"] = list(GRID_METHODS)
         s["properties"]["generation"]["properties"]["evaluation"]["default"] = copy.deepcopy(EVAL_SAMPLING)
         _schema_cache = s
+    _schema_cache["$defs"]["method"]["enum"] = list(grid_methods())  # the registry's now, a method added later too
     return _schema_cache
 
 
@@ -357,7 +363,7 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
 
 def training_settings(cfg: dict, method: str, model: str, experiment: str | None = None) -> dict:
     """A cell's training settings: :func:`pd.train.settings.spec_defaults` < ``training`` <
-    ``per_model`` < method (:data:`PAPER_METHODS`, then ``methods``) < experiment.
+    ``per_model`` < method (:func:`paper_method_settings`, then ``methods``) < experiment.
 
     Args:
         cfg: the resolved config (:func:`load_config`).
@@ -373,7 +379,7 @@ def training_settings(cfg: dict, method: str, model: str, experiment: str | None
     """
     out = deep_merge(spec_defaults(), cfg.get("training", {}))
     out = deep_merge(out, cfg.get("per_model", {}).get(model, {}))
-    out = deep_merge(out, PAPER_METHODS.get(method, {}).get("training", {}))
+    out = deep_merge(out, paper_method_settings(method).get("training", {}))
     out = deep_merge(out, cfg.get("methods", {}).get(method, {}).get("training", {}))
     if experiment:
         out = deep_merge(out, cfg["experiments"][experiment].get("training", {}))
@@ -385,10 +391,10 @@ def answer_temperature(cfg: dict, method: str) -> float | None:
 
     Args:
         cfg: the resolved config.
-        method: a method of :data:`GRID_METHODS`.
+        method: a registered method (:mod:`pd.train.methods`).
 
     Returns:
         The config's ``methods.<method>.answer_temperature``, else the paper's, else None (base, uft).
     """
-    m = deep_merge(PAPER_METHODS.get(method, {}), cfg.get("methods", {}).get(method, {}))
+    m = deep_merge(paper_method_settings(method), cfg.get("methods", {}).get(method, {}))
     return m.get("answer_temperature")

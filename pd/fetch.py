@@ -195,7 +195,7 @@ def plan_needs(plan) -> list[Need]:
     """
     from pd.mmlu import HUB_ID as MMLU_PRO
     from pd.models import get_spec
-    from pd.train.methods import TULU3
+    from pd.train.methods import get_method
 
     needs = [model_need(get_spec(name, plan.cfg.get("models"))) for name in _model_names(plan)]
     dense, datasets = set(), {}
@@ -207,8 +207,8 @@ def plan_needs(plan) -> list[Need]:
             datasets["hotpotqa"] = HOTPOTQA
         if art.kind == "capability" and not spec.path:
             datasets["mmlu_pro"] = (MMLU_PRO, None, "test")
-        if art.kind == "adapter" and art.spec.method == "pd_reg" and spec.training.get("reg_data") == "tulu3":
-            datasets["tulu3"] = (TULU3, None, "train")
+        if art.kind == "adapter":
+            datasets.update(get_method(spec.method).hub_datasets(spec.training))
     needs += [_dense_need(m) for m in sorted(dense, key=str)]
     needs += [hub_dataset_need(name, *datasets[name]) for name in sorted(datasets)]
     return needs

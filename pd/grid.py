@@ -12,6 +12,7 @@ from typing import Any
 
 from pd import config as pdc
 from pd.errors import ConfigError
+from pd.train.methods.registry import distilling_methods, get_method
 
 AXES = ("model", "method", "dataset", "seed", "retrieval", "expert", "teacher", "qgen", "answer_temperature",
         "kd_temperature", "n_questions", "rank", "snapshot", "subset")
@@ -41,6 +42,7 @@ def expand_grid(cfg: dict, experiment: str) -> list[dict]:
     for values in points:
         c = dict(zip(AXES, values))
         m = c["method"]
+        method = get_method(m)
         train = pdc.training_settings(cfg, m, c["model"], experiment)
         for axis in ("expert", "teacher", "qgen"):
             if c[axis] == "self":
@@ -53,16 +55,16 @@ def expand_grid(cfg: dict, experiment: str) -> list[dict]:
             c["n_questions"] = qcfg["per_item"]
         if c["rank"] is None:
             c["rank"] = train["rank"]
-        if m == "base":
+        if not method.trains:  # the base model: no training axis applies
             for axis in AXES[5:]:
                 c[axis] = None
         else:
-            if m not in pdc.DISTILLING_METHODS:
+            if not method.distils:  # no teacher, no distillation temperature
                 c["teacher"] = c["kd_temperature"] = None
                 if c["subset"] != "all":
                     raise ConfigError(f"experiments.{experiment}.grid.subset: quintile subsets need a distilling "
-                                      f"method ({', '.join(pdc.DISTILLING_METHODS)}), not {m!r}")
-            if m == "uft":
+                                      f"method ({', '.join(distilling_methods())}), not {m!r}")
+            if method.answers is None:  # trains on the passages: no questions, no expert answers
                 c["expert"] = c["qgen"] = c["answer_temperature"] = c["n_questions"] = None
         key = tuple(sorted((k, str(v)) for k, v in c.items()))
         if key not in seen:

@@ -29,6 +29,7 @@ from pd.models import registry
 from pd.pipeline import identity
 from pd.pipeline.registry import all_kinds, get_kind, kind_names
 from pd.pipeline.spec import JobSpec
+from pd.train.methods import get_method
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ class Planner:
         listed = pdc.grids(exp)
         varying = tuple(a for a in AXES[5:] if len({str(v) for g in listed for v in g[a]}) > 1)
         for c in expand_grid(self.cfg, name):
-            adapter = None if c["method"] == "base" else self.need("adapter", c)
+            adapter = self.need("adapter", c) if get_method(c["method"]).trains else None
             epath = self.need("evaluate", c, adapter)
             grades = {g: self.need("grade", c, epath, g) for g in graders}
             outputs = {k.name: p for k in all_kinds() if k.per_cell and (p := self.need(k.name, c, adapter))}
@@ -300,7 +301,7 @@ def build_adapter_plan(cfg: dict, experiment: str) -> tuple[Plan, list[str]]:
     """
     b = Planner(cfg)
     b.start(experiment)
-    adapters = [b.need("adapter", c) for c in expand_grid(cfg, experiment) if c["method"] != "base"]
+    adapters = [b.need("adapter", c) for c in expand_grid(cfg, experiment) if get_method(c["method"]).trains]
     return b.plan, adapters
 
 

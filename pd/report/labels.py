@@ -11,12 +11,11 @@ from typing import Any, Sequence
 
 from pd.report.aggregate import TableSpec
 
+# A row of the paper's tables that the harness runs as pd_reg with its XL settings (paper_values.yaml): a
+# label and a place in the order beside the registered methods', which come from pd.train.methods.
+PAPER_ROWS = {"pd_reg_xl": ("Prompt Distillation XL + Tülu 3", 25)}
+
 DEFAULT_LABELS: dict[str, dict[str, str]] = {
-    "method": {
-        "pd": "Prompt Distillation", "pd_reverse": "PD (reverse KL)", "pd_reg": "Prompt Distillation + Tülu 3",
-        "pd_reg_xl": "Prompt Distillation XL + Tülu 3", "sft": "Supervised Fine-Tuning",
-        "sft_distractors": "SFT w/ Distractors", "uft": "Unsupervised Fine-Tuning", "base": "Base model",
-    },
     "dataset": {
         "amazon": "Amazon", "new_wiki": "New Wiki", "nyt": "NYT", "reddit": "Reddit",
         "squadshifts-amazon": "Amazon", "squadshifts-new_wiki": "New Wiki", "squadshifts-nyt": "NYT",
@@ -27,7 +26,6 @@ DEFAULT_LABELS: dict[str, dict[str, str]] = {
                   "oracle": "RAG (oracle passage)"},
 }
 DEFAULT_ORDER: dict[str, list[Any]] = {
-    "method": ["pd", "pd_reg", "pd_reg_xl", "pd_reverse", "sft", "sft_distractors", "uft", "base"],
     "retrieval": ["none", "bm25", "bm25_paper", "dense", "openai", "oracle"],
     "dataset": ["squadshifts-amazon", "amazon", "squadshifts-new_wiki", "new_wiki", "squadshifts-nyt", "nyt",
                 "squadshifts-reddit", "reddit", "hotpotqa"],
@@ -42,10 +40,29 @@ def label_for(spec: TableSpec, axis: str, value: Any) -> str:
     """Display label of an axis value: the spec's labels, the built-in ones, else the value."""
     if value is None:
         return str(spec.labels.get(axis, {}).get("null", NONE_LABELS.get(axis, "default")))
-    for table in (spec.labels.get(axis, {}), DEFAULT_LABELS.get(axis, {})):
+    for table in (spec.labels.get(axis, {}), _builtin_labels(axis)):
         if str(value) in table:
             return str(table[str(value)])
     return str(value)
+
+
+def _methods() -> dict[str, tuple[str, int]]:
+    """Label and order of each registered method (:mod:`pd.train.methods`) and of the paper's extra rows."""
+    from pd.train.methods import REGISTRY
+
+    return {name: (m.label, m.order) for name, m in REGISTRY.items()} | PAPER_ROWS
+
+
+def _builtin_labels(axis: str) -> dict[str, str]:
+    if axis == "method":
+        return {name: label for name, (label, _) in _methods().items()}
+    return DEFAULT_LABELS.get(axis, {})
+
+
+def _builtin_order(axis: str) -> list[Any]:
+    if axis == "method":
+        return sorted(_methods(), key=lambda name: _methods()[name][1])
+    return DEFAULT_ORDER.get(axis, [])
 
 
 def header_for(axis: str) -> str:
@@ -55,7 +72,7 @@ def header_for(axis: str) -> str:
 
 def sort_values(spec: TableSpec, axis: str, values: Sequence[Any]) -> list[Any]:
     """Order axis values: the spec's order, the built-in order, numbers ascending, else appearance."""
-    order = [str(v) for v in spec.order.get(axis, [])] or [str(v) for v in DEFAULT_ORDER.get(axis, [])]
+    order = [str(v) for v in spec.order.get(axis, [])] or [str(v) for v in _builtin_order(axis)]
     unique = list(dict.fromkeys(values))
     numbers = [v for v in unique if v is not None]
     if not spec.order.get(axis) and numbers and all(is_number(v) for v in numbers):

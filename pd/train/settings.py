@@ -11,17 +11,15 @@ those fields come
   per-field schemas, so validation is written once); only checks across fields are code;
 - the defaults every adapter's specification lists (:func:`spec_defaults`).
 
-The method vocabulary lives here too: :data:`METHODS` (trained), :data:`GRID_METHODS`
-(an experiment grid's ``method`` axis, which adds the untrained base model) and
-:data:`DISTILLING_METHODS` (those with a teacher and a KL loss).
+The methods are objects in :mod:`pd.train.methods` (one module each); :data:`METHODS`
+(trained), :data:`GRID_METHODS` (an experiment grid's ``method`` axis, which adds the
+untrained base model) and :data:`DISTILLING_METHODS` are the built-in ones, read from that
+registry (its functions give the current ones, a method added later included).
 
 A new setting is one field here (with ``in_spec=False``, so existing adapters keep their
-hashes); config.yaml accepts it at once. A new method is a name in :data:`METHODS` (and
-:data:`DISTILLING_METHODS` if it distils), its entry in :data:`pd.config.PAPER_METHODS`
-and its sequences in :func:`pd.train.methods.build_training_data`.
+hashes); config.yaml accepts it at once.
 
-This module imports neither torch nor another ``pd.train`` module, so the config layer
-can read it cheaply.
+This module imports no torch, so the config layer can read it cheaply.
 """
 
 from __future__ import annotations
@@ -34,10 +32,11 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from pd.errors import ConfigError
+from pd.train.methods.registry import distilling_methods, get_method, grid_methods, trained_methods
 
-METHODS = ("pd", "pd_reverse", "pd_reg", "sft", "uft", "sft_distractors")
-DISTILLING_METHODS = ("pd", "pd_reverse", "pd_reg")
-GRID_METHODS = ("base", *METHODS)
+METHODS = trained_methods()
+DISTILLING_METHODS = distilling_methods()
+GRID_METHODS = grid_methods()
 DIRECTIONS = ("forward", "reverse")
 PARALLEL = ("ddp", "fsdp")
 LOGPROB_DTYPES = ("float16", "bfloat16", "float32")
@@ -90,7 +89,8 @@ OUTSIDE_LOOP: dict[str, dict[str, Any]] = {
 class TrainConfig:
     """Every training setting, with the paper's defaults (its Table 8, Llama-3 column)."""
 
-    method: str = _setting("pd", schema={"enum": list(METHODS)}, config=False, help="training method")
+    method: str = _setting("pd", schema={"type": "string"}, config=False,
+                           help="training method (a trained method of pd.train.methods)")
     seed: int = _setting(0, schema={"type": _INT, "minimum": 0}, config=False, help="seed of the run")
     # optimisation (Table 8)
     lr: float = _setting(1e-5, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True, help="peak learning rate")
@@ -187,13 +187,11 @@ class TrainConfig:
 
     def __post_init__(self):
         check_settings({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
-        if self.method == "pd_reg":
-            if not 0.0 < self.reg_fraction < 1.0:
-                raise ConfigError(f"training.reg_fraction must lie in (0, 1) for pd_reg, got {self.reg_fraction}")
-            n_reg = round(self.batch_size * self.reg_fraction)
-            if not 1 <= n_reg < self.batch_size:
-                raise ConfigError(f"pd_reg: batch_size {self.batch_size} x reg_fraction {self.reg_fraction} must leave "
-                                  "at least one instruction row and one passage row per batch (use batch_size >= 2)")
+        method = get_method(self.method)
+        if not method.trains:
+            raise ConfigError(f"training.method: {self.method!r} trains nothing; "
+                              f"allowed: {', '.join(trained_methods())}")
+        method.check(self)
         if self.snapshot_interval and self.snapshot_interval < 1:
             raise ConfigError(f"training.snapshot_interval is in seconds and names snapshots by whole seconds: "
                               f"use 0 (off) or >= 1, got {self.snapshot_interval}")
@@ -207,18 +205,18 @@ class TrainConfig:
 
     @property
     def direction(self) -> str:
-        """The KL direction in use: ``kl_direction``, else reverse for pd_reverse and forward otherwise."""
-        return self.kl_direction or ("reverse" if self.method == "pd_reverse" else "forward")
+        """The KL direction in use: ``kl_direction``, else the method's own (reverse for pd_reverse)."""
+        return self.kl_direction or get_method(self.method).direction
 
     @property
     def uses_kl(self) -> bool:
         """Whether the method distils from a teacher (a KL loss) rather than training on tokens."""
-        return self.method in DISTILLING_METHODS
+        return get_method(self.method).distils
 
     @property
     def reg_rows(self) -> int:
-        """Instruction rows per micro-batch (pd_reg), the rest are passage rows."""
-        return round(self.batch_size * self.reg_fraction) if self.method == "pd_reg" else 0
+        """Instruction rows per micro-batch of a regularised method (pd_reg), the rest are passage rows."""
+        return round(self.batch_size * self.reg_fraction) if get_method(self.method).regularised else 0
 
     def limits(self) -> Limits:
         """The token limits of the training sequences.

@@ -53,16 +53,17 @@ class Adapter(JobKind):
 
     def plan(self, planner, c) -> str:
         """The adapter of a trained cell, after the answers and teacher statistics its method needs."""
-        from pd import config as pdc
         from pd.pipeline import identity
+        from pd.train.methods import get_method
         from pd.train.settings import SEPARATE_TEACHER_TOPK
 
         m = c["method"]
+        method = get_method(m)
         train = planner.training(c)
         train["rank"] = c["rank"]
-        apath = planner.need("answers", c) if m != "uft" else None
+        apath = planner.need("answers", c) if method.answers is not None else None
         teacher_model = tpath = None
-        if m in pdc.DISTILLING_METHODS:
+        if method.distils:
             train["kd_temperature"] = c["kd_temperature"]
             teacher_model = c["teacher"]
             if teacher_model != c["model"] and train["teacher_topk"] == 0:
@@ -71,7 +72,8 @@ class Adapter(JobKind):
                 train["teacher_topk"] = SEPARATE_TEACHER_TOPK
             if train["teacher_topk"] > 0 or c["subset"] != "all":
                 tpath = planner.need("teacher", c, apath, train)
-        reg_hash = identity.file_identity(train["reg_data"]) if m == "pd_reg" else None
+        files = method.data_files(train)  # e.g. pd_reg's local instruction data: part of the identity by content
+        reg_hash = identity.file_identity(files[0]) if files else None
         spec = AdapterSpec(method=m, model=c["model"], **planner.data(c), seed=c["seed"], subset=c["subset"],
                            answers=apath, teacher_model=teacher_model, teacher=tpath, training=train,
                            models_extra=planner.models(c["model"], teacher_model), reg_data_hash=reg_hash)

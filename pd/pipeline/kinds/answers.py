@@ -36,9 +36,10 @@ class Answers(JobKind):
     def plan(self, planner, c) -> str:
         """The expert's answers to the cell's questions, of the kind its method trains on."""
         from pd.grid import format_value
+        from pd.train.methods import get_method
 
         qpath = planner.need("questions", c)
-        kind = "cot" if c["method"] == "sft_distractors" else "plain"
+        kind = get_method(c["method"]).answers  # plain, or cot: chain-of-thought answers with distractors
         train = planner.training(c)
         distractors = Distractors(train["distractors"], train["gold_drop_prob"]) if kind == "cot" else None
         sampling = Sampling.from_dict({"temperature": c["answer_temperature"], **planner.gen["answers"]})

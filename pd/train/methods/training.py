@@ -1,10 +1,12 @@
-"""What each training method trains on, and its loss on one batch.
+"""The training data of a run (its method's examples) and the loss on one batch.
 
-``pd`` / ``pd_reverse``: KL between the teacher (adapter off, passage in the prompt) and
-the student (no passage) on the answer tokens, forward or reverse. ``pd_reg``: the same,
-with part of every batch instruction-response pairs whose teacher is the adapter-off
-model on the very same sequence (the paper's Eq. 2). ``sft`` / ``sft_distractors`` /
-``uft``: cross-entropy on the trained tokens of the student sequence.
+A distilling method (``pd``, ``pd_reverse``, ``pd_reg``; :attr:`Method.distils
+<pd.train.methods.registry.Method.distils>`): KL between the teacher (adapter off, passage in
+the prompt) and the student (no passage) on the answer tokens, in the method's direction; a
+regularised one (``pd_reg``) has part of every batch instruction-response pairs whose teacher
+is the adapter-off model on the very same sequence (the paper's Eq. 2). Other methods
+(``sft``, ``sft_distractors``, ``uft``): cross-entropy on the trained tokens of the student
+sequence.
 
 All losses run on final hidden states gathered at the answer positions; the vocabulary
 projection happens chunk by chunk inside :mod:`pd.train.losses`, so [batch x length x
@@ -26,24 +28,15 @@ from pd.data import Dataset
 from pd.errors import ConfigError, DataError
 from pd.io import read_jsonl, stable_hash
 from pd.train.losses import cross_entropy_from_hidden, kl_from_hidden
-from pd.train.sequences import (
-    BuildStats,
-    Example,
-    Tokens,
-    distractor_examples,
-    pd_examples,
-    reg_examples,
-    sft_examples,
-    uft_examples,
-)
+from pd.train.methods.pd_reg import TULU3
+from pd.train.methods.registry import get_method
+from pd.train.sequences import BuildStats, Example, Tokens, reg_examples
 from pd.train.settings import TrainConfig
 from pd.train.targets import TopKTargets
 from pd.train.teacher import answer_hidden, output_head, teacher_answer_logits
 from pd.train.teacher_cache import TeacherCache
 
 log = logging.getLogger("pd.train")
-
-TULU3 = "allenai/tulu-3-sft-mixture"
 
 
 # --------------------------------------------------------------------------- data
@@ -65,25 +58,19 @@ class TrainingData:
 def build_training_data(cfg: TrainConfig, tokens: Tokens, *, rows: Sequence[dict] | None = None,
                         dataset: Dataset | None = None,
                         instruction_pairs: Sequence[dict] | None = None) -> TrainingData:
-    """Sequences for ``cfg.method`` from answer rows (+ passages) or, for uft, the passages alone."""
+    """Sequences for ``cfg.method`` (its :meth:`Method.examples <pd.train.methods.registry.Method.examples>`)
+    from answer rows (+ passages), or from the passages alone for a method without answers; a
+    regularised method adds its instruction rows."""
     m = cfg.method
+    method = get_method(m)
     if dataset is None:
         raise DataError(f"method {m} needs the dataset whose passages it trains on")
-    limits = cfg.limits()
-    if m == "uft":
-        examples, stats = uft_examples(dataset, tokens, chunk_tokens=cfg.uft_chunk_tokens, overlap=cfg.uft_overlap)
-        return _nonempty(TrainingData(examples, stats=[stats]), m)
-    if not rows:
+    if method.answers is not None and not rows:
         raise DataError(f"method {m} needs training rows (question/answer JSONL from the generation step); got none")
-    if cfg.uses_kl:
-        examples, stats = pd_examples(rows, dataset, tokens, limits)
-    elif m == "sft":
-        examples, stats = sft_examples(rows, dataset, tokens, limits)
-    else:
-        examples, stats = distractor_examples(rows, dataset, tokens, limits, seed=cfg.seed,
-                                              distractors=cfg.distractors, gold_drop_prob=cfg.gold_drop_prob)
+    examples, stats = method.examples(cfg, tokens, rows if method.answers is not None else None, dataset)
     data = _nonempty(TrainingData(examples, stats=[stats]), m)
-    if m == "pd_reg":
+    limits = cfg.limits()
+    if method.regularised:
         if instruction_pairs is None:
             instruction_pairs = load_instruction_pairs(cfg.reg_data, limit=cfg.reg_limit, seed=cfg.seed)
         reg, reg_stats = reg_examples(instruction_pairs, tokens, limits)
@@ -109,7 +96,7 @@ def _pair_from_messages(msgs: list) -> dict | None:
 
 
 def load_instruction_pairs(source: str | Path | None, *, limit: int | None = 2000, seed: int = 0) -> list[dict]:
-    """Instruction-response pairs for pd_reg.
+    """Instruction-response pairs for a regularised method (pd_reg).
 
     ``source``: a local JSONL with ``instruction``/``response`` (or chat ``messages``)
     per line, or ``"tulu3"`` / ``"allenai/tulu-3-sft-mixture"`` from the hub (needs the
