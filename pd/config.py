@@ -23,6 +23,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from pd import config_checks
+from pd.data import get_loader, loader_names
 from pd.errors import ConfigError
 from pd.train.methods.registry import get_method, grid_methods
 from pd.train.settings import spec_defaults, training_schema
@@ -38,9 +39,6 @@ EVAL_SAMPLING: dict[str, Any] = {"temperature": 0.25, "max_new_tokens": 500}
 # template and the retrieval depth. A key the entry leaves out comes from its loader's row here, else from
 # DATASET_DEFAULTS. (Kept out of the entries themselves, whose content is part of every job's specification.)
 DATASET_DEFAULTS: dict[str, Any] = {"judge_template": "judge_squadshifts", "retrieval_k": 7}
-LOADER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hotpotqa": {"judge_template": "judge_hotpotqa", "retrieval_k": 10},  # the paper's k for multi-hop questions
-}
 
 
 def heldout_extra(questions: int, fraction: float) -> int:
@@ -89,7 +87,7 @@ def dataset_setting(dataset_cfg: dict, key: str) -> Any:
         raise KeyError(f"no dataset setting {key!r}; known: {', '.join(DATASET_DEFAULTS)}")
     if key in dataset_cfg:
         return dataset_cfg[key]
-    return LOADER_DEFAULTS.get(dataset_cfg.get("loader"), {}).get(key, DATASET_DEFAULTS[key])
+    return get_loader(dataset_cfg.get("loader")).defaults.get(key, DATASET_DEFAULTS[key])
 
 
 def dataset_judge_template(dataset_cfg: dict) -> str:
@@ -141,6 +139,8 @@ def schema() -> dict:
         s["properties"]["generation"]["properties"]["evaluation"]["default"] = copy.deepcopy(EVAL_SAMPLING)
         _schema_cache = s
     _schema_cache["$defs"]["method"]["enum"] = list(grid_methods())  # the registry's now, a method added later too
+    entry = _schema_cache["properties"]["datasets"]["additionalProperties"]["properties"]
+    entry["loader"]["enum"] = list(loader_names())  # likewise the registered dataset loaders
     return _schema_cache
 
 
@@ -282,10 +282,9 @@ def validate_references(cfg: dict) -> None:
         reg = dict(pdm.BUILTIN)
     datasets = cfg["datasets"]
     for name, d in datasets.items():
-        if d["loader"] == "squadshifts" and "subset" not in d:
-            problems.append(f"datasets.{name}: loader 'squadshifts' needs 'subset' (amazon, new_wiki, nyt, reddit)")
-        if d["loader"] == "folder" and "path" not in d:
-            problems.append(f"datasets.{name}: loader 'folder' needs 'path' (a folder of .txt/.md files)")
+        for key, what in get_loader(d["loader"]).required.items():
+            if key not in d:
+                problems.append(f"datasets.{name}: loader {d['loader']!r} needs {key!r} ({what})")
     for i, name in enumerate(cfg["run"]):
         if name not in cfg["experiments"]:
             problems.append(f"run[{i}]: unknown experiment {name!r}{_suggest(name, cfg['experiments'])}; "

@@ -132,7 +132,9 @@ def check_files(problems: list[str], cfg: dict) -> None:
         cfg: the config, schema defaults filled in and the built-in datasets merged.
     """
     for name, d in cfg["datasets"].items():
-        _exists(problems, f"datasets.{name}.path", d.get("path"), folder=d["loader"] == "folder")
+        from pd.data import get_loader
+
+        _exists(problems, f"datasets.{name}.path", d.get("path"), folder=get_loader(d["loader"]).path_is_folder)
         _exists(problems, f"datasets.{name}.questions", d.get("questions"), folder=False)
         _exists(problems, f"datasets.{name}.root", d.get("root"), folder=True)
     _reg_data(problems, "training", cfg.get("training"))

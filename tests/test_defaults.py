@@ -151,10 +151,13 @@ def test_other_vocabularies_match_their_modules():
     assert grid["retrieval"]["items"]["enum"] == ["none", *RETRIEVERS]
     dataset = schema["properties"]["datasets"]["additionalProperties"]["properties"]
     assert dataset["judge_template"]["enum"] == list(JUDGE_TEMPLATES)
-    assert set(pdc.LOADER_DEFAULTS) <= set(dataset["loader"]["enum"])
-    for settings in (pdc.DATASET_DEFAULTS, *pdc.LOADER_DEFAULTS.values()):
-        assert set(settings) <= set(pdc.DATASET_DEFAULTS) and settings["judge_template"] in JUDGE_TEMPLATES
-        assert set(settings) <= set(dataset)
+    from pd.data import REGISTRY as LOADERS
+
+    assert dataset["loader"]["enum"] == list(LOADERS)  # from the registry
+    assert pdc.DATASET_DEFAULTS["judge_template"] in JUDGE_TEMPLATES
+    for settings in (pdc.DATASET_DEFAULTS, *(loader.defaults for loader in LOADERS.values())):
+        assert set(settings) <= set(pdc.DATASET_DEFAULTS) <= set(dataset)
+        assert settings.get("judge_template", "judge_squadshifts") in JUDGE_TEMPLATES
 
 
 def test_evaluation_sampling_is_defined_once():

@@ -54,15 +54,13 @@ def dataset_entry(name: str, entry: dict) -> dict:
     Raises:
         DataError: the folder cannot be loaded (:func:`pd.data.load_folder`).
     """
-    out = dict(entry)
-    if entry["loader"] == "folder":
-        from pd.data import load_folder
+    from pd.data import get_loader
 
-        # with its questions file, so a malformed row is refused at planning (``pd validate``)
-        ds = load_folder(entry["path"], entry.get("questions"), name, entry.get("passage_chars"))
-        out["documents_hash"] = stable_hash([[d.id, d.text] for d in ds.documents.values()])
+    loader = get_loader(entry["loader"])
+    out = dict(entry)
+    out.update(loader.content_identity(name, entry))  # a folder's documents (its questions file checked too)
     named = {k: entry[k] for k in ("questions", "root") if entry.get(k)}
-    if entry["loader"] != "folder" and entry.get("path"):
+    if not loader.path_is_folder and entry.get("path"):
         named["path"] = entry["path"]
     if named:
         out["files_hash"] = {k: file_identity(v) for k, v in sorted(named.items())}

@@ -212,8 +212,10 @@ class Planner:
 
     def per_passage(self, dataset: str) -> bool | None:
         """True for a folder of documents without test questions: questions are then per passage."""
+        from pd.data import get_loader
+
         d = self.cfg["datasets"][dataset]
-        return True if d["loader"] == "folder" and not d.get("questions") else None
+        return True if get_loader(d["loader"]).questions_per_passage(d) else None
 
     def backend(self) -> dict:
         """How a generating job runs its model (not what it computes, but part of its spec)."""
