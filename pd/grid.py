@@ -8,6 +8,7 @@ temperature, the number of questions, the LoRA rank) and clears the ones it does
 from __future__ import annotations
 
 import itertools
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pd import config as pdc
@@ -16,6 +17,35 @@ from pd.train.methods.registry import distilling_methods, get_method
 
 AXES = ("model", "method", "dataset", "seed", "retrieval", "expert", "teacher", "qgen", "answer_temperature",
         "kd_temperature", "n_questions", "rank", "snapshot", "subset")
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One point of an experiment's grid: a value per axis (:data:`AXES`), defaults resolved, the axes its
+    method does not use None. The job kinds read it (``cell.method``, ``cell.n_questions``, ...)."""
+
+    model: str
+    method: str
+    dataset: str
+    seed: int
+    retrieval: str
+    expert: str | None
+    teacher: str | None
+    qgen: str | None
+    answer_temperature: float | None
+    kd_temperature: float | None
+    n_questions: int | None
+    rank: int | None
+    snapshot: float | None
+    subset: str | None
+
+    def axes(self) -> dict[str, Any]:
+        """The cell as an axis -> value mapping (what manifests record and reports group by)."""
+        return asdict(self)
+
+
+if tuple(f for f in GridCell.__dataclass_fields__) != AXES:
+    raise RuntimeError("GridCell's fields must be the grid's AXES, in order")
 
 
 def format_value(x: Any) -> str:
@@ -30,8 +60,8 @@ def generation_settings(cfg: dict, experiment: str | None) -> dict:
     return pdc.deep_merge(base, over)
 
 
-def expand_grid(cfg: dict, experiment: str) -> list[dict]:
-    """The experiment's cells as axis dicts, with defaults resolved and irrelevant axes cleared.
+def expand_grid(cfg: dict, experiment: str) -> list[GridCell]:
+    """The experiment's cells, with defaults resolved and irrelevant axes cleared.
 
     Axes a method does not use (a base model has no teacher; SFT has no distillation
     temperature) are set to None, so cells that differ only there collapse into one.
@@ -69,5 +99,5 @@ def expand_grid(cfg: dict, experiment: str) -> list[dict]:
         key = tuple(sorted((k, str(v)) for k, v in c.items()))
         if key not in seen:
             seen.add(key)
-            cells.append(c)
+            cells.append(GridCell(**c))
     return cells

@@ -82,8 +82,8 @@ class QGenConfig:
     """How questions are generated (the config's ``qgen`` section); invalid values raise ConfigError."""
 
     mode: str = "five"
-    per_item: int = 30  # questions per test item that asks about a passage (the paper's unit)
-    per_doc: int | None = None  # instead: a fixed number per passage (documents without test items)
+    per_item: int = 30  # questions per test item that asks about a passage (the paper's unit) ...
+    per_passage: bool = False  # ... or per passage (documents without test items), as the job spec says
     seed: int = 0
     max_rounds: int = 8  # retry cap: rounds of calls before giving up on a passage
     temperature: float | None = None  # None: the mode's default
@@ -95,10 +95,8 @@ class QGenConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"qgen.mode {self.mode!r}; allowed: {', '.join(MODES)}")
-        if self.per_item < 1 and self.per_doc is None:
+        if self.per_item < 1:
             raise ConfigError(f"qgen.per_item must be >= 1, got {self.per_item}")
-        if self.per_doc is not None and self.per_doc < 1:
-            raise ConfigError(f"qgen.per_doc must be >= 1 (or null), got {self.per_doc}")
         if self.max_rounds < 1:
             raise ConfigError(f"qgen.max_rounds must be >= 1, got {self.max_rounds}")
 
@@ -256,27 +254,27 @@ def parse_output(text: str, mode: str, prompt: str = "", prefix: str = "",
 # --------------------------------------------------------------------------- questions
 
 
-def question_targets(dataset: Dataset, per_item: int = 30, per_doc: int | None = None) -> dict[str, int]:
-    """Questions to generate per passage: ``per_item`` x (test items citing it), or ``per_doc`` each.
+def question_targets(dataset: Dataset, per_item: int = 30, per_passage: bool = False) -> dict[str, int]:
+    """Questions to generate per passage: ``per_item`` x (test items citing it), or ``per_item`` each.
 
     Args:
         dataset: the passages and test items.
-        per_item: questions per test item that cites a passage.
-        per_doc: instead, this many per passage (all passages).
+        per_item: questions per test item that cites a passage (or per passage).
+        per_passage: ``per_item`` questions for every passage, whatever cites it.
 
     Returns:
-        ``{doc_id: count}``; with ``per_item``, only passages some item cites.
+        ``{doc_id: count}``; per test item, only passages some item cites.
 
     Raises:
-        DataError: ``per_doc`` is unset and no test item cites a passage.
+        DataError: not ``per_passage`` and no test item cites a passage.
     """
-    if per_doc is not None:
-        return {d: per_doc for d in dataset.documents}
+    if per_passage:
+        return {d: per_item for d in dataset.documents}
     counts = Counter(d for it in dataset.items for d in it.doc_ids)
     targets = {d: per_item * counts[d] for d in dataset.documents if counts[d]}
     if not targets:
         raise DataError(f"dataset {dataset.name} has no test items citing its passages; "
-                        "set qgen.per_doc to generate a fixed number of questions per passage")
+                        "generate per_item questions per passage instead (a folder without questions does)")
     return targets
 
 
@@ -344,7 +342,7 @@ def generate_questions(dataset: Dataset, generator: Generator, cfg: QGenConfig =
     Raises:
         DataError: no passage gets a target (see :func:`question_targets`).
     """
-    targets = question_targets(dataset, cfg.per_item, cfg.per_doc)
+    targets = question_targets(dataset, cfg.per_item, cfg.per_passage)
     accepted: dict[str, list[str]] = {d: [] for d in targets}
     seen: dict[str, set[str]] = {d: set() for d in targets}
     rejected: Counter = Counter()

@@ -60,9 +60,9 @@ def test_main_grid_alone(cfg):
 
 def test_irrelevant_axes_collapse(cfg):
     cells = expand_grid(cfg, "expert_teacher")
-    sft = [c for c in cells if c["method"] == "sft"]
+    sft = [c for c in cells if c.method == "sft"]
     # The teacher axis means nothing to SFT: 2 experts x 4 sets x 3 seeds, not x 2 teachers.
-    assert len(sft) == 24 and all(c["teacher"] is None for c in sft)
+    assert len(sft) == 24 and all(c.teacher is None for c in sft)
 
 
 def _paths(plan, kind):

@@ -71,12 +71,12 @@ def test_parse_and_reject(mode, text, prefix, accepted, rejected):
         assert " ".join("".join(ch if ch.isalnum() else " " for ch in q.lower()).split()) in seen
 
 
-def test_targets_are_per_test_item_or_per_doc():
+def test_targets_are_per_test_item_or_per_passage():
     ds = load_squadshifts("nyt").select_passages(3)
     counts = Counter(it.doc_ids[0] for it in ds.items)
     assert question_targets(ds, per_item=30) == {d: 30 * counts[d] for d in ds.documents}
-    assert question_targets(ds, per_doc=4) == {d: 4 for d in ds.documents}
-    with pytest.raises(DataError, match="per_doc"):
+    assert question_targets(ds, per_item=4, per_passage=True) == {d: 4 for d in ds.documents}
+    with pytest.raises(DataError, match="per passage"):
         question_targets(Dataset("x", {"a": Document("a", "text")}, []), per_item=30)
     with pytest.raises(ConfigError, match="five, single, sentence, bonito"):
         QGenConfig(mode="ten")
@@ -113,7 +113,7 @@ def test_yield_accounting_with_a_model_that_writes_junk(tiny_generator, tmp_path
 def test_smollm2_writes_questions_in_single_mode(smollm2):
     ds = load_squadshifts("nyt").select_passages(2)
     gen = TransformersGenerator(smollm2.spec, progress=False, batch_size=8)
-    cfg = QGenConfig(mode="single", per_doc=3, max_rounds=2, max_new_tokens=40)
+    cfg = QGenConfig(mode="single", per_item=3, per_passage=True, max_rounds=2, max_new_tokens=40)
     rows, stats = generate_questions(ds, gen, cfg)
     assert stats["accepted"] == len(rows) >= 2
     assert {r["doc_id"] for r in rows} <= set(ds.documents)
@@ -154,7 +154,7 @@ def test_sentence_mode_quotes_each_sentence_in_turn(tiny_generator):
     assert f'"{sents[-1]}"' in conv[0]["content"] and doc.text in conv[0]["content"]
     assert conv[1] == {"role": "assistant", "content": "Who"}
     # One call per missing question in the first round; later rounds only for what is missing.
-    cfg = QGenConfig(mode="sentence", per_doc=2, max_rounds=2, max_new_tokens=8)
+    cfg = QGenConfig(mode="sentence", per_item=2, per_passage=True, max_rounds=2, max_new_tokens=8)
     rows, stats = generate_questions(ds, tiny_generator, cfg)
     assert stats["mode"] == "sentence" and stats["accepted"] == len(rows) <= 2 * len(ds.documents)
     assert 2 * len(ds.documents) <= stats["calls"] <= 2 * 2 * len(ds.documents)

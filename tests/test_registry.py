@@ -48,7 +48,7 @@ class ToyStats(JobKind):
     def plan(self, planner, c, adapter):
         epath = planner.need("evaluate", c, adapter)  # asks for its input by kind name
         spec = ToySpec(**planner.data(c), evaluation=epath)
-        return planner.add(spec, {"dataset": c["dataset"], "stem": f"toy_{planner.hash(spec)}"}, (epath,))
+        return planner.add(spec, {"dataset": c.dataset, "stem": f"toy_{planner.hash(spec)}"}, (epath,))
 
     def run(self, spec, out):
         from pd.io import read_jsonl, write_json

@@ -154,7 +154,7 @@ class JobKind:
 
         Args:
             planner: the :class:`pd.pipeline.plan.Planner` (config, settings, ``add``, ``need``).
-            cell: the grid cell's axes.
+            cell: the grid cell (:class:`pd.grid.GridCell`).
             *args: what the asking kind passes (e.g. an evaluation's adapter path).
 
         Returns:

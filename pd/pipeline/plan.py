@@ -23,7 +23,7 @@ from typing import Any
 
 from pd import config as pdc
 from pd.errors import ConfigError
-from pd.grid import AXES, expand_grid, format_value, generation_settings
+from pd.grid import AXES, GridCell, expand_grid, format_value, generation_settings
 from pd.io import stable_hash
 from pd.models import registry
 from pd.pipeline import identity
@@ -168,7 +168,7 @@ class Planner:
         self.experiment = experiment
         self.gen = generation_settings(self.cfg, experiment)
 
-    def need(self, kind: str, cell: dict, *args: Any) -> str | None:
+    def need(self, kind: str, cell: GridCell, *args: Any) -> str | None:
         """The path of the ``kind`` artifact a cell needs, planned on first use (:meth:`JobKind.plan`)."""
         return get_kind(kind).plan(self, cell, *args)
 
@@ -202,13 +202,13 @@ class Planner:
         """The short content hash of a specification that its path carries."""
         return stable_hash(spec.as_dict(), 8)
 
-    def data(self, c: dict) -> dict:
+    def data(self, c: GridCell) -> dict:
         """The dataset fields of a cell's specifications."""
-        return {"dataset": c["dataset"], "dataset_cfg": self.datasets[c["dataset"]]}
+        return {"dataset": c.dataset, "dataset_cfg": self.datasets[c.dataset]}
 
-    def training(self, c: dict) -> dict:
+    def training(self, c: GridCell) -> dict:
         """The training settings of a cell's method and model in the experiment (a fresh copy)."""
-        return pdc.training_settings(self.cfg, c["method"], c["model"], self.experiment)
+        return pdc.training_settings(self.cfg, c.method, c.model, self.experiment)
 
     def per_passage(self, dataset: str) -> bool | None:
         """True for a folder of documents without test questions: questions are then per passage."""
@@ -241,11 +241,11 @@ class Planner:
         listed = pdc.grids(exp)
         varying = tuple(a for a in AXES[5:] if len({str(v) for g in listed for v in g[a]}) > 1)
         for c in expand_grid(self.cfg, name):
-            adapter = self.need("adapter", c) if get_method(c["method"]).trains else None
+            adapter = self.need("adapter", c) if get_method(c.method).trains else None
             epath = self.need("evaluate", c, adapter)
             grades = {g: self.need("grade", c, epath, g) for g in graders}
             outputs = {k.name: p for k in all_kinds() if k.per_cell and (p := self.need(k.name, c, adapter))}
-            cells.append(Cell(name, c, grades, epath, adapter, varying, outputs))
+            cells.append(Cell(name, c.axes(), grades, epath, adapter, varying, outputs))
         from pd.report.layout import check_layout
 
         check_layout(name, exp["table"], [c.axes for c in cells])  # refused now, not after hours of jobs
@@ -303,7 +303,7 @@ def build_adapter_plan(cfg: dict, experiment: str) -> tuple[Plan, list[str]]:
     """
     b = Planner(cfg)
     b.start(experiment)
-    adapters = [b.need("adapter", c) for c in expand_grid(cfg, experiment) if get_method(c["method"]).trains]
+    adapters = [b.need("adapter", c) for c in expand_grid(cfg, experiment) if get_method(c.method).trains]
     return b.plan, adapters
 
 

@@ -57,29 +57,29 @@ class Adapter(JobKind):
         from pd.train.methods import get_method
         from pd.train.settings import SEPARATE_TEACHER_TOPK
 
-        m = c["method"]
+        m = c.method
         method = get_method(m)
         train = planner.training(c)
-        train["rank"] = c["rank"]
+        train["rank"] = c.rank
         apath = planner.need("answers", c) if method.answers is not None else None
         teacher_model = tpath = None
         if method.distils:
-            train["kd_temperature"] = c["kd_temperature"]
-            teacher_model = c["teacher"]
-            if teacher_model != c["model"] and train["teacher_topk"] == 0:
+            train["kd_temperature"] = c.kd_temperature
+            teacher_model = c.teacher
+            if teacher_model != c.model and train["teacher_topk"] == 0:
                 # Another (larger) teacher never runs inside the student's job: a teacher job sized
                 # for it caches its top-k targets, and training reads them.
                 train["teacher_topk"] = SEPARATE_TEACHER_TOPK
-            if train["teacher_topk"] > 0 or c["subset"] != "all":
+            if train["teacher_topk"] > 0 or c.subset != "all":
                 tpath = planner.need("teacher", c, apath, train)
         files = method.data_files(train)  # e.g. pd_reg's local instruction data: part of the identity by content
         reg_hash = identity.file_identity(files[0]) if files else None
-        spec = AdapterSpec(method=m, model=c["model"], **planner.data(c), seed=c["seed"], subset=c["subset"],
+        spec = AdapterSpec(method=m, model=c.model, **planner.data(c), seed=c.seed, subset=c.subset,
                            answers=apath, teacher_model=teacher_model, teacher=tpath, training=train,
-                           models_extra=planner.models(c["model"], teacher_model), reg_data_hash=reg_hash)
-        stem = f"r{c['rank']}_{planner.hash(spec)}_s{c['seed']}"
-        return planner.add(spec, {"dataset": c["dataset"], "method": m, "model": c["model"], "stem": stem},
-                           tuple(p for p in (apath, tpath) if p), c["model"])
+                           models_extra=planner.models(c.model, teacher_model), reg_data_hash=reg_hash)
+        stem = f"r{c.rank}_{planner.hash(spec)}_s{c.seed}"
+        return planner.add(spec, {"dataset": c.dataset, "method": m, "model": c.model, "stem": stem},
+                           tuple(p for p in (apath, tpath) if p), c.model)
 
     def run(self, spec: AdapterSpec, out: str) -> None:
         """Train one adapter; write it with ``pd_meta.json`` and the held-out KL before and after.

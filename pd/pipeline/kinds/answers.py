@@ -39,17 +39,17 @@ class Answers(JobKind):
         from pd.train.methods import get_method
 
         qpath = planner.need("questions", c)
-        kind = get_method(c["method"]).answers  # plain, or cot: chain-of-thought answers with distractors
+        kind = get_method(c.method).answers  # plain, or cot: chain-of-thought answers with distractors
         train = planner.training(c)
         distractors = Distractors(train["distractors"], train["gold_drop_prob"]) if kind == "cot" else None
-        sampling = Sampling.from_dict({"temperature": c["answer_temperature"], **planner.gen["answers"]})
-        spec = AnswersSpec(questions=qpath, **planner.data(c), expert=c["expert"], kind=kind,
-                           seed=c["seed"] if planner.gen["questions"]["per_seed"] else 0, sampling=sampling,
+        sampling = Sampling.from_dict({"temperature": c.answer_temperature, **planner.gen["answers"]})
+        spec = AnswersSpec(questions=qpath, **planner.data(c), expert=c.expert, kind=kind,
+                           seed=c.seed if planner.gen["questions"]["per_seed"] else 0, sampling=sampling,
                            prompts=planner.prompt_overrides(), **planner.backend(),
-                           models_extra=planner.models(c["expert"]), distractors=distractors)
-        stem = f"{c['expert']}_{kind}_t{format_value(c['answer_temperature'])}_{planner.hash(spec)}"
-        fields = {"dataset": c["dataset"], "qstem": planner.fields(qpath)["stem"], "stem": stem}
-        return planner.add(spec, fields, (qpath,), c["expert"])
+                           models_extra=planner.models(c.expert), distractors=distractors)
+        stem = f"{c.expert}_{kind}_t{format_value(c.answer_temperature)}_{planner.hash(spec)}"
+        fields = {"dataset": c.dataset, "qstem": planner.fields(qpath)["stem"], "stem": stem}
+        return planner.add(spec, fields, (qpath,), c.expert)
 
     def run(self, spec: AnswersSpec, out: str) -> None:
         """The expert's answers, with the passage in its prompt, to each question of ``spec.questions``.

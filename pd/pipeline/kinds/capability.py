@@ -40,11 +40,11 @@ class Capability(JobKind):
         if not planner.cfg["experiments"][planner.experiment]["capability"]:
             return None
         cap = planner.cfg["capability"]
-        spec = CapabilitySpec(model=c["model"], adapter=adapter, path=cap["path"], limit=cap["limit"],
-                              hash=identity.file_identity(cap["path"]), models_extra=planner.models(c["model"]))
-        where = planner.adapter_place(adapter) if adapter else f"base/{c['model']}"
+        spec = CapabilitySpec(model=c.model, adapter=adapter, path=cap["path"], limit=cap["limit"],
+                              hash=identity.file_identity(cap["path"]), models_extra=planner.models(c.model))
+        where = planner.adapter_place(adapter) if adapter else f"base/{c.model}"
         return planner.add(spec, {"rest": f"{where}/mmlu_pro_{planner.hash(spec)}"}, (adapter,) if adapter else (),
-                           c["model"])
+                           c.model)
 
     def run(self, spec: CapabilitySpec, out: str) -> None:
         """MMLU-Pro rows of the model (with its adapter).

@@ -42,15 +42,15 @@ class Evaluate(JobKind):
         from pd.grid import format_value
 
         rpath = planner.need("retrieval", c)
-        spec = EvaluateSpec(**planner.data(c), model=c["model"], adapter=adapter, snapshot=c["snapshot"],
-                            retrieval=rpath, retriever=c["retrieval"], seed=c["seed"],
+        spec = EvaluateSpec(**planner.data(c), model=c.model, adapter=adapter, snapshot=c.snapshot,
+                            retrieval=rpath, retriever=c.retrieval, seed=c.seed,
                             sampling=Sampling.from_dict(planner.gen["evaluation"]), prompts=planner.prompt_overrides(),
-                            **planner.backend(), models_extra=planner.models(c["model"]))
-        where = planner.adapter_place(adapter) if adapter else f"base/{c['model']}/s{c['seed']}"
-        snap = f"snap{format_value(c['snapshot'])}_" if c["snapshot"] is not None else ""
-        rest = f"{where}/{snap}{c['retrieval']}_{planner.hash(spec)}"
-        return planner.add(spec, {"dataset": c["dataset"], "rest": rest}, tuple(p for p in (adapter, rpath) if p),
-                           c["model"])
+                            **planner.backend(), models_extra=planner.models(c.model))
+        where = planner.adapter_place(adapter) if adapter else f"base/{c.model}/s{c.seed}"
+        snap = f"snap{format_value(c.snapshot)}_" if c.snapshot is not None else ""
+        rest = f"{where}/{snap}{c.retrieval}_{planner.hash(spec)}"
+        return planner.add(spec, {"dataset": c.dataset, "rest": rest}, tuple(p for p in (adapter, rpath) if p),
+                           c.model)
 
     def run(self, spec: EvaluateSpec, out: str) -> None:
         """The model's answers (with its adapter or a snapshot of it) to the test questions, closed-book or

@@ -52,7 +52,7 @@ class Grade(JobKind):
             judge = None
             spec = GradeSpec(eval=epath, **planner.data(c), grader=grader, mode=g["substring_mode"])
             name = f"substring-{g['substring_mode']}"
-        fields = {"dataset": c["dataset"], "rest": planner.fields(epath)["rest"], "grader": name}
+        fields = {"dataset": c.dataset, "rest": planner.fields(epath)["rest"], "grader": name}
         return planner.add(spec, fields, (epath,), judge)
 
     def run(self, spec: GradeSpec, out: str) -> None:

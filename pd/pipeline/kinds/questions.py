@@ -45,17 +45,17 @@ class Questions(JobKind):
         from pd import config as pdc
 
         q = planner.gen["questions"]
-        dseed = c["seed"] if q["per_seed"] else 0
+        dseed = c.seed if q["per_seed"] else 0
         heldout = planner.training(c)["heldout_fraction"]
-        total = c["n_questions"] + pdc.heldout_extra(c["n_questions"], heldout)
-        mode = "bonito" if c["qgen"].startswith("bonito") else q["mode"]  # a Bonito-style generator has its own prompt
+        total = c.n_questions + pdc.heldout_extra(c.n_questions, heldout)
+        mode = "bonito" if c.qgen.startswith("bonito") else q["mode"]  # a Bonito-style generator has its own prompt
         sampling = Sampling.from_dict({k: q[k] for k in ("temperature", "top_k", "top_p", "max_new_tokens")})
-        spec = QuestionsSpec(**planner.data(c), generator=c["qgen"], mode=mode, per_item=total,
-                             heldout_per_item=total - c["n_questions"], seed=dseed, sampling=sampling,
+        spec = QuestionsSpec(**planner.data(c), generator=c.qgen, mode=mode, per_item=total,
+                             heldout_per_item=total - c.n_questions, seed=dseed, sampling=sampling,
                              max_rounds=q["max_rounds"], prompts=planner.prompt_overrides(), **planner.backend(),
-                             models_extra=planner.models(c["qgen"]), per_passage=planner.per_passage(c["dataset"]))
-        stem = f"{c['qgen']}_{mode}_n{c['n_questions']}_s{dseed}_{planner.hash(spec)}"
-        return planner.add(spec, {"dataset": c["dataset"], "stem": stem}, (), c["qgen"])
+                             models_extra=planner.models(c.qgen), per_passage=planner.per_passage(c.dataset))
+        stem = f"{c.qgen}_{mode}_n{c.n_questions}_s{dseed}_{planner.hash(spec)}"
+        return planner.add(spec, {"dataset": c.dataset, "stem": stem}, (), c.qgen)
 
     def run(self, spec: QuestionsSpec, out: str) -> None:
         """Questions about each passage: ``per_item`` per test question citing it, or per passage when
@@ -74,8 +74,7 @@ class Questions(JobKind):
         from pd.questions import QGenConfig, generate_questions
 
         s = spec.sampling
-        per_doc = spec.per_item if spec.per_passage else None
-        cfg = QGenConfig(mode=spec.mode, per_item=spec.per_item, per_doc=per_doc, seed=spec.seed,
+        cfg = QGenConfig(mode=spec.mode, per_item=spec.per_item, per_passage=bool(spec.per_passage), seed=spec.seed,
                          max_rounds=spec.max_rounds, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                          max_new_tokens=s.max_new_tokens)
         ds, gen = spec.load_dataset(), job_generator(spec, spec.generator)

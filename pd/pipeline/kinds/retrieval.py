@@ -40,15 +40,15 @@ class Retrieval(JobKind):
         """The cell's retrieval results (None for a closed-book cell)."""
         from pd import config as pdc
 
-        if c["retrieval"] == "none":
+        if c.retrieval == "none":
             return None
         over = planner.cfg["experiments"][planner.experiment].get("retrieval", {})
         r = pdc.deep_merge(planner.cfg["retrieval"], over)
-        k = pdc.retrieval_k(r, planner.cfg["datasets"][c["dataset"]])
-        spec = RetrievalSpec(**planner.data(c), retriever=c["retrieval"], k=k,
-                             dense_model=r["dense_model"] if c["retrieval"] == "dense" else None,
-                             embedding_model=r["openai_embedding_model"] if c["retrieval"] == "openai" else None)
-        return planner.add(spec, {"dataset": c["dataset"], "stem": f"{c['retrieval']}_k{k}_{planner.hash(spec)}"})
+        k = pdc.retrieval_k(r, planner.cfg["datasets"][c.dataset])
+        spec = RetrievalSpec(**planner.data(c), retriever=c.retrieval, k=k,
+                             dense_model=r["dense_model"] if c.retrieval == "dense" else None,
+                             embedding_model=r["openai_embedding_model"] if c.retrieval == "openai" else None)
+        return planner.add(spec, {"dataset": c.dataset, "stem": f"{c.retrieval}_k{k}_{planner.hash(spec)}"})
 
     def run(self, spec: RetrievalSpec, out: str) -> None:
         """The top-``k`` passages of each test question.

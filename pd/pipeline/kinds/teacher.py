@@ -43,15 +43,15 @@ class Teacher(JobKind):
         """The teacher's statistics (and top-k cache) over the answers ``apath``, with the adapter's settings."""
         from pd.grid import format_value
 
-        spec = TeacherSpec(answers=apath, **planner.data(c), teacher=c["teacher"], student=c["model"],
+        spec = TeacherSpec(answers=apath, **planner.data(c), teacher=c.teacher, student=c.model,
                            topk=train["teacher_topk"], logprob_dtype=train["teacher_logprob_dtype"],
-                           chunk_size=train["chunk_size"], kd_temperature=c["kd_temperature"],
+                           chunk_size=train["chunk_size"], kd_temperature=c.kd_temperature,
                            max_answer_tokens=train["max_answer_tokens"], max_teacher_tokens=train["max_teacher_tokens"],
-                           models_extra=planner.models(c["teacher"], c["model"]))
+                           models_extra=planner.models(c.teacher, c.model))
         a = planner.fields(apath)
-        stem = f"{c['teacher']}_k{train['teacher_topk']}_T{format_value(c['kd_temperature'])}_{planner.hash(spec)}"
-        return planner.add(spec, {"dataset": c["dataset"], "qstem": a["qstem"], "astem": a["stem"], "stem": stem},
-                           (apath,), c["teacher"])
+        stem = f"{c.teacher}_k{train['teacher_topk']}_T{format_value(c.kd_temperature)}_{planner.hash(spec)}"
+        return planner.add(spec, {"dataset": c.dataset, "qstem": a["qstem"], "astem": a["stem"], "stem": stem},
+                           (apath,), c.teacher)
 
     def run(self, spec: TeacherSpec, out: str) -> None:
         """Per-example teacher entropy and initial KL (and, with topk > 0, the top-k targets).
