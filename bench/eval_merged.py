@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from pd.data import load_squadshifts  # noqa: E402
-from pd.evaluate import eval_conversation  # noqa: E402
+from pd.evaluation.evaluate import eval_conversation  # noqa: E402
 from pd.generate.base import SamplingParams  # noqa: E402
 from pd.generate.transformers_backend import TransformersGenerator  # noqa: E402
 from pd.models import get_spec, load_model  # noqa: E402

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from pd.data import Dataset, load_squadshifts
-from pd.evaluate import evaluate
+from pd.evaluation.evaluate import evaluate
+from pd.evaluation.grade import grade_judge_rows, grade_substring_rows, judge_params, summarise
+from pd.evaluation.retrieve import retrieve_for_items
 from pd.generate import SamplingParams, make_generator
-from pd.grade import grade_judge_rows, grade_substring_rows, judge_params, summarise
 from pd.io import write_json, write_jsonl
-from pd.retrieve import retrieve_for_items
 
 CHUNK = 4  # default items per batch; --chunk N changes it (the generation cache is per prompt)
 

@@ -27,7 +27,7 @@ def ask(adapter_dir: str | Path, questions: Sequence[str], *, rag: str | Path | 
     """Answers to ``questions`` from the base model of ``adapter_dir`` with (or without) the adapter.
 
     With ``rag`` the BM25 top-``k`` documents of that folder go into the prompt, as in
-    evaluation (:func:`pd.evaluate.eval_conversation`).
+    evaluation (:func:`pd.evaluation.evaluate.eval_conversation`).
 
     Args:
         adapter_dir: the ``--out`` folder of ``pd inject``.
@@ -47,7 +47,7 @@ def ask(adapter_dir: str | Path, questions: Sequence[str], *, rag: str | Path | 
         DataError: a damaged adapter folder, an empty question, or a prompt longer than the model's context.
         ConfigError: a bad ``k`` or config.
     """
-    from pd.evaluate import eval_conversation
+    from pd.evaluation.evaluate import eval_conversation
     from pd.generate import SamplingParams
 
     adapter_dir = Path(adapter_dir)
@@ -59,7 +59,7 @@ def ask(adapter_dir: str | Path, questions: Sequence[str], *, rag: str | Path | 
     retrieved: list[list[str]] = [[] for _ in questions]
     ds = None
     if rag is not None:
-        from pd.retrieve import make_retriever
+        from pd.evaluation.retrieve import make_retriever
 
         ds = load_folder(rag)
         retrieved = make_retriever("bm25", ds.documents).search(list(questions), min(k, len(ds.documents)))

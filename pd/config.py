@@ -78,7 +78,7 @@ def dataset_setting(dataset_cfg: dict, key: str) -> Any:
         key: a key of :data:`DATASET_DEFAULTS` (``judge_template``, ``retrieval_k``).
 
     Returns:
-        The value (for ``judge_template`` a name of :data:`pd.grade.JUDGE_TEMPLATES`).
+        The value (for ``judge_template`` a name of :data:`pd.evaluation.grade.JUDGE_TEMPLATES`).
 
     Raises:
         KeyError: ``key`` is no dataset setting (a bug in the caller).

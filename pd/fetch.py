@@ -162,7 +162,7 @@ def _model_names(plan) -> list[str]:
 
 
 def _dense_need(model: str | None) -> Need:
-    from pd.retrieve import DENSE_DEFAULT_ALIASES
+    from pd.evaluation.retrieve import DENSE_DEFAULT_ALIASES
 
     if not model or model in DENSE_DEFAULT_ALIASES:
         installed = importlib.util.find_spec(DENSE_PACKAGE.replace("-", "_")) is not None
@@ -193,7 +193,7 @@ def plan_needs(plan) -> list[Need]:
         ConfigError: an unknown model.
     """
     from pd.data import get_loader
-    from pd.mmlu import HUB_ID as MMLU_PRO
+    from pd.evaluation.mmlu import HUB_ID as MMLU_PRO
     from pd.models import get_spec
     from pd.train.methods import get_method
 

@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         gen = make_generator(args.model, adapter=args.adapter, batch_size=args.batch_size, device=args.device,
                              progress=False)
     if args.embedding_model:
-        from pd.retrieve import sentence_transformer
+        from pd.evaluation.retrieve import sentence_transformer
 
         emb = sentence_transformer(args.embedding_model)
     import uvicorn

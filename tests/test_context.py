@@ -61,7 +61,7 @@ def test_passage_chars_fit_the_budget(gen):
     tok = gen.tokenizer
     text = "The harbour of Velmora was built in 1822 by the engineer Odric Thale. " * 200
     chars = passage_chars(tok, {"a": text}, 300)
-    from pd.passages import split_passages
+    from pd.data.passages import split_passages
 
     parts = split_passages(text, chars)
     assert len(parts) > 1 and all(token_count(tok, p) <= 300 for _, p in parts)

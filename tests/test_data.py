@@ -287,7 +287,7 @@ def test_long_documents_become_passages_with_file_and_offset(tmp_path):
     """Issue 14 item 9: with passage_chars, a long document is cut at sentence ends into passages whose ids
     give the file and the character offset at which each passage's text stands in the file."""
     from pd.data import load_folder
-    from pd.passages import split_passages
+    from pd.data.passages import split_passages
 
     sentences = [f"Sentence number {i} tells about the harbour." for i in range(40)]
     raw = "\ufeff\n  " + " ".join(sentences) + "\n"

@@ -17,8 +17,8 @@ import yaml
 
 import pd.config as pdc
 from pd.errors import ConfigError
-from pd.grade import JUDGE_TEMPLATES
-from pd.retrieve import RETRIEVERS
+from pd.evaluation.grade import JUDGE_TEMPLATES
+from pd.evaluation.retrieve import RETRIEVERS
 from pd.train.sequences import Limits
 from pd.train.settings import (
     DISTILLING_METHODS,

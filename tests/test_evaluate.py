@@ -6,7 +6,7 @@ import pytest
 
 from pd.data import Dataset, Document, TestItem
 from pd.errors import DataError
-from pd.evaluate import EVAL_PARAMS, evaluate
+from pd.evaluation.evaluate import EVAL_PARAMS, evaluate
 from pd.generate.base import SamplingParams
 from pd.generate.transformers_backend import TransformersGenerator
 from pd.io import stable_hash
@@ -90,7 +90,7 @@ def _direct_logprob(model, tok, prompt: str, answer: str) -> float:
 
 def test_rows_carry_the_gold_loglik_of_their_own_prompt(tiny):
     """Closed-book and RAG rows score the gold answer under the prompt they were asked with."""
-    from pd.evaluate import eval_conversation
+    from pd.evaluation.evaluate import eval_conversation
     from pd.generate.transformers_backend import render_prompt
 
     ds = toy()

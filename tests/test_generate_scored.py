@@ -8,8 +8,8 @@ import torch
 
 from pd.generate.base import SamplingParams
 from pd.generate.cache import CachedGenerator
+from pd.generate.loglik import answer_logprobs
 from pd.generate.transformers_backend import TransformersGenerator
-from pd.loglik import answer_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

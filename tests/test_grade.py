@@ -6,7 +6,7 @@ import pytest
 
 from pd.data import Dataset, Document, TestItem
 from pd.errors import ConfigError, DataError
-from pd.grade import (
+from pd.evaluation.grade import (
     grade_file,
     judge_conversation,
     parse_judge,
@@ -271,8 +271,8 @@ def _eval_rows():
 
 def test_judge_driver_tiny_model_reports_validity_and_is_cached(tmp_path):
     """A random-weight judge writes no grade tags: every row must be invalid, none correct, all kept."""
+    from pd.evaluation.grade import judge_params
     from pd.generate import make_generator
-    from pd.grade import judge_params
 
     ds = _toy_dataset()
     write_jsonl(tmp_path / "eval.jsonl", _eval_rows())
@@ -298,8 +298,8 @@ def test_judge_driver_tiny_model_reports_validity_and_is_cached(tmp_path):
 @pytest.mark.slow
 def test_judge_driver_smollm2(tmp_path):
     """SmolLM2 as a stand-in judge (prefilled "<reasoning>"): its outputs are parsed and its validity reported."""
+    from pd.evaluation.grade import judge_params
     from pd.generate import make_generator
-    from pd.grade import judge_params
 
     ds = _toy_dataset()
     write_jsonl(tmp_path / "eval.jsonl", _eval_rows()[:2])

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from pd.cli import main
-from pd.grade import substring_match
+from pd.evaluation.grade import substring_match
 from pd.io import file_hash
 
 TINY_DOCS = {

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pd.data import Dataset, Document
-from pd.evaluate import eval_conversation
+from pd.evaluation.evaluate import eval_conversation
+from pd.generate.loglik import answer_logprobs, gold_loglik
 from pd.generate.transformers_backend import render_prompt
-from pd.loglik import answer_logprobs, gold_loglik
 from pd.train.loop import train
 from pd.train.settings import TrainConfig
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from pd.errors import ConfigError, DataError
-from pd.io import read_jsonl
-from pd.mmlu import (
+from pd.evaluation.mmlu import (
     LETTERS,
     MCQuestion,
     letter_tokens,
@@ -18,6 +17,7 @@ from pd.mmlu import (
     run_mmlu,
     score_questions,
 )
+from pd.io import read_jsonl
 
 EASY = Path(__file__).parent / "data" / "mmlu_pro_easy.jsonl"
 TEN = MCQuestion("t10", "Which number is the largest?", tuple(str(i) for i in range(10)), 9, "math")

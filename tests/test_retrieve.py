@@ -7,7 +7,7 @@ import pytest
 
 from pd.data import Dataset, Document, TestItem, load_squadshifts
 from pd.errors import ConfigError, ModelUnavailableError, PDError
-from pd.retrieve import (
+from pd.evaluation.retrieve import (
     RETRIEVERS,
     make_retriever,
     measure_recall,
@@ -133,7 +133,7 @@ def test_factory_rejects_bad_input(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['model'\]"):
         make_retriever("bm25", DOCS, model="x")
     with pytest.raises(ConfigError, match="only for kind 'bm25_paper'"):
-        from pd.retrieve import BM25Retriever
+        from pd.evaluation.retrieve import BM25Retriever
 
         BM25Retriever(DOCS, tokenizer_model="tiny-llama")
     r = make_retriever("bm25", DOCS, cache_dir=tmp_path)
@@ -269,7 +269,7 @@ class CountingEmbedder:
 
 
 def test_openai_retriever_over_http_is_cached(tmp_path):
-    from pd.retrieve import openai_retriever, sentence_transformer
+    from pd.evaluation.retrieve import openai_retriever, sentence_transformer
     from pd.serve import create_app, serve_in_thread
 
     emb = CountingEmbedder(sentence_transformer("all-minilm-l6-v2"))
@@ -288,7 +288,7 @@ def test_openai_retriever_over_http_is_cached(tmp_path):
 
 
 def test_openai_retriever_needs_key_or_url(monkeypatch):
-    from pd.retrieve import openai_retriever
+    from pd.evaluation.retrieve import openai_retriever
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

@@ -87,7 +87,7 @@ def test_a_run_through_the_openai_backend_writes_no_secret(tiny_llama, tmp_path)
     """Canary key and credential URL: cache entries, rows, stats, logs and errors hold neither."""
     from pd.data import Dataset, Document, TestItem
     from pd.errors import PDError
-    from pd.evaluate import evaluate
+    from pd.evaluation.evaluate import evaluate
     from pd.generate import make_generator
     from pd.generate.base import SamplingParams
     from pd.generate.transformers_backend import TransformersGenerator

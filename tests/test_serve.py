@@ -29,7 +29,7 @@ def local(tiny_llama):
 
 @pytest.fixture(scope="module")
 def embedder():
-    from pd.retrieve import sentence_transformer
+    from pd.evaluation.retrieve import sentence_transformer
 
     return sentence_transformer(EMB_NAME)
 
@@ -109,7 +109,7 @@ def test_embeddings_over_http_equal_local_ones(server, embedder):
 
 def test_openai_retriever_through_the_server_ranks_like_the_local_dense_one(server):
     from pd.data import load_squadshifts
-    from pd.retrieve import dense_retriever, openai_retriever
+    from pd.evaluation.retrieve import dense_retriever, openai_retriever
 
     _, url = server
     ds = load_squadshifts("nyt").select_passages(6)

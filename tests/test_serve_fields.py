@@ -25,7 +25,7 @@ def local(tiny_llama):
 
 @pytest.fixture(scope="module")
 def server(local):
-    from pd.retrieve import sentence_transformer
+    from pd.evaluation.retrieve import sentence_transformer
 
     app = create_app(local, sentence_transformer(EMB), model_name="tiny-llama", embedding_model_name=EMB)
     with serve_in_thread(app) as url:

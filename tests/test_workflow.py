@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pd.config import load_config
-from pd.grade import substring_match
+from pd.evaluation.grade import substring_match
 from pd.io import read_jsonl
 from pd.pipeline.paths import log_file
 from pd.pipeline.plan import build_plan

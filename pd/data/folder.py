@@ -8,10 +8,10 @@ from typing import Any
 
 from pd.data.dataset import Dataset, Document, TestItem
 from pd.data.loaders import Loader, register
+from pd.data.passages import document_passages
+from pd.data.question_rows import read_question_rows
 from pd.errors import DataError
 from pd.io import read_text
-from pd.passages import document_passages
-from pd.question_rows import read_question_rows
 
 DOC_SUFFIXES = (".txt", ".md")
 
@@ -24,7 +24,7 @@ def load_folder(folder: str | os.PathLike, questions: str | os.PathLike | None =
     is dropped) and empty ones are skipped. With ``passage_chars`` a longer document becomes
     passages (:func:`split_passages`) with ids ``<path>#<offset>``: its character offset in the
     file's text. The questions file is JSONL or CSV, every row checked as
-    :mod:`pd.question_rows` describes.
+    :mod:`pd.data.question_rows` describes.
 
     Args:
         folder: the documents' folder (searched recursively).

@@ -1,7 +1,7 @@
 """Teacher-forced scores of short continuations on a prompt's prefilled KV cache.
 
 The evaluation job both generates an answer and scores the gold answer under the same
-prompt (:mod:`pd.loglik`). Scoring in a pass of its own re-reads the whole prompt, which
+prompt (:mod:`pd.generate.loglik`). Scoring in a pass of its own re-reads the whole prompt, which
 with retrieved passages is most of the cost; here the continuations are scored on the
 cache the generation's prefill has just built, so the prompt is read once:
 

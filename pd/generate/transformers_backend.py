@@ -212,7 +212,7 @@ class TransformersGenerator:
         after the generation's prefill, so the prompt is read once for both (scoring a gold
         answer after a RAG prompt in its own pass repeats that prompt's whole prefill).
         The continuation's tokens are appended to the cache, scored, and cropped off
-        again before decoding starts. Same quantity as :func:`pd.loglik.answer_logprobs`.
+        again before decoding starts. Same quantity as :func:`pd.generate.loglik.answer_logprobs`.
 
         Args:
             conversations: the requests.
@@ -258,7 +258,7 @@ class TransformersGenerator:
         return [[done[(i, 0 if greedy else j)] for j in range(params.n)] for i in range(len(conversations))], scores
 
     def score(self, conversations: list[Conversation], continuations: list[list[list[int]]]) -> list[list]:
-        """The continuations' log-probabilities without generating (:func:`pd.loglik.answer_logprobs`).
+        """The continuations' log-probabilities without generating (:func:`pd.generate.loglik.answer_logprobs`).
 
         Args:
             conversations: the requests.
@@ -267,7 +267,7 @@ class TransformersGenerator:
         Returns:
             Per conversation, one float32 CPU tensor ``[len(continuation)]`` (nats) per continuation.
         """
-        from pd.loglik import answer_logprobs
+        from pd.generate.loglik import answer_logprobs
 
         prompts = [self.tokenizer.encode(self.prompt(c), add_special_tokens=False) for c in conversations]
         flat = [(i, c) for i, cs in enumerate(continuations) for c in cs]

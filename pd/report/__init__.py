@@ -2,7 +2,7 @@
 
 Input contract (what the workflow hands over)
 ---------------------------------------------
-Per-sample grade files, JSONL, one per cell x retrieval x grader, written by pd.grade::
+Per-sample grade files, JSONL, one per cell x retrieval x grader, written by pd.evaluation.grade::
 
     {"item_id": str, "grader": "substring" | "judge:<model>", "correct": true | false | null,
      "valid": bool, "reason": str | null, "answer": str, "gold": [str], ...}

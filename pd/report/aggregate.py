@@ -239,7 +239,7 @@ class Grades:
 
 
 def load_grades(path: str | os.PathLike) -> Grades:
-    """Read and check a per-sample grade file (pd.grade's rows)."""
+    """Read and check a per-sample grade file (pd.evaluation.grade's rows)."""
     rows = read_jsonl(path)
     ids: list[str] = []
     correct, valid = [], []

@@ -3,7 +3,7 @@
 Both are read from files the workflow already writes, named by each manifest record:
 
 * the evaluation file (``record.extra["evaluate"]``): each row's ``gold_logprob_per_token``
-  (:mod:`pd.loglik`; null for backends without a teacher-forced pass, absent in rows
+  (:mod:`pd.generate.loglik`; null for backends without a teacher-forced pass, absent in rows
   written before the field existed: such a file contributes nothing);
 * the adapter folder (``record.extra["adapter"]``): ``heldout.json`` with the held-out
   KL(teacher || student) ``before`` and ``after`` training (:mod:`pd.pipeline.kinds.adapter`), and

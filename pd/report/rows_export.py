@@ -6,7 +6,7 @@ the results folder (which holds adapters and caches, gigabytes) or a rerun:
 * ``rows.jsonl.gz``: one line per graded answer of every cell of the experiment: the
   cell (``cell_id``, ``axes``, ``grader``), the item, the answer, its grade (``correct``,
   ``valid``, ``reason``), the gold answers, and the gold-answer log-likelihood of the
-  cell's evaluation row (:mod:`pd.loglik`; null where not computed). Accuracy cells are
+  cell's evaluation row (:mod:`pd.generate.loglik`; null where not computed). Accuracy cells are
   means of ``correct`` per seed; log-likelihood cells means of ``gold_logprob_per_token``.
 * ``training.jsonl.gz``: one line per adapter: the cells it serves, its held-out
   KL(teacher || student) before and after (``heldout.json``) and its loss per step

@@ -56,7 +56,7 @@ class Capability(JobKind):
         Raises:
             DataError: the MMLU-Pro file is missing.
         """
-        from pd.mmlu import run_mmlu
+        from pd.evaluation.mmlu import run_mmlu
 
         run_mmlu(spec.model, spec.path, out, adapter=spec.adapter, limit=spec.limit, models_extra=spec.models_extra)
 

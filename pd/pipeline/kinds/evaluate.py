@@ -65,7 +65,7 @@ class Evaluate(JobKind):
         """
         from pd import config as pdc
         from pd.context import check_dataset_fits
-        from pd.evaluate import evaluate
+        from pd.evaluation.evaluate import evaluate
         from pd.io import read_jsonl, write_with_stats
         from pd.pipeline.jobtools import job_generator, provenance
 

@@ -65,7 +65,7 @@ class Grade(JobKind):
         Raises:
             DataError: a missing or malformed evaluation file.
         """
-        from pd.grade import grade_file, judge_params
+        from pd.evaluation.grade import grade_file, judge_params
         from pd.pipeline.jobtools import job_generator
 
         ds = spec.load_dataset()

@@ -60,9 +60,9 @@ class Retrieval(JobKind):
         Raises:
             DataError: the dataset's files are missing; ConfigError: an unknown retriever.
         """
+        from pd.evaluation.retrieve import recall_at_k, retrieve_for_items
         from pd.io import write_json, write_jsonl
         from pd.pipeline.jobtools import provenance
-        from pd.retrieve import recall_at_k, retrieve_for_items
 
         ds = spec.load_dataset()
         opts = {"model": spec.retriever_model} if spec.retriever_model else {}

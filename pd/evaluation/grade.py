@@ -218,7 +218,8 @@ def _base_row(row: dict, item: TestItem, grader: str) -> dict:
 def _check_rows(rows: list[dict], items: Mapping[str, TestItem], where: str) -> None:
     for n, r in enumerate(rows):
         if "item_id" not in r or "answer" not in r:
-            raise DataError(f"{where} row {n + 1}: needs 'item_id' and 'answer' (rows written by pd.evaluate)")
+            raise DataError(f"{where} row {n + 1}: needs 'item_id' and 'answer' "
+                            "(rows written by pd.evaluation.evaluate)")
         if r["item_id"] not in items:
             raise DataError(f"{where} row {n + 1}: item {r['item_id']!r} is not in the dataset")
         if not isinstance(r["answer"], str):

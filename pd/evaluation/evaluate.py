@@ -4,14 +4,14 @@ The question asked is the rewritten one (``TestItem.closed_book_question``), as 
 paper. Closed-book the user message is the bare question (``closed_book``: what the
 student was trained on); with retrieval it is the passages a retriever returned, most
 similar first, separated by blank lines, then ``Question: ...`` (``rag``). The caller
-passes the retriever's ordered doc ids per item (``pd.retrieve``), so this module does
+passes the retriever's ordered doc ids per item (``pd.evaluation.retrieve``), so this module does
 not know how they were found. Answers are sampled with :data:`pd.config.EVAL_SAMPLING`
 (the paper's T = 0.25 and up to 500 tokens) unless the caller says otherwise; each
 sample becomes one JSONL row that names the item, the prompt's hash, the passages shown
 and the parameters.
 
 Each row also carries the gold answer's log-likelihood under the same prompt
-(:mod:`pd.loglik`: ``gold_logprob`` in nats, ``gold_logprob_per_token``, ``gold_alias``,
+(:mod:`pd.generate.loglik`: ``gold_logprob`` in nats, ``gold_logprob_per_token``, ``gold_alias``,
 ``gold_tokens``), best over the item's aliases, from one teacher-forced pass of the
 generator's own model (with its adapter). Only the transformers backend holds the
 model's weights; with vLLM or an OpenAI-compatible server the fields are null and the
@@ -31,7 +31,7 @@ from pd.io import stable_hash
 from pd.prompts import render
 
 if TYPE_CHECKING:
-    from pd.loglik import GoldLogLik
+    from pd.generate.loglik import GoldLogLik
 
 EVAL_PARAMS = SamplingParams(**EVAL_SAMPLING)
 GOLD_FIELDS = ("gold_logprob", "gold_logprob_per_token", "gold_alias", "gold_tokens")
@@ -132,11 +132,11 @@ def generate_with_gold(generator: Generator, convs: Sequence[Conversation], para
         gold: each item's gold answers (aliases).
 
     Returns:
-        Per conversation its completions, one :class:`pd.loglik.GoldLogLik` per item (None:
+        Per conversation its completions, one :class:`pd.generate.loglik.GoldLogLik` per item (None:
         no usable alias, or not computed), and a note for the stats saying how it was
         computed, or why not.
     """
-    from pd.loglik import alias_tokens, best_alias
+    from pd.generate.loglik import alias_tokens, best_alias
 
     backend = getattr(generator, "backend", None)
     if backend != "transformers":

@@ -1,4 +1,4 @@
-"""BM25 scoring with Lucene's idf (the ``bm25`` retriever's scorer; see :mod:`pd.retrieve`).
+"""BM25 scoring with Lucene's idf (the ``bm25`` retriever's scorer; see :mod:`pd.evaluation.retrieve`).
 
 Okapi's idf, ``log((N - n + 0.5) / (n + 0.5))``, is 0 for a word in half the documents
 and negative for one in more than half, so in small corpora (2 documents, or 4 where

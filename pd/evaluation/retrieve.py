@@ -39,11 +39,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pd.bm25 import LuceneBM25
 from pd.config import DATASET_DEFAULTS
 from pd.data import Dataset, Document, TestItem
 from pd.embeddings import DENSE_DEFAULT_ALIASES
 from pd.errors import ConfigError, ModelUnavailableError, PDError
+from pd.evaluation.bm25 import LuceneBM25
 from pd.io import atomic_path, read_json, stable_hash, write_json
 from pd.redact import redact_text, redact_url
 from pd.text import STOPWORDS, words
@@ -369,7 +369,7 @@ def retrieve_for_items(dataset: Dataset, kind: str, k: int = DEFAULT_K, items: S
 
 def retrieve(dataset: Dataset, kind: str, k: int = DEFAULT_K, items: Sequence[TestItem] | None = None,
              **opts) -> list[list[str]]:
-    """Ordered doc ids per item, in the items' order (what pd.evaluate takes)."""
+    """Ordered doc ids per item, in the items' order (what pd.evaluation.evaluate takes)."""
     by_id = retrieve_for_items(dataset, kind, k, items, **opts)
     return [by_id[it.id] for it in (dataset.items if items is None else items)]
 
