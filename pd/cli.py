@@ -93,15 +93,29 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    """Merge a PEFT adapter into its base model's weights: a plain model folder (pd.merge.merge_into)."""
+    """Merge a PEFT adapter into its base model's weights: a plain model folder (pd.merge.merge_into).
+
+    Needs no project folder: the config is read only when one is named or ``./config.yaml`` exists;
+    without ``--model`` the base model is the one the adapter's config names.
+    """
+    from pd.adapters import adapter_config, resolve_base
+    from pd.config import load_config
     from pd.merge import merge_into
     from pd.models import get_spec
 
-    cfg = _cfg(args)
-    spec = get_spec(args.model, cfg.get("models"))
+    config = _inject_config(args)
+    extra = load_config(config).get("models") if config else None
     if not Path(args.adapter).is_dir():
         raise PDError(f"adapter folder {args.adapter} does not exist")
-    merge_into(spec, args.adapter, args.out, dtype=args.dtype)
+    if args.model:
+        spec = get_spec(args.model, extra)
+    else:
+        named = adapter_config(args.adapter).get("base_model_name_or_path")
+        spec = resolve_base(named, extra) if isinstance(named, str) else None
+        if spec is None:
+            raise PDError(f"the adapter's config names base model {named!r}, which is not in the registry; "
+                          "give --model (`pd models` lists them)")
+    merge_into(spec, args.adapter, args.out, dtype=args.dtype, models_extra=extra)
     print(f"merged {args.adapter} into {spec.name} ({args.dtype}): {args.out}")
     return 0
 
@@ -242,9 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_fetch)
     s = sub.add_parser("merge", help="merge a LoRA adapter into its base model: a plain model folder")
     s.add_argument("adapter", help="a PEFT adapter folder")
-    s.add_argument("--model", required=True, help="the base model it was trained on (`pd models` lists them)")
-    s.add_argument("--out", required=True, help="the folder to write")
-    s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    s.add_argument("--model", help="the base model it was trained on (`pd models` lists them; default: the one "
+                                    "the adapter's config names)")
+    s.add_argument("--out", required=True, help="the folder to write (new, empty, or an earlier pd merge output)")
+    s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="the merged weights' precision (the merge itself is computed in float32)")
+    s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry)")
     s.set_defaults(func=cmd_merge)
     s = sub.add_parser("models", help="list the model registry")
     s.set_defaults(func=cmd_models)

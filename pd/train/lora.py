@@ -20,8 +20,14 @@ from pd.train.teacher import unwrap
 META_FILE = "pd_meta.json"
 
 
-def attach_lora(model, *, rank: int, alpha: float, dropout: float = 0.0, target_modules="all-linear", seed: int = 0):
-    """Wrap ``model`` in a PeftModel with a fresh adapter; A is initialised from ``seed``."""
+def attach_lora(model, *, rank: int, alpha: float, dropout: float = 0.0, target_modules="all-linear", seed: int = 0,
+                base_model: str | None = None):
+    """Wrap ``model`` in a PeftModel with a fresh adapter; A is initialised from ``seed``.
+
+    ``base_model``: the name the saved adapter_config.json records as ``base_model_name_or_path``
+    (:func:`pd.adapters.portable_base_name`: a hub id or registry name); default: PEFT's, the folder
+    the weights were loaded from (a local cache path that does not exist on another machine).
+    """
     from peft import LoraConfig, get_peft_model
 
     if rank < 1:
@@ -33,6 +39,8 @@ def attach_lora(model, *, rank: int, alpha: float, dropout: float = 0.0, target_
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, cfg)
+    if base_model is not None:
+        peft_model.peft_config["default"].base_model_name_or_path = base_model
     return peft_model
 
 
