@@ -66,7 +66,7 @@ CHECK_TEXT = "The merged model must answer as the adapter does: 1, 2, 3."
 CHECK_TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 6e-2}
 
 
-def _check_merged(merged, unmerged_logits, ids, dtype: str, adapter) -> None:
+def check_merged(merged, unmerged_logits, ids, dtype: str, adapter) -> None:
     """Refuse a merged model whose logits on ``ids`` differ from the unmerged adapter's.
 
     Raises:
@@ -121,7 +121,7 @@ def merge_into(spec: ModelSpec, adapter: str | Path, out: str | Path, dtype: str
     with torch.inference_mode():
         want = unmerged(input_ids=ids).logits.float()
     merged = merge_in_float32(unmerged).to(getattr(torch, dtype)).eval()
-    _check_merged(merged, want, ids, dtype, adapter)
+    check_merged(merged, want, ids, dtype, adapter)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
     old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
