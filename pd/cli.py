@@ -240,6 +240,14 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def cmd_serve(argv: list[str]) -> int:
+    """The OpenAI-compatible server: ``pd serve OPTIONS`` is ``python -m pd.serve OPTIONS``."""
+    from pd.serve import main as serve_main
+
+    serve_main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pd", description="Knowledge injection by prompt distillation")
     p.add_argument("--config", default=os.environ.get("PD_CONFIG", "config.yaml"),
@@ -316,10 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON line per question (question, answer, retrieved)")
     s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
     s.set_defaults(func=cmd_ask)
+
+    sub.add_parser("serve", add_help=False,  # its options are pd.serve's own: main() hands them over unparsed
+                   help="an OpenAI-compatible server over a model (and adapter): `pd serve --help` for its options")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["serve"]:
+        return cmd_serve(given[1:])
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
