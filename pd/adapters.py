@@ -178,8 +178,9 @@ def load_adapter(model, adapter: str | Path, spec: ModelSpec, models_extra: dict
     except (ValueError, RuntimeError, KeyError, TypeError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise DataError(f"LoRA adapter {adapter} does not fit {spec.describe()}: {first}") from None
-    expected = {k for k in get_peft_model_state_dict(peft_model)}
-    stray, absent = sorted(saved - expected), sorted(expected - saved)
+    lora = set(get_peft_model_state_dict(peft_model, save_embedding_layers=False))
+    allowed = lora | set(get_peft_model_state_dict(peft_model, save_embedding_layers=True))  # + saved embeddings
+    stray, absent = sorted(saved - allowed), sorted(lora - saved)
     if stray or absent:
         what = (f"{len(stray)} of its {len(saved)} tensors match no module of the model (e.g. {stray[0]})" if stray
                 else f"it lacks {len(absent)} of the model's LoRA weights (e.g. {absent[0]})")

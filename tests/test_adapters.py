@@ -150,3 +150,9 @@ def test_a_trained_adapter_names_a_portable_base_and_loads_elsewhere(tiny_llama,
     spec = get_spec("tiny-llama")
     assert model_folder(spec).startswith(str(tmp_path / "colleague-cache"))
     load_adapter(load_model(spec, device="cpu"), res.adapter_dir, spec)
+
+
+def test_pd_serve_with_an_adapter_of_another_model_exits_2_with_one_line(tmp_path):
+    folder = _adapter("tiny-qwen2", tmp_path / "a")
+    res = _pd(tmp_path, "serve", "--model", "tiny-llama", "--adapter", str(folder), "--port", "1")
+    _refused(res, "tiny-qwen2")

@@ -317,15 +317,19 @@ def main(argv: list[str] | None = None) -> None:
                  else f"OPEN to anyone who reaches {args.host} (--no-auth)")
         print(f"pd.serve: no --api-key: {reach}", file=sys.stderr)
     gen = emb = None
-    if args.model:
-        from pd.generate import make_generator
+    try:  # a model or adapter that does not load (or fit) is the user's error: one line, exit 2
+        if args.model:
+            from pd.generate import make_generator
 
-        gen = make_generator(args.model, adapter=args.adapter, batch_size=args.batch_size, device=args.device,
-                             progress=False)
-    if args.embedding_model:
-        from pd.retrieve import sentence_transformer
+            gen = make_generator(args.model, adapter=args.adapter, batch_size=args.batch_size, device=args.device,
+                                 progress=False)
+        if args.embedding_model:
+            from pd.retrieve import sentence_transformer
 
-        emb = sentence_transformer(args.embedding_model)
+            emb = sentence_transformer(args.embedding_model)
+    except PDError as err:
+        print(f"pd: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     import uvicorn
 
     app = create_app(gen, emb, model_name=args.served_name or args.model, embedding_model_name=args.embedding_model,

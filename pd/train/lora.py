@@ -66,7 +66,7 @@ def adapter_state(model, state_dict: dict[str, torch.Tensor] | None = None) -> d
     """
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(unwrap(model), state_dict=state_dict)
+    state = get_peft_model_state_dict(unwrap(model), state_dict=state_dict, save_embedding_layers=False)
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
@@ -107,7 +107,9 @@ def save_adapter(model, folder: Path, state_dict: dict[str, torch.Tensor] | None
         state = state_dict if state_dict is not None else adapter_state(model)
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     extra = {} if state_dict is None else {"state_dict": state_dict}
-    unwrap(model).save_pretrained(str(folder), safe_serialization=True, **extra)
+    # No embedding layer is ever adapted (linear_module_names): saying so spares PEFT's "auto" check,
+    # which looks the base model's name up on the hub.
+    unwrap(model).save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False, **extra)
 
 
 def write_adapter_folder(model, target: str | Path, meta: dict, extra_files: dict[str, Path] | None = None,
