@@ -188,7 +188,7 @@ def load_adapter(model, adapter: str | Path, spec: ModelSpec, models_extra: dict
     return peft_model.eval()
 
 
-def merge_in_float32(peft_model):
+def merge_in_float32(peft_model, stats: dict | None = None, out_dtype=None):
     """The plain model with its LoRA merged in: W <- cast(float32(W) + (alpha / r) B A), one rounding.
 
     PEFT's ``merge_and_unload`` adds a delta already rounded to the weight's precision to that
@@ -198,6 +198,10 @@ def merge_in_float32(peft_model):
 
     Args:
         peft_model: a ``PeftModel`` with one active LoRA adapter.
+        stats: filled (when given) with ``changed``: the weight entries the adapter changes, and
+            ``erased``: those whose change the cast to ``out_dtype`` rounds away (a merged model
+            in bfloat16 loses every change below half a unit in the last place of its weight).
+        out_dtype: the precision the merged model will be stored in (default: the weights' own).
 
     Returns:
         The base model with merged weights (the same modules, LoRA layers removed).
@@ -220,5 +224,11 @@ def merge_in_float32(peft_model):
                 if getattr(m, "fan_in_fan_out", False):
                     delta = delta.T
                 w = base.weight
-                w.copy_((w.float() + delta.to(w.device)).to(w.dtype))
+                merged = w.float() + delta.to(w.device)
+                if stats is not None:
+                    cast = out_dtype or w.dtype
+                    changed = merged != w.float()
+                    stats["changed"] = stats.get("changed", 0) + int(changed.sum())
+                    stats["erased"] = stats.get("erased", 0) + int((changed & (merged.to(cast) == w.to(cast))).sum())
+                w.copy_(merged.to(w.dtype))
     return peft_model.unload()

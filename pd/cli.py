@@ -100,7 +100,7 @@ def cmd_merge(args) -> int:
     """
     from pd.adapters import adapter_config, resolve_base
     from pd.config import load_config
-    from pd.merge import merge_into
+    from pd.merge import MERGED_META, merge_into
     from pd.models import get_spec
 
     config = _inject_config(args)
@@ -117,6 +117,11 @@ def cmd_merge(args) -> int:
                           "give --model (`pd models` lists them)")
     merge_into(spec, args.adapter, args.out, dtype=args.dtype, models_extra=extra)
     print(f"merged {args.adapter} into {spec.name} ({args.dtype}): {args.out}")
+    meta = json.loads((Path(args.out) / MERGED_META).read_text(encoding="utf-8"))
+    if meta.get("erased_by_cast"):
+        print(f"note: rounding to {args.dtype} erased {meta['erased_by_cast'] / max(meta['changed_entries'], 1):.1%} "
+              f"of the {meta['changed_entries']} weight entries the adapter changes (changes below half a "
+              "unit in the last place); --dtype float32 keeps them all")
     return 0
 
 

@@ -120,7 +120,8 @@ def merge_into(spec: ModelSpec, adapter: str | Path, out: str | Path, dtype: str
     ids = torch.tensor([tok.encode(CHECK_TEXT, add_special_tokens=False)[:16]])
     with torch.inference_mode():
         want = unmerged(input_ids=ids).logits.float()
-    merged = merge_in_float32(unmerged).to(getattr(torch, dtype)).eval()
+    stats: dict = {}
+    merged = merge_in_float32(unmerged, stats, out_dtype=getattr(torch, dtype)).to(getattr(torch, dtype)).eval()
     check_merged(merged, want, ids, dtype, adapter)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
@@ -131,7 +132,8 @@ def merge_into(spec: ModelSpec, adapter: str | Path, out: str | Path, dtype: str
         tok.save_pretrained(tmp)
         write_json(tmp / MERGED_META, {"base": spec.name, "adapter": str(adapter),
                                        "adapter_hash": adapter_hash or file_hash(adapter), "rank": cfg.get("r"),
-                                       "dtype": dtype})
+                                       "dtype": dtype, "changed_entries": stats.get("changed", 0),
+                                       "erased_by_cast": stats.get("erased", 0)})
         if out.exists():
             _check_out(out)  # still ours (or empty) at the moment of replacing it
             os.replace(out, old)

@@ -127,7 +127,9 @@ def test_pd_merge_outside_a_project_and_never_over_a_users_folder(cache):
     # Again into its own earlier output (and without --model: the adapter's config names the base): replaced.
     res = _pd(work, "merge", str(cache / "a"), "--out", str(out), "--dtype", "bfloat16")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads((out / MERGED_META).read_text())["dtype"] == "bfloat16"
+    meta = json.loads((out / MERGED_META).read_text())
+    assert meta["dtype"] == "bfloat16" and 0 < meta["erased_by_cast"] < meta["changed_entries"]
+    assert "erased" in res.stdout and "--dtype float32 keeps them all" in res.stdout
     # A folder of the user's: refused, nothing in it touched.
     mine = work / "mine"
     mine.mkdir()
