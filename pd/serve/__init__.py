@@ -5,7 +5,7 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (raw prompts)
 lets any OpenAI client (and this harness's ``openai`` backend and ``openai``
 retriever) use a model trained here, e.g. a base model with a PD adapter:
 
-    python -m pd.serve --model smollm2-135m-instruct --adapter results/.../adapter --port 8000
+    python -m pd.serve --model smollm2-135m-instruct --adapter results/.../adapter --port 8000  # or: pd serve ...
 
 Requests are served one at a time (a lock around the model); this is for tests and
 small jobs, not throughput (use vLLM's server for that). Every request field either
@@ -16,7 +16,14 @@ untempered distribution. Extra fields beside OpenAI's: ``top_k``,
 ``continue_final_message`` (continue a final assistant message: a prefill) and
 ``add_generation_prompt``. A request whose prompt plus ``max_tokens`` exceeds the
 model's context is refused; ``n`` is at most 16; generation stops when the client
-disconnects. With ``--api-key`` every request needs ``Authorization: Bearer <key>``.
+disconnects. With ``--api-key`` every request needs ``Authorization: Bearer <key>``;
+without one the server listens on loopback only (``--no-auth`` opens another address).
+A request body over ``--max-body-mb`` (default 4 MiB) is refused with 413 before it is
+parsed; a body nested past 32 levels or holding a lone surrogate is refused with 400 naming
+the field; a sampled request without ``seed`` draws a fresh random seed.
+
+The package: this module (the app, :func:`serve_in_thread`, :func:`main`), :mod:`pd.serve.request`
+(checking request bodies) and :mod:`pd.serve.reply` (generating and shaping replies).
 """
 
 from __future__ import annotations
