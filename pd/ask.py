@@ -98,9 +98,13 @@ def adapter_model(adapter_dir: Path, check_weights: bool = True) -> str:
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
         raise DataError(f"{meta_path}: expected a JSON object with the base model's name in 'model'")
     if check_weights:
-        config = adapter_dir / "adapter_config.json"
-        if not config.is_file() or not isinstance(read_json(config), dict) or "peft_type" not in read_json(config):
-            raise DataError(f"{config}: missing, or not a PEFT adapter config (a JSON object with 'peft_type')")
+        from pd.adapters import adapter_config
+        from pd.errors import ModelUnavailableError
+
+        try:
+            adapter_config(adapter_dir)  # a JSON object with a LoRA peft_type
+        except ModelUnavailableError:
+            raise DataError(f"{adapter_dir / 'adapter_config.json'}: missing (not a PEFT adapter folder)") from None
         weights = adapter_dir / "adapter_model.safetensors"
         try:
             from safetensors import safe_open

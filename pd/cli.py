@@ -93,16 +93,35 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    """Merge a PEFT adapter into its base model's weights: a plain model folder (pd.merge.merge_into)."""
-    from pd.merge import merge_into
+    """Merge a PEFT adapter into its base model's weights: a plain model folder (pd.merge.merge_into).
+
+    Needs no project folder: the config is read only when one is named or ``./config.yaml`` exists;
+    without ``--model`` the base model is the one the adapter's config names.
+    """
+    from pd.adapters import adapter_config, resolve_base
+    from pd.config import load_config
+    from pd.merge import MERGED_META, merge_into
     from pd.models import get_spec
 
-    cfg = _cfg(args)
-    spec = get_spec(args.model, cfg.get("models"))
+    config = _inject_config(args)
+    extra = load_config(config).get("models") if config else None
     if not Path(args.adapter).is_dir():
         raise PDError(f"adapter folder {args.adapter} does not exist")
-    merge_into(spec, args.adapter, args.out, dtype=args.dtype)
+    if args.model:
+        spec = get_spec(args.model, extra)
+    else:
+        named = adapter_config(args.adapter).get("base_model_name_or_path")
+        spec = resolve_base(named, extra) if isinstance(named, str) else None
+        if spec is None:
+            raise PDError(f"the adapter's config names base model {named!r}, which is not in the registry; "
+                          "give --model (`pd models` lists them)")
+    merge_into(spec, args.adapter, args.out, dtype=args.dtype, models_extra=extra)
     print(f"merged {args.adapter} into {spec.name} ({args.dtype}): {args.out}")
+    meta = json.loads((Path(args.out) / MERGED_META).read_text(encoding="utf-8"))
+    if meta.get("erased_by_cast"):
+        print(f"note: rounding to {args.dtype} erased {meta['erased_by_cast'] / max(meta['changed_entries'], 1):.1%} "
+              f"of the {meta['changed_entries']} weight entries the adapter changes (changes below half a "
+              "unit in the last place); --dtype float32 keeps them all")
     return 0
 
 
@@ -226,6 +245,14 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def cmd_serve(argv: list[str]) -> int:
+    """The OpenAI-compatible server: ``pd serve OPTIONS`` is ``python -m pd.serve OPTIONS``."""
+    from pd.serve import main as serve_main
+
+    serve_main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pd", description="Knowledge injection by prompt distillation")
     p.add_argument("--config", default=os.environ.get("PD_CONFIG", "config.yaml"),
@@ -242,9 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_fetch)
     s = sub.add_parser("merge", help="merge a LoRA adapter into its base model: a plain model folder")
     s.add_argument("adapter", help="a PEFT adapter folder")
-    s.add_argument("--model", required=True, help="the base model it was trained on (`pd models` lists them)")
-    s.add_argument("--out", required=True, help="the folder to write")
-    s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    s.add_argument("--model", help="the base model it was trained on (`pd models` lists them; default: the one "
+                                    "the adapter's config names)")
+    s.add_argument("--out", required=True, help="the folder to write (new, empty, or an earlier pd merge output)")
+    s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="the merged weights' precision (the merge itself is computed in float32)")
+    s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry)")
     s.set_defaults(func=cmd_merge)
     s = sub.add_parser("models", help="list the model registry")
     s.set_defaults(func=cmd_models)
@@ -299,10 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON line per question (question, answer, retrieved)")
     s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
     s.set_defaults(func=cmd_ask)
+
+    sub.add_parser("serve", add_help=False,  # its options are pd.serve's own: main() hands them over unparsed
+                   help="an OpenAI-compatible server over a model (and adapter): `pd serve --help` for its options")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["serve"]:
+        return cmd_serve(given[1:])
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:

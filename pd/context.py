@@ -62,7 +62,7 @@ def check_generator_fits(generator, texts: Mapping[str, str], reserve: int, what
     Raises:
         DataError: as :func:`check_fits`.
     """
-    from pd.serve_reply import context_length
+    from pd.serve.reply import context_length
 
     spec = getattr(generator, "spec", None)
     check_fits(texts, getattr(generator, "tokenizer", None), context_length(generator), reserve, what,

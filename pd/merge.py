@@ -15,11 +15,13 @@ rename), so every job that evaluates one adapter shares one merged copy.
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
+import shutil
 from pathlib import Path
 
+from pd.adapters import adapter_config, load_adapter, merge_in_float32
 from pd.env import cache_dir
-from pd.errors import ModelUnavailableError
+from pd.errors import ConfigError, DataError
 from pd.io import file_hash, stable_hash, write_json
 from pd.models import ModelSpec, load_model, load_tokenizer, materialise
 
@@ -28,19 +30,6 @@ VLLM_MAX_LORA_RANK = 512
 VLLM_LORA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj",
                                "down_proj", "gate_up_proj"})
 MERGED_META = "pd_merged.json"
-
-
-def adapter_config(adapter: str | Path) -> dict:
-    """The adapter's ``adapter_config.json``.
-
-    Raises:
-        ModelUnavailableError: the folder has no readable adapter_config.json.
-    """
-    path = Path(adapter) / "adapter_config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ModelUnavailableError(f"LoRA adapter {adapter}: cannot read {path.name} ({err})") from None
 
 
 def vllm_can_serve(adapter: str | Path, max_rank: int = VLLM_MAX_LORA_RANK) -> bool:
@@ -59,12 +48,50 @@ def vllm_can_serve(adapter: str | Path, max_rank: int = VLLM_MAX_LORA_RANK) -> b
     return int(cfg.get("r", 0)) <= max_rank and bool(modules) and set(modules) <= VLLM_LORA_MODULES
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that pd merge did not write: merging never replaces someone else's files.
+
+    Raises:
+        ConfigError: ``out`` is a file, or a non-empty folder without ``pd_merged.json``.
+    """
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out {out} exists and is not a folder; give a new folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MERGED_META).is_file():
+        raise ConfigError(f"--out {out} already holds files that pd merge did not write (no {MERGED_META}); "
+                          "give a new or empty folder")
+
+
+CHECK_TEXT = "The merged model must answer as the adapter does: 1, 2, 3."
+# Largest logit difference allowed between merged and unmerged, relative to 1 + the largest |logit|.
+CHECK_TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 6e-2}
+
+
+def check_merged(merged, unmerged_logits, ids, dtype: str, adapter) -> None:
+    """Refuse a merged model whose logits on ``ids`` differ from the unmerged adapter's.
+
+    Raises:
+        DataError: the largest difference exceeds :data:`CHECK_TOLERANCE` for ``dtype``.
+    """
+    import torch
+
+    with torch.inference_mode():
+        got = merged(input_ids=ids).logits.float()
+    err = float((got - unmerged_logits).abs().max())
+    bound = CHECK_TOLERANCE[dtype] * (1.0 + float(unmerged_logits.abs().max()))
+    if not err <= bound:
+        raise DataError(f"merging {adapter} changed the model's logits by up to {err:.3g} (allowed {bound:.3g} "
+                        f"in {dtype}): the merged model was not kept")
+
+
 def merge_into(spec: ModelSpec, adapter: str | Path, out: str | Path, dtype: str = "bfloat16",
-               adapter_hash: str | None = None) -> None:
+               adapter_hash: str | None = None, models_extra: dict | None = None) -> None:
     """Merge ``adapter`` into ``spec``'s weights and save the result as a plain model folder at ``out``.
 
-    The merge is computed in float32 (on the CPU) and the merged weights are then cast
-    to ``dtype``, so the only rounding is that of the final cast.
+    The adapter is checked against the model (:func:`pd.adapters.load_adapter`); the merge is
+    computed in float32 on the CPU and the merged weights cast once to ``dtype``; the merged
+    model's logits on a few tokens are compared with the unmerged adapter's before it is kept.
+    The folder is written into a temporary sibling and renamed at the end (a killed merge
+    leaves no ``out``); an existing ``out`` is replaced only when an earlier merge wrote it.
 
     Args:
         spec: the base model the adapter was trained on.
@@ -73,23 +100,47 @@ def merge_into(spec: ModelSpec, adapter: str | Path, out: str | Path, dtype: str
         dtype: the merged weights' precision (``bfloat16``, ``float16`` or ``float32``).
         adapter_hash: the adapter's content hash, where the caller has it (else read here:
             an adapter of rank 1024 on an 8B model is ~10 GB, so it is read once).
+        models_extra: models defined in the project config (to resolve the adapter's base model).
 
     Raises:
         ModelUnavailableError: the adapter folder is missing or unreadable.
+        ConfigError: ``out`` holds files pd merge did not write, or an unknown ``dtype``.
+        DataError: the adapter does not fit the model, or the merged model's logits differ from the adapter's.
     """
     import torch
-    from peft import PeftModel
 
-    cfg = adapter_config(adapter)
-    base = load_model(dataclasses.replace(spec, dtype="float32"), device="cpu")
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    merged = merged.to(getattr(torch, dtype))
+    if dtype not in CHECK_TOLERANCE:
+        raise ConfigError(f"dtype {dtype!r}; allowed: {', '.join(CHECK_TOLERANCE)}")
     out = Path(out)
-    merged.save_pretrained(out)
-    load_tokenizer(spec).save_pretrained(out)
-    write_json(out / MERGED_META, {"base": spec.name, "adapter": str(adapter),
-                                   "adapter_hash": adapter_hash or file_hash(adapter), "rank": cfg.get("r"),
-                                   "dtype": dtype})
+    _check_out(out)
+    cfg = adapter_config(adapter)
+    tok = load_tokenizer(spec)
+    base = load_model(dataclasses.replace(spec, dtype="float32"), device="cpu")
+    unmerged = load_adapter(base, adapter, spec, models_extra)
+    ids = torch.tensor([tok.encode(CHECK_TEXT, add_special_tokens=False)[:16]])
+    with torch.inference_mode():
+        want = unmerged(input_ids=ids).logits.float()
+    stats: dict = {}
+    merged = merge_in_float32(unmerged, stats, out_dtype=getattr(torch, dtype)).to(getattr(torch, dtype)).eval()
+    check_merged(merged, want, ids, dtype, adapter)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
+    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        write_json(tmp / MERGED_META, {"base": spec.name, "adapter": str(adapter),
+                                       "adapter_hash": adapter_hash or file_hash(adapter), "rank": cfg.get("r"),
+                                       "dtype": dtype, "changed_entries": stats.get("changed", 0),
+                                       "erased_by_cast": stats.get("erased", 0)})
+        if out.exists():
+            _check_out(out)  # still ours (or empty) at the moment of replacing it
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def merged_model(spec: ModelSpec, adapter: str | Path, dtype: str = "bfloat16") -> ModelSpec:

@@ -204,9 +204,9 @@ def load_for_scoring(model_name: str, adapter: str | os.PathLike | None = None, 
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ConfigError(f"LoRA adapter folder {adapter} has no adapter_config.json "
                               "(write it with peft's save_pretrained)")
-        from peft import PeftModel
+        from pd.adapters import load_adapter
 
-        model = PeftModel.from_pretrained(model, str(adapter)).eval()
+        model = load_adapter(model, adapter, spec, models_extra)  # refused by name unless it fits this model
     return model, tok, spec
 
 

@@ -32,7 +32,8 @@ import inspect
 import os
 from typing import Any
 
-from pd.errors import ConfigError, ModelUnavailableError
+from pd.adapters import adapter_config, load_adapter, merge_in_float32
+from pd.errors import ConfigError
 from pd.generate.base import Completion, Conversation, SamplingParams
 from pd.generate.prefill_scoring import score_on_prefill
 from pd.io import file_hash, stable_hash
@@ -109,9 +110,13 @@ def stop_token_ids(tok, model=None) -> list[int]:
 
 
 def adapter_hash(adapter: str | os.PathLike) -> str:
-    if not os.path.isdir(adapter) or not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
-        raise ModelUnavailableError(f"LoRA adapter folder {adapter} not found (it must hold adapter_config.json, "
-                                    "as written by peft's save_pretrained)")
+    """The content hash of a PEFT adapter folder, after checking its config (:func:`pd.adapters.adapter_config`).
+
+    Raises:
+        ModelUnavailableError: the folder or its adapter_config.json is missing.
+        DataError: the config is unreadable or not a LoRA config.
+    """
+    adapter_config(adapter)
     return file_hash(adapter)
 
 
@@ -175,12 +180,10 @@ class TransformersGenerator:
             self.model = load_model(self.spec, device=device)
         merge_adapter = merge_adapter and loaded_model is None
         if self.adapter:
-            from peft import PeftModel
-
             ahash = adapter_hash(self.adapter)
-            self.model = PeftModel.from_pretrained(self.model, self.adapter).eval()
+            self.model = load_adapter(self.model, self.adapter, self.spec, models_extra)
             if merge_adapter:
-                self.model = self.model.merge_and_unload().eval()
+                self.model = merge_in_float32(self.model).eval()
         # The cache identity names the precision the weights actually run in (``auto`` is resolved
         # by the machine: the same config gives float32 on one CPU and bfloat16 on another).
         loaded = str(next(self.model.parameters()).dtype).removeprefix("torch.")

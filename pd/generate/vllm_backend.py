@@ -17,6 +17,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
+from pd.adapters import adapter_config, check_base
 from pd.errors import ConfigError, ModelUnavailableError
 from pd.generate.base import Completion, Conversation, SamplingParams
 from pd.generate.transformers_backend import (
@@ -27,7 +28,7 @@ from pd.generate.transformers_backend import (
     sample_seed,
     stop_token_ids,
 )
-from pd.merge import VLLM_MAX_LORA_RANK, adapter_config, merged_model, vllm_can_serve
+from pd.merge import VLLM_MAX_LORA_RANK, merged_model, vllm_can_serve
 from pd.models import ModelSpec, get_spec, model_folder
 from pd.precision import resolve_precision
 
@@ -88,6 +89,7 @@ def engine_plan(spec: ModelSpec, adapter: str | os.PathLike | None = None, *, gp
     spec = dataclasses.replace(spec, dtype=resolve_precision(spec.dtype, "cuda"))
     lora = str(adapter) if adapter else None
     if lora is not None:
+        check_base(lora, spec)  # vLLM loads the weights itself: the config must name this base model
         if not vllm_can_serve(lora, max_lora_rank):  # reads adapter_config.json: a missing folder fails here
             spec, lora = merged_model(spec, lora, dtype=spec.dtype), None
     engine = dict(model=model_folder(spec), dtype=spec.dtype, tensor_parallel_size=int(gpus),

@@ -20,8 +20,14 @@ from pd.train.teacher import unwrap
 META_FILE = "pd_meta.json"
 
 
-def attach_lora(model, *, rank: int, alpha: float, dropout: float = 0.0, target_modules="all-linear", seed: int = 0):
-    """Wrap ``model`` in a PeftModel with a fresh adapter; A is initialised from ``seed``."""
+def attach_lora(model, *, rank: int, alpha: float, dropout: float = 0.0, target_modules="all-linear", seed: int = 0,
+                base_model: str | None = None):
+    """Wrap ``model`` in a PeftModel with a fresh adapter; A is initialised from ``seed``.
+
+    ``base_model``: the name the saved adapter_config.json records as ``base_model_name_or_path``
+    (:func:`pd.adapters.portable_base_name`: a hub id or registry name); default: PEFT's, the folder
+    the weights were loaded from (a local cache path that does not exist on another machine).
+    """
     from peft import LoraConfig, get_peft_model
 
     if rank < 1:
@@ -33,6 +39,8 @@ def attach_lora(model, *, rank: int, alpha: float, dropout: float = 0.0, target_
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, cfg)
+    if base_model is not None:
+        peft_model.peft_config["default"].base_model_name_or_path = base_model
     return peft_model
 
 
@@ -58,7 +66,7 @@ def adapter_state(model, state_dict: dict[str, torch.Tensor] | None = None) -> d
     """
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(unwrap(model), state_dict=state_dict)
+    state = get_peft_model_state_dict(unwrap(model), state_dict=state_dict, save_embedding_layers=False)
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
@@ -99,7 +107,9 @@ def save_adapter(model, folder: Path, state_dict: dict[str, torch.Tensor] | None
         state = state_dict if state_dict is not None else adapter_state(model)
         state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     extra = {} if state_dict is None else {"state_dict": state_dict}
-    unwrap(model).save_pretrained(str(folder), safe_serialization=True, **extra)
+    # No embedding layer is ever adapted (linear_module_names): saying so spares PEFT's "auto" check,
+    # which looks the base model's name up on the hub.
+    unwrap(model).save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False, **extra)
 
 
 def write_adapter_folder(model, target: str | Path, meta: dict, extra_files: dict[str, Path] | None = None,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pd.adapters import portable_base_name
 from pd.errors import ConfigError, DataError
 from pd.models import ModelSpec, check_same_vocabulary, load_model, load_tokenizer
 from pd.train.buckets import sort_length
@@ -135,7 +136,7 @@ def _models(cfg: TrainConfig, spec: ModelSpec, teacher_spec: ModelSpec | None, t
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = attach_lora(model, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                        target_modules=cfg.target_modules, seed=cfg.seed)
+                        target_modules=cfg.target_modules, seed=cfg.seed, base_model=portable_base_name(spec))
     model.train()
     model = procs.place(model)  # before the optimizer exists: it must hold the placed parameters
     if teacher_model is not None:

@@ -5,18 +5,25 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (raw prompts)
 lets any OpenAI client (and this harness's ``openai`` backend and ``openai``
 retriever) use a model trained here, e.g. a base model with a PD adapter:
 
-    python -m pd.serve --model smollm2-135m-instruct --adapter results/.../adapter --port 8000
+    python -m pd.serve --model smollm2-135m-instruct --adapter results/.../adapter --port 8000  # or: pd serve ...
 
 Requests are served one at a time (a lock around the model); this is for tests and
 small jobs, not throughput (use vLLM's server for that). Every request field either
 works as OpenAI documents it or is refused with 400 naming it (see
-``pd.serve_request``); ``stop`` cuts the reply before the stop string, ``logprobs``
+``pd.serve.request``); ``stop`` cuts the reply before the stop string, ``logprobs``
 gives the chosen tokens' log-probabilities (and the top alternatives) under the model's
 untempered distribution. Extra fields beside OpenAI's: ``top_k``,
 ``continue_final_message`` (continue a final assistant message: a prefill) and
 ``add_generation_prompt``. A request whose prompt plus ``max_tokens`` exceeds the
 model's context is refused; ``n`` is at most 16; generation stops when the client
-disconnects. With ``--api-key`` every request needs ``Authorization: Bearer <key>``.
+disconnects. With ``--api-key`` every request needs ``Authorization: Bearer <key>``;
+without one the server listens on loopback only (``--no-auth`` opens another address).
+A request body over ``--max-body-mb`` (default 4 MiB) is refused with 413 before it is
+parsed; a body nested past 32 levels or holding a lone surrogate is refused with 400 naming
+the field; a sampled request without ``seed`` draws a fresh random seed.
+
+The package: this module (the app, :func:`serve_in_thread`, :func:`main`), :mod:`pd.serve.request`
+(checking request bodies) and :mod:`pd.serve.reply` (generating and shaping replies).
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import ipaddress
+import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,20 +46,20 @@ from fastapi import (
 )
 
 from pd.errors import PDError
-from pd.serve_reply import (
+from pd.serve.reply import (
     DEFAULT_MAX_TOKENS,
     Completer,
     chat_response,
     completion_response,
 )
-from pd.serve_request import (
+from pd.serve.request import (
     RequestError,
     chat_request,
     completion_request,
     embedding_request,
 )
 
-__all__ = ["DEFAULT_MAX_TOKENS", "create_app", "main", "serve_in_thread"]
+__all__ = ["DEFAULT_MAX_BODY_MB", "DEFAULT_MAX_TOKENS", "create_app", "is_loopback", "main", "serve_in_thread"]
 
 
 class GenerationCancelled(Exception):
@@ -124,11 +134,33 @@ def _authoriser(api_key: str | None) -> Callable[[Request], None]:
     return authorised
 
 
+DEFAULT_MAX_BODY_MB = 4.0  # request bodies larger than this are refused (413) before they are parsed
+
+
 async def _body_of(request: Request) -> Any:
+    """The request's JSON body, read up to the app's size limit (``app.state.max_body_bytes``).
+
+    Raises:
+        RequestError: 413 for a body over the limit (by its Content-Length, or as it arrives),
+            400 for a body that is not JSON (or nested past the parser's recursion limit).
+    """
+    limit = request.app.state.max_body_bytes
+    too_big = RequestError(413, f"the request body is larger than this server's limit of {limit} bytes "
+                                "(python -m pd.serve --max-body-mb)", "request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
     try:
-        return await request.json()
-    except ValueError:
-        raise RequestError(400, "the request body is not valid JSON") from None
+        return json.loads(b"".join(chunks))
+    except (ValueError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0][:100]
+        raise RequestError(400, f"the request body is not valid JSON ({why})") from None
 
 
 def _check_model(body: dict, served: str | None, what: str) -> None:
@@ -140,7 +172,7 @@ def _check_model(body: dict, served: str | None, what: str) -> None:
 
 
 def create_app(generator=None, embedder=None, model_name: str | None = None, embedding_model_name: str | None = None,
-               api_key: str | None = None):
+               api_key: str | None = None, max_body_bytes: int = int(DEFAULT_MAX_BODY_MB * 2**20)):
     """An app serving ``generator`` (a pd.generate Generator) and ``embedder`` (a SentenceTransformer).
 
     Args:
@@ -149,6 +181,7 @@ def create_app(generator=None, embedder=None, model_name: str | None = None, emb
         model_name: the name clients give for ``generator`` (default: its ``name``).
         embedding_model_name: the name clients give for ``embedder``.
         api_key: when set, every request needs ``Authorization: Bearer <api_key>`` (else 401).
+        max_body_bytes: the largest request body accepted (larger: 413, before parsing).
 
     Returns:
         A FastAPI app; ``app.state.requests`` counts the generation requests that reached the model,
@@ -162,6 +195,7 @@ def create_app(generator=None, embedder=None, model_name: str | None = None, emb
     service = Completer(generator) if generator is not None else None
     app.state.requests = 0
     app.state.cancelled = 0
+    app.state.max_body_bytes = int(max_body_bytes)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, err: RequestError):
@@ -246,6 +280,16 @@ def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str
         thread.join(timeout=10)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost`` (reachable from this machine only)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     import os
 
@@ -255,30 +299,48 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--served-name", help="model name clients use (default: the --model name)")
     ap.add_argument("--embedding-model",
                     help="sentence-transformers folder or hub id; 'all-minilm-l6-v2' = the packaged one")
-    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: loopback; another address needs --api-key or --no-auth)")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
+                    help="largest request body in MiB (default %(default)s; larger: 413)")
+    ap.add_argument("--no-auth", action="store_true",
+                    help="serve a non-loopback --host without an API key (anyone who reaches it is served)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--api-key", default=os.environ.get("PD_SERVE_API_KEY"),
                     help="require 'Authorization: Bearer <key>' on every request (default: $PD_SERVE_API_KEY; "
-                         "none: open to anyone who can reach --host)")
+                         "without one the server listens on loopback only, unless --no-auth)")
     args = ap.parse_args(argv)
     if not args.model and not args.embedding_model:
         ap.error("give --model, --embedding-model, or both")
+    if not (args.max_body_mb > 0 and args.max_body_mb < 2**20):
+        ap.error(f"--max-body-mb {args.max_body_mb}: must be a positive number of MiB")
+    if not args.api_key:
+        if not (is_loopback(args.host) or args.no_auth):
+            ap.error(f"--host {args.host} is reachable from other machines and there is no --api-key: give "
+                     "--api-key (or $PD_SERVE_API_KEY), or --no-auth to serve anyone who reaches it")
+        reach = (f"listening on loopback only ({args.host})" if is_loopback(args.host)
+                 else f"OPEN to anyone who reaches {args.host} (--no-auth)")
+        print(f"pd.serve: no --api-key: {reach}", file=sys.stderr)
     gen = emb = None
-    if args.model:
-        from pd.generate import make_generator
+    try:  # a model or adapter that does not load (or fit) is the user's error: one line, exit 2
+        if args.model:
+            from pd.generate import make_generator
 
-        gen = make_generator(args.model, adapter=args.adapter, batch_size=args.batch_size, device=args.device,
-                             progress=False)
-    if args.embedding_model:
-        from pd.evaluation.retrieve import sentence_transformer
+            gen = make_generator(args.model, adapter=args.adapter, batch_size=args.batch_size, device=args.device,
+                                 progress=False)
+        if args.embedding_model:
+            from pd.evaluation.retrieve import sentence_transformer
 
-        emb = sentence_transformer(args.embedding_model)
+            emb = sentence_transformer(args.embedding_model)
+    except PDError as err:
+        print(f"pd: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     import uvicorn
 
     app = create_app(gen, emb, model_name=args.served_name or args.model, embedding_model_name=args.embedding_model,
-                     api_key=args.api_key or None)
+                     api_key=args.api_key or None, max_body_bytes=int(args.max_body_mb * 2**20))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

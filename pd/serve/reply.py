@@ -1,6 +1,6 @@
 """What pd.serve does with a checked generation request: context check, generation, stop strings, logprobs.
 
-:class:`Completer` turns a :class:`pd.serve_request.GenerationRequest` into samples
+:class:`Completer` turns a :class:`pd.serve.request.GenerationRequest` into samples
 (text, finish reason, tokens generated and, when asked, log-probabilities);
 :func:`chat_response` and :func:`completion_response` shape them as OpenAI's API does.
 """
@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 
 from pd.generate.base import Completion, SamplingParams
-from pd.serve_request import GenerationRequest, RequestError
+from pd.serve.request import GenerationRequest, RequestError
 
 DEFAULT_MAX_TOKENS = 512  # when a request gives no max_tokens (less where the context has less room)
 

@@ -16,11 +16,15 @@ ranges, ``temperature`` may exceed 2 (as vLLM allows); ``n`` is capped at 16.
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from pd.generate.base import Conversation
 
+MAX_DEPTH = 32  # JSON nesting a request may have (OpenAI's bodies need 5); deeper is refused before any check
+MIN_TEMPERATURE = 1e-4  # below this (and above 0) logits / temperature overflow float32: use 0 for greedy
+MIN_TOP_P = 1e-6  # below this top_p rounds to 0 in float32 and keeps no token: use top_k = 1 for greedy
 MAX_N = 16  # samples per request: more would hold the (single) model for too long
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat (5 for legacy completions)
@@ -53,7 +57,49 @@ class RequestError(Exception):
 
 
 def bad(name: str, why: str) -> RequestError:
+    """A 400 naming the field ``name``."""
     return RequestError(400, f"'{name}' {why}", param=name)
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """A short repr of a received value for an error message (long or deeply nested values are cut)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 3, limit, limit, 6, 6
+    return r.repr(value)[: limit * 2]
+
+
+def check_structure(body: Any) -> None:
+    """Refuse a body nested deeper than :data:`MAX_DEPTH` or holding a string that is not valid Unicode.
+
+    The walk is iterative (no recursion limit), and runs before any field is read.
+
+    Raises:
+        RequestError: 400 naming the field (path) that is too deep or holds a lone surrogate.
+    """
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            field_name = path.split("[")[0].split(".")[0] or "body"
+            raise RequestError(400, f"'{field_name}' is nested more than {MAX_DEPTH} levels deep (at {path[:120]})",
+                               param=field_name)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad(path or "body", "contains a lone surrogate (\\ud800-\\udfff): not valid Unicode") from None
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                name = f"{path}.{k}" if path else str(k)
+                try:
+                    str(k).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise bad(path or "body", "has a field name with a lone surrogate: not valid Unicode") from None
+                stack.append((v, name, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
 
 
 @dataclass
@@ -65,7 +111,7 @@ class GenerationRequest:
     top_p: float = 1.0
     top_k: int = 0
     n: int = 1
-    seed: int = 0
+    seed: int | None = None  # None: a fresh random seed per request (:func:`sampling`)
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
     logprobs: int | None = None  # None: no log-probabilities; k: the chosen token's and the top k alternatives'
@@ -80,9 +126,11 @@ def check_fields(body: Any, allowed: set[str], noops: dict) -> dict:
     """
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
+    check_structure(body)
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise RequestError(400, f"unknown field(s) {unknown} (not supported by pd.serve)", param=unknown[0])
+        raise RequestError(400, f"unknown field(s) {show(unknown)} (not supported by pd.serve)",
+                           param=show(unknown[0], 40))
     for name, neutral in noops.items():
         value = body.get(name)
         if value is None or neutral is None:
@@ -90,7 +138,7 @@ def check_fields(body: Any, allowed: set[str], noops: dict) -> dict:
         if not any(value == v and type(value) is type(v) or (isinstance(v, int) and _is_number(value) and value == v)
                    for v in neutral):
             allowed_values = ", ".join(repr(v) for v in (None, *neutral))
-            raise bad(name, f"= {value!r} is not supported by pd.serve (accepted: {allowed_values})")
+            raise bad(name, f"= {show(value)} is not supported by pd.serve (accepted: {allowed_values})")
     return body
 
 
@@ -104,7 +152,7 @@ def number(body: dict, name: str, default: float, lo: float, hi: float, lo_open:
     if value is None:
         return default
     if not _is_number(value) or not math.isfinite(value):
-        raise bad(name, f"must be a finite number, got {value!r}")
+        raise bad(name, f"must be a finite number, got {show(value)}")
     if value < lo or (lo_open and value == lo) or value > hi:
         raise bad(name, f"= {value} is out of range {'(' if lo_open else '['}{lo}, {hi}]")
     return float(value)
@@ -118,7 +166,7 @@ def integer(body: dict, name: str, default: int | None, lo: int, hi: int | None 
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise bad(name, f"must be an integer, got {value!r}")
+        raise bad(name, f"must be an integer, got {show(value)}")
     if value < lo or (hi is not None and value > hi):
         raise bad(name, f"= {value} is out of range [{lo}, {hi if hi is not None else 'inf'}]")
     return value
@@ -129,7 +177,7 @@ def flag(body: dict, name: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise bad(name, f"must be true or false, got {value!r}")
+        raise bad(name, f"must be true or false, got {show(value)}")
     return value
 
 
@@ -139,7 +187,7 @@ def stops(body: dict) -> list[str]:
         return []
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not all(isinstance(s, str) and s for s in values):
-        raise bad("stop", f"must be a non-empty string or a list of them, got {value!r}")
+        raise bad("stop", f"must be a non-empty string or a list of them, got {show(value)}")
     if len(values) > MAX_STOP:
         raise bad("stop", f"has {len(values)} sequences; at most {MAX_STOP}")
     return values
@@ -169,7 +217,7 @@ def conversation(body: dict) -> Conversation:
         if extra:
             raise bad(f"messages[{i}].{extra[0]}", "is not supported by pd.serve (only 'role' and 'content')")
         if m.get("role") not in ROLES:
-            raise bad(f"messages[{i}].role", f"= {m.get('role')!r}; allowed: {', '.join(ROLES)}")
+            raise bad(f"messages[{i}].role", f"= {show(m.get('role'))}; allowed: {', '.join(ROLES)}")
         conv.append({"role": ROLES[m["role"]], "content": text_content(m.get("content"), f"messages[{i}].content")})
     cont = flag(body, "continue_final_message", False)
     gen_prompt = flag(body, "add_generation_prompt", True)
@@ -183,10 +231,18 @@ def conversation(body: dict) -> Conversation:
 
 def sampling(body: dict, conv: Conversation, chat: bool) -> GenerationRequest:
     """The sampling fields shared by chat and completions, checked."""
-    req = GenerationRequest(conv, temperature=number(body, "temperature", 1.0, 0, math.inf),
-                            top_p=number(body, "top_p", 1.0, 0, 1, lo_open=True),
-                            top_k=integer(body, "top_k", 0, 0), n=integer(body, "n", 1, 1, MAX_N),
-                            seed=integer(body, "seed", 0, -(2**63), 2**64 - 1), stop=stops(body))
+    temperature = number(body, "temperature", 1.0, 0, math.inf)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise bad("temperature", f"= {temperature:g} is too small to sample with; give 0 (greedy) or at least "
+                                 f"{MIN_TEMPERATURE:g}")
+    top_p = number(body, "top_p", 1.0, 0, 1, lo_open=True)
+    if top_p < MIN_TOP_P:
+        raise bad("top_p", f"= {top_p:g} is too small (no token would be kept); give at least {MIN_TOP_P:g}, "
+                           "or top_k = 1 for the most likely token")
+    seed = integer(body, "seed", None, -(2**63), 2**64 - 1)
+    req = GenerationRequest(conv, temperature=temperature, top_p=top_p, top_k=integer(body, "top_k", 0, 0),
+                            n=integer(body, "n", 1, 1, MAX_N),
+                            seed=seed if seed is not None else secrets.randbits(63), stop=stops(body))
     if chat:
         a, b = integer(body, "max_tokens", None, 1), integer(body, "max_completion_tokens", None, 1)
         if a is not None and b is not None and a != b:
@@ -243,7 +299,7 @@ def embedding_request(body: Any, dimensions: int | None) -> tuple[list[str], str
         raise bad("input", "must be a non-empty string or a non-empty list of them (token arrays are not supported)")
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
-        raise bad("encoding_format", f"= {fmt!r}; allowed: float, base64")
+        raise bad("encoding_format", f"= {show(fmt)}; allowed: float, base64")
     dims = integer(body, "dimensions", None, 1)
     if dims is not None and dims != dimensions:
         raise bad("dimensions", f"= {dims}: this model's embeddings have {dimensions} dimensions and are not shortened")
