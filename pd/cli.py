@@ -253,6 +253,45 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
+def _add_injection_commands(sub) -> None:
+    """The practitioner's commands: ``pd inject`` and ``pd ask``."""
+    from pd.ask import ASK_DEFAULTS
+    from pd.inject import DEFAULTS
+
+    s = sub.add_parser("inject", help="put a folder of .txt/.md documents into a model: PD adapter + model card",
+                       description="Generate questions and answers about your documents, train prompt distillation "
+                                   "and write a PEFT adapter with a model card. Defaults: pd/inject.py DEFAULTS.")
+    s.add_argument("docs", help="folder of .txt/.md documents")
+    s.add_argument("--model", required=True, help="model name (`pd models` lists them)")
+    s.add_argument("--out", required=True, help="output folder: the adapter, README.md and the data")
+    s.add_argument("--questions", type=int, help=f"training questions per document (default {DEFAULTS['questions']})")
+    s.add_argument("--epochs", type=float, help=f"default {DEFAULTS['epochs']}")
+    s.add_argument("--lr", type=float, help=f"default {DEFAULTS['lr']:g}")
+    s.add_argument("--rank", type=int, help=f"LoRA rank (default {DEFAULTS['rank']})")
+    s.add_argument("--answer-temperature", type=float,
+                   help=f"expert's temperature (default {DEFAULTS['answer_temperature']})")
+    s.add_argument("--kd-temperature", type=float,
+                   help=f"distillation temperature (default {DEFAULTS['kd_temperature']})")
+    s.add_argument("--seed", type=int, help=f"default {DEFAULTS['seed']}")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other setting: inject's (pd/inject.py DEFAULTS) or a training one (pd/train/settings.py)")
+    s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
+    s.set_defaults(func=cmd_inject)
+
+    s = sub.add_parser("ask", help="answer a question with an injected adapter (or --no-adapter, or --rag DOCS)")
+    s.add_argument("adapter", help="the --out folder of `pd inject`")
+    s.add_argument("question", nargs="+", help="one or more questions")
+    s.add_argument("--rag", metavar="DOCS", help="also show the BM25 top-k documents of this folder")
+    s.add_argument("--k", type=int, default=ASK_DEFAULTS["k"], help="documents retrieved (default %(default)s)")
+    s.add_argument("--temperature", type=float, default=ASK_DEFAULTS["temperature"], help="default %(default)s")
+    s.add_argument("--max-tokens", type=int, default=ASK_DEFAULTS["max_tokens"], help="default %(default)s")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-adapter", action="store_true", help="answer with the base model, for comparison")
+    s.add_argument("--json", action="store_true", help="one JSON line per question (question, answer, retrieved)")
+    s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
+    s.set_defaults(func=cmd_ask)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pd", description="Knowledge injection by prompt distillation")
     p.add_argument("--config", default=os.environ.get("PD_CONFIG", "config.yaml"),
@@ -294,42 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "self-contained folder to commit: its index.html, tables, figures and rows")
     s.set_defaults(func=cmd_report)
 
-    from pd.ask import ASK_DEFAULTS
-    from pd.inject import DEFAULTS
-
-    s = sub.add_parser("inject", help="put a folder of .txt/.md documents into a model: PD adapter + model card",
-                       description="Generate questions and answers about your documents, train prompt distillation "
-                                   "and write a PEFT adapter with a model card. Defaults: pd/inject.py DEFAULTS.")
-    s.add_argument("docs", help="folder of .txt/.md documents")
-    s.add_argument("--model", required=True, help="model name (`pd models` lists them)")
-    s.add_argument("--out", required=True, help="output folder: the adapter, README.md and the data")
-    s.add_argument("--questions", type=int, help=f"training questions per document (default {DEFAULTS['questions']})")
-    s.add_argument("--epochs", type=float, help=f"default {DEFAULTS['epochs']}")
-    s.add_argument("--lr", type=float, help=f"default {DEFAULTS['lr']:g}")
-    s.add_argument("--rank", type=int, help=f"LoRA rank (default {DEFAULTS['rank']})")
-    s.add_argument("--answer-temperature", type=float,
-                   help=f"expert's temperature (default {DEFAULTS['answer_temperature']})")
-    s.add_argument("--kd-temperature", type=float,
-                   help=f"distillation temperature (default {DEFAULTS['kd_temperature']})")
-    s.add_argument("--seed", type=int, help=f"default {DEFAULTS['seed']}")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any other setting: inject's (pd/inject.py DEFAULTS) or a training one (pd/train/settings.py)")
-    s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
-    s.set_defaults(func=cmd_inject)
-
-    s = sub.add_parser("ask", help="answer a question with an injected adapter (or --no-adapter, or --rag DOCS)")
-    s.add_argument("adapter", help="the --out folder of `pd inject`")
-    s.add_argument("question", nargs="+", help="one or more questions")
-    s.add_argument("--rag", metavar="DOCS", help="also show the BM25 top-k documents of this folder")
-    s.add_argument("--k", type=int, default=ASK_DEFAULTS["k"], help="documents retrieved (default %(default)s)")
-    s.add_argument("--temperature", type=float, default=ASK_DEFAULTS["temperature"], help="default %(default)s")
-    s.add_argument("--max-tokens", type=int, default=ASK_DEFAULTS["max_tokens"], help="default %(default)s")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-adapter", action="store_true", help="answer with the base model, for comparison")
-    s.add_argument("--json", action="store_true", help="one JSON line per question (question, answer, retrieved)")
-    s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
-    s.set_defaults(func=cmd_ask)
-
+    _add_injection_commands(sub)
     sub.add_parser("serve", add_help=False,  # its options are pd.serve's own: main() hands them over unparsed
                    help="an OpenAI-compatible server over a model (and adapter): `pd serve --help` for its options")
     return p
