@@ -63,6 +63,14 @@ CONFIGS = [
     ("questions CSV lacks a column", folder_config("q.csv"), "missing column(s) ['answers']"),
     ("questions row names an unknown document", folder_config("q3.jsonl"), "unknown document(s) ['b.txt']"),
     ("questions file empty", folder_config("empty.jsonl"), "empty.jsonl is empty"),
+    ("template escapes the sandbox", base_config(prompts={"closed_book": "evil.j2"}),
+     "prompts.closed_book: template evil.j2: refused by the sandbox"),
+    ("template not Jinja2", base_config(prompts={"closed_book": "broken.j2"}), "template broken.j2: not valid Jinja2"),
+    ("unhashable key", "run: [x]\n? [a, b]\n: 1\n", "line 2: a key must be a plain value"),
+    ("NaN learning rate", "run: [x]\ntraining: {lr: .nan}\nexperiments: {}\n", "training.lr: nan is not a finite"),
+    ("infinite epochs", "run: [x]\ntraining: {epochs: .inf}\nexperiments: {}\n", "training.epochs: inf is not"),
+    ("rank 10^30", base_config(training={"rank": 10**30}), "training.rank: 1000000000000000000000000000000 is too"),
+    ("seed 2^70", with_grid(seed=[2**70]), f"experiments.x.grid.seed[0]: {2**70} is too large"),
 ]
 
 
@@ -77,6 +85,9 @@ def _workspace(tmp: Path) -> Path:
     (tmp / "q3.jsonl").write_text(json.dumps({"question": "When?", "answers": ["x"], "doc_ids": ["b.txt"]}) + "\n",
                                   encoding="utf-8")
     (tmp / "empty.jsonl").write_text("", encoding="utf-8")
+    (tmp / "evil.j2").write_text("{{ cycler.__init__.__globals__.os.popen('touch pwned').read() }}{{ question }}",
+                                 encoding="utf-8")
+    (tmp / "broken.j2").write_text("{% for x in %}", encoding="utf-8")
     return tmp
 
 
