@@ -177,3 +177,9 @@ def test_nan_log_likelihoods_are_read_as_missing(tmp_path):
                            for i, v in [("a", -1.0), ("b", float("nan")), ("c", -2.0), ("d", float("-inf"))]) + "\n")
     scores = load_gold_scores(str(f))
     assert scores.item_ids == ["a", "c"] and scores.mean == -1.5
+
+
+def test_a_nan_p_value_is_shown_missing_not_nan():
+    from pd.report.tables import MISSING, format_p
+
+    assert format_p(float("nan")) == MISSING == format_p(None) and format_p(0.0) == "<0.001"
