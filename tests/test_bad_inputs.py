@@ -131,6 +131,8 @@ def test_pd_cells_refuses_unknown_experiment_and_empty_match(tmp_path):
 # pd inject: (name, extra arguments, what the message must contain); every one is refused before any model work.
 INJECT = [
     ("weight_decay not a number", ["--set", "weight_decay=abc"], "training.weight_decay: 'abc'"),
+    ("lr NaN", ["--set", "lr=.nan"], "nan is not a finite number"),
+    ("rank 2^70 in --set", ["--set", "rank=1180591620717411303424"], "is too large (integers must be below 2**63)"),
     ("batch_size not an integer", ["--set", "batch_size=2.5"], "training.batch_size: 2.5"),
     ("heldout_fraction beyond the schema", ["--set", "heldout_fraction=0.9"],
      "training.heldout_fraction must be <= 0.5, got 0.9"),
