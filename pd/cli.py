@@ -174,11 +174,34 @@ def cmd_cells(args) -> int:
     print(f"\n{len(chosen)} of {len(cells)} cells; the experiment needs "
           + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
     if args.run:
-        cmd = [sys.executable, "-m", "snakemake", "--profile", args.profile, "--config", f"run=[{args.experiment}]",
-               *targets]
+        cmd = snakemake_command(args.profile, args.config, args.experiment, targets, args.snakemake_args)
         print("running:", " ".join(cmd[2:]))
         return subprocess.call(cmd)
+    if args.snakemake_args:
+        raise PDError(f"snakemake arguments after `--` ({' '.join(args.snakemake_args)}) need --run")
     return 0
+
+
+def snakemake_command(profile: str, config: str, experiment: str, targets: list[str], extra: list[str]) -> list[str]:
+    """The Snakemake command line that builds ``targets`` of ``experiment``.
+
+    Snakemake's ``--config`` takes every word after it as a ``key=value`` entry, so the
+    targets and the caller's own flags (``-n``, ``--cores 2``) come before it, and it comes last.
+
+    Args:
+        profile: the Snakemake profile folder.
+        config: ``pd --config``: passed as ``--configfile`` unless it is ``./config.yaml`` (the Snakefile's own).
+        experiment: the experiment whose cells are built (``--config run=[experiment]``).
+        targets: the files to build.
+        extra: further Snakemake arguments, given after ``--`` on the ``pd`` command line.
+
+    Returns:
+        The argument list, starting with the Python executable.
+    """
+    cmd = [sys.executable, "-m", "snakemake", "--profile", profile]
+    if Path(config).resolve() != Path("config.yaml").resolve():
+        cmd += ["--configfile", str(config)]
+    return [*cmd, *extra, *targets, "--config", f"run=[{experiment}]"]
 
 
 def cmd_report(args) -> int:
@@ -323,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cells", help="list an experiment's cells and their target files; --run builds them")
     s.add_argument("experiment")
     s.add_argument("match", nargs="*", help="substrings a cell id must contain (e.g. pd s0 bm25)")
-    s.add_argument("--run", action="store_true", help="build the listed cells with snakemake")
+    s.add_argument("--run", action="store_true",
+                   help="build the listed cells with snakemake; arguments after `--` go to it (-- -n --cores 2)")
     s.add_argument("--profile", default="profiles/local")
     s.set_defaults(func=cmd_cells)
     s = sub.add_parser("report", help="re-render reports from existing results (no model is loaded)")
@@ -340,11 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    given = list(sys.argv[1:] if argv is None else argv)
-    if given[:1] == ["serve"]:
-        return cmd_serve(given[1:])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return cmd_serve(argv[1:])
+    extra: list[str] = []
+    if "--" in argv:  # `pd cells EXP FILTER --run -- -n --cores 2`: what follows `--` goes to Snakemake
+        at = argv.index("--")
+        argv, extra = argv[:at], argv[at + 1:]
     args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
+    args.snakemake_args = extra
+    if extra and args.command != "cells":
+        print(f"pd: arguments after `--` ({' '.join(extra)}) are only for `pd cells ... --run`", file=sys.stderr)
+        return 2
     try:
         return args.func(args) or 0
     except PDError as err:

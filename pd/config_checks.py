@@ -9,6 +9,7 @@ problem is one line that starts with its key path.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 
 from pd.embeddings import DENSE_DEFAULT_ALIASES
-from pd.errors import ConfigError
+from pd.errors import ConfigError, PDError
 
 
 def invalid(problems: list[str]) -> ConfigError:
@@ -35,6 +36,11 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        try:
+            hash(key)
+        except TypeError:
+            raise ConfigError(f"line {line}: a key must be a plain value (a name or a number), "
+                              f"got a {type(key).__name__}") from None
         if key in seen:
             raise ConfigError(f"line {line}: duplicate key {key!r} (first given on line {seen[key]}); "
                               "YAML keeps only the last, so merge the two")
@@ -56,10 +62,13 @@ def load_yaml(text: str, where: str) -> Any:
         The parsed value.
 
     Raises:
-        ConfigError: one line naming ``where`` and the line: a duplicate key, or text that is not YAML.
+        ConfigError: one line naming ``where`` and the line: a duplicate key, a key that is a list or
+            mapping, text that is not YAML, or a number that is not finite or an integer beyond 64 bits.
     """
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        check_numbers(data)
+        return data
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     except yaml.YAMLError as err:
@@ -67,6 +76,31 @@ def load_yaml(text: str, where: str) -> Any:
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{where}: not valid YAML: {at}{problem}") from None
+
+
+INT_LIMIT = 2**63  # integers must fit a signed 64-bit integer (torch seeds, sizes)
+
+
+def check_numbers(value: Any, where: str = "") -> None:
+    """Every number in a parsed config is finite, and every integer fits in 64 bits.
+
+    Args:
+        value: a parsed YAML value (mappings and lists are walked).
+        where: the dotted key of ``value``, for the error.
+
+    Raises:
+        ConfigError: one line naming the key: NaN, an infinity, or an integer with ``|n| >= 2**63``.
+    """
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_numbers(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_numbers(v, f"{where}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where or 'value'}: {value} is not a finite number")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT:
+        raise ConfigError(f"{where or 'value'}: {value} is too large (integers must be below 2**63)")
 
 
 def load_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
@@ -145,11 +179,29 @@ def check_files(problems: list[str], cfg: dict) -> None:
     for name, exp in cfg["experiments"].items():
         _reg_data(problems, f"experiments.{name}.training", exp.get("training"))
     _exists(problems, "capability.path", (cfg.get("capability") or {}).get("path"), folder=False)
+    _check_templates(problems, cfg.get("prompts") or {})
     if _uses_dense(cfg):
         _dense_model(problems, "retrieval.dense_model", cfg["retrieval"]["dense_model"])
         for name, exp in cfg["experiments"].items():
             if (exp.get("retrieval") or {}).get("dense_model"):
                 _dense_model(problems, f"experiments.{name}.retrieval.dense_model", exp["retrieval"]["dense_model"])
+
+
+def _check_templates(problems: list[str], overrides: dict) -> None:
+    """Each prompt template the config names compiles and renders in the sandbox (nothing it runs escapes it)."""
+    from pd import prompts
+    from pd.io import read_text
+
+    for name, path in overrides.items():
+        p = Path(str(path))
+        if not p.is_file():
+            continue  # named by pd.config's own check
+        try:
+            problem = prompts.template_problem(read_text(p))
+        except PDError as err:  # not UTF-8
+            problem = str(err)
+        if problem:
+            problems.append(f"prompts.{name}: template {path}: {problem}")
 
 
 def _exists(problems: list[str], where: str, path: str | None, folder: bool) -> None:

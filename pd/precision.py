@@ -3,14 +3,15 @@
 ``dtype: auto`` (every model's default) resolves per device:
 
 * CUDA: ``bfloat16`` where the GPU supports it (Ampere and newer), else ``float16``;
-* CPU: ``bfloat16`` only where a short measured probe shows it faster than ``float32``.
-  On CPUs with AVX512-BF16 or AMX a bfloat16 matrix product of a small model's shapes
-  runs about 2x faster than float32; on CPUs without them (AVX2 only: most laptops and
-  many servers) torch emulates it, tens of times slower. The probe times a few matrix
-  products of a transformer's shapes in both precisions (well under a second where
-  bfloat16 is fast; it gives up early where it is slow) and is cached per machine
-  (processor model, its feature flags, the torch version and the thread count) in
-  ``$PD_CACHE_DIR/precision/``, as plain JSON.
+* CPU: a rule on the processor's feature flags, never a timing, so the same machine gives the
+  same answer under any load (a timed probe measured bfloat16 4.96x faster on an idle Xeon with
+  AMX and 0.65x under load, and kept whichever it saw first): ``bfloat16`` where the CPU has
+  native bfloat16 matrix instructions (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``) and
+  oneDNN is not capped below them (``ONEDNN_MAX_CPU_ISA``), else ``float32`` (without them torch
+  emulates bfloat16, tens of times slower). A model whose layers are too small to gain
+  (:data:`MIN_LAYER_FLOP`) runs in ``float32`` everywhere. :func:`cpu_choice` returns the
+  decision with its reason, :func:`describe_cpu_choice` the line a report prints, and the
+  decision is recorded once per machine in ``$PD_CACHE_DIR/precision/`` as plain JSON.
 
 A cluster's compute nodes may differ from the node that plans the workflow, so a
 SLURM site declares its precision (``slurm_site.precision``) instead of probing: the
@@ -19,13 +20,12 @@ plan then resolves ``auto`` the same way on every node.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 from pd.env import cache_dir
 from pd.errors import ConfigError
@@ -36,25 +36,34 @@ log = logging.getLogger("pd")
 PRECISIONS = ("float32", "bfloat16", "float16")
 REQUESTS = ("auto",) + PRECISIONS
 
-# bfloat16 must beat float32 by this factor to be chosen (noise and conversions at the
-# edges of the model eat a few per cent).
-MIN_SPEEDUP = 1.15
-# Layers smaller than this (a 256-token product's multiply-adds x 2) are not probed: their products
-# take microseconds, so timing them measures overhead and noise, and a model that small gains nothing
-# from bfloat16; it runs in float32. SmolLM2-135M's layer is 453 MFLOP.
-MIN_PROBE_FLOP = 1e8
-# The probe's shape: tokens x hidden @ hidden x intermediate, with the model's own hidden and
-# intermediate sizes where they are known (SmolLM2-135M's otherwise); 256 tokens keep an
-# emulated bfloat16 product well under a second.
+# CPU feature flags (Linux /proc/cpuinfo names) that give native bfloat16 matrix products.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) that still include native bfloat16 kernels; any
+# other cap (SSE41, AVX2, AVX512_CORE, AVX512_CORE_VNNI, ...) leaves only the emulated path.
+BF16_ISAS = frozenset({"ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
+                       "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16",
+                       "AVX10_2_512", "AVX10_2_512_AMX_2"})
+# Layers smaller than this (a 256-token product's multiply-adds x 2) gain nothing from bfloat16: their
+# products take microseconds, dominated by overhead. Such a model runs in float32. SmolLM2-135M's is 453 MFLOP.
+MIN_LAYER_FLOP = 1e8
 PROBE_TOKENS = 256
+# A model's (hidden_size, intermediate_size) where its config does not say (SmolLM2-135M's).
 DEFAULT_LAYER = (576, 1536)
 PROBE_SHAPE = (PROBE_TOKENS, *DEFAULT_LAYER)
 PROBE_REPEATS = 5
-PROBE_VERSION = 1
+RULE_VERSION = 2
 
 
-def _cpu_signature() -> dict:
-    """What decides bfloat16 speed on this CPU: model name, feature flags, torch, threads."""
+@dataclass(frozen=True)
+class CpuChoice:
+    """The precision ``dtype: auto`` resolves to on a CPU, and why."""
+
+    precision: str  # float32 or bfloat16
+    reason: str  # one phrase: the flags or the cap that decided
+
+
+def cpu_flags() -> tuple[str, frozenset[str]]:
+    """This CPU's model name and feature flags, from ``/proc/cpuinfo`` (``unknown`` and none elsewhere)."""
     name, flags = "unknown", ""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
@@ -66,32 +75,83 @@ def _cpu_signature() -> dict:
                 flags = value.strip()
     except OSError:
         pass
+    return name, frozenset(flags.split())
+
+
+def choose_cpu_precision(flags: frozenset[str] | set[str], isa_cap: str | None,
+                         layer: tuple[int, int] = DEFAULT_LAYER) -> CpuChoice:
+    """The rule: native bfloat16 instructions, not capped away, and a layer big enough to gain -> bfloat16.
+
+    Args:
+        flags: the CPU's feature flags (``/proc/cpuinfo`` names).
+        isa_cap: ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``), None where unset.
+        layer: the model's ``(hidden_size, intermediate_size)``.
+
+    Returns:
+        The choice and its reason; it depends on nothing else (no timing, no load).
+    """
+    flop = 2.0 * PROBE_TOKENS * int(layer[0]) * int(layer[1])
+    if flop < MIN_LAYER_FLOP:
+        return CpuChoice("float32", f"layer {layer[0]}x{layer[1]} too small to gain from bfloat16")
+    native = [f for f in BF16_FLAGS if f in flags]
+    if not native:
+        return CpuChoice("float32", "no native bfloat16 on this CPU (no avx512_bf16/amx_bf16 flag)")
+    if isa_cap and isa_cap.upper() not in BF16_ISAS:
+        return CpuChoice("float32", f"ONEDNN_MAX_CPU_ISA={isa_cap} caps oneDNN below its bfloat16 kernels")
+    return CpuChoice("bfloat16", f"native bfloat16 on this CPU ({', '.join(native)})")
+
+
+def _isa_cap() -> str | None:
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
+def cpu_choice(layer: tuple[int, int] = DEFAULT_LAYER) -> CpuChoice:
+    """This CPU's choice for a model of ``layer`` shape (:func:`choose_cpu_precision` on this machine's flags).
+
+    The first decision for a machine, cap and shape is recorded in ``$PD_CACHE_DIR/precision/``
+    (processor, flags' hash, torch version, decision, reason), for a reader; it is never read back.
+
+    Args:
+        layer: the model's ``(hidden_size, intermediate_size)``.
+
+    Returns:
+        The choice and its reason.
+    """
+    name, flags = cpu_flags()
+    choice = choose_cpu_precision(flags, _isa_cap(), layer)
     try:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:
         torch_version = "none"
-    threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or 1)
-    # oneDNN's instruction-set cap changes which kernels run (AVX2 caps bfloat16 to the emulated path).
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "default"
-    return {"cpu": name, "flags": stable_hash(flags, 16), "torch": torch_version,
-            "threads": threads, "isa": isa, "probe": PROBE_VERSION}
+    record = {"cpu": name, "flags": stable_hash(" ".join(sorted(flags)), 16), "isa": _isa_cap() or "default",
+              "torch": torch_version, "layer": list(layer), "rule": RULE_VERSION}
+    path = cache_dir() / "precision" / f"cpu-rule-{stable_hash(record, 16)}.json"
+    if not path.is_file():
+        try:
+            write_json(path, {**record, **asdict(choice), "decided": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            log.info("precision: %s", describe_cpu_choice(choice, name))
+        except OSError:  # a read-only cache changes nothing: the rule decides again next time
+            pass
+    return choice
 
 
-def _probe_file(signature: dict) -> Path:
-    """The probe's cache file for this machine and shape."""
-    return cache_dir() / "precision" / f"cpu-{stable_hash(signature, 16)}.json"
+def describe_cpu_choice(choice: CpuChoice | None = None, cpu: str | None = None) -> str:
+    """One line for a report: ``CPU precision: bfloat16 (native bfloat16 on this CPU (avx512_bf16); AMD EPYC)``."""
+    choice = choice or cpu_choice()
+    cpu = cpu or cpu_flags()[0]
+    return f"CPU precision: {choice.precision} ({choice.reason}; {cpu})"
 
 
 def time_matmul(dtype_name: str, shape: tuple[int, int, int] = PROBE_SHAPE, repeats: int = PROBE_REPEATS,
                 budget_s: float = 1.0, block_s: float = 0.005) -> float:
     """Seconds of one ``[m, k] @ [k, n]`` product on the CPU in ``dtype_name``: the best of
-    ``repeats`` timed blocks, each block as many products as fill ``block_s`` (small products
-    take microseconds, so one alone would measure the timer and the scheduler).
+    ``repeats`` timed blocks, each block as many products as fill ``block_s``. A measurement for
+    benchmarks and tests; :func:`cpu_choice` decides without timing.
 
     Args:
         dtype_name: a torch dtype name (``float32``, ``bfloat16``, ``float16``).
         shape: ``(m, k, n)``.
-        repeats: timed blocks after one warm-up product.
+        repeats: timed blocks after the warm-up products.
         budget_s: stop once this much time is spent (a slow emulated dtype).
         block_s: the least duration of one block.
 
@@ -122,44 +182,6 @@ def time_matmul(dtype_name: str, shape: tuple[int, int, int] = PROBE_SHAPE, repe
     return best
 
 
-def cpu_bfloat16_speedup(layer: tuple[int, int] = DEFAULT_LAYER, refresh: bool = False,
-                         timer: Callable[[str, tuple[int, int, int]], float] = time_matmul) -> float:
-    """Measured float32 time / bfloat16 time of a matrix product on this CPU (> 1: bfloat16 is faster).
-
-    The result is cached per machine and shape (see the module docstring); an unreadable
-    cache file is measured again and overwritten.
-
-    Args:
-        layer: the model's ``(hidden_size, intermediate_size)``; the product is
-            ``[PROBE_TOKENS, hidden] @ [hidden, intermediate]``.
-        refresh: measure even if a cached result exists.
-        timer: seconds of one product of a dtype and ``(m, k, n)`` shape (default :func:`time_matmul`).
-
-    Returns:
-        The speed-up of bfloat16 over float32 (dimensionless); 1.0, unmeasured, for a layer
-        below :data:`MIN_PROBE_FLOP`.
-    """
-    shape = (PROBE_TOKENS, int(layer[0]), int(layer[1]))
-    if 2.0 * shape[0] * shape[1] * shape[2] < MIN_PROBE_FLOP:
-        return 1.0  # too small to gain (see MIN_PROBE_FLOP): float32, the same on every run
-    signature = _cpu_signature() | {"shape": list(shape)}
-    path = _probe_file(signature)
-    if not refresh and path.is_file():
-        try:
-            return float(json.loads(path.read_text(encoding="utf-8"))["speedup"])
-        except (ValueError, KeyError, TypeError):
-            log.warning("precision probe cache %s is unreadable: measuring again", path)
-    # float32 on both sides of bfloat16: a start-up or a neighbour's burst must not pass for either's speed.
-    fp32 = timer("float32", shape)
-    bf16 = timer("bfloat16", shape)
-    fp32 = min(fp32, timer("float32", shape))
-    speedup = fp32 / bf16 if bf16 > 0 else 0.0
-    write_json(path, {**signature, "float32_s": fp32, "bfloat16_s": bf16, "speedup": speedup,
-                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    log.info("precision probe: bfloat16 is %.2fx float32 on this CPU (%s)", speedup, signature["cpu"])
-    return speedup
-
-
 def cuda_precision() -> str:
     """``bfloat16`` on a GPU that supports it, else ``float16``; ``bfloat16`` where no GPU is visible
     (planning here for a GPU elsewhere: every GPU since Ampere supports it)."""
@@ -170,15 +192,13 @@ def cuda_precision() -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
-def resolve_precision(requested: str, device: str, layer: tuple[int, int] = DEFAULT_LAYER,
-                      speedup: float | None = None) -> str:
+def resolve_precision(requested: str, device: str, layer: tuple[int, int] = DEFAULT_LAYER) -> str:
     """The precision a model runs in on ``device``.
 
     Args:
         requested: ``auto`` or one of :data:`PRECISIONS` (returned unchanged).
         device: a torch device string (``cpu``, ``cuda``, ``cuda:1``).
-        layer: the model's ``(hidden_size, intermediate_size)``, the CPU probe's shape.
-        speedup: the CPU's bfloat16 speed-up (default: measured by :func:`cpu_bfloat16_speedup`).
+        layer: the model's ``(hidden_size, intermediate_size)`` (a small model runs in float32).
 
     Returns:
         One of :data:`PRECISIONS`.
@@ -192,16 +212,14 @@ def resolve_precision(requested: str, device: str, layer: tuple[int, int] = DEFA
         return requested
     if str(device).startswith("cuda"):
         return cuda_precision()
-    if speedup is None:
-        speedup = cpu_bfloat16_speedup(layer)
-    return "bfloat16" if speedup >= MIN_SPEEDUP else "float32"
+    return cpu_choice(layer).precision
 
 
 def plan_precision(device: str, site_device: str | None = None, site_precision: str | None = None,
                    layer: tuple[int, int] = DEFAULT_LAYER) -> str:
     """How a workflow resolves ``dtype: auto`` for the jobs it plans, the same on every node.
 
-    Local runs probe this machine (its GPU, or its CPU's bfloat16 speed). A SLURM site's
+    Local runs ask this machine (its GPU, or its CPU's flags: :func:`cpu_choice`). A SLURM site's
     compute nodes cannot be probed from the node that plans, so a site uses its declared
     ``precision``, or else ``bfloat16`` for GPU sites (every GPU since Ampere) and
     ``float32`` for CPU sites (never the slow emulated path).
@@ -210,7 +228,7 @@ def plan_precision(device: str, site_device: str | None = None, site_precision: 
         device: the config's ``device``: ``auto``, ``cpu`` or ``cuda``.
         site_device: a SLURM site's ``device`` (``gpu`` or ``cpu``), None for a local run.
         site_precision: a SLURM site's declared precision (``auto`` or None: the default above).
-        layer: the model's ``(hidden_size, intermediate_size)``, the CPU probe's shape.
+        layer: the model's ``(hidden_size, intermediate_size)``.
 
     Returns:
         One of :data:`PRECISIONS`.

@@ -63,6 +63,14 @@ CONFIGS = [
     ("questions CSV lacks a column", folder_config("q.csv"), "missing column(s) ['answers']"),
     ("questions row names an unknown document", folder_config("q3.jsonl"), "unknown document(s) ['b.txt']"),
     ("questions file empty", folder_config("empty.jsonl"), "empty.jsonl is empty"),
+    ("template escapes the sandbox", base_config(prompts={"closed_book": "evil.j2"}),
+     "prompts.closed_book: template evil.j2: refused by the sandbox"),
+    ("template not Jinja2", base_config(prompts={"closed_book": "broken.j2"}), "template broken.j2: not valid Jinja2"),
+    ("unhashable key", "run: [x]\n? [a, b]\n: 1\n", "line 2: a key must be a plain value"),
+    ("NaN learning rate", "run: [x]\ntraining: {lr: .nan}\nexperiments: {}\n", "training.lr: nan is not a finite"),
+    ("infinite epochs", "run: [x]\ntraining: {epochs: .inf}\nexperiments: {}\n", "training.epochs: inf is not"),
+    ("rank 10^30", base_config(training={"rank": 10**30}), "training.rank: 1000000000000000000000000000000 is too"),
+    ("seed 2^70", with_grid(seed=[2**70]), f"experiments.x.grid.seed[0]: {2**70} is too large"),
 ]
 
 
@@ -77,6 +85,9 @@ def _workspace(tmp: Path) -> Path:
     (tmp / "q3.jsonl").write_text(json.dumps({"question": "When?", "answers": ["x"], "doc_ids": ["b.txt"]}) + "\n",
                                   encoding="utf-8")
     (tmp / "empty.jsonl").write_text("", encoding="utf-8")
+    (tmp / "evil.j2").write_text("{{ cycler.__init__.__globals__.os.popen('touch pwned').read() }}{{ question }}",
+                                 encoding="utf-8")
+    (tmp / "broken.j2").write_text("{% for x in %}", encoding="utf-8")
     return tmp
 
 
@@ -120,6 +131,8 @@ def test_pd_cells_refuses_unknown_experiment_and_empty_match(tmp_path):
 # pd inject: (name, extra arguments, what the message must contain); every one is refused before any model work.
 INJECT = [
     ("weight_decay not a number", ["--set", "weight_decay=abc"], "training.weight_decay: 'abc'"),
+    ("lr NaN", ["--set", "lr=.nan"], "nan is not a finite number"),
+    ("rank 2^70 in --set", ["--set", "rank=1180591620717411303424"], "is too large (integers must be below 2**63)"),
     ("batch_size not an integer", ["--set", "batch_size=2.5"], "training.batch_size: 2.5"),
     ("heldout_fraction beyond the schema", ["--set", "heldout_fraction=0.9"],
      "training.heldout_fraction must be <= 0.5, got 0.9"),

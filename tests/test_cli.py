@@ -1,5 +1,6 @@
 """The `pd` command: inspection commands, cell selection and user-facing errors."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,25 @@ def test_merge_command_writes_a_loadable_merged_model(tmp_path, monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert main(["--config", str(DEFAULT_CONFIG), "merge", str(tmp_path / "nope"), "--model", "tiny-llama",
                  "--out", str(tmp_path / "m2")]) == 2
+
+
+def test_cells_run_builds_the_chosen_targets_with_snakemake_flags_after_dashes(tmp_path):
+    """`pd cells EXP FILTER --run -- -n ...`: the targets reach Snakemake as targets (not --config entries)."""
+    cfg = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    cfg |= {"results_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports")}
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "pd.cli", "--config", str(conf), "cells", "tiny", "bm25", "--run",
+                          "--profile", str(ROOT / "profiles" / "local"), "--", "-n", "-s", str(ROOT / "Snakefile"),
+                          "--cores", "2"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    log = out.stdout + out.stderr
+    target = next(line.split()[-1] for line in out.stdout.splitlines() if line.startswith("      substring"))
+    assert "bm25" in target and f"{target} --config run=[tiny]" in log
+    stats = dict(line.split() for line in log.split("Job stats:")[1].splitlines()[3:6])
+    assert stats == {"retrieval": "1", "evaluate": "1", "grade": "1"}  # one cell's chain, not the experiment
+    assert not (tmp_path / "results").exists()  # a dry run (-n passed through) writes nothing
+    wrong = subprocess.run([sys.executable, "-m", "pd.cli", "--config", str(conf), "cells", "tiny", "--", "-n"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert wrong.returncode == 2 and "need --run" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1

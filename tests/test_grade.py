@@ -31,7 +31,7 @@ from pd.text import normalise_answer
         ("and/or", ""),  # both halves are stop-words
         ("It's in the box.", "box"),
         ("“Quoted” — words", "quoted words"),
-        ("Ünïcode Straße", "ünïcode straße"),
+        ("Ünïcode Straße", "ünïcode strasse"),  # case-folded: ß is ss
     ],
 )
 def test_normalise_answer(text, expected):
@@ -313,3 +313,21 @@ def test_judge_driver_smollm2(tmp_path):
     reparsed = [parse_judge(r["judge_output"]) for r in rows]
     assert s["validity_rate"] == sum(v.valid for v in reparsed) / 2
     assert [r["correct"] for r in rows] == [v.correct for v in reparsed]
+
+
+def test_grading_compares_unicode_forms_and_case_alike():
+    nfc, nfd = "Caf\u00e9", "Cafe\u0301"
+    assert nfc != nfd
+    assert substring_match(f"It was the {nfd} de Flore.", [nfc])
+    assert substring_match(f"It was the {nfc.upper()} de Flore.", [nfd])
+    assert substring_match("He lived on the Stra\u00dfe.", ["STRASSE"])  # case-folding, not lower()
+    assert substring_match("The \ufb01rst one", ["first"])  # NFKC: the ligature is two letters
+    assert normalise_answer("The Caf\u00e9!") == normalise_answer("the CAFE\u0301")
+
+
+def test_ascii_text_folds_as_lower_did():
+    """Shipped numbers do not move for ASCII text: fold() is str.lower() on every ASCII string."""
+    from pd.text import fold
+
+    ascii_text = "".join(map(chr, range(128))) + " The U.S.-based CAFE? No!"
+    assert fold(ascii_text) == ascii_text.lower()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pd.errors import ConfigError
-from pd.prompts import builtin_names, render, set_overrides
+from pd.prompts import builtin_names, render, set_overrides, template_problem
 from pd.questions import FEW_SHOT
 from pd.train.sequences import passage_question
 
@@ -69,3 +69,18 @@ def test_override_by_path(tmp_path):
     finally:
         set_overrides(None)
     assert render("closed_book", question="Q?") == "Q?"
+
+
+def test_a_template_from_config_cannot_run_code(tmp_path):
+    f = tmp_path / "cb.j2"
+    marker = tmp_path / "pwned"
+    f.write_text("{{ cycler.__init__.__globals__.os.popen('touch %s').read() }}{{ question }}" % marker)
+    try:
+        set_overrides({"closed_book": str(f)})
+        with pytest.raises(ConfigError, match="sandbox"):
+            render("closed_book", question="Q?")
+    finally:
+        set_overrides(None)
+    assert not marker.exists()
+    assert template_problem(f.read_text()) and not marker.exists()
+    assert template_problem("{{ question }}{% for p in passages %}{{ p }}{% endfor %}") is None

@@ -152,3 +152,34 @@ def test_seeds_mean_se_over_seeds_or_questions():
     assert seeds_mean_se([0.4]).kind == "none" and math.isnan(seeds_mean_se([0.4]).se)
     with pytest.raises(ValueError):
         seeds_mean_se([])
+
+
+def test_nan_scores_are_missing_pairs_not_evidence():
+    a = [0.1, -0.2, float("nan"), 0.4, 0.0, -0.1]
+    b = [0.0, -0.1, 0.3, float("nan"), 0.1, -0.3]
+    boot = paired_bootstrap(a, b, n_resamples=2_000, seed=1)
+    ref = paired_bootstrap([0.1, -0.2, 0.0, -0.1], [0.0, -0.1, 0.1, -0.3], n_resamples=2_000, seed=1)
+    assert boot.n_missing == 2 and boot.n_questions == 4
+    assert (boot.mean_diff, boot.ci_low, boot.ci_high, boot.p) == (ref.mean_diff, ref.ci_low, ref.ci_high, ref.p)
+    assert boot.p > 0.05  # a NaN never makes every resample "differ"
+    t = paired_t([0.5, float("nan"), 0.6, 0.7], [0.4, 0.5, float("inf"), 0.5])
+    assert t is not None and t.n == 2 and t.n_missing == 2 and math.isfinite(t.p)
+    assert paired_t([float("nan"), 0.5], [0.1, 0.2]) is None
+    with pytest.raises(ValueError, match="finite"):
+        paired_bootstrap([float("nan")], [0.0])
+
+
+def test_nan_log_likelihoods_are_read_as_missing(tmp_path):
+    from pd.report.evidence import load_gold_scores
+
+    f = tmp_path / "eval.jsonl"
+    f.write_text("\n".join(json.dumps({"item_id": i, "gold_logprob_per_token": v})
+                           for i, v in [("a", -1.0), ("b", float("nan")), ("c", -2.0), ("d", float("-inf"))]) + "\n")
+    scores = load_gold_scores(str(f))
+    assert scores.item_ids == ["a", "c"] and scores.mean == -1.5
+
+
+def test_a_nan_p_value_is_shown_missing_not_nan():
+    from pd.report.tables import MISSING, format_p
+
+    assert format_p(float("nan")) == MISSING == format_p(None) and format_p(0.0) == "<0.001"

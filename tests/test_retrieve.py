@@ -294,3 +294,13 @@ def test_openai_retriever_needs_key_or_url(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         openai_retriever(DOCS)
+
+
+def test_bm25_words_are_nfkc_case_folded_as_in_grading(tmp_path):
+    from pd.text import fold, normalise_answer, words
+
+    nfd = "Zu\u0308rich"
+    assert words(nfd) == ["zürich"] == words("ZÜRICH")
+    assert normalise_answer(nfd) == fold("Zürich") == "zürich"
+    docs = [Document("a", "The lake of Z\u00fcrich is long."), Document("b", "Geneva has a lake too.")]
+    assert make_retriever("bm25", docs, cache_dir=tmp_path).search([f"{nfd}?"], k=1) == [["a"]]

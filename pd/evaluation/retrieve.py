@@ -8,7 +8,7 @@ oracle, which returns the item's gold passages.
 Kinds (``RETRIEVERS``):
 
 - ``bm25``: Okapi BM25 with Lucene's idf, ``log(1 + (N - n + 0.5) / (n + 0.5))``, over one
-  tokeniser for documents and queries (lower-cased alphanumeric words, see
+  tokeniser for documents and queries (NFKC-normalised, case-folded alphanumeric words, see
   :func:`pd.text.words`; ``stopwords=True`` drops common words). That idf is positive
   for every word of the corpus, so small corpora rank too: with Okapi's
   ``log((N - n + 0.5) / (n + 0.5))`` a word in half the documents weighs 0 and one in
@@ -46,7 +46,7 @@ from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.evaluation.bm25 import LuceneBM25
 from pd.io import atomic_path, read_json, stable_hash, write_json
 from pd.redact import redact_text, redact_url
-from pd.text import STOPWORDS, words
+from pd.text import STOPWORDS, TEXT_FORM, words
 
 RETRIEVERS = ("bm25", "bm25_paper", "dense", "openai", "oracle")
 DEFAULT_K = DATASET_DEFAULTS["retrieval_k"]  # a dataset's own depth is its config entry's retrieval_k (pd.config)
@@ -128,7 +128,8 @@ class BM25Retriever(Retriever):
         self.paper_faithful = paper_faithful
         self.stopwords = stopwords
         self._split = self._make_splitter(tokenizer_model)
-        settings = {"kind": self.kind, "stopwords": stopwords, "tokenizer_model": tokenizer_model}
+        settings = {"kind": self.kind, "stopwords": stopwords, "tokenizer_model": tokenizer_model,
+                    **({} if paper_faithful else {"text": TEXT_FORM})}
         corpus = self._cached_tokens(settings, cache_dir)
         if not any(corpus):
             raise PDError("BM25: every document tokenised to nothing; the corpus has no words")

@@ -63,8 +63,8 @@ def load_gold_scores(path: str | None) -> GoldScores | None:
         path: the evaluation JSONL (None or a missing file: no scores).
 
     Returns:
-        The scores of the items that have one, or None when none has (an old file, or one
-        written by a backend that cannot score).
+        The scores of the items that have a finite one (NaN or infinite: missing, like null), or
+        None when none has (an old file, or one written by a backend that cannot score).
     """
     if not path or not Path(path).is_file():
         return None
@@ -72,7 +72,7 @@ def load_gold_scores(path: str | None) -> GoldScores | None:
     for row in read_jsonl(path):
         value = row.get("gold_logprob_per_token")
         item = str(row.get("item_id"))
-        if value is not None and item not in seen:
+        if value is not None and item not in seen and math.isfinite(float(value)):  # NaN/inf: missing
             seen[item] = float(value)
     if not seen:
         return None

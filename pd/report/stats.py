@@ -57,6 +57,7 @@ class PairedT:
     statistic: float
     p: float
     n: int
+    n_missing: int = 0  # pairs left out because a value was NaN or infinite
 
     @property
     def no_spread(self) -> bool:
@@ -81,26 +82,34 @@ def no_spread_notes(tests: Iterable[PairedT | None]) -> list[tuple[str, str]]:
     return [("", NO_SPREAD_NOTE)] if any(t is not None and t.no_spread for t in tests) else []
 
 
+def _finite_pairs(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The pairs where both values are finite, and how many were left out (NaN: a value that is missing)."""
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep], int(keep.size - keep.sum())
+
+
 def paired_t(a: Sequence[float], b: Sequence[float]) -> PairedT | None:
     """``scipy.stats.ttest_rel`` on per-seed accuracies paired by seed; None below 2 pairs.
 
     Differences with zero spread have no finite t: identical runs give p = 1, a constant
-    non-zero shift gives p = 0 (it is as certain as two seeds can make it).
+    non-zero shift gives p = 0 (it is as certain as two seeds can make it). A pair with a
+    NaN or infinite value is missing: left out and counted in ``n_missing``.
     """
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape:
         raise ValueError(f"paired_t needs equally many values, got {x.size} and {y.size}")
+    x, y, missing = _finite_pairs(x, y)
     if x.size < 2:
         return None
     d = x - y
     if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
         if abs(float(d.mean())) <= 1e-12:
-            return PairedT(0.0, 0.0, 1.0, int(x.size))
-        return PairedT(float(d.mean()), math.copysign(math.inf, float(d.mean())), 0.0, int(x.size))
+            return PairedT(0.0, 0.0, 1.0, int(x.size), missing)
+        return PairedT(float(d.mean()), math.copysign(math.inf, float(d.mean())), 0.0, int(x.size), missing)
     from scipy import stats  # here, not at the top: ~1.5 s to import, and the plan loads this package
 
     res = stats.ttest_rel(x, y)
-    return PairedT(float(d.mean()), float(res.statistic), float(res.pvalue), int(x.size))
+    return PairedT(float(d.mean()), float(res.statistic), float(res.pvalue), int(x.size), missing)
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class Bootstrap:
     n_questions: int
     n_resamples: int
     seed: int
+    n_missing: int = 0  # questions left out because a score was NaN or infinite
 
 
 def paired_bootstrap(
@@ -131,14 +141,19 @@ def paired_bootstrap(
     seeds). The CI is the percentile interval of the resampled mean difference; the
     two-sided p is twice the smaller share of resampled differences on one side of 0
     (exact zeros, common with 0/1 grades, count half to each side), capped at 1:
-    identical methods give p = 1.
+    identical methods give p = 1. A question with a NaN or infinite score is missing: left
+    out and counted in ``n_missing``.
+
+    Raises:
+        ValueError: unequal lengths, or no question with two finite scores.
     """
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"paired_bootstrap needs two equal-length 1-D arrays, got {x.shape} and {y.shape}")
+    x, y, missing = _finite_pairs(x, y)
     n = x.size
     if n == 0:
-        raise ValueError("paired_bootstrap needs at least one question")
+        raise ValueError("paired_bootstrap needs at least one question with two finite scores")
     d = x - y
     rng = np.random.default_rng(seed)
     boots = np.empty(n_resamples, dtype=np.float64)
@@ -151,4 +166,4 @@ def paired_bootstrap(
     ties = float(np.mean(boots == 0))
     below, above = float(np.mean(boots < 0)) + ties / 2, float(np.mean(boots > 0)) + ties / 2
     p = min(1.0, 2.0 * min(below, above))
-    return Bootstrap(float(d.mean()), float(lo), float(hi), p, int(n), int(n_resamples), int(seed))
+    return Bootstrap(float(d.mean()), float(lo), float(hi), p, int(n), int(n_resamples), int(seed), missing)

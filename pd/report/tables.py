@@ -9,6 +9,7 @@ templates in ``pd/report/templates``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -373,7 +374,8 @@ def _env() -> jinja2.Environment:
 
 
 def format_p(p: float | None) -> str:
-    if p is None:
+    """A p-value as the tables show it: ``<0.001``, three decimals, or the missing mark (None, NaN)."""
+    if p is None or not math.isfinite(p):
         return MISSING
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
