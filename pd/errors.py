@@ -22,6 +22,10 @@ class DataError(PDError):
     """A dataset file is missing or malformed."""
 
 
+class OutputError(PDError):
+    """An output cannot be written where it must go (a read-only or missing folder); the message names it."""
+
+
 class VocabularyMismatchError(PDError):
     """Two models that must share a vocabulary (teacher and student) do not."""
 

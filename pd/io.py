@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from pd.errors import DataError
+from pd.errors import DataError, OutputError
 
 
 @contextlib.contextmanager
@@ -35,12 +35,23 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     Returns:
         A context manager yielding the temporary path (nothing exists there yet).
 
+    What is kept is readable as a normal file is: every file and folder written at the temporary
+    path gets at least the read (and, for folders, search) bits the umask allows (0644 / 0755
+    under umask 022), also when the writer made it private (``mkstemp``, ``mkdtemp``: 0600 / 0700).
+
     Raises:
         FileNotFoundError: the block finished without creating anything at the temporary path.
+        OutputError: the target's folder cannot be created or written (the message names it).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    except PermissionError:
+        raise OutputError(f"{target.parent}: cannot write there (permission denied); "
+                          "make the folder writable or choose another output folder") from None
+    except OSError as err:
+        raise OutputError(f"{target.parent}: cannot write there ({err.strerror or err})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
@@ -48,6 +59,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp} for {target}")
+        _share(tmp)
         if target.is_dir() and not target.is_symlink():
             _rmtree(target)
         os.replace(tmp, target)
@@ -57,6 +69,24 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _share(path: Path) -> None:
+    """Add the read bits (search bits for folders) the umask allows to ``path`` and, for a folder, all below it."""
+    mask = _umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else ())]:
+        if p.is_symlink():
+            continue
+        st = p.stat()
+        want = (0o755 if p.is_dir() else 0o644) & ~mask
+        if st.st_mode & want != want:
+            p.chmod((st.st_mode | want) & 0o7777)
 
 
 def _rmtree(path: Path) -> None:
@@ -83,10 +113,16 @@ def read_text(path: str | os.PathLike) -> str:
 
     Raises:
         DataError: the file is not valid UTF-8 (the message names the file, the byte
-            offset and the line of the first bad byte).
+            offset and the line of the first bad byte), not a regular file, or not readable.
         FileNotFoundError: the file does not exist (callers that take a user's path check first).
     """
-    data = Path(path).read_bytes()
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise DataError(f"{path}: not a regular file (a folder, pipe or device); give a text file")
+    try:
+        data = p.read_bytes()
+    except (PermissionError, IsADirectoryError) as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -106,12 +142,14 @@ def read_json(path: str | os.PathLike) -> Any:
         The parsed value.
 
     Raises:
-        DataError: the file is not UTF-8 or not valid JSON (the message names the file and line).
+        DataError: the file is not UTF-8, not valid JSON or nested too deeply (the message names the file and line).
     """
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -127,7 +165,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         One dict per non-blank line, in file order.
 
     Raises:
-        DataError: the file is not UTF-8, a line is not valid JSON, or a line holds
+        DataError: the file is not UTF-8, a line is not valid JSON or nested too deeply, or a line holds
             something other than a JSON object (the message names file and line).
     """
     rows = []
@@ -139,6 +177,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: JSON nested too deeply to read") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object ({{...}}), got a {_json_type(row)}")
         rows.append(row)

@@ -1,6 +1,7 @@
 """SQuADShifts, HotpotQA and folder loaders on the real files and on files written here."""
 
 import json
+import os
 
 import pytest
 
@@ -309,3 +310,67 @@ def test_long_documents_become_passages_with_file_and_offset(tmp_path):
     assert ds.documents["short.txt"].text == "A short note." and "short.txt" not in ds.meta["passages"]
     assert load_folder(tmp_path).documents.keys() == {"long.txt", "short.txt"}  # no limit: whole documents
     assert split_passages("abcdefghij", 4) == [(0, "abcd"), (4, "efgh"), (8, "ij")]  # no boundary: cut mid-word
+
+
+# --------------------------------------------------------------------------- received folders confined (issue 22)
+
+
+def test_a_linked_document_is_refused_naming_it(tmp_path):
+    docs = _docs(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0 the password line")
+    (docs / "notes.txt").symlink_to(secret)
+    with pytest.raises(DataError, match=f"^{docs / 'notes.txt'}: a symbolic link") as err:
+        load_folder(docs)
+    assert "\n" not in str(err.value)
+
+
+def test_a_link_to_a_folder_outside_is_refused(tmp_path):
+    docs = _docs(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "private.md").write_text("Not a document of this folder.")
+    (docs / "more").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DataError, match=f"^{docs / 'more'}: a symbolic link"):
+        load_folder(docs)
+
+
+def test_a_link_that_is_not_a_document_is_ignored_and_ids_are_unchanged(tmp_path):
+    docs = _docs(tmp_path)
+    (docs / "sub").mkdir()
+    (docs / "sub" / "b.md").write_text("Second document.")
+    (docs / "data.bin").symlink_to(tmp_path / "elsewhere.bin")
+    ds = load_folder(docs)
+    assert list(ds.documents) == ["a.txt", "sub/b.md"]
+
+
+def test_a_special_file_named_like_a_document_is_refused(tmp_path):
+    docs = _docs(tmp_path)
+    os.mkfifo(docs / "pipe.txt")
+    with pytest.raises(DataError, match=f"^{docs / 'pipe.txt'}: not a regular file"):
+        load_folder(docs)
+
+
+@pytest.mark.parametrize("root", ["/proc", "/"])
+def test_a_system_folder_as_dataset_is_one_data_error(root):
+    with pytest.raises(DataError) as err:
+        load_folder(root)
+    assert "\n" not in str(err.value)
+
+
+def test_too_many_files_are_refused_with_the_limit(tmp_path, monkeypatch):
+    import pd.data.folder
+
+    docs = _docs(tmp_path)
+    for i in range(5):
+        (docs / f"d{i}.txt").write_text(f"Document {i}.")
+    monkeypatch.setattr(pd.data.folder, "MAX_ENTRIES", 3)
+    with pytest.raises(DataError, match="more than 3 files and folders"):
+        load_folder(docs)
+
+
+def test_a_csv_field_over_the_csv_modules_limit_names_file_and_row(tmp_path):
+    big = "x" * 140_000
+    raw = "question,answers,doc\nWhat is the capital of Quennia?,Zorblat,a.txt\n" + f'"{big}",Zorblat,a.txt\n'
+    with pytest.raises(DataError, match=r"q\.csv row 2: cannot read this CSV row \(field larger than field limit"):
+        _load_rows(tmp_path, suffix=".csv", raw=raw)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from pd.errors import DataError
+from pd.errors import DataError, OutputError
 from pd.io import atomic_path, read_json, read_jsonl, read_text, stats_path, write_jsonl, write_text, write_with_stats
 
 BOM = b"\xef\xbb\xbf"
@@ -208,3 +208,70 @@ def test_prompt_overrides_and_instruction_data_are_read_the_same_way(tmp_path):
     reg.write_bytes(json.dumps({"instruction": "Say hi.", "response": "Hi."}).encode() + b"\n\x93quoted\x94\n")
     with pytest.raises(DataError, match=r"reg\.jsonl: not UTF-8 text \(byte 0x93 at offset 46, line 2\)"):
         load_instruction_pairs(reg)
+
+
+def test_atomic_writes_are_readable_like_normal_files_under_the_umask(tmp_path):
+    """A file or folder made private by its writer (mkstemp: 0600, mkdtemp: 0700) is kept 0644 / 0755."""
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "cache.bin") as tmp:
+            os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
+        with atomic_path(tmp_path / "adapter") as tmp:
+            tmp.mkdir(mode=0o700)
+            (tmp / "sub").mkdir(mode=0o700)
+            os.close(os.open(tmp / "sub" / "weights.safetensors", os.O_CREAT | os.O_WRONLY, 0o600))
+        write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "cache.bin").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "adapter").stat().st_mode & 0o777) == oct(0o755)
+    assert oct((tmp_path / "adapter" / "sub").stat().st_mode & 0o777) == oct(0o755)
+    assert oct((tmp_path / "adapter" / "sub" / "weights.safetensors").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "results.json").stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_a_stricter_umask_is_respected(tmp_path):
+    old = os.umask(0o077)
+    try:
+        with atomic_path(tmp_path / "private.bin") as tmp:
+            os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.bin").stat().st_mode & 0o077 == 0
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_in_one_line(tmp_path):
+    (tmp_path / "results").write_text("a file, not a folder")
+    with pytest.raises(OutputError, match=f"^{tmp_path / 'results' / 'x'}: cannot write there"):
+        write_text(tmp_path / "results" / "x" / "out.json", "{}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_output_folder_is_named_in_one_line(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match=f"^{out}: cannot write there \\(permission denied\\)"):
+            write_text(out / "out.json", "{}")
+    finally:
+        out.chmod(0o755)
+
+
+def test_json_nested_100000_deep_is_a_data_error_naming_file_and_line(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": ' + deep + "}\n")
+    with pytest.raises(DataError, match=f"^{path}:2: JSON nested too deeply"):
+        read_jsonl(path)
+    one = tmp_path / "one.json"
+    one.write_text(deep)
+    with pytest.raises(DataError, match=f"^{one}: JSON nested too deeply"):
+        read_json(one)
+
+
+def test_a_special_file_is_refused_not_read(tmp_path):
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(DataError, match="not a regular file"):
+        read_text(fifo)

@@ -26,7 +26,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, Iterator
 
 from pd.errors import DataError
 from pd.io import read_jsonl, read_text
@@ -142,6 +142,21 @@ def check_row(row: dict, n: int, where: str, from_csv: bool = False) -> dict:
             "doc_ids": _doc_ids(row, where), "rewritten": _optional_text(row, "rewritten", where)}
 
 
+def _checked(reader: csv.DictReader, path: Path) -> Iterator[dict]:
+    """The reader's rows; a row the csv module refuses (a field over its size limit) as a DataError naming it."""
+    n = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(f"{path} row {n + 1}: cannot read this CSV row ({err}); "
+                            "a field that long belongs in a JSONL questions file") from None
+        n += 1
+        yield row
+
+
 def _csv_rows(path: Path, text: str) -> list[dict]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
@@ -149,7 +164,7 @@ def _csv_rows(path: Path, text: str) -> list[dict]:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; "
                         "columns are question, answers[, doc, id, rewritten]")
     rows = []
-    for n, row in enumerate(reader, 1):
+    for n, row in enumerate(_checked(reader, path), 1):
         if None in row:
             raise DataError(f"{path} row {n}: more fields than the header has columns (quote fields that hold commas)")
         rows.append(row)
