@@ -71,6 +71,8 @@ CONFIGS = [
     ("infinite epochs", "run: [x]\ntraining: {epochs: .inf}\nexperiments: {}\n", "training.epochs: inf is not"),
     ("rank 10^30", base_config(training={"rank": 10**30}), "training.rank: 1000000000000000000000000000000 is too"),
     ("seed 2^70", with_grid(seed=[2**70]), f"experiments.x.grid.seed[0]: {2**70} is too large"),
+    ("epochs 1e-9", base_config(training={"epochs": 1e-9}), "training.epochs: 1e-09 is less than the minimum"),
+    ("rank 2^20", base_config(training={"rank": 2**20}), "training.rank: 1048576 is greater than the maximum"),
 ]
 
 

@@ -105,7 +105,7 @@ class TrainConfig:
         8, schema={"type": _INT, "minimum": 1},
         help="batches per length bucket: each epoch is shuffled, cut into groups of this many batches and sorted by "
              "length within a group (less padding); 1: plain shuffle")
-    epochs: float = _setting(10, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True, help="training epochs")
+    epochs: float = _setting(10, schema={"type": _NUM, "minimum": 0.001}, in_spec=True, help="training epochs")
     warmup_epochs: float = _setting(1, schema={"type": _NUM, "minimum": 0}, in_spec=True,
                                     help="linear warmup in epochs, added to warmup_steps (Llama-3: 1; Qwen2.5: 0)")
     warmup_steps: int = _setting(0, schema={"type": _INT, "minimum": 0}, in_spec=True,
@@ -116,7 +116,7 @@ class TrainConfig:
     max_seconds: float | None = _setting(None, schema={"type": [_NUM, "null"], "minimum": 0},
                                          help="wall-clock budget of the loop in seconds")
     # LoRA
-    rank: int = _setting(1024, schema={"type": _INT, "minimum": 1}, in_spec=True, help="LoRA rank")
+    rank: int = _setting(1024, schema={"type": _INT, "minimum": 1, "maximum": 65536}, in_spec=True, help="LoRA rank")
     alpha_factor: float = _setting(2.0, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True,
                                    help="LoRA alpha = alpha_factor * rank")
     lora_dropout: float = _setting(0.0, schema={"type": _NUM, "minimum": 0, "exclusiveMaximum": 1}, in_spec=True,
