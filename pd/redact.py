@@ -16,10 +16,11 @@ first; log handlers get :class:`RedactingFilter`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 MASK = "[redacted]"
 
@@ -76,6 +77,32 @@ def redact_url(url: str) -> str:
         return url  # nothing to hide: the text stays exactly as it was
     query = urlencode([(k, MASK if is_secret_key(k) else v) for k, v in pairs]) if secret_query else parts.query
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, parts.fragment))
+
+
+def split_url_credentials(url: str | None) -> tuple[str | None, str | None]:
+    """A URL without its user-info, and the secret that user-info carried.
+
+    ``https://user:key@host/v1`` -> (``https://host/v1``, ``key``); ``https://key@host/v1`` ->
+    (``https://host/v1``, ``key``) (a lone user name is a token); any other URL comes back
+    unchanged with None. The query is kept as it is (it is the server's address, not only a secret).
+
+    Args:
+        url: a URL, or None.
+
+    Returns:
+        ``(url without user-info, password or lone user name)``.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        return url, None
+    try:
+        parts = urlsplit(url)
+        secret = parts.password if parts.password else parts.username
+    except ValueError:
+        return _URL_USERINFO.sub(r"\g<scheme>", url), None
+    if "@" not in parts.netloc:
+        return url, None
+    bare = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, parts.fragment))
+    return bare, unquote(secret) if secret else None
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
@@ -163,3 +190,27 @@ def redact_logger(name: str, secret: str | None = None) -> None:
     logger = logging.getLogger(name)
     if _LOGGER_FILTER not in logger.filters:
         logger.addFilter(_LOGGER_FILTER)
+
+
+KEY_VARIABLE = "OPENAI_API_KEY"
+
+
+def export_url_key(base_url: str | None, environ: dict | None = None) -> str | None:
+    """Move the secret of a base URL's user-info into ``OPENAI_API_KEY`` and return the URL without it.
+
+    Jobs started afterwards (local processes, and SLURM jobs submitted with ``--export=ALL``)
+    inherit the variable, so their specifications, which Snakemake records in
+    ``.snakemake/metadata``, need only the bare URL. The URL's secret replaces a key already set:
+    the config named this server with it.
+
+    Args:
+        base_url: ``generation.openai_base_url`` (None: nothing to do).
+        environ: the environment to set (default ``os.environ``).
+
+    Returns:
+        The URL without user-info (None for None).
+    """
+    bare, secret = split_url_credentials(base_url)
+    if secret:
+        (os.environ if environ is None else environ)[KEY_VARIABLE] = secret
+    return bare

@@ -25,8 +25,12 @@ user-set ``cache_tag`` replaces the fingerprint and no probe is made: use it whe
 server is not deterministic at temperature 0 (then the fingerprint would change from run
 to run and the cache would never hit), or to name the weights yourself.
 
-Secrets: the base URL is recorded and logged without its user-info, and the API key is
-masked in this client's log records and error messages (``pd.redact``).
+Secrets: the key is sent as ``Authorization: Bearer <key>``. It is ``api_key``, else the
+password (or lone user name) of a base URL with user-info (``https://user:key@host/v1``:
+the client then talks to ``https://host/v1``), else ``OPENAI_API_KEY``. A workflow moves a
+URL's password into ``OPENAI_API_KEY`` before its jobs start (:func:`pd.redact.export_url_key`), so job
+specifications carry the URL without user-info. The base URL is recorded and logged without
+its user-info, and the key is masked in this client's log records and error messages (``pd.redact``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
 
 from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.generate.base import Completion, Conversation, SamplingParams
@@ -44,7 +47,7 @@ from pd.generate.transformers_backend import (
     sample_seed,
 )
 from pd.io import stable_hash
-from pd.redact import redact_logger, redact_text, redact_url
+from pd.redact import redact_logger, redact_text, redact_url, split_url_credentials
 
 # The fingerprint's probe: a chat request, or the raw prompt where the server has no chat template.
 PROBE = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
@@ -79,12 +82,14 @@ class OpenAIGenerator:
         import openai
 
         self.model = model
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        # Credentials in the URL (https://user:key@host/v1) are the key, sent as "Authorization: Bearer"
+        # (httpx would send user-info as Basic auth, which a keyed server answers 401); the URL keeps none.
+        self.base_url, url_key = split_url_credentials(base_url or os.environ.get("OPENAI_BASE_URL") or None)
         self.where = redact_url(self.base_url) if self.base_url else "api.openai.com"
         if cache_tag is not None and (not isinstance(cache_tag, str) or not cache_tag.strip()):
             raise ConfigError(f"cache_tag {cache_tag!r}: must be a non-empty string (or unset: fingerprint by probe)")
         self.cache_tag = cache_tag
-        key = api_key or os.environ.get("OPENAI_API_KEY")
+        key = api_key or url_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if not self.base_url:
                 raise ConfigError("backend 'openai' needs an API key: set OPENAI_API_KEY, or set OPENAI_BASE_URL "
@@ -93,9 +98,7 @@ class OpenAIGenerator:
         if max_workers < 1:
             raise ConfigError(f"max_workers {max_workers}: must be >= 1")
         self.max_workers = max_workers
-        url_parts = urlsplit(self.base_url) if self.base_url else None
-        self._secrets = tuple(x for x in (key if key != "unused" else None, url_parts and url_parts.password,
-                                          url_parts and url_parts.username) if x)
+        self._secrets = tuple(x for x in (key if key != "unused" else None, url_key) if x)
         for logger in CLIENT_LOGGERS:
             redact_logger(logger, key if key != "unused" else None)
         self.client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries)
@@ -191,3 +194,4 @@ class OpenAIGenerator:
     def _clean(self, err: Exception) -> str:
         """An error's text without the key, the credential URL or any user-info."""
         return redact_text(str(err), self._secrets)
+

@@ -218,9 +218,17 @@ class Planner:
         return True if get_loader(d["loader"]).questions_per_passage(d) else None
 
     def backend(self) -> dict:
-        """How a generating job runs its model (not what it computes, but part of its spec)."""
+        """How a generating job runs its model (not what it computes, but part of its spec).
+
+        The server's URL goes without user-info: the spec is recorded in ``.snakemake/metadata``. A URL's
+        password is moved into ``OPENAI_API_KEY`` of this process (:func:`pd.redact.export_url_key`), which
+        every job started afterwards inherits (Snakemake's local jobs, SLURM's ``--export=ALL``, ``pd inject``).
+        """
+        from pd.redact import export_url_key
+
+        base_url = export_url_key(self.gen.get("openai_base_url") or None)
         return {"backend": self.gen["backend"], "batch_size": self.gen["batch_size"],
-                "base_url": self.gen.get("openai_base_url") or None, "cache_tag": self.gen.get("openai_cache_tag")}
+                "base_url": base_url, "cache_tag": self.gen.get("openai_cache_tag")}
 
     def models(self, *names: str | None) -> dict | None:
         """The config's own entries of the models a job loads (part of its identity)."""

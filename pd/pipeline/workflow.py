@@ -23,6 +23,7 @@ class Workflow:
     """The plan of a Snakemake run and, per rule (job kind), its strings and callables."""
 
     def __init__(self, config: dict, basedir: str | None = None, cores: int | None = None):
+        _move_url_secret(config)
         self.cfg = load_config(dict(config))
         self.cores = cores  # --cores of a local run: model jobs then get half each, so two run side by side
         self.plan: Plan = build_plan(self.cfg)
@@ -136,3 +137,17 @@ class Workflow:
         (``--config 'run=[main]'``) still lacks its own manifests, so it has jobs to run.
         """
         return [*self.plan.targets(self.cfg["run"]), self.plan.report_path()]
+
+
+def _move_url_secret(config: dict) -> None:
+    """Take the password out of Snakemake's own ``config`` (``generation.openai_base_url``), in place.
+
+    Snakemake writes its ``config`` into every job's stage script (``.snakemake/scripts/``, left
+    behind by a killed job); the password goes to ``OPENAI_API_KEY`` instead, which the jobs inherit
+    (:func:`pd.redact.export_url_key`).
+    """
+    from pd.redact import export_url_key
+
+    gen = config.get("generation")
+    if isinstance(gen, dict) and isinstance(gen.get("openai_base_url"), str):
+        gen["openai_base_url"] = export_url_key(gen["openai_base_url"])
