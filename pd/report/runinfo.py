@@ -70,7 +70,10 @@ def machine_description() -> str:
             names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             parts.append("GPUs: " + ", ".join(names))
         else:
+            from pd.precision import describe_cpu_choice
+
             parts.append("no GPU")
+            parts.append(describe_cpu_choice())  # the rule's choice, the same under any load
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     return "; ".join(parts) + f"; {platform.system()} {platform.release()}"
