@@ -287,6 +287,18 @@ def test_openai_retriever_over_http_is_cached(tmp_path):
             openai_retriever(DOCS, model="text-embedding-3-small", base_url=url, cache_dir=tmp_path / "other")
 
 
+def test_openai_retriever_sends_a_urls_password_as_the_bearer_key(tmp_path, monkeypatch):
+    from pd.retrieve import openai_retriever, sentence_transformer
+    from pd.serve import create_app, serve_in_thread
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    emb = sentence_transformer("all-minilm-l6-v2")
+    with serve_in_thread(create_app(embedder=emb, embedding_model_name="minilm", api_key="sk-emb-7")) as url:
+        r = openai_retriever(DOCS, model="minilm", base_url=url.replace("http://", "http://me:sk-emb-7@"),
+                             cache_dir=tmp_path)
+        assert r.search(["Which river runs through Budapest?"], 1)  # before: Basic auth, 401
+
+
 def test_openai_retriever_needs_key_or_url(monkeypatch):
     from pd.evaluation.retrieve import openai_retriever
 

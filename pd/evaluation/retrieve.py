@@ -45,7 +45,7 @@ from pd.embeddings import DENSE_DEFAULT_ALIASES
 from pd.errors import ConfigError, ModelUnavailableError, PDError
 from pd.evaluation.bm25 import LuceneBM25
 from pd.io import atomic_path, read_json, stable_hash, write_json
-from pd.redact import redact_text, redact_url
+from pd.redact import redact_text, redact_url, split_url_credentials
 from pd.text import STOPWORDS, TEXT_FORM, words
 
 RETRIEVERS = ("bm25", "bm25_paper", "dense", "openai", "oracle")
@@ -279,8 +279,9 @@ def openai_retriever(documents, model: str = OPENAI_DEFAULT_MODEL, base_url: str
     """Embeddings from OpenAI or any server speaking its ``/v1/embeddings`` API."""
     import openai
 
-    base_url = base_url or os.environ.get("OPENAI_BASE_URL")
-    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    # A URL's user-info is the key, sent as Bearer (httpx would send it as Basic auth: 401 from a keyed server).
+    base_url, url_key = split_url_credentials(base_url or os.environ.get("OPENAI_BASE_URL"))
+    api_key = api_key or url_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
         if base_url:
             api_key = "unused"  # local servers usually ignore the key, but the client wants one
