@@ -116,6 +116,9 @@ def spec_from_dict(name: str, d: dict[str, Any]) -> ModelSpec:
     required = {"hub": "repo", "local": "path", "gguf_package": "package", "random": "architecture"}[d["source"]]
     if not d.get(required):
         raise ConfigError(f"models.{name}: source {d['source']!r} needs '{required}'")
+    if d["source"] == "gguf_package" and not str(d["package"]).isidentifier():
+        # a dotted name would import its parent package, which a received folder could ship: never code from config
+        raise ConfigError(f"models.{name}.package: {d['package']!r} is not a plain package name (letters, digits, _)")
     return ModelSpec(name=name, **d)
 
 

@@ -172,6 +172,12 @@ def _parse_sizes(value: Any, where: str, kinds: tuple[str, ...] | None) -> dict[
     return out
 
 
+# Variables that change which code a job runs (loaded libraries, import paths, interpreter hooks): a site
+# file may not set them, since every job would run that code.
+CODE_ENV = ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE",
+            "PYTHONEXECUTABLE", "PYTHONINSPECT", "BASH_ENV", "ENV", "PATH")
+
+
 def _parse_env(value: Any, where: str) -> dict[str, str | None]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}.env: expected a mapping of environment variables, e.g. {{HF_HOME: /shared/hf}}")
@@ -179,6 +185,9 @@ def _parse_env(value: Any, where: str) -> dict[str, str | None]:
     for k, v in value.items():
         if not isinstance(k, str) or not k.replace("_", "").isalnum() or k[0].isdigit():
             raise ConfigError(f"{where}.env: {k!r} is not an environment variable name")
+        if k in CODE_ENV or k.startswith(("LD_", "PYTHON")):
+            raise ConfigError(f"{where}.env.{k}: a site file may not set a variable that decides which code jobs "
+                              "run; set it in your own shell instead")
         if isinstance(v, (dict, list)):
             raise ConfigError(f"{where}.env.{k}: expected a string, a number or null, got {v!r}")
         out[k] = None if v is None else os.path.expanduser(os.path.expandvars(str(v)))

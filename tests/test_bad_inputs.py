@@ -73,6 +73,10 @@ CONFIGS = [
     ("seed 2^70", with_grid(seed=[2**70]), f"experiments.x.grid.seed[0]: {2**70} is too large"),
     ("epochs 1e-9", base_config(training={"epochs": 1e-9}), "training.epochs: 1e-09 is less than the minimum"),
     ("rank 2^20", base_config(training={"rank": 2**20}), "training.rank: 1048576 is greater than the maximum"),
+    ("dotted GGUF package", base_config(models={"m": {"source": "gguf_package", "family": "llama", "package": "x.y",
+                                                      "gguf_file": "m.gguf"}}), "is not a plain package name"),
+    ("site env LD_PRELOAD", base_config(slurm_site={"env": {"LD_PRELOAD": "/tmp/evil.so"}}),
+     "env.LD_PRELOAD: a site file may not set a variable that decides which code jobs run"),
 ]
 
 
