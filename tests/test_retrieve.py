@@ -288,7 +288,7 @@ def test_openai_retriever_over_http_is_cached(tmp_path):
 
 
 def test_openai_retriever_sends_a_urls_password_as_the_bearer_key(tmp_path, monkeypatch):
-    from pd.retrieve import openai_retriever, sentence_transformer
+    from pd.evaluation.retrieve import openai_retriever, sentence_transformer
     from pd.serve import create_app, serve_in_thread
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
