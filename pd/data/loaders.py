@@ -15,6 +15,7 @@ import json
 from typing import Any, ClassVar
 
 from pd.errors import ConfigError, DataError, PDError
+from pd.registry import Registry
 
 # A dataset of the paper's size, assumed while a dataset's files are not here (yet): passages, test items.
 PAPER_SIZE = (200, 1000)
@@ -71,24 +72,9 @@ class Loader:
         return {}
 
 
-REGISTRY: dict[str, Loader] = {}
-
-
-def register(cls: type[Loader]) -> type[Loader]:
-    """Class decorator: register a loader under its ``name`` (one instance).
-
-    Raises:
-        ValueError: another loader has that name.
-    """
-    if cls.name in REGISTRY and type(REGISTRY[cls.name]) is not cls:
-        raise ValueError(f"loader {cls.name!r} is registered twice")
-    REGISTRY[cls.name] = cls()
-    return cls
-
-
-def unregister(name: str) -> None:
-    """Remove a loader (tests that add a toy one)."""
-    REGISTRY.pop(name, None)
+REGISTRY: Registry[Loader] = Registry("dataset loader", ConfigError)
+register = REGISTRY.register
+unregister = REGISTRY.unregister
 
 
 def get_loader(name: str) -> Loader:
@@ -97,10 +83,7 @@ def get_loader(name: str) -> Loader:
     Raises:
         ConfigError: no such loader (the message names the known ones).
     """
-    try:
-        return REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown dataset loader {name!r}; allowed: {', '.join(REGISTRY)}") from None
+    return REGISTRY.get_entry(name)
 
 
 def loader_names() -> tuple[str, ...]:

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pd.registry import Registry
+
 if TYPE_CHECKING:
     from pd.pipeline.plan import Artifact, Plan
 
@@ -193,7 +195,8 @@ class JobKind:
         return 1
 
 
-REGISTRY: dict[str, JobKind] = {}
+REGISTRY: Registry[JobKind] = Registry("job kind", KeyError, listed="known")
+unregister = REGISTRY.unregister
 
 
 def register(cls: type[JobKind]) -> type[JobKind]:
@@ -202,15 +205,7 @@ def register(cls: type[JobKind]) -> type[JobKind]:
     Raises:
         ValueError: another kind has that name, or the spec class names another kind.
     """
-    if cls.name in REGISTRY and type(REGISTRY[cls.name]) is not cls:
-        raise ValueError(f"job kind {cls.name!r} is registered twice")
     if getattr(cls.spec, "KIND", None) != cls.name:
         raise ValueError(f"job kind {cls.name!r}: its spec {cls.spec.__name__} names another kind "
                          f"({getattr(cls.spec, 'KIND', None)!r})")
-    REGISTRY[cls.name] = cls()
-    return cls
-
-
-def unregister(name: str) -> None:
-    """Remove a job kind (tests that add a toy kind)."""
-    REGISTRY.pop(name, None)
+    return REGISTRY.register(cls)

@@ -19,10 +19,7 @@ def get_kind(name: str) -> JobKind:
     Raises:
         KeyError: no such kind (the message names the known ones).
     """
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown job kind {name!r}; known: {', '.join(REGISTRY)}") from None
+    return REGISTRY.get_entry(name)
 
 
 def kind_names() -> tuple[str, ...]:

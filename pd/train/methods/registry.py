@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from pd.errors import ConfigError
+from pd.registry import Registry
 
 
 class Method:
@@ -71,24 +72,9 @@ class Method:
         return {}
 
 
-REGISTRY: dict[str, Method] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: register a method under its ``name`` (one instance).
-
-    Raises:
-        ValueError: another method has that name.
-    """
-    if cls.name in REGISTRY and type(REGISTRY[cls.name]) is not cls:
-        raise ValueError(f"method {cls.name!r} is registered twice")
-    REGISTRY[cls.name] = cls()
-    return cls
-
-
-def unregister(name: str) -> None:
-    """Remove a method (tests that add a toy one)."""
-    REGISTRY.pop(name, None)
+REGISTRY: Registry[Method] = Registry("method", ConfigError)
+register = REGISTRY.register
+unregister = REGISTRY.unregister
 
 
 def get_method(name: str) -> Method:
@@ -97,10 +83,7 @@ def get_method(name: str) -> Method:
     Raises:
         ConfigError: no such method (the message names the known ones).
     """
-    try:
-        return REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown method {name!r}; allowed: {', '.join(REGISTRY)}") from None
+    return REGISTRY.get_entry(name)
 
 
 def grid_methods() -> tuple[str, ...]:
