@@ -61,7 +61,8 @@ def _builtin_labels(axis: str) -> dict[str, str]:
 
 def _builtin_order(axis: str) -> list[Any]:
     if axis == "method":
-        return sorted(_methods(), key=lambda name: _methods()[name][1])
+        methods = _methods()
+        return sorted(methods, key=lambda name: methods[name][1])
     return DEFAULT_ORDER.get(axis, [])
 
 
