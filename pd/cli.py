@@ -50,13 +50,43 @@ def cmd_validate(args) -> int:
     from pd.pipeline.resources import load_site
 
     site = load_site(cfg["slurm_site"])
-    print(f"\nWhat the jobs of all experiments ask for on this site ({site.device}, "
-          f"{site.gpu_mem_gb:g} GB GPUs), first attempt; min-max over the jobs of a kind and model size:")
-    for line in format_table(resource_table(plan, registry(cfg.get("models")), site)):
-        print(line)
+    models = registry(cfg.get("models"))
+    if site.device == "gpu":
+        problems = _print_costs(cfg, plan, models, site)
+        if problems:
+            return 2
+    else:
+        print(f"\nWhat the jobs of all experiments ask for on this site ({site.device}), first attempt; min-max over "
+              "the jobs of a kind and model size:")
+        for line in format_table(resource_table(plan, models, site)):
+            print(line)
     env = " ".join(f"{k}={v}" for k, v in site.job_env().items())
     print(f"Every job also gets {env} (site.yaml `env:`); fetch the models first: `pd fetch --check`")
     return 0
+
+
+def _print_costs(cfg: dict, plan, models: dict, site) -> list[str]:
+    """Print the cost model's table for the selected experiments and the whole grid's totals; return the problems
+    (jobs that cannot run as planned), printed one per line."""
+    from pd.cost.calibration import CALIBRATION_PATH
+    from pd.pipeline.requests import cost_table, format_cost_table
+
+    selected = sorted({p for target in plan.targets(list(cfg["run"])) for p in plan.upstream(target)})
+    gpu = site.gpu()
+    print(f"\nWhat the jobs of {', '.join(cfg['run'])} need and ask for on this site: GPUs of {gpu.memory_gb:.1f} GB "
+          f"({site.gpu_mem_gb:g} as sold), {gpu.tflops:g} TFLOP/s, {gpu.bandwidth_gbs:g} GB/s; times from "
+          f"{CALIBRATION_PATH.name} (H200 measurements), asks = need x 1.5 + loading, first attempt.")
+    print("layout: processes x micro-batch x accumulation (ckpt: gradient checkpointing); b: decoding batch")
+    rows, problems = cost_table(plan, models, site, selected, restarts=2)
+    for line in format_cost_table(rows):
+        print(line)
+    all_rows, all_problems = cost_table(plan, models, site)
+    print(f"The whole grid ({len(cfg['experiments'])} experiments): "
+          f"{sum(r['gpu_hours_need'] for r in all_rows):.0f} GPU-h needed, "
+          f"{sum(r['gpu_hours_ask'] for r in all_rows):.0f} asked, {sum(r['jobs'] for r in all_rows)} GPU jobs.")
+    for line in sorted(set(problems + all_problems)):
+        print(f"cannot run as planned: {line}")
+    return problems + all_problems
 
 
 def cmd_fetch(args) -> int:

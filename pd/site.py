@@ -47,6 +47,8 @@ class Site:
     gpu_model: str | None = None
     gpu_request: str = "gpus"
     gpu_mem_gb: float = 80.0
+    gpu_tflops: float = 989.0  # bf16 dense peak of one GPU (H100/H200 989, A100 312): the cost model's compute
+    gpu_bandwidth_gbs: float = 3350.0  # memory bandwidth, GB/s (H100 SXM 3350, H200 4800, A100 80GB 2039)
     gpus_per_node: int = 8
     cpus_per_gpu: int = 8
     cpus_per_task: int = 4
@@ -60,6 +62,14 @@ class Site:
     sizes: Mapping[str, tuple[SizeTier, ...]] = field(default_factory=dict)
     env: Mapping[str, str | None] = field(default_factory=lambda: dict(JOB_ENV))  # None: the submitting shell's
 
+    def gpu(self):
+        """One of the site's GPUs for the cost model (:class:`pd.cost.GPU`): ``gpu_mem_gb`` is the size GPUs are
+        sold by (GiB: an "80 GB" H100 holds 85.9 GB), the cost model counts 10^9 bytes."""
+        from pd.cost.calibration import GPU
+
+        return GPU(memory_gb=self.gpu_mem_gb * 2**30 / 1e9, tflops=self.gpu_tflops,
+                   bandwidth_gbs=self.gpu_bandwidth_gbs)
+
     def job_env(self) -> dict[str, str]:
         """The variables every job gets (those set to None keep the submitting shell's value)."""
         return {k: v for k, v in self.env.items() if v is not None}
@@ -68,7 +78,7 @@ class Site:
 _SITE_FIELDS = {f.name: f for f in dataclasses.fields(Site)}
 _TIER_FIELDS = {f.name for f in dataclasses.fields(SizeTier)}
 _INT_FIELDS = {"gpus_per_node", "cpus_per_gpu", "cpus_per_task", "max_cpus_per_task", "max_mem_mb", "max_runtime"}
-_FLOAT_FIELDS = {"gpu_mem_gb", "runtime_factor"}
+_FLOAT_FIELDS = {"gpu_mem_gb", "gpu_tflops", "gpu_bandwidth_gbs", "runtime_factor"}
 
 
 def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "slurm_site",

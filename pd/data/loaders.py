@@ -59,6 +59,8 @@ class Loader:
             return PAPER_SIZE
         return len(ds.documents), len(ds.items)
 
+    passages_per_item: int = 1  # gold passages a test item cites (questions are written for each; a prompt holds them)
+
     def questions_per_passage(self, settings: dict[str, Any]) -> bool:
         """Whether training questions are written per passage (a dataset without test questions)."""
         return False

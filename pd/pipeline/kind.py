@@ -186,6 +186,17 @@ class JobKind:
         """Billions of frozen parameters of a second model the job loads."""
         return 0.0
 
+    def workload(self, art: Artifact, plan: Plan) -> Any:
+        """What the job computes on a GPU, for the cost model (:mod:`pd.pipeline.costs`): a
+        :class:`pd.pipeline.sizing.Generation`, :class:`~pd.pipeline.sizing.Forwards` or
+        :class:`~pd.pipeline.sizing.Training`; None: it loads no model or runs nothing on a GPU."""
+        return None
+
+    def resumable(self, art: Artifact) -> bool:
+        """Whether a killed job resumes where it stopped on its retry (chunked outputs, checkpoints), so that
+        work longer than a site's ``max_runtime`` is done over several attempts."""
+        return False
+
     def lora_rank(self, art: Artifact) -> int | None:
         """The LoRA rank the job trains (None: it trains none)."""
         return None

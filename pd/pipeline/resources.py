@@ -140,6 +140,7 @@ def job_resources(
     cache_gb: float = 0.0,
     extra_params_b: float = 0.0,
     processes: int | str = 1,
+    cost: Any = None,
 ) -> dict[str, Any]:
     """Resources of one job: ``mem_mb``, ``runtime`` (minutes), ``cpus_per_task``, ``gpus``.
 
@@ -164,6 +165,8 @@ def job_resources(
         processes: an adapter job's ``training.processes``: N asks for at least N GPUs on a
             GPU site (one per process), N times the CPUs and host memory on a CPU; ``auto``
             is one process per GPU the job gets (one on a CPU).
+        cost: on a GPU site, the job's :class:`pd.pipeline.costs.JobCost` (the cost model's GPUs and
+            calibrated time): it replaces the size-scaled estimates below.
 
     Returns:
         Snakemake resources: ``mem_mb`` (MB), ``runtime`` (minutes), ``cpus_per_task``,
@@ -185,7 +188,7 @@ def job_resources(
         raise ConfigError(f"device {device!r} is not one of {list(DEVICES)}")
     defaults = site or Site(device=device)
     res = _size(kind, params_b, attempt, device, defaults, _tier(site, kind, params_b), lora_rank, work,
-                cache_gb, extra_params_b, processes if kind == "adapter" else 1)
+                cache_gb, extra_params_b, processes if kind == "adapter" else 1, cost)
     _add_slurm_keys(res, defaults, site)
     return res
 
@@ -203,8 +206,9 @@ def _check_job(kind: str, params_b: float, attempt: int, work: float) -> None:
 
 def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site, tier: SizeTier | None,
           lora_rank: int | None, work: float, cache_gb: float = 0.0, extra_params_b: float = 0.0,
-          processes: int | str = 1) -> dict[str, Any]:
-    """``mem_mb``, ``runtime``, ``cpus_per_task`` and ``gpus``: the estimates, a site's tier, its caps.
+          processes: int | str = 1, cost: Any = None) -> dict[str, Any]:
+    """``mem_mb``, ``runtime``, ``cpus_per_task`` and ``gpus``: the estimates (or the cost model's), a site's
+    tier, its caps.
 
     ``processes`` (training processes of an adapter job, or ``auto``) sets a floor on the GPUs
     (one each) and multiplies the CPUs and the host memory (each process loads the model).
@@ -212,43 +216,35 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
     growth = memory_growth(attempt)
     facts = get_kind(kind)
     on_gpu = device == "gpu" and facts.gpu and params_b > 0  # substring grades load no model
+    if on_gpu and cost is not None:  # the cost model sized it: its GPUs on every attempt (a layout, not a guess)
+        first_gpus = gpus = tier.gpus if tier is not None and tier.gpus is not None else cost.gpus
+        processes = cost.detail.get("processes", 1)
+    elif on_gpu:
+        first_gpus, gpus = _estimated_gpus(kind, params_b, lora_rank, extra_params_b, processes, growth, defaults,
+                                           tier)
+    else:
+        gpus = first_gpus = 0
     if on_gpu:
-        need = gpu_need_gb(kind, params_b, lora_rank) + 2.0 * extra_params_b
-        first_gpus = gpus_for(need, defaults.gpu_mem_gb)  # the runtime estimate's basis
-        gpus = gpus_for(need * growth, defaults.gpu_mem_gb)
-        if tier is not None and tier.gpus is not None:
-            gpus = first_gpus = tier.gpus
-        if processes != "auto":  # one GPU per process, at least what the model needs
-            if processes > defaults.gpus_per_node:
-                raise ConfigError(f"training.processes: {processes} asks for {processes} GPUs, more than "
-                                  f"gpus_per_node={defaults.gpus_per_node} (a job runs on one node)")
-            gpus, first_gpus = max(gpus, processes), max(first_gpus, processes)
-        if first_gpus > defaults.gpus_per_node:
-            raise ConfigError(
-                f"a {kind} job for a {params_b:g}B model needs {first_gpus} GPUs of {defaults.gpu_mem_gb:g} GB, "
-                f"more than gpus_per_node={defaults.gpus_per_node}; set gpu_mem_gb, gpus_per_node or a "
-                f"sizes.{kind} tier in the site file"
-            )
-        gpus = min(gpus, defaults.gpus_per_node)  # a retry asks for at most one full node
         host_gb = max(16.0, 1.25 * 2.0 * (params_b + extra_params_b) + GPU_HOST_BASE_GB)
         cpus = defaults.cpus_per_gpu * gpus
         host_gb *= gpus if processes == "auto" else processes
     else:
-        gpus = first_gpus = 0
         n = 1 if processes == "auto" else processes
         host_gb = (cpu_need_gb(kind, params_b, lora_rank) + 4.0 * extra_params_b) * n
         cpus = 1 if facts.local else defaults.cpus_per_task * n
     mem_mb = math.ceil((host_gb + cache_gb) * 1000 * growth / 100) * 100
 
-    if facts.size_independent:
-        size_factor = 1.0
-    else:
-        size_factor = max(0.25, params_b / REFERENCE_PARAMS_B["gpu" if on_gpu else "cpu"])
     # More GPUs on a retry are for memory: the runtime stays that of the first attempt's
     # GPU count, times the attempt number.
     if tier is not None and tier.runtime is not None:
         runtime = tier.runtime * work  # the site's minutes for a paper-size job
+    elif on_gpu and cost is not None:
+        from pd.pipeline.costs import runtime_ask
+
+        runtime = runtime_ask(cost)  # its margin and floor included; the attempt multiplies below
     else:
+        size_factor = 1.0 if facts.size_independent else max(
+            0.25, params_b / REFERENCE_PARAMS_B["gpu" if on_gpu else "cpu"])
         runtime = facts.base_runtime * size_factor / max(first_gpus, 1) * work * defaults.runtime_factor
     if params_b > 0 and not facts.size_independent:
         runtime = max(runtime, MIN_RUNTIME)
@@ -267,6 +263,28 @@ def _size(kind: str, params_b: float, attempt: int, device: str, defaults: Site,
     if defaults.max_cpus_per_task is not None:
         cpus = min(cpus, defaults.max_cpus_per_task)
     return {"mem_mb": mem_mb, "runtime": max(1, runtime), "cpus_per_task": max(1, cpus), "gpus": gpus}
+
+
+def _estimated_gpus(kind: str, params_b: float, lora_rank: int | None, extra_params_b: float, processes: int | str,
+                    growth: float, defaults: Site, tier: SizeTier | None) -> tuple[int, int]:
+    """GPUs of a job the cost model did not size (first attempt's, this attempt's) from the model's size."""
+    need = gpu_need_gb(kind, params_b, lora_rank) + 2.0 * extra_params_b
+    first_gpus = gpus_for(need, defaults.gpu_mem_gb)  # the runtime estimate's basis
+    gpus = gpus_for(need * growth, defaults.gpu_mem_gb)
+    if tier is not None and tier.gpus is not None:
+        gpus = first_gpus = tier.gpus
+    if processes != "auto":  # one GPU per process, at least what the model needs
+        if processes > defaults.gpus_per_node:
+            raise ConfigError(f"training.processes: {processes} asks for {processes} GPUs, more than "
+                              f"gpus_per_node={defaults.gpus_per_node} (a job runs on one node)")
+        gpus, first_gpus = max(gpus, processes), max(first_gpus, processes)
+    if first_gpus > defaults.gpus_per_node:
+        raise ConfigError(
+            f"a {kind} job for a {params_b:g}B model needs {first_gpus} GPUs of {defaults.gpu_mem_gb:g} GB, "
+            f"more than gpus_per_node={defaults.gpus_per_node}; set gpu_mem_gb, gpus_per_node or a "
+            f"sizes.{kind} tier in the site file"
+        )
+    return first_gpus, min(gpus, defaults.gpus_per_node)  # a retry asks for at most one full node
 
 
 def _add_slurm_keys(res: dict[str, Any], defaults: Site, site: Site | None) -> None:
@@ -303,11 +321,12 @@ def rule_resources(
     cache_gb: float | Callable[[Any], float] = 0.0,
     extra_params_b: float | Callable[[Any], float] = 0.0,
     processes: int | str | Callable[[Any], int | str] = 1,
+    cost: Any = None,
 ) -> dict[str, Callable]:
     """Snakemake ``resources:`` callables for one rule: ``resources: **rule_resources(...)``.
 
-    ``params_b``, ``lora_rank``, ``work``, ``cache_gb``, ``extra_params_b`` and ``processes`` may be
-    functions of the job's wildcards.
+    ``params_b``, ``lora_rank``, ``work``, ``cache_gb``, ``extra_params_b``, ``processes`` and ``cost`` (a
+    :class:`pd.pipeline.costs.JobCost` on a GPU site) may be functions of the job's wildcards.
     Each callable takes ``(wildcards, attempt)``; a key that does not apply to a job
     returns None, which Snakemake drops.
     """
@@ -324,7 +343,7 @@ def rule_resources(
                                 lora_rank=value(lora_rank, wildcards), work=value(work, wildcards),
                                 cache_gb=value(cache_gb, wildcards),
                                 extra_params_b=value(extra_params_b, wildcards),
-                                processes=value(processes, wildcards))
+                                processes=value(processes, wildcards), cost=value(cost, wildcards))
             return res.get(key)
 
         resource.__name__ = f"{kind}_{key}"

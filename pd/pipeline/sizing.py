@@ -10,8 +10,11 @@ real size; the counts it needs are here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from pd.cost.shapes import Tokens
 from pd.data import dataset_size  # noqa: F401  (each loader sizes its datasets; re-exported for the kinds)
 
 if TYPE_CHECKING:
@@ -47,3 +50,100 @@ def questions_behind(art: Artifact, plan: Plan) -> int:
             return count()
         todo.extend(up.inputs)
     return 0
+
+
+# --------------------------------------------------------------------------- what a job computes, for pd.cost
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a generating job decodes: ``sequences`` rows of up to ``new`` tokens after ``prompt`` tokens.
+
+    Attributes:
+        sequences: rows generated (calls x samples x rounds).
+        prompt: tokens of a row's prompt.
+        new: its ``max_new_tokens``.
+        sampled: sampling (temperature > 0) rather than greedy.
+        backend: ``transformers``, ``vllm`` or ``openai`` (a server elsewhere: no GPU here).
+        batch: ``generation.batch_size`` (a number or ``auto``).
+    """
+
+    sequences: int
+    prompt: int
+    new: int
+    sampled: bool = True
+    backend: str = "transformers"
+    batch: int | str = "auto"
+
+
+@dataclass(frozen=True)
+class Forwards:
+    """Forward passes without generation (a teacher cache, log-likelihood scoring): ``tokens`` in all,
+    ``rows_tokens`` the longest row."""
+
+    tokens: int
+    row_tokens: int
+    batch: int = 8
+
+
+@dataclass(frozen=True)
+class Training:
+    """What an adapter job trains: ``rows`` passage rows seen over the run (examples x epochs) in optimizer steps of
+    ``global_batch`` rows (of which ``reg_rows`` instruction rows), with the longest/mean row lengths."""
+
+    rows: int
+    global_batch: int
+    rank: int
+    tokens: Tokens
+    mean_tokens: Tokens
+    live_teacher: bool
+    reg_rows: int = 0
+    teacher_model: str | None = None
+    processes: int | str = "auto"
+    checkpointing: bool | None = None
+    parallel: str | None = None
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the run."""
+        return max(1, math.ceil(self.rows / max(1, self.global_batch - self.reg_rows)))
+
+
+def generation_run(spec: Any, plan: Plan) -> dict[str, Any]:
+    """How a generating job runs its model: ``backend`` and ``batch`` (the spec's, else the config's)."""
+    gen = plan.cfg.get("generation", {})
+    return {"backend": getattr(spec, "backend", None) or gen.get("backend") or "transformers",
+            "batch": getattr(spec, "batch_size", None) or gen.get("batch_size") or "auto"}
+
+
+def lengths() -> dict[str, float]:
+    """The token counts the plan assumes (``pd/cost/calibration.yaml`` ``lengths``)."""
+    from pd.cost.calibration import calibration
+
+    return calibration()["lengths"]
+
+
+def training_tokens(answer_limit: int, max_answer: int, max_teacher: int, passages: int = 1,
+                    with_teacher: bool = True) -> tuple[Tokens, Tokens]:
+    """The longest and the mean training row before the data exists.
+
+    Args:
+        answer_limit: the answers' ``max_new_tokens``.
+        max_answer: ``training.max_answer_tokens`` (longer answers are cut).
+        max_teacher: ``training.max_teacher_tokens``.
+        passages: passages in the teacher's prompt.
+        with_teacher: the method has a teacher sequence.
+
+    Returns:
+        ``(longest, mean)`` :class:`pd.cost.Tokens`.
+    """
+    n = lengths()
+    answer = min(answer_limit, max_answer)
+    mean_answer = round(answer * n["mean_answer"])
+
+    def row(a: int) -> Tokens:
+        student = int(n["chat"] + a)
+        teacher = min(max_teacher, int(student + passages * n["passage"])) if with_teacher else 0
+        return Tokens(student, teacher, a)
+
+    return row(answer), row(mean_answer)

@@ -36,6 +36,7 @@ class Workflow:
 
         apply_job_env(self.site)  # HF_HOME, HF_HUB_OFFLINE, PD_CACHE_DIR ... reach every job (sbatch --export=ALL)
         self.device = "gpu" if self.site is not None and self.site.device == "gpu" else "cpu"
+        self._costs: dict[str, Any] = {}  # artifact path -> its JobCost (the cost model runs once per job)
 
     @staticmethod
     def generic_kinds() -> list:
@@ -96,7 +97,18 @@ class Workflow:
                               work=lambda wc: k.work(self.artifact(kind, wc), self.plan),
                               cache_gb=lambda wc: k.cache_gb(self.artifact(kind, wc), self.plan),
                               extra_params_b=lambda wc: k.extra_params_b(self.artifact(kind, wc), self.plan),
-                              processes=self.processes(kind))
+                              processes=self.processes(kind), cost=lambda wc: self.cost(kind, wc))
+
+    def cost(self, kind: str, wildcards) -> Any:
+        """The cost model's :class:`pd.pipeline.costs.JobCost` of a job on a GPU site (None elsewhere)."""
+        from pd.pipeline.requests import artifact_cost
+
+        if self.device != "gpu":
+            return None
+        art = self.artifact(kind, wildcards)
+        if art.path not in self._costs:
+            self._costs[art.path] = artifact_cost(art, self.plan, self.site, self.registry)
+        return self._costs[art.path]
 
     def processes(self, kind: str) -> Callable:
         """An adapter job's ``training.processes`` (1 for other kinds): its GPUs, CPUs and memory scale with it."""

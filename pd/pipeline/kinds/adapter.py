@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -114,6 +115,48 @@ class Adapter(JobKind):
         questions = questions_behind(art, plan) or dataset_size(spec.dataset_cfg)[1] * ref["per_item"]
         share = 0.2 if spec.subset != "all" else 1.0
         return max(epochs * questions * share, 1.0) / (ref["epochs"] * ref["items"] * ref["per_item"])
+
+    def workload(self, art, plan):
+        """The run's rows (examples x epochs; a quintile ``subset``: a fifth), its global batch and row lengths:
+        PD and SFT rows are question + answer (PD's teacher adds the passages), UFT's are passage chunks,
+        ``pd_reg`` adds instruction rows of up to ``max_reg_tokens`` to every batch."""
+        from pd.cost.shapes import Tokens
+        from pd.data import get_loader
+        from pd.pipeline.sizing import Training, lengths, training_tokens
+        from pd.train.methods import get_method
+
+        spec = art.spec
+        cfg = spec.train_config()
+        method = get_method(spec.method)
+        passages, _ = dataset_size(spec.dataset_cfg)
+        if spec.answers is None:  # trains on overlapping passage chunks
+            chunk = cfg.uft_chunk_tokens
+            per_passage = max(1, math.ceil(lengths()["passage"] / max(1, chunk - cfg.uft_overlap)))
+            examples = passages * per_passage
+            longest = mean = Tokens(chunk, 0, chunk)
+        else:
+            examples = questions_behind(art, plan)
+            answers = plan.get(spec.answers).spec
+            passages_in_prompt = get_loader(spec.dataset_cfg["loader"]).passages_per_item
+            longest, mean = training_tokens(answers.sampling.max_new_tokens, cfg.max_answer_tokens,
+                                            cfg.max_teacher_tokens, passages_in_prompt, with_teacher=method.distils)
+        if method.regularised:  # instruction rows, with the base model as their teacher
+            reg = cfg.max_reg_tokens
+            longest = Tokens(max(longest.student, reg), max(longest.teacher, reg), max(longest.answer, reg * 2 // 3))
+        share = 0.2 if spec.subset != "all" else 1.0
+        live = method.distils and not spec.teacher and cfg.teacher_topk == 0
+        return Training(rows=math.ceil(examples * share * cfg.epochs), global_batch=cfg.batch_size, rank=cfg.rank,
+                        tokens=longest, mean_tokens=mean, live_teacher=live, reg_rows=cfg.reg_rows,
+                        teacher_model=spec.teacher_model if live and spec.teacher_model != spec.model else None,
+                        processes=cfg.processes,
+                        checkpointing=cfg.gradient_checkpointing if isinstance(cfg.gradient_checkpointing, bool)
+                        else None,
+                        parallel=cfg.parallel if cfg.parallel in ("ddp", "fsdp") else None)
+
+    def resumable(self, art) -> bool:
+        """A retry resumes from the last checkpoint in ``<adapter>.work`` (on a SLURM site written every
+        ``checkpoint_minutes``)."""
+        return True
 
     def cache_gb(self, art, plan) -> float:
         """Host memory (GB) of the top-k teacher cache the job reads: k x 6 bytes x questions x tokens per

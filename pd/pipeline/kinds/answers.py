@@ -77,6 +77,25 @@ class Answers(JobKind):
             out_rows, stats = generate_answers(rows, ds, gen, params, spec.expert)
         write_with_stats(out, out_rows, stats | provenance(spec))
 
+    def workload(self, art, plan):
+        """One answer of up to ``max_new_tokens`` per question, after the question and the passages the expert
+        sees (its gold passages, and distractors when set)."""
+        from pd.data import get_loader
+        from pd.pipeline.sizing import Generation, generation_run, lengths
+
+        spec, n = art.spec, lengths()
+        passages = get_loader(spec.dataset_cfg["loader"]).passages_per_item
+        if spec.distractors is not None:
+            passages += spec.distractors.count
+        temperature = spec.sampling.temperature
+        return Generation(questions_behind(art, plan), int(n["chat"] + passages * n["passage"]),
+                          spec.sampling.max_new_tokens, sampled=temperature is None or temperature > 0,
+                          **generation_run(spec, plan))
+
+    def resumable(self, art) -> bool:
+        """Completions are cached in chunks as they are made."""
+        return True
+
     def work(self, art, plan) -> float:
         """Questions x the answers' ``max_new_tokens`` (the schema always sets it)."""
         ref = REFERENCE

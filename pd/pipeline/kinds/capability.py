@@ -60,6 +60,13 @@ class Capability(JobKind):
 
         run_mmlu(spec.model, spec.path, out, adapter=spec.adapter, limit=spec.limit, models_extra=spec.models_extra)
 
+    def workload(self, art, plan):
+        """One scoring forward pass per MMLU-Pro question."""
+        from pd.pipeline.sizing import Forwards, lengths
+
+        questions = art.spec.limit or REFERENCE["mmlu_questions"]
+        return Forwards(int(questions * lengths()["mmlu_prompt"]), int(lengths()["mmlu_prompt"]))
+
     def work(self, art, plan) -> float:
         """MMLU-Pro questions scored (``limit``) over the reference's."""
         return max(art.spec.limit or REFERENCE["mmlu_questions"], 1.0) / REFERENCE["mmlu_questions"]

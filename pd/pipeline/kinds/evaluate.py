@@ -79,6 +79,21 @@ class Evaluate(JobKind):
                                gold_logprob="gold_logprob" in spec.metrics)
         write_with_stats(out, rows, stats | provenance(spec))
 
+    def workload(self, art, plan):
+        """One answer per test item after its question and, with retrieval, the ``k`` retrieved passages."""
+        from pd.pipeline.sizing import Generation, generation_run, lengths
+
+        spec, n = art.spec, lengths()
+        k = plan.get(spec.retrieval).spec.k if spec.retrieval else 0
+        tokens = spec.sampling.max_new_tokens or REFERENCE["eval_tokens"]
+        temperature = spec.sampling.temperature
+        return Generation(dataset_size(spec.dataset_cfg)[1], int(n["chat"] + k * n["passage"]), tokens,
+                          sampled=temperature is None or temperature > 0, **generation_run(spec, plan))
+
+    def resumable(self, art) -> bool:
+        """Completions are cached in chunks as they are made."""
+        return True
+
     def work(self, art, plan) -> float:
         """Test items x ``max_new_tokens`` (one sample per item)."""
         items = dataset_size(art.spec.dataset_cfg)[1]

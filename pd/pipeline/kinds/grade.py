@@ -75,6 +75,21 @@ class Grade(JobKind):
         else:
             grade_file(spec.eval, ds, out, "substring", mode=spec.mode)
 
+    def workload(self, art, plan):
+        """A judge's verdict per test item after its prompt and the graded answer; substring grades run no model."""
+        from pd.pipeline.sizing import Generation, generation_run, lengths
+
+        spec, n = art.spec, lengths()
+        if not spec.judge:
+            return None
+        answer = plan.get(spec.eval).spec.sampling.max_new_tokens or REFERENCE["eval_tokens"]
+        return Generation(dataset_size(spec.dataset_cfg)[1], int(n["judge_prompt"] + answer),
+                          spec.max_new_tokens or REFERENCE["judge_tokens"], sampled=False, **generation_run(spec, plan))
+
+    def resumable(self, art) -> bool:
+        """Verdicts are cached in chunks as they are made."""
+        return True
+
     def work(self, art, plan) -> float:
         """Test items x the judge's ``max_new_tokens`` (substring grades load no model: counted at the reference's)."""
         items = dataset_size(art.spec.dataset_cfg)[1]

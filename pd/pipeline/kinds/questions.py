@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from pd.pipeline.kind import JobKind, PathPattern, register
-from pd.pipeline.sizing import REFERENCE, dataset_size
+from pd.pipeline.sizing import REFERENCE, dataset_size, generation_run
 from pd.pipeline.spec import GENERATING_OMIT, GeneratingSpec, Sampling
 
 
@@ -26,9 +27,14 @@ class QuestionsSpec(GeneratingSpec):
     per_passage: bool | None = None  # True: per_item questions per passage (documents without test questions)
 
     def question_count(self) -> int:
-        """Questions the job writes (held-out ones included): ``per_item`` x test items, or x passages."""
+        """Questions the job writes (held-out ones included): ``per_item`` x the passages the test items cite
+        (HotpotQA's items cite two each), or x passages."""
+        from pd.data import get_loader
+
         passages, items = dataset_size(self.dataset_cfg)
-        return self.per_item * (passages if self.per_passage else items)
+        if self.per_passage:
+            return self.per_item * passages
+        return round(self.per_item * items * get_loader(self.dataset_cfg["loader"]).passages_per_item)
 
 
 @register
@@ -81,6 +87,23 @@ class Questions(JobKind):
         check_dataset_fits(gen, ds, s.max_new_tokens or 512)  # a document the model cannot read fails here, by name
         rows, stats = generate_questions(ds, gen, cfg)
         write_with_stats(out, rows, stats | provenance(spec))
+
+    def workload(self, art, plan):
+        """Calls x rounds (as :meth:`work` counts them) rows of the mode's ``max_new_tokens`` after the
+        question-writing prompt and a passage."""
+        from pd.pipeline.sizing import Generation, lengths
+        from pd.questions import MODE_DEFAULTS, PER_CALL
+
+        spec, n = art.spec, lengths()
+        new = spec.sampling.max_new_tokens or MODE_DEFAULTS[spec.mode]["max_new_tokens"]
+        calls = math.ceil(spec.question_count() / PER_CALL[spec.mode]) * min(spec.max_rounds, REFERENCE["rounds"])
+        temperature = spec.sampling.temperature
+        return Generation(calls, int(n["question_prompt"] + n["passage"]), new,
+                          sampled=temperature is None or temperature > 0, **generation_run(spec, plan))
+
+    def resumable(self, art) -> bool:
+        """Completions are cached in chunks as they are made (:class:`pd.generate.cache.CachedGenerator`)."""
+        return True
 
     def work(self, art, plan) -> float:
         """Calls x ``max_new_tokens`` x rounds (calls: questions / questions per call; the first round makes

@@ -89,6 +89,18 @@ class Teacher(JobKind):
                                 student_name=spec.student, teacher_name=spec.teacher)
             write_json(tmp / "build.json", {"spec": spec.as_dict(), "sequences": build.as_dict()})
 
+    def workload(self, art, plan):
+        """A forward pass of the teacher over each training row (passage, question and answer)."""
+        from pd.data import get_loader
+        from pd.pipeline.sizing import Forwards, training_tokens
+
+        spec = art.spec
+        answers = plan.get(spec.answers).spec
+        passages = get_loader(spec.dataset_cfg["loader"]).passages_per_item
+        longest, mean = training_tokens(answers.sampling.max_new_tokens, spec.max_answer_tokens,
+                                        spec.max_teacher_tokens, passages)
+        return Forwards(questions_behind(art, plan) * mean.teacher, longest.teacher)
+
     def work(self, art, plan) -> float:
         """Questions x ``max_answer_tokens`` (a forward pass over each answer)."""
         ref = REFERENCE
