@@ -54,33 +54,34 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
     assert out.returncode == 2 and "no cell of x matches" in out.stderr
 
 
-def test_validate_with_the_slurm_site_prints_each_kinds_requests(capsys):
+def test_validate_with_the_slurm_site_prints_each_kinds_needs_and_asks(capsys):
+    from pd.config import load_config
+    from pd.config_checks import load_yaml_mapping
     from pd.models import registry
-    from pd.pipeline.resources import gpu_need_gb, gpus_for, job_resources
+    from pd.pipeline.plan import build_plan
+    from pd.pipeline.requests import cost_table
+    from pd.pipeline.resources import load_site
 
     site_file = ROOT / "profiles/slurm/site.yaml"
     assert main(["--config", str(DEFAULT_CONFIG), "validate", "--configfile", str(site_file)]) == 0
     out = capsys.readouterr().out
-    rows = {}
-    for line in out.splitlines():
-        for kind in ("questions", "answers", "teacher", "adapter", "evaluate", "grade", "capability"):
-            if line.startswith(kind + " ") and "(" in line:
-                model = line[len(kind):].split("(")[0].strip()
-                rows[(kind, model)] = line.split()[-3:]  # GPUs, memory GB, time h
-    size = registry()["llama3-70b-instruct"].params_b
-    # The 70B expert answers: as many GPUs as its weights need on 80GB GPUs (1.2 x 2 x 70.6 + 4 GB
-    # over 0.9 x 85.9 GB usable -> 3 -> a power of two: 4), and the generators use them all.
-    n = gpus_for(gpu_need_gb("answers", size), 80)
-    assert n == 4 and rows[("answers", "llama3-70b-instruct")][0] == str(n)
-    want = job_resources("answers", size, site=site_file)
-    assert rows[("answers", "llama3-70b-instruct")][1] == f"{want['mem_mb'] / 1000:g}"
-    # every job kind of the paper grid has a row; the 8B evaluation fits one GPU
-    assert {k for k, _ in rows} >= {"questions", "answers", "adapter", "evaluate", "grade", "capability"}
-    assert rows[("evaluate", "llama3-8b-instruct")][0] == "1"
-    # a 70B teacher never runs inside the 8B student's training job: its own teacher job holds the GPUs
-    assert rows[("adapter", "llama3-8b-instruct")][0] == "1"
-    assert rows[("teacher", "llama3-70b-instruct")][0] == str(gpus_for(gpu_need_gb("teacher", size), 80))
-    assert int(rows[("teacher", "llama3-70b-instruct")][0]) > 1
+    assert "layout / batch" in out and "GPU-h need" in out and "The whole grid (16 experiments)" in out
+    cfg = load_config(DEFAULT_CONFIG, overrides=load_yaml_mapping(site_file))
+    plan, site = build_plan(cfg, list(cfg["experiments"])), load_site(cfg["slurm_site"])
+    rows, problems = cost_table(plan, registry(), site)
+    assert problems == []
+    by = {(r["kind"], r["model"]): r for r in rows}
+    # every GPU kind of the paper grid has a row, and every job's need fits its GPUs with the allocator's headroom
+    assert {k for k, _ in by} >= {"questions", "answers", "teacher", "adapter", "evaluate", "grade", "capability"}
+    for r in rows:
+        assert r["memory_gb"] <= 0.92 * r["gpu_memory_gb"], r
+        assert r["ask_h"] >= 1.5 * r["need_h"] - 0.02 or r["ask_h"] >= 0.25, r
+    # a 70B model's weights (141 GB) need two 80 GB GPUs for the answers (layers in turn); its teacher job
+    # holds them, never the 8B student's training job (one GPU)
+    assert max(by[("answers", "llama3-70b-instruct")]["gpus"]) >= 2
+    assert max(by[("teacher", "llama3-70b-instruct")]["gpus"]) >= 2
+    assert by[("adapter", "llama3-8b-instruct")]["gpus"] == {1}
+    assert by[("evaluate", "llama3-8b-instruct")]["gpus"] == {1}
     # without a site: a hint, no table
     assert main(["--config", str(DEFAULT_CONFIG), "validate"]) == 0
     assert "--configfile profiles/slurm/site.yaml" in capsys.readouterr().out
