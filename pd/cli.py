@@ -23,14 +23,17 @@ def _cfg(args):
 
 
 def _config_with_files(args) -> dict:
-    """The config with each ``--configfile`` merged on top, as Snakemake merges a profile's ``configfile``."""
+    """The config with each ``--configfile`` merged on top, then each ``--config KEY=VALUE``, as Snakemake
+    merges a profile's ``configfile`` and its command line's ``--config``."""
 
     from pd.config import deep_merge, load_config
-    from pd.config_checks import load_yaml_mapping
+    from pd.config_checks import load_yaml_mapping, parse_config_item
 
     extra: dict = {}
     for path in getattr(args, "configfile", None) or []:
         extra = deep_merge(extra, load_yaml_mapping(path))
+    for item in getattr(args, "values", None) or []:
+        extra = deep_merge(extra, parse_config_item(item))
     return load_config(args.config, overrides=extra)
 
 
@@ -52,7 +55,7 @@ def cmd_validate(args) -> int:
     site = load_site(cfg["slurm_site"])
     models = registry(cfg.get("models"))
     if site.device == "gpu":
-        problems = _print_costs(cfg, plan, models, site)
+        problems = _print_costs(cfg, plan, models, site, _profile_restarts(args.configfile or []))
         if problems:
             return 2
     else:
@@ -65,9 +68,21 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def _print_costs(cfg: dict, plan, models: dict, site) -> list[str]:
+def _profile_restarts(configfiles: list[str]) -> int | None:
+    """``restart-times`` of the Snakemake profile a site file lies in (its ``config.yaml``), if there is one."""
+    from pd.config_checks import load_yaml_mapping
+
+    for path in configfiles:
+        profile = Path(path).parent / "config.yaml"
+        if profile.is_file() and "restart-times" in (data := load_yaml_mapping(profile, "profile")):
+            return int(data["restart-times"])
+    return None
+
+
+def _print_costs(cfg: dict, plan, models: dict, site, restarts: int | None) -> list[str]:
     """Print the cost model's table for the selected experiments and the whole grid's totals; return the problems
-    (jobs that cannot run as planned), printed one per line."""
+    (jobs that cannot run as planned), printed one per line. ``restarts``: the profile's ``restart-times``
+    (None: attempts are not checked against it)."""
     from pd.cost.calibration import CALIBRATION_PATH
     from pd.pipeline.requests import cost_table, format_cost_table
 
@@ -77,10 +92,10 @@ def _print_costs(cfg: dict, plan, models: dict, site) -> list[str]:
           f"({site.gpu_mem_gb:g} as sold), {gpu.tflops:g} TFLOP/s, {gpu.bandwidth_gbs:g} GB/s; times from "
           f"{CALIBRATION_PATH.name} (H200 measurements), asks = need x 1.5 + loading, first attempt.")
     print("layout: processes x micro-batch x accumulation (ckpt: gradient checkpointing); b: decoding batch")
-    rows, problems = cost_table(plan, models, site, selected, restarts=2)
+    rows, problems = cost_table(plan, models, site, selected, restarts=restarts)
     for line in format_cost_table(rows):
         print(line)
-    all_rows, all_problems = cost_table(plan, models, site)
+    all_rows, all_problems = cost_table(plan, models, site, restarts=restarts)
     print(f"The whole grid ({len(cfg['experiments'])} experiments): "
           f"{sum(r['gpu_hours_need'] for r in all_rows):.0f} GPU-h needed, "
           f"{sum(r['gpu_hours_ask'] for r in all_rows):.0f} asked, {sum(r['jobs'] for r in all_rows)} GPU jobs.")
@@ -354,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check config.yaml and count the grid (with a site file: each job's request)")
     s.add_argument("--configfile", action="append", metavar="FILE",
                    help="merged on top of the config, as Snakemake does (e.g. profiles/slurm/site.yaml)")
+    s.add_argument("--config", dest="values", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="set top-level config keys, as snakemake --config does (VALUE is YAML), "
+                        "e.g. --config 'run=[main]'")
     s.set_defaults(func=cmd_validate)
     s = sub.add_parser("fetch", help="download every model and hub dataset the selected experiments load")
     s.add_argument("--check", action="store_true", help="only report present/missing (exit 1 if something is missing)")

@@ -103,6 +103,24 @@ def check_numbers(value: Any, where: str = "") -> None:
         raise ConfigError(f"{where or 'value'}: {value} is too large (integers must be below 2**63)")
 
 
+def parse_config_item(item: str) -> dict:
+    """One ``KEY=VALUE`` of a ``--config`` option, read as ``snakemake --config`` reads it (VALUE is YAML).
+
+    Args:
+        item: e.g. ``run=[main]``.
+
+    Returns:
+        ``{KEY: value}``.
+
+    Raises:
+        ConfigError: no ``=``, an empty key, or a value that is not YAML.
+    """
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--config {item!r}: expected KEY=VALUE, e.g. 'run=[main]'")
+    return {key.strip(): load_yaml(value, f"--config {key.strip()}")}
+
+
 def load_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
     """A YAML file whose top level is a mapping, read as UTF-8 (BOM dropped) with duplicate keys refused.
 

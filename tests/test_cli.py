@@ -87,6 +87,44 @@ def test_validate_with_the_slurm_site_prints_each_kinds_needs_and_asks(capsys):
     assert "--configfile profiles/slurm/site.yaml" in capsys.readouterr().out
 
 
+def test_validate_takes_snakemakes_config_values_and_the_profiles_restarts(capsys, tmp_path):
+    from pd.config_checks import parse_config_item
+    from pd.errors import ConfigError
+
+    site_file = ROOT / "profiles/slurm/site.yaml"
+    args = ["--config", str(DEFAULT_CONFIG), "validate", "--configfile", str(site_file)]
+    assert main([*args, "--config", "run=[main]"]) == 0
+    out = capsys.readouterr().out
+    assert "`run` selects main" in out and "What the jobs of main need" in out
+    assert main([*args, "--config", "run=[demo]"]) == 0
+    out = capsys.readouterr().out
+    assert "What the jobs of demo need" in out
+    assert parse_config_item("run=[main, demo]") == {"run": ["main", "demo"]}
+    assert parse_config_item("generation={batch_size: auto}") == {"generation": {"batch_size": "auto"}}
+    for bad in ("run", "=x", "run=[main"):
+        try:
+            parse_config_item(bad)
+        except ConfigError as err:
+            assert "--config" in str(err)
+        else:
+            raise AssertionError(bad)
+    # a site whose jobs outlive max_runtime must resume over more attempts than the profile's restart-times
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    site = yaml.safe_load(site_file.read_text())
+    site["slurm_site"]["max_runtime"] = 240
+    (profile / "site.yaml").write_text(yaml.safe_dump(site))
+    (profile / "config.yaml").write_text("restart-times: 0\n")
+    assert main(["--config", str(DEFAULT_CONFIG), "validate", "--configfile", str(profile / "site.yaml"),
+                 "--config", "run=[main]"]) == 2
+    out = capsys.readouterr().out
+    assert "cannot run as planned" in out and "set restart-times >=" in out
+    (profile / "config.yaml").write_text("restart-times: 99\n")  # enough attempts for every job of the grid
+    assert main(["--config", str(DEFAULT_CONFIG), "validate", "--configfile", str(profile / "site.yaml"),
+                 "--config", "run=[main]"]) == 0
+    assert "cannot run as planned" not in capsys.readouterr().out
+
+
 def test_merge_command_writes_a_loadable_merged_model(tmp_path, monkeypatch):
     import torch
 

@@ -76,6 +76,8 @@ BAD = [
      ["training.lr: expected number, got str 'fast'"]),
     ("out of range", _mutate(["training"], {"batch_size": 0}),
      ["training.batch_size: 0 is less than the minimum of 1"]),
+    ("generation batch neither a number nor auto", _mutate(["generation"], {"batch_size": "max"}),
+     ["generation.batch_size: 'max' is not allowed; allowed: auto"]),
     ("unknown method", _mutate(["experiments", "x", "grid", "method"], ["pd", "distill"]),
      ["experiments.x.grid.method[1]: 'distill' is not allowed", "allowed: base, pd, pd_reverse"]),
     ("unknown model", _mutate(["experiments", "x", "grid", "model"], ["llama3-8b"]),

@@ -17,7 +17,7 @@ def generation_cache() -> Path:
     return cache_dir() / "generations"
 
 
-def make_job_generator(model: str, *, backend: str = "transformers", batch_size: int | None = 8,
+def make_job_generator(model: str, *, backend: str = "transformers", batch_size: int | str | None = "auto",
                        base_url: str | None = None, models_extra: dict | None = None, adapter: str | None = None,
                        cache_tag: str | None = None,
                        **options):
@@ -26,7 +26,7 @@ def make_job_generator(model: str, *, backend: str = "transformers", batch_size:
     Args:
         model: a registry name (for ``openai``, the server's model name).
         backend: ``transformers``, ``vllm`` or ``openai``.
-        batch_size: prompts per forward pass (transformers only).
+        batch_size: prompts per forward pass, or ``auto`` (from the device's memory; transformers only).
         base_url: the server of the ``openai`` backend.
         cache_tag: names the weights behind the ``openai`` server's model in the cache (replaces its probe).
         models_extra: the config's own model entries (``models:``).
@@ -42,7 +42,7 @@ def make_job_generator(model: str, *, backend: str = "transformers", batch_size:
     from pd.generate import make_generator
 
     if backend == "transformers":
-        options.setdefault("batch_size", batch_size or 8)
+        options.setdefault("batch_size", batch_size or "auto")
     if backend == "vllm":  # tensor parallelism over every GPU the job was granted (pd.pipeline.resources sized it)
         from pd.pipeline.resources import job_gpus
 

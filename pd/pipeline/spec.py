@@ -152,7 +152,7 @@ class GeneratingSpec(JobSpec):
 
     prompts: dict | None = None
     backend: str | None = None
-    batch_size: int | None = None
+    batch_size: int | str | None = None  # sequences per decoding batch, or "auto"
     base_url: str | None = None
     cache_tag: str | None = None  # names the weights behind an OpenAI-compatible server's model (its cache identity)
     models_extra: dict | None = None
