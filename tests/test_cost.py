@@ -122,6 +122,12 @@ def test_a_job_that_fits_nowhere_is_refused_with_its_need():
         training_layout(s70, 1024, 6, WORST, world=4, gpu_gb=H100.memory_gb, live_teacher=True)
     fsdp = plan_training(s70, 64, 8, WORST, gpu=H100, max_gpus=8, live_teacher=True)
     assert fsdp.parallel == "fsdp" and fsdp.processes > 1
+    with pytest.raises(ConfigError, match="training.processes 8 is more than the 4 GPUs"):
+        plan_training(s70, 64, 8, WORST, gpu=H100, max_gpus=4, live_teacher=True, processes=8)
+    # the paper's 14B layout: 8 GPUs at 4 sequences each fit without sharding
+    s14 = shape_of(BUILTIN["qwen2.5-14b-instruct"])
+    paper = plan_training(s14, 512, 32, WORST, gpu=H100, max_gpus=8, live_teacher=True, processes=8)
+    assert (paper.processes, paper.micro_batch * paper.grad_accum) == (8, 4)
 
 
 def test_sharding_divides_the_static_memory():

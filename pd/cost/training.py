@@ -196,8 +196,12 @@ def plan_training(shape: Shape, rank: int, global_batch: int, tokens: Tokens, *,
         The :class:`Layout`.
 
     Raises:
-        ConfigError: no number of the node's GPUs fits, naming what the smallest layout needs.
+        ConfigError: no number of the node's GPUs fits, naming what the smallest layout needs; a fixed
+            ``processes`` above ``max_gpus``.
     """
+    if processes != "auto" and int(processes) > max_gpus:
+        raise ConfigError(f"training.processes {processes} is more than the {max_gpus} GPUs of a node "
+                          f"(gpus_per_node): set processes to auto or at most {max_gpus}")
     counts = [processes] if processes != "auto" else [n for n in range(1, max_gpus + 1) if global_batch % n == 0]
     errors = []
     for n in counts:
