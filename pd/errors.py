@@ -32,3 +32,8 @@ class VocabularyMismatchError(PDError):
 
 class CheckpointError(PDError):
     """A training checkpoint cannot be loaded safely (not one pd wrote, damaged, or holding code)."""
+
+
+class TrainingInterrupted(PDError):
+    """Training stopped on a signal (SIGTERM: a SLURM time limit or ``scancel``) after saving a checkpoint; running
+    the job again resumes from it."""

@@ -39,8 +39,8 @@ from pd.train.settings import TrainConfig
 
 CHECKPOINT_FORMAT = 2
 # Settings that do not change what is computed: a checkpoint stays valid when only these differ.
-BOOKKEEPING = ("checkpoint_every", "snapshot_seconds", "snapshot_interval", "log_every", "progress",
-               "keep_checkpoints", "max_steps", "max_seconds")
+BOOKKEEPING = ("checkpoint_every", "checkpoint_minutes", "snapshot_seconds", "snapshot_interval", "log_every",
+               "progress", "keep_checkpoints", "max_steps", "max_seconds")
 
 
 @dataclasses.dataclass

@@ -8,7 +8,9 @@
 * one optimizer step (:func:`_optimizer_step`): the step's micro-batches, gradient
   accumulation, clipping and the update;
 * after each step (:func:`_after_step`): the log line, due snapshots and checkpoints
-  (:mod:`pd.train.checkpoint`);
+  (:mod:`pd.train.checkpoint`): every ``checkpoint_every`` steps, every ``checkpoint_minutes``
+  and, on SIGTERM, one at the end of the current step before the run stops
+  (:mod:`pd.train.interrupt`);
 * finish (:func:`_finish`): the adapter folder with ``pd_meta.json``, the step log and
   the snapshots.
 
@@ -36,6 +38,7 @@ import torch
 from pd.data import Dataset
 from pd.models import ModelSpec
 from pd.train.checkpoint import Progress, save_checkpoint, save_snapshot, snapshot_name
+from pd.train.interrupt import CheckpointClock, StopSignal
 from pd.train.lora import adapter_state, write_adapter_folder
 from pd.train.methods import batch_loss
 from pd.train.parallel import start_processes
@@ -95,6 +98,7 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     Raises:
         ConfigError: contradictory teacher inputs, or a checkpoint of another run.
         CheckpointError: a checkpoint file that cannot be loaded safely.
+        TrainingInterrupted: SIGTERM arrived while training; a checkpoint of the step it ended was saved.
         DataError: no usable training data.
         VocabularyMismatchError: the teacher's vocabulary differs from the student's.
     """
@@ -117,6 +121,8 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     trackers = Trackers(procs.accelerator, cfg.log_with, out_dir.name, cfg.as_dict())
     t0, elapsed0 = time.monotonic(), progress.elapsed
     stopped_by = "steps"
+    # --- checkpoints by wall clock and on SIGTERM (pd.train.interrupt)
+    clock, stop = CheckpointClock(cfg.checkpoint_minutes), StopSignal().install()
     try:
         while progress.step < run.schedule.total:
             t_step = time.monotonic()
@@ -128,12 +134,19 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
             recent = (recent + [row])[-run.schedule.steps_per_epoch:]
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            if _after_step(run, progress, row, stop_after, trackers):
+            timed, signalled = procs.agree_any(clock.due(), stop.received is not None)
+            if _after_step(run, progress, row, stop_after, trackers,
+                           save=signalled or (timed and progress.step < run.schedule.total)):
                 return TrainResult(None, progress.step, {"stopped_at": progress.step}, unwrap(run.model))
+            if signalled:
+                raise stop.interrupted(progress.step, run.schedule.total, run.work)
+            if timed:
+                clock.reset()
             if cfg.max_seconds is not None and progress.elapsed >= cfg.max_seconds:
                 stopped_by = "max_seconds"
                 break
     finally:
+        stop.restore()
         bar.close()
         trackers.finish()
     meta = _meta(run, progress, recent, stopped_by=stopped_by, resumed_from=resumed_from,
@@ -188,9 +201,9 @@ def _log_row(run: TrainingRun, progress: Progress, result: dict, seconds: float)
 
 
 def _after_step(run: TrainingRun, progress: Progress, row: dict, stop_after: int | None,
-                trackers: Trackers) -> bool:
-    """Log line (to the step log and the trackers), due snapshots and checkpoint after a step; True when the run is
-    to stop here (``stop_after``)."""
+                trackers: Trackers, save: bool = False) -> bool:
+    """Log line (to the step log and the trackers), due snapshots and checkpoint after a step (``save``: a
+    checkpoint whatever the step); True when the run is to stop here (``stop_after``)."""
     cfg, procs, step, total = run.cfg, run.procs, progress.step, run.schedule.total
     if step % cfg.log_every == 0 or step == total:
         if procs.is_main:
@@ -203,7 +216,7 @@ def _after_step(run: TrainingRun, progress: Progress, row: dict, stop_after: int
             save_snapshot(run.model, run.work, t, step, progress.elapsed, gathered)
         progress.snapshots.append(t)
     interrupted = stop_after is not None and step >= stop_after and step < total
-    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total) or interrupted:
+    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total) or interrupted or save:
         adapter, optimizer_state = procs.gather_adapter(run.model), procs.gather_optimizer(run.optimizer)
         if procs.is_main:
             save_checkpoint(run.work, progress, run.key, adapter_state(run.model, adapter), optimizer_state,

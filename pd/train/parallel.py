@@ -142,6 +142,24 @@ class Processes:
         """
         return value
 
+    def agree_any(self, *flags: bool) -> tuple[bool, ...]:
+        """Yes/no decisions every process must take alike (a checkpoint by wall clock, a stop on SIGTERM).
+
+        Args:
+            *flags: this process's answers.
+
+        Returns:
+            Each flag true on every process when it is true on any (a max all-reduce; with one
+            process, the flags themselves).
+        """
+        if self.world == 1:
+            return tuple(bool(f) for f in flags)
+        import torch.distributed as dist
+
+        t = torch.tensor([float(bool(f)) for f in flags], dtype=torch.float32, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in t.tolist())
+
     def reduce_metrics(self, sums: dict[str, float], tokens: int, answer_tokens: int) -> dict:
         """Metrics averaged and token counts summed over processes.
 

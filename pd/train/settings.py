@@ -171,6 +171,10 @@ class TrainConfig:
     # bookkeeping
     checkpoint_every: int = _setting(0, schema={"type": _INT, "minimum": 0}, in_spec=True,
                                      help="optimizer steps between checkpoints (0: none)")
+    checkpoint_minutes: float = _setting(
+        0.0, schema={"type": _NUM, "minimum": 0},
+        help="minutes of wall clock between checkpoints (0: none); a SLURM site's adapter jobs default to its "
+             "checkpoint_minutes (PD_CHECKPOINT_MINUTES). Resume is exact: no effect on the adapter")
     snapshot_seconds: list[float] = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
         schema={"type": "array", "items": {"type": _NUM, "minimum": 0}}, in_spec=True, factory=list,
         help="adapter snapshots at these elapsed seconds")
