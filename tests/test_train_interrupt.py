@@ -135,3 +135,44 @@ def test_checkpoint_clock_and_stop_signal():
 def test_checkpoint_minutes_must_not_be_negative():
     with pytest.raises(PDError, match=r"training\.checkpoint_minutes must be >= 0"):
         _cfg(checkpoint_minutes=-1)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_launched_job_checkpoints_every_rank_at_one_step_and_the_retry_resumes(tmp_path, monkeypatch):
+    """An adapter job with two training processes (torchrun, gloo): SIGTERM to the job's process reaches the ranks,
+    which save one checkpoint at the same step and fail the job with TrainingInterrupted; the job run again
+    resumes from it."""
+    import subprocess
+
+    from test_train_processes import adapter_spec, write_answers
+
+    from pd.pipeline.run import run_job
+
+    spec, path = adapter_spec(tmp_path, processes=2, batch_size=2, epochs=10)
+    write_answers(spec)
+    work = Path(path + ".work")
+    job = ("import json, sys; from pd.pipeline.run import run_job; "
+           "run_job('adapter', json.loads(sys.argv[1]), [sys.argv[2]], [sys.argv[3]], threads=2)")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-c", job, json.dumps(spec.as_dict()), path, str(tmp_path / "1.log")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 240
+        while not ((work / "train_log.jsonl").is_file() and (work / "train_log.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.monotonic() < end, "the job ended before it trained a step"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)  # the launcher only: it must pass the signal on and wait
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "TrainingInterrupted" in out and "run the job again to resume" in out, out[-3000:]
+    (ckpt,) = checkpoints(work)
+    step = _step_of(ckpt)
+    assert not Path(path).exists() and step >= 1
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # run_job sets it for the job: restored after the test
+    run_job("adapter", spec.as_dict(), [path], [str(tmp_path / "2.log")], threads=2)
+    meta = json.loads((Path(path) / "pd_meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["resumed_from_step"] == step
+    assert meta["steps"] == meta["total_steps"] > step

@@ -16,6 +16,11 @@ runs), rank r > 0 writes ``<log>.rank<r>`` beside it; each begins with one line 
 SLURM job, the rank and the world size (:func:`rank_line`). A failing rank fails the
 launch, and the launcher raises with that rank's error and log.
 
+SIGTERM (a SLURM time limit): SLURM signals every process of the job; the launcher passes it on to
+torchrun and waits, torchrun passes it to the ranks and gives them :data:`SHUTDOWN_TIMEOUT_S`
+seconds, and the ranks save a checkpoint together and raise
+:class:`~pd.errors.TrainingInterrupted` (:mod:`pd.train.interrupt`), which the launcher raises in turn.
+
 This module imports neither torch nor the job layer at import time.
 """
 
@@ -33,11 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from pd import errors
+from pd.train.interrupt import forwarding_sigterm
 
 log = logging.getLogger("pd.train")
 
 JOB_LOG_ENV = "PD_JOB_LOG"  # the job's log file, for the launched ranks
 ERROR_DIR_ENV = "PD_LAUNCH_ERRORS"  # where a failing rank leaves its error for the launcher
+# Seconds torchrun gives the ranks to exit after a SIGTERM (their checkpoint) before it kills them; its own
+# default, 30 s, is too short to write a large adapter's optimizer state.
+SHUTDOWN_TIMEOUT_S = 900
 
 
 def resolve_processes(setting: int | str) -> int:
@@ -107,14 +116,16 @@ def launch(target: str, payload: dict[str, Any], out: str, processes: int, threa
         spec_file.write_text(json.dumps(payload), encoding="utf-8")
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, threads // processes)), **{ERROR_DIR_ENV: tmp})
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", __name__, target, str(spec_file),
-               out]
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S), "-m", __name__, target, str(spec_file), out]
         log.info("training with %d processes: %s", processes, " ".join(cmd))
         for h in logging.getLogger().handlers:
             h.flush()
-        done = subprocess.run(cmd, env=env, check=False)
-        if done.returncode != 0:
-            _raise_rank_error(Path(tmp), done.returncode)
+        proc = subprocess.Popen(cmd, env=env)
+        with forwarding_sigterm(proc):
+            returncode = proc.wait()
+        if returncode != 0:
+            _raise_rank_error(Path(tmp), returncode)
 
 
 def _raise_rank_error(folder: Path, returncode: int) -> None:
