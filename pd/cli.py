@@ -64,7 +64,8 @@ def cmd_validate(args) -> int:
         for line in format_table(resource_table(plan, models, site)):
             print(line)
     env = " ".join(f"{k}={v}" for k, v in site.job_env().items())
-    print(f"Every job also gets {env} (site.yaml `env:`); fetch the models first: `pd fetch --check`")
+    print(f"Every job also gets {env} (site.yaml `env:` and `checkpoint_minutes`); fetch the models first: "
+          "`pd fetch --check`")
     return 0
 
 

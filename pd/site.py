@@ -20,6 +20,9 @@ DEVICES = ("cpu", "gpu")
 # no network, so the hub clients read only the caches `pd fetch` filled.
 JOB_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 GPU_REQUESTS = ("gpus", "gres")
+# Hands the site's `checkpoint_minutes` to the adapter jobs (training.checkpoint_minutes when the config leaves it
+# unset): set in the submitting Snakemake's environment with the site's `env`, which every job inherits.
+CHECKPOINT_MINUTES_ENV = "PD_CHECKPOINT_MINUTES"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,11 @@ class Site:
     # precision: what `dtype: auto` means on the compute nodes (None: bfloat16 on GPUs, float32 on CPUs)
     precision: str | None = None
     slurm_extra: str | None = None
+    # Jobs that outlive their time limit: adapters checkpoint every `checkpoint_minutes` (0: never) and get
+    # SIGTERM `term_before_limit_s` seconds before the limit (sbatch --signal; 0: only SLURM's own at the limit),
+    # on which they save a checkpoint and exit; the retry resumes (pd.train.interrupt).
+    checkpoint_minutes: float = 30.0
+    term_before_limit_s: int = 300
     sizes: Mapping[str, tuple[SizeTier, ...]] = field(default_factory=dict)
     env: Mapping[str, str | None] = field(default_factory=lambda: dict(JOB_ENV))  # None: the submitting shell's
 
@@ -71,14 +79,17 @@ class Site:
                    bandwidth_gbs=self.gpu_bandwidth_gbs)
 
     def job_env(self) -> dict[str, str]:
-        """The variables every job gets (those set to None keep the submitting shell's value)."""
-        return {k: v for k, v in self.env.items() if v is not None}
+        """The variables every job gets: the site's ``env`` (those set to None keep the submitting shell's
+        value) and :data:`CHECKPOINT_MINUTES_ENV`."""
+        return {**{k: v for k, v in self.env.items() if v is not None},
+                CHECKPOINT_MINUTES_ENV: str(float(self.checkpoint_minutes))}
 
 
 _SITE_FIELDS = {f.name: f for f in dataclasses.fields(Site)}
 _TIER_FIELDS = {f.name for f in dataclasses.fields(SizeTier)}
 _INT_FIELDS = {"gpus_per_node", "cpus_per_gpu", "cpus_per_task", "max_cpus_per_task", "max_mem_mb", "max_runtime"}
 _FLOAT_FIELDS = {"gpu_mem_gb", "gpu_tflops", "gpu_bandwidth_gbs", "runtime_factor"}
+_ZERO_OR_MORE = {"checkpoint_minutes": float, "term_before_limit_s": int}  # 0: off
 
 
 def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "slurm_site",
@@ -135,6 +146,8 @@ def _site_from_mapping(d: dict[str, Any], where: str, kinds: tuple[str, ...] | N
             values[name] = _positive(value, f"{where}.{name}", int)
         elif name in _FLOAT_FIELDS:
             values[name] = _positive(value, f"{where}.{name}", float)
+        elif name in _ZERO_OR_MORE:
+            values[name] = _positive(value, f"{where}.{name}", _ZERO_OR_MORE[name], zero=True)
         else:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{name}: expected a string, got {value!r}")
@@ -149,10 +162,12 @@ def _site_from_mapping(d: dict[str, Any], where: str, kinds: tuple[str, ...] | N
     return site
 
 
-def _positive(value: Any, where: str, kind: type) -> Any:
+def _positive(value: Any, where: str, kind: type, zero: bool = False) -> Any:
     ok_types = (int,) if kind is int else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_types) or value <= 0:
-        raise ConfigError(f"{where}: expected a positive {kind.__name__}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, ok_types) or value < 0 or (value == 0 and not zero):
+        what = (f"{'an integer' if kind is int else 'a number'} >= 0 (0: off)" if zero
+                else f"a positive {kind.__name__}")
+        raise ConfigError(f"{where}: expected {what}, got {value!r}")
     return kind(value)
 
 
@@ -224,3 +239,28 @@ def apply_job_env(site: Site | None, environ: dict | None = None) -> dict[str, s
     env = site.job_env()
     (os.environ if environ is None else environ).update(env)
     return env
+
+
+def checkpoint_minutes_from_env(environ: Mapping[str, str] | None = None) -> float | None:
+    """The site's ``checkpoint_minutes`` as a job reads it (:data:`CHECKPOINT_MINUTES_ENV`).
+
+    Args:
+        environ: the environment (default: ``os.environ``).
+
+    Returns:
+        The minutes (0: no timed checkpoints), or None when the variable is unset or empty (local runs).
+
+    Raises:
+        ConfigError: a value that is not a number >= 0.
+    """
+    raw = (os.environ if environ is None else environ).get(CHECKPOINT_MINUTES_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = -1.0
+    if not minutes >= 0 or minutes == float("inf"):
+        raise ConfigError(f"{CHECKPOINT_MINUTES_ENV}: expected minutes >= 0 (0: no timed checkpoints), got {raw!r}; "
+                          "it comes from the site file's checkpoint_minutes")
+    return minutes

@@ -106,7 +106,7 @@ def test_local_model_need(tmp_path):
 def test_workflow_exports_the_site_env(monkeypatch):
     from pd.pipeline.workflow import Workflow
 
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "PD_CACHE_DIR"):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "PD_CACHE_DIR", "PD_CHECKPOINT_MINUTES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("PD_CACHE_DIR", "/before")

@@ -199,7 +199,8 @@ def test_shipped_site_file_loads():
 def test_ci_site_file_loads():
     site = load_site(REPO / "tests/fixtures/smoke/site-ci.yaml")
     res = job_resources("adapter", 0.135, site=site, lora_rank=8)
-    assert res == {"mem_mb": 2900, "runtime": 10, "cpus_per_task": 1, "gpus": 0, "slurm_partition": "debug"}
+    assert res == {"mem_mb": 2900, "runtime": 10, "cpus_per_task": 1, "gpus": 0, "slurm_partition": "debug",
+                   "slurm_extra": "--signal=TERM@150"}  # a quarter of the 10-minute limit
 
 
 def test_slurm_profile_settings():
@@ -352,10 +353,11 @@ def test_site_env_exported_to_jobs(monkeypatch):
     monkeypatch.setenv("PD_TEST_SHARED", "/shared")
     site = load_site({"env": {"HF_HOME": "$PD_TEST_SHARED/hf", "PD_CACHE_DIR": None, "HF_HUB_OFFLINE": 1}})
     env: dict = {}
-    assert apply_job_env(site, env) == {"HF_HOME": "/shared/hf", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    assert apply_job_env(site, env) == {"HF_HOME": "/shared/hf", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                                        "PD_CHECKPOINT_MINUTES": "30.0"}
     assert env["HF_HOME"] == "/shared/hf" and "PD_CACHE_DIR" not in env
     shipped = load_site(REPO / "profiles/slurm/site.yaml")
-    assert shipped.job_env() == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    assert shipped.job_env() == {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PD_CHECKPOINT_MINUTES": "30.0"}
     assert set(shipped.env) >= {"HF_HOME", "PD_CACHE_DIR"}
     assert apply_job_env(None, env) == {}
     with pytest.raises(ConfigError, match="env"):
@@ -377,3 +379,37 @@ def test_vllm_jobs_use_every_gpu_slurm_granted(monkeypatch):
     import torch
 
     assert job_gpus() == max(1, torch.cuda.device_count())
+
+
+def test_site_checkpoint_minutes_reach_the_adapter_jobs_and_they_get_sigterm_before_their_limit():
+    from pd.site import CHECKPOINT_MINUTES_ENV, checkpoint_minutes_from_env
+
+    shipped = load_site(REPO / "profiles/slurm/site.yaml")
+    assert (shipped.checkpoint_minutes, shipped.term_before_limit_s) == (30.0, 300)
+    off = load_site({"checkpoint_minutes": 0, "term_before_limit_s": 0})
+    assert off.job_env()[CHECKPOINT_MINUTES_ENV] == "0.0"
+    assert checkpoint_minutes_from_env({CHECKPOINT_MINUTES_ENV: "0.5"}) == 0.5
+    assert checkpoint_minutes_from_env({}) is None and checkpoint_minutes_from_env({CHECKPOINT_MINUTES_ENV: ""}) is None
+    for bad in ("-1", "soon", "nan", "inf"):
+        with pytest.raises(ConfigError, match="PD_CHECKPOINT_MINUTES.*checkpoint_minutes"):
+            checkpoint_minutes_from_env({CHECKPOINT_MINUTES_ENV: bad})
+    for key, bad in (("checkpoint_minutes", -1), ("checkpoint_minutes", "often"), ("term_before_limit_s", 1.5)):
+        with pytest.raises(ConfigError, match=rf"{key}: expected .*>= 0"):
+            load_site({key: bad})
+
+    # Adapters (which checkpoint on SIGTERM) get it term_before_limit_s early, at most a quarter of their limit;
+    # other kinds never; a site's own --signal wins.
+    site = load_site({"device": "cpu", "slurm_extra": "--exclusive", "sizes": {
+        "adapter": [{"max_params_b": 1, "runtime": 600}], "answers": [{"max_params_b": 1, "runtime": 600}]}})
+    assert job_resources("adapter", 0.135, site=site)["slurm_extra"] == "--exclusive --signal=TERM@300"
+    assert job_resources("answers", 0.135, site=site)["slurm_extra"] == "--exclusive"
+    short = load_site({"device": "cpu", "sizes": {"adapter": [{"max_params_b": 1, "runtime": 8}]}})
+    assert job_resources("adapter", 0.135, site=short, work=1.0)["runtime"] == 15  # the floor for model jobs
+    assert job_resources("adapter", 0.135, site=short)["slurm_extra"] == "--signal=TERM@225"  # 15 min / 4
+    tiny = load_site({"device": "cpu", "max_runtime": 3})
+    assert "slurm_extra" not in job_resources("adapter", 0.135, site=tiny)  # 45 s: under SLURM's resolution
+    own = load_site({"device": "cpu", "slurm_extra": "--signal=USR1@600"})
+    assert job_resources("adapter", 0.135, site=own)["slurm_extra"] == "--signal=USR1@600"
+    none = load_site({"device": "cpu", "term_before_limit_s": 0})
+    assert "slurm_extra" not in job_resources("adapter", 0.135, site=none)
+    assert "slurm_extra" not in job_resources("adapter", 0.135)  # no site: local runs

@@ -176,3 +176,24 @@ def test_sigterm_to_a_launched_job_checkpoints_every_rank_at_one_step_and_the_re
     meta = json.loads((Path(path) / "pd_meta.json").read_text())
     assert meta["world_size"] == 2 and meta["resumed_from_step"] == step
     assert meta["steps"] == meta["total_steps"] > step
+
+
+def test_an_adapter_job_takes_the_sites_checkpoint_minutes_unless_its_config_sets_them(tmp_path, monkeypatch):
+    from test_train_processes import adapter_spec, write_answers
+
+    from pd.pipeline.run import run_job
+
+    site_default, path = adapter_spec(tmp_path / "a")
+    configured, path2 = adapter_spec(tmp_path / "b", checkpoint_minutes=0)
+    assert "checkpoint_minutes" not in site_default.training  # no adapter's identity holds it unless configured
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PD_CHECKPOINT_MINUTES", "0.5")  # what a SLURM site's Snakemake exports to its jobs
+    for spec, out in ((site_default, path), (configured, path2)):
+        write_answers(spec)
+        run_job("adapter", spec.as_dict(), [out], [str(Path(out).parent / "job.log")], threads=1)
+    metas = [json.loads((Path(p) / "pd_meta.json").read_text()) for p in (path, path2)]
+    minutes = [m["config"]["checkpoint_minutes"] for m in metas]
+    assert minutes == [0.5, 0.0]
+    monkeypatch.setenv("PD_CHECKPOINT_MINUTES", "later")
+    with pytest.raises(PDError, match="PD_CHECKPOINT_MINUTES"):
+        run_job("adapter", site_default.as_dict(), [path + "-x"], [str(tmp_path / "x.log")], threads=1)

@@ -134,6 +134,9 @@ class JobKind:
             model on one GPU (or a 0.5B model on a CPU); the job's ``work`` scales it.
         size_independent: its memory and time do not grow with a model's size (it loads none).
         local: a Snakemake ``localrule`` (runs on the submitting host: manifests, the report).
+        stops_on_sigterm: on SIGTERM its jobs save their progress and exit (training's checkpoint,
+            :mod:`pd.train.interrupt`): on a SLURM site they are submitted to get it before their time
+            limit (the site's ``term_before_limit_s``, :mod:`pd.pipeline.resources`).
         generic_rule: the Snakefile writes its rule in the one loop over kinds (False: written out).
         per_cell: the planner asks every cell of an experiment for this kind's artifact
             (``plan(planner, cell, adapter)``; None: the cell needs none) and lists it in the cell's
@@ -148,6 +151,7 @@ class JobKind:
     base_runtime: ClassVar[int] = 15
     size_independent: ClassVar[bool] = False
     local: ClassVar[bool] = False
+    stops_on_sigterm: ClassVar[bool] = False
     generic_rule: ClassVar[bool] = True
     per_cell: ClassVar[bool] = False
 

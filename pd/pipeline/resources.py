@@ -56,6 +56,7 @@ ADAPTER_BYTES = 16  # float32 weight + gradient + two AdamW moments per adapter 
 
 REFERENCE_PARAMS_B = {"gpu": 8.0, "cpu": 0.5}
 MIN_RUNTIME = 15  # minutes at attempt 1 of a job that loads a model, however small its work
+SIGNAL_RESOLUTION_S = 60  # SLURM checks for due --signal signals about once a minute
 
 
 
@@ -189,7 +190,7 @@ def job_resources(
     defaults = site or Site(device=device)
     res = _size(kind, params_b, attempt, device, defaults, _tier(site, kind, params_b), lora_rank, work,
                 cache_gb, extra_params_b, processes if kind == "adapter" else 1, cost)
-    _add_slurm_keys(res, defaults, site)
+    _add_slurm_keys(res, defaults, site, get_kind(kind).stops_on_sigterm)
     return res
 
 
@@ -287,8 +288,9 @@ def _estimated_gpus(kind: str, params_b: float, lora_rank: int | None, extra_par
     return first_gpus, min(gpus, defaults.gpus_per_node)  # a retry asks for at most one full node
 
 
-def _add_slurm_keys(res: dict[str, Any], defaults: Site, site: Site | None) -> None:
-    """The SLURM plugin's GPU keys and the site's partition, account, qos, constraint and flags."""
+def _add_slurm_keys(res: dict[str, Any], defaults: Site, site: Site | None, stops_on_sigterm: bool = False) -> None:
+    """The SLURM plugin's GPU keys and the site's partition, account, qos, constraint and flags (with
+    :func:`term_signal` for a kind that stops on SIGTERM)."""
     gpus = res["gpus"]
     if gpus:
         if defaults.gpu_request == "gres":
@@ -301,9 +303,35 @@ def _add_slurm_keys(res: dict[str, Any], defaults: Site, site: Site | None) -> N
         partition = (site.gpu_partition or site.partition) if gpus else site.partition
         constraint = (site.gpu_constraint or site.constraint) if gpus else site.constraint
         for key, value in (("slurm_partition", partition), ("slurm_account", site.account),
-                           ("qos", site.qos), ("constraint", constraint), ("slurm_extra", site.slurm_extra)):
+                           ("qos", site.qos), ("constraint", constraint),
+                           ("slurm_extra", _with_term_signal(site, res["runtime"], stops_on_sigterm))):
             if value is not None:
                 res[key] = value
+
+
+def term_signal(site: Site, runtime: int) -> str | None:
+    """The sbatch flag that sends SIGTERM ahead of a job's time limit, so that it saves its progress and exits.
+
+    Args:
+        site: the site (its ``term_before_limit_s``).
+        runtime: the job's time limit in minutes.
+
+    Returns:
+        ``--signal=TERM@<s>`` with ``s`` the site's seconds, at most a quarter of the time limit; None when
+        that is under :data:`SIGNAL_RESOLUTION_S` (SLURM may send the signal that much early) or the site
+        sets 0 (then SLURM's own SIGTERM at the limit, ``KillWait`` seconds before the kill, is all there is).
+    """
+    seconds = min(site.term_before_limit_s, runtime * 60 // 4)
+    return f"--signal=TERM@{seconds}" if seconds >= SIGNAL_RESOLUTION_S else None
+
+
+def _with_term_signal(site: Site, runtime: int, stops_on_sigterm: bool) -> str | None:
+    """The site's ``slurm_extra`` with :func:`term_signal` added (unless the site sends a signal of its own)."""
+    extra = site.slurm_extra
+    flag = term_signal(site, runtime) if stops_on_sigterm else None
+    if flag is None or "--signal" in (extra or ""):
+        return extra
+    return f"{extra} {flag}" if extra else flag
 
 
 RESOURCE_KEYS = ("mem_mb", "runtime", "cpus_per_task", "gpus", "gpu", "gpu_model", "gres",

@@ -51,6 +51,7 @@ class Adapter(JobKind):
     gpu = True
     priority = 30
     base_runtime = 720
+    stops_on_sigterm = True  # a checkpoint at the end of the current optimizer step (pd.train.interrupt)
 
     def plan(self, planner, c) -> str:
         """The adapter of a trained cell, after the answers and teacher statistics its method needs."""
@@ -223,17 +224,23 @@ def train_adapter(spec: AdapterSpec, out: str) -> None:
     Inside a launch of several processes every rank trains and measures on its own device;
     only rank 0 writes.
 
+    With ``training.checkpoint_minutes`` unset, the job checkpoints as often as its SLURM site says
+    (:func:`pd.site.checkpoint_minutes_from_env`); a resumed run's adapter is the same either way.
+
     Args:
         spec: the adapter job's specification.
         out: the adapter folder.
 
     Raises:
         DataError: no training rows; ConfigError: invalid training settings.
+        TrainingInterrupted: SIGTERM stopped training after a checkpoint; the job's retry resumes.
     """
+    import dataclasses
     import logging
 
     from pd.io import read_json, write_json
     from pd.models import get_spec, load_model, load_tokenizer
+    from pd.site import checkpoint_minutes_from_env
     from pd.train.heldout import heldout_kl
     from pd.train.loop import train
     from pd.train.ranks import is_main_rank, local_device
@@ -244,6 +251,10 @@ def train_adapter(spec: AdapterSpec, out: str) -> None:
     ds = spec.load_dataset()
     device = local_device()  # a launched rank measures on its own device; one process: the default
     cfg = spec.train_config()
+    if "checkpoint_minutes" not in spec.training:  # the SLURM site's default (pd.site); local runs: none
+        minutes = checkpoint_minutes_from_env()
+        if minutes is not None:
+            cfg = dataclasses.replace(cfg, checkpoint_minutes=minutes)
     model_spec = get_spec(spec.model, spec.models_extra)
     rows, heldout = training_rows(spec)
     teacher_name = spec.teacher_model
