@@ -38,6 +38,7 @@ def test_student_job_reads_the_larger_teachers_cache(tmp_path, one_thread):
 
     write_answers(adapter.spec)
     run_job("teacher", teacher.spec.as_dict(), [teacher.path], [str(tmp_path / "teacher.log")], threads=1)
+    assert not Path(f"{teacher.path}.work").exists()  # its chunks are gone once the cache is in place
     run_job("adapter", adapter.spec.as_dict(), [adapter.path], [str(tmp_path / "adapter.log")], threads=1)
     record = read_json(Path(adapter.path) / "heldout.json")
     assert record["teacher"] == "tiny-llama-large" and record["teacher_targets"] == f"top-{SEPARATE_TEACHER_TOPK} cache"

@@ -13,6 +13,10 @@ The same pass writes, per training example, the teacher's mean entropy and the i
 KL(teacher || student) over its answer tokens, the student being the base model without
 the passage (the adapter off, on the student view): the quantities whose quintiles the
 paper's Tables 15-16 compare.
+
+The pass runs :data:`CHUNK_BATCHES` batches at a time; given a work folder it keeps each finished
+chunk there (:mod:`pd.train.cache_chunks`), so a build killed part way (a job's time limit) resumes
+on its rerun from the chunks done and ends with the cache an uninterrupted build gives.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -29,6 +33,7 @@ from torch import Tensor
 from pd.errors import ConfigError, DataError
 from pd.io import write_jsonl
 from pd.train.batch import validate_batch
+from pd.train.cache_chunks import CachePart, ChunkFolder, chunk_key
 from pd.train.sequences import Example, collate
 from pd.train.targets import TopKTargets, cat_targets, topk_targets
 from pd.train.teacher import (
@@ -56,6 +61,7 @@ log = logging.getLogger(__name__)
 
 CACHE_BATCH = 8  # sequences per teacher forward pass
 CACHE_CHUNK = 256  # answer tokens per vocabulary projection
+CHUNK_BATCHES = 32  # batches per chunk of the pass kept in the work folder (what a killed build keeps)
 # Per answer token: teacher entropy, KL(teacher || base student), covered top-k mass; at T = 1 and at T.
 _TOKEN_VALUES = ("ent1", "ent_t", "kl1", "kl_t", "cov1", "cov_t")
 
@@ -66,7 +72,9 @@ def build_teacher_cache(model: torch.nn.Module, examples: Sequence[Example], pad
                         identity: str | None = None, logprob_dtype: str = "float16", chunk_size: int | None = None,
                         batch_size: int = CACHE_BATCH, student_tokenizer=None, teacher_tokenizer=None,
                         student_name: str = "student", teacher_name: str = "teacher",
-                        device: torch.device | str | None = None) -> TeacherCache:
+                        device: torch.device | str | None = None, work: str | os.PathLike | None = None,
+                        chunk_batches: int = CHUNK_BATCHES,
+                        on_chunk: Callable[[int, int], None] | None = None) -> TeacherCache:
     """Top-k teacher targets and per-example statistics for ``examples``, from one teacher pass.
 
     The teacher is ``model`` with its adapter off unless ``teacher`` is given; the base
@@ -89,6 +97,11 @@ def build_teacher_cache(model: torch.nn.Module, examples: Sequence[Example], pad
         student_tokenizer, teacher_tokenizer, student_name, teacher_name: for the
             vocabulary check of a separate teacher.
         device: where the passes run (default: the model's device).
+        work: a folder for the finished chunks of the pass: a rerun with the same inputs resumes
+            after them; removed once the cache (and ``out``, ``stats_path``) is written. None: none kept.
+        chunk_batches: batches per chunk (:data:`CHUNK_BATCHES`).
+        on_chunk: called as ``on_chunk(chunks_done, chunks_total)`` after each chunk the pass computes
+            (and keeps in ``work``); what it raises ends the build, keeping the chunks done.
 
     Returns:
         The cache: targets [N, k] over the N answer tokens, on the CPU.
@@ -113,8 +126,13 @@ def build_teacher_cache(model: torch.nn.Module, examples: Sequence[Example], pad
     cache = _up_to_date(out, key, stats_path)
     if cache is not None:
         return cache
+    chunk_size = chunk_size or CACHE_CHUNK
+    if chunk_batches < 1:
+        raise ConfigError(f"teacher cache chunk_batches must be >= 1, got {chunk_batches}")
+    chunks = ChunkFolder(work, chunk_key(key, batch_size, chunk_batches, chunk_size)) if work is not None else None
     cache = _teacher_pass(model, teacher, batches, k=k, temperature=temperature, logprob_dtype=logprob_dtype,
-                          chunk_size=chunk_size or CACHE_CHUNK, device=device, key=key, identity=identity)
+                          chunk_size=chunk_size, device=device, key=key, identity=identity, chunks=chunks,
+                          chunk_batches=chunk_batches, on_chunk=on_chunk)
     log.info("teacher cache: %d examples, %d answer tokens, k=%d; covered teacher mass %.4f at T=1, %.4f at T=%g",
              len(cache.example_ids), cache.meta["answer_tokens"], cache.k, cache.meta["covered_mass_t1"],
              cache.meta["covered_mass"], temperature)
@@ -122,6 +140,8 @@ def build_teacher_cache(model: torch.nn.Module, examples: Sequence[Example], pad
         cache.save(out)
     if stats_path is not None:
         write_jsonl(stats_path, cache.stats)
+    if chunks is not None:
+        chunks.remove()
     return cache
 
 
@@ -158,47 +178,72 @@ def _flat(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def _teacher_pass(model, teacher, batches: list[dict], *, k: int, temperature: float, logprob_dtype: str,
-                  chunk_size: int, device, key: str, identity: str) -> TeacherCache:
-    """Run the pass over ``batches`` (validated, unique ids) and assemble the cache."""
+                  chunk_size: int, device, key: str, identity: str, chunks: ChunkFolder | None, chunk_batches: int,
+                  on_chunk: Callable[[int, int], None] | None) -> TeacherCache:
+    """Run the pass over ``batches`` (validated, unique ids), ``chunk_batches`` at a time after the chunks
+    ``chunks`` holds already, and assemble the cache."""
     vocab = head_vocab(model)
     k_eff = min(k, vocab)
     dev = device or next(unwrap(model).parameters()).device
+    n_chunks = -(-len(batches) // chunk_batches)
+    done = chunks.finished() if chunks is not None else []
     models = [m for m in (model, teacher) if m is not None]
     was_training = [unwrap(m).training for m in models]
     for m in models:
         m.eval()
+    try:
+        with torch.no_grad():
+            for c in range(len(done), n_chunks):
+                part = _pass_part(model, teacher, batches[c * chunk_batches:(c + 1) * chunk_batches], dev=dev,
+                                  vocab=vocab, k=k_eff, temperature=temperature, dtype=LOGPROB_DTYPES[logprob_dtype],
+                                  chunk_size=chunk_size)
+                if chunks is not None:
+                    chunks.save(c, part)
+                done.append(part)
+                if on_chunk is not None:
+                    on_chunk(c + 1, n_chunks)
+    finally:
+        for m, flag in zip(models, was_training):
+            m.train(flag)
+    targets = [p.targets for p in done if p.targets is not None]
+    if not targets:
+        raise DataError("no answer tokens in the training batches: nothing to cache")
+    example_ids = [e for p in done for e in p.example_ids]
+    counts = [n for p in done for n in p.counts]
+    covered = covered_t = 0.0
+    tokens = 0
+    for cov, cov_t, n in (s for p in done for s in p.sums):  # batch by batch, in order: the same sums on a rerun
+        covered += cov
+        covered_t += cov_t
+        tokens += int(n)
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.tensor(counts, dtype=torch.int64), 0)
+    n_tok = max(tokens, 1)
+    meta = {"format": CACHE_FORMAT, "key": key, "k": k_eff, "temperature": float(temperature),
+            "logprob_dtype": logprob_dtype, "teacher": identity, "vocab_size": vocab,
+            "separate_teacher": teacher is not None, "examples": len(example_ids), "answer_tokens": tokens,
+            "covered_mass_t1": covered / n_tok, "covered_mass": covered_t / n_tok}
+    return TeacherCache(example_ids, offsets, cat_targets(targets), meta, [r for p in done for r in p.stats])
+
+
+def _pass_part(model, teacher, batches: list[dict], *, dev, vocab: int, k: int, temperature: float,
+               dtype: torch.dtype, chunk_size: int) -> CachePart:
+    """The teacher pass over some batches (no grad, models in eval mode): one :class:`CachePart`."""
     example_ids: list[str] = []
     counts: list[int] = []
     parts: list[TopKTargets] = []
     stats: list[dict] = []
-    sums = {"covered": 0.0, "covered_t": 0.0, "tokens": 0}
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                batch_ids = [str(e) for e in batch["example_ids"]]
-                on = {key: (v.to(dev) if isinstance(v, Tensor) else v) for key, v in batch.items()}
-                vals = _batch_values(model, teacher, on, batch["answer_mask"], parts, vocab=vocab, k=k_eff,
-                                     temperature=temperature, dtype=LOGPROB_DTYPES[logprob_dtype],
-                                     chunk_size=chunk_size)
-                stats += _example_rows(batch_ids, batch["answer_mask"], vals, temperature)
-                example_ids += batch_ids
-                counts += [int(n) for n in batch["answer_mask"].sum(1)]
-                sums["covered"] += float(vals["cov1"].sum())
-                sums["covered_t"] += float(vals["cov_t"].sum())
-                sums["tokens"] += int(vals["cov1"].numel())
-    finally:
-        for m, flag in zip(models, was_training):
-            m.train(flag)
-    if not parts:
-        raise DataError("no answer tokens in the training batches: nothing to cache")
-    offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(torch.tensor(counts, dtype=torch.int64), 0)
-    n_tok = max(sums["tokens"], 1)
-    meta = {"format": CACHE_FORMAT, "key": key, "k": k_eff, "temperature": float(temperature),
-            "logprob_dtype": logprob_dtype, "teacher": identity, "vocab_size": vocab,
-            "separate_teacher": teacher is not None, "examples": len(example_ids), "answer_tokens": sums["tokens"],
-            "covered_mass_t1": sums["covered"] / n_tok, "covered_mass": sums["covered_t"] / n_tok}
-    return TeacherCache(example_ids, offsets, cat_targets(parts), meta, stats)
+    sums: list[list[float]] = []
+    for batch in batches:
+        batch_ids = [str(e) for e in batch["example_ids"]]
+        on = {key: (v.to(dev) if isinstance(v, Tensor) else v) for key, v in batch.items()}
+        vals = _batch_values(model, teacher, on, batch["answer_mask"], parts, vocab=vocab, k=k,
+                             temperature=temperature, dtype=dtype, chunk_size=chunk_size)
+        stats += _example_rows(batch_ids, batch["answer_mask"], vals, temperature)
+        example_ids += batch_ids
+        counts += [int(n) for n in batch["answer_mask"].sum(1)]
+        sums.append([float(vals["cov1"].sum()), float(vals["cov_t"].sum()), int(vals["cov1"].numel())])
+    return CachePart(example_ids, counts, stats, sums, cat_targets(parts) if parts else None)
 
 
 def _batch_values(model, teacher, batch: dict, mask: Tensor, parts: list[TopKTargets], *, vocab: int, k: int,

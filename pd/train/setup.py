@@ -162,7 +162,7 @@ def _teacher_caches(cfg: TrainConfig, model, data: TrainingData, tokens: Tokens,
         examples = data.examples + (data.reg if teacher_model is None else [])
         build_teacher_cache(model, examples, tokens.pad_id, k=cfg.teacher_topk, temperature=cfg.kd_temperature,
                             teacher=teacher_model, out=path, chunk_size=cfg.chunk_size,
-                            logprob_dtype=cfg.teacher_logprob_dtype)
+                            logprob_dtype=cfg.teacher_logprob_dtype, work=work / "teacher_cache.chunks")
     procs.barrier()
     cache = load_teacher_cache(path)
     log.info("teacher cache: top-%d, covered teacher mass %.4f at T=%g", cache.k, cache.meta["covered_mass"],

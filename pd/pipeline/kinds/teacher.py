@@ -56,6 +56,9 @@ class Teacher(JobKind):
     def run(self, spec: TeacherSpec, out: str) -> None:
         """Per-example teacher entropy and initial KL (and, with topk > 0, the top-k targets).
 
+        The pass keeps its finished chunks in ``<out>.work`` (:mod:`pd.train.cache_chunks`): a retry of a job
+        killed at its time limit resumes from them.
+
         Args:
             spec: the teacher job's specification.
             out: the output folder (``stats.jsonl``, ``topk.safetensors`` when ``topk > 0``, ``build.json``).
@@ -86,8 +89,12 @@ class Teacher(JobKind):
                                 teacher=teacher, logprob_dtype=spec.logprob_dtype, chunk_size=spec.chunk_size,
                                 out=tmp / "topk.safetensors" if spec.topk > 0 else None, stats_path=tmp / STATS_FILE,
                                 student_tokenizer=tok, teacher_tokenizer=load_tokenizer(get_spec(spec.teacher, extra)),
-                                student_name=spec.student, teacher_name=spec.teacher)
+                                student_name=spec.student, teacher_name=spec.teacher, work=f"{out}.work")
             write_json(tmp / "build.json", {"spec": spec.as_dict(), "sequences": build.as_dict()})
+
+    def resumable(self, art) -> bool:
+        """The teacher pass is kept in chunks as it runs (``<out>.work``)."""
+        return True
 
     def workload(self, art, plan):
         """A forward pass of the teacher over each training row (passage, question and answer)."""
