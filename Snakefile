@@ -36,6 +36,12 @@ except PDError as err:
 
 localrules: all, manifest, report
 
+# SIGTERM (SLURM's signal ahead of a job's time limit, `scancel`) reaches every process of a job, the shell
+# that runs its script too: with the trap that shell waits for the script instead of dying at once, so that
+# Snakemake, and with it the job, ends only when the script does: a training job's checkpoint at the end of
+# its current step (pd.train.interrupt) is written first. The script itself gets the signal as before.
+shell.prefix("set -euo pipefail; trap : TERM; ")
+
 
 rule all:
     input:
