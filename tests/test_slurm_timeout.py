@@ -2,11 +2,14 @@
 
 The real Snakefile through profiles/slurm on the local cluster (``.ci/slurm-up.sh``; without one the
 test skips, or fails with ``PD_REQUIRE_SLURM=1``). The site sets ``checkpoint_minutes: 0.05``: the adapter
-job checkpoints every 3 s. Once its first checkpoint is on disk the test sends what SLURM sends at a time
-limit, SIGTERM to every process of the job (``scancel --signal=TERM --full``: the batch shell too, so the
-job ends and SLURM kills what is left ``KillWait`` seconds later). The training process saves a checkpoint
-at the end of its step and exits; Snakemake resubmits the job (``restart-times``), which resumes from that
-checkpoint and ends with the adapter an uninterrupted run of the same job gives.
+job checkpoints every 3 s. Once its first checkpoint is on disk the test sends the job what adapter jobs are
+submitted to get ahead of their time limit (``sbatch --signal=TERM@s``, :func:`pd.pipeline.resources.term_signal`):
+SIGTERM to every process of the job's steps (``scancel --signal=TERM``). The training process saves a
+checkpoint at the end of its step and exits; Snakemake resubmits the job (``restart-times``), which resumes
+from that checkpoint and ends with the adapter an uninterrupted run of the same job gives.
+
+A real time limit is not waited for here (SLURM's shortest is a minute, and it signals about a minute
+late): it sends the same SIGTERM to the steps (and the batch shell), and SIGKILL ``KillWait`` seconds later.
 """
 
 from __future__ import annotations
