@@ -82,8 +82,8 @@ def _sync(device: str) -> None:
 def _free(device: str) -> None:
     import torch
 
-    gc.collect()
-    if device == "cuda":
+    if device == "cuda":  # a CPU run has nothing to hand back (and a collection takes a while)
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
@@ -113,7 +113,17 @@ def this_gpu(device: str) -> tuple[dict, object]:
 # --------------------------------------------------------------------------- the plan
 
 
-def planned(cell: Cell, gpu, config: str, experiment: str) -> dict:
+def load_plan(config: str) -> tuple:
+    """(the plan of every experiment of ``config``, the model registry it uses)."""
+    from pd.config import load_config
+    from pd.models import registry as model_registry
+    from pd.pipeline.plan import build_plan
+
+    cfg = load_config(config)
+    return build_plan(cfg, list(cfg["experiments"])), model_registry(cfg.get("models"))
+
+
+def planned(cell: Cell, gpu, plan, models: dict, experiment: str) -> dict:
     """The cell's adapter in ``experiment``'s plan and how the plan runs it on GPUs like this one.
 
     Returns:
@@ -121,21 +131,15 @@ def planned(cell: Cell, gpu, config: str, experiment: str) -> dict:
         checkpointing, parallel), "run" (what one GPU runs: micro_batch, checkpointing, why), "peak_gb",
         "step_s" (the plan's predictions)}``.
     """
-    from pd.config import load_config
     from pd.cost.shapes import shape_of
     from pd.cost.training import training_layout
     from pd.errors import ConfigError
-    from pd.models import registry as model_registry
     from pd.pipeline.costs import job_cost
-    from pd.pipeline.plan import build_plan
     from pd.pipeline.registry import get_kind
     from pd.site import Site
 
-    cfg = load_config(config)
-    plan = build_plan(cfg, list(cfg["experiments"]))
     if experiment not in plan.cells:
-        raise SystemExit(f"{config}: no experiment {experiment!r}; allowed: {sorted(plan.cells)}")
-    models = model_registry(cfg.get("models"))
+        raise ConfigError(f"no experiment {experiment!r}; allowed: {sorted(plan.cells)}")
     kind = get_kind("adapter")
     found = []
     for path in plan.upstream(plan.manifest_path(experiment)):
@@ -147,8 +151,8 @@ def planned(cell: Cell, gpu, config: str, experiment: str) -> dict:
         work = kind.workload(art, plan)
         found.append((work.tokens.student + work.tokens.teacher, path, art, work))
     if not found:
-        raise SystemExit(f"{config}: experiment {experiment!r} has no {cell.method} adapter of {cell.model} at rank "
-                         f"{cell.rank}")
+        raise ConfigError(f"experiment {experiment!r} has no {cell.method} adapter of {cell.model} at rank "
+                          f"{cell.rank}")
     _, path, art, work = max(found, key=lambda f: (f[0], f[1]))  # its longest rows: the memory's worst case
     site = Site(gpu_mem_gb=gpu.memory_gb * 1e9 / 2**30, gpu_tflops=gpu.tflops, gpu_bandwidth_gbs=gpu.bandwidth_gbs)
     cost = job_cost(art, plan, site, models)
@@ -418,9 +422,17 @@ def main() -> int:
           flush=True)
     failed = False
     t_start = time.perf_counter()
+    try:
+        the_plan, models = load_plan(args.config)
+    except Exception as err:  # noqa: BLE001 - the JSON says why nothing was measured
+        report["errors"] = [{"cell": "plan", "error": f"{type(err).__name__}: {err}"[:500],
+                             "trace": traceback.format_exc()[-2000:]}]
+        print(f"cost check: the plan of {args.config} failed: {type(err).__name__}: {err}", flush=True)
+        write_json(args.out, report)
+        return 1
     for i, cell in enumerate(CELLS):
         try:
-            plan = planned(cell, gpu, args.config, args.experiment)
+            plan = planned(cell, gpu, the_plan, models, args.experiment)
             report["plan"].append({"cell": cell.label, "artifact": plan["artifact"], "layout": plan["layout"],
                                    "run_on_one_gpu": plan["run"], "plan_peak_gb": plan["peak_gb"],
                                    "tokens": list(dataclasses.astuple(plan["tokens"]))})
