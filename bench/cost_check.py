@@ -23,10 +23,10 @@ from it: ``python bench/calibrate.py <json>``.
     python bench/cost_check.py --out bench/cost_check.json        # a CUDA GPU (make gpu-check): ~2-4 minutes
     python bench/cost_check.py --tiny --out /tmp/cost_check.json  # the same code path on the CPU, tiny shapes
 
-``--tiny``: the catalogue's tiny-llama / tiny-qwen2 stand in for the 8B / 14B shapes, LoRA rank 8, rows of a few
-dozen tokens, on the CPU; times from ``perf_counter``, memory not measured (null); predictions for the calibration's
-GPU. It tests the code path, not the model. Exit status 1 if a measurement failed (out of memory: the plan is
-wrong), else 0; rows outside +-15 % are printed as such.
+``--tiny``: the catalogue's tiny-llama / tiny-qwen2 stand in for the 8B / 14B shapes (bfloat16 with a float32 LoRA
+as on the GPU), LoRA rank 8, rows of a few dozen tokens, on the CPU; times from ``perf_counter``, memory not
+measured (null); predictions for the calibration's GPU. It tests the code path, not the model. Exit status 1 if a
+measurement failed (out of memory: the plan is wrong), else 0; rows outside +-15 % are printed as such.
 """
 
 from __future__ import annotations
@@ -267,6 +267,8 @@ def training_row(cell: Cell, plan: dict, args, gpu, device: str, model=None) -> 
     from pd.train.lora import attach_lora
 
     cfg = plan["train_config"]
+    if cfg.teacher_topk:  # the rows measure (and the model predicts) the teacher's forward in every step
+        cfg = dataclasses.replace(cfg, teacher_topk=0)
     tokens = plan["tokens"]
     if args.tiny:
         cfg = dataclasses.replace(cfg, rank=TINY["rank"])
@@ -283,7 +285,7 @@ def training_row(cell: Cell, plan: dict, args, gpu, device: str, model=None) -> 
                      f"one GPU runs {plan['run']['why']}"}
     if model is None:
         model = random_model(shape, BUILTIN[cell.tiny].architecture if args.tiny else cell.arch,
-                             torch.float32 if args.tiny else torch.bfloat16, device)
+                             torch.bfloat16, device)
     try:
         if ck:  # as pd.train.setup: on the base model, before the adapter
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -447,7 +449,7 @@ def main() -> int:
 
                 name = cell.tiny if args.tiny else cell.model
                 model = random_model(shape_of(BUILTIN[name]), BUILTIN[name].architecture or cell.arch,
-                                     torch.float32 if args.tiny else torch.bfloat16, device)
+                                     torch.bfloat16, device)
                 for row in decoding_rows(cell, args, gpu, device, model):
                     report["decoding"]["rows"].append(row)
                     print_row("decoding", row, args.tiny)
