@@ -128,8 +128,11 @@ def planned(cell: Cell, gpu, plan, models: dict, experiment: str) -> dict:
 
     Returns:
         ``{"artifact", "train_config", "tokens", "layout" (the plan's: processes, micro_batch, grad_accum,
-        checkpointing, parallel), "run" (what one GPU runs: micro_batch, checkpointing, why), "peak_gb",
-        "step_s" (the plan's predictions)}``.
+        checkpointing, parallel), "run" (what one GPU runs: micro_batch (None: nothing), checkpointing, why),
+        "peak_gb" (the plan's prediction per GPU)}``.
+
+    Raises:
+        ConfigError: the experiment or the cell is not in the plan; the plan fits the cell on no number of these GPUs.
     """
     from pd.cost.shapes import shape_of
     from pd.cost.training import training_layout

@@ -182,3 +182,32 @@ def test_gpus_by_name():
     assert gpu_named("NVIDIA H100 PCIe", 85.0)[0].bandwidth_gbs == 2000
     gpu, known = gpu_named("Some Future GPU", 100.0)
     assert not known and gpu.memory_gb == 100.0
+
+
+def test_a_sharded_plan_is_measured_unsharded_where_one_gpu_holds_it(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from cost_check import CELLS, load_plan, planned
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    config = tmp_path / "config.yaml"
+    text = (REPO / "config.yaml").read_text()
+    assert "\ntraining: {}\n" in text
+    config.write_text(text.replace("\ntraining: {}\n", "\ntraining: {processes: auto, parallel: fsdp}\n"))
+    plan, models = load_plan(str(config))
+    small = planned(CELLS[0], GPU(memory_gb=45.0), plan, models, "main")  # 8B r1024: 59 GB before activations
+    assert small["layout"]["parallel"] == "fsdp" and small["layout"]["processes"] > 1
+    assert small["run"]["micro_batch"] is None and "FSDP" in small["run"]["why"]
+    big = planned(CELLS[0], GPU(memory_gb=141.0), plan, models, "main")
+    assert big["layout"]["processes"] == 1 and big["run"]["micro_batch"] == big["layout"]["micro_batch"]
+    # the 14B's 8 processes share it over FSDP; one process's 4 rows fit one 85 GB GPU unsharded: measured so
+    from pd.cost.shapes import shape_of
+    from pd.cost.training import training_layout
+
+    h100 = GPU(memory_gb=85.0)
+    share = planned(CELLS[1], h100, plan, models, "main")
+    assert share["layout"]["parallel"] == "fsdp" and share["layout"]["processes"] == 8
+    one = training_layout(shape_of(models[CELLS[1].model]), CELLS[1].rank, 4, share["tokens"], world=1,
+                          gpu_gb=85.0, live_teacher=True, gpu=h100)
+    assert (share["run"]["micro_batch"], share["run"]["checkpointing"]) == (one.micro_batch, one.checkpointing)
+    assert "world=1" in share["run"]["why"]
