@@ -68,3 +68,4 @@ gpu-check:
 	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/train_step.py --models tiny-llama --dtypes float32 --llama3 1b,8b \
 		--gpu-ranks 64,1024 --no-memory --out bench/gpu_train_step.json
 	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/generate.py --llama3 8b --out bench/gpu_generate.json
+	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/sampling.py --rows 256 --vocab 128256
