@@ -110,7 +110,14 @@ class Retriever:
 
     @staticmethod
     def queries(items: Sequence[TestItem]) -> list[str]:
-        """The texts asked for ``items``: each item's closed-book (rewritten) question."""
+        """The texts asked for ``items`` (what is embedded for them, and the cache's key).
+
+        Args:
+            items: test items.
+
+        Returns:
+            Each item's closed-book (rewritten) question, in order.
+        """
         return [it.closed_book_question for it in items]
 
     def search_items(self, items: Sequence[TestItem], k: int = DEFAULT_K) -> list[list[str]]:
