@@ -59,6 +59,9 @@ class Site:
     # precision: what `dtype: auto` means on the compute nodes (None: bfloat16 on GPUs, float32 on CPUs)
     precision: str | None = None
     slurm_extra: str | None = None
+    # Whether compute nodes reach services over the network (an OpenAI-compatible backend). False (most
+    # clusters): `pd validate` refuses jobs that would call one there; API embeddings run in a local rule.
+    compute_network: bool = False
     sizes: Mapping[str, tuple[SizeTier, ...]] = field(default_factory=dict)
     env: Mapping[str, str | None] = field(default_factory=lambda: dict(JOB_ENV))  # None: the submitting shell's
 
@@ -79,6 +82,7 @@ _SITE_FIELDS = {f.name: f for f in dataclasses.fields(Site)}
 _TIER_FIELDS = {f.name for f in dataclasses.fields(SizeTier)}
 _INT_FIELDS = {"gpus_per_node", "cpus_per_gpu", "cpus_per_task", "max_cpus_per_task", "max_mem_mb", "max_runtime"}
 _FLOAT_FIELDS = {"gpu_mem_gb", "gpu_tflops", "gpu_bandwidth_gbs", "runtime_factor"}
+_BOOL_FIELDS = {"compute_network"}
 
 
 def load_site(source: str | Path | Mapping[str, Any] | Site | None, key: str = "slurm_site",
@@ -135,6 +139,10 @@ def _site_from_mapping(d: dict[str, Any], where: str, kinds: tuple[str, ...] | N
             values[name] = _positive(value, f"{where}.{name}", int)
         elif name in _FLOAT_FIELDS:
             values[name] = _positive(value, f"{where}.{name}", float)
+        elif name in _BOOL_FIELDS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{name}: expected true or false, got {value!r}")
+            values[name] = value
         else:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{where}.{name}: expected a string, got {value!r}")
