@@ -114,13 +114,19 @@ def test_schedule_deals_the_same_rows_whatever_the_micro_batch():
 
 
 def test_a_batch_that_does_not_divide_is_refused(tiny_llama, dataset, tmp_path):
-    cfg = TrainConfig(method="pd", batch_size=8, micro_batch_size=3, progress=False)
+    # Fixed numbers are checked with the settings; the processes a job gets (auto), when it starts.
+    with pytest.raises(ConfigError, match=r"batch_size 8 is not divisible by 1 process\(es\) x micro_batch_size 3"):
+        TrainConfig(method="pd", batch_size=8, micro_batch_size=3)
+    with pytest.raises(ConfigError, match="batch_size 8 .* not divisible by the 3 training processes"):
+        TrainConfig(method="pd", batch_size=8, processes=3)
+    cfg = TrainConfig(method="pd", batch_size=8, micro_batch_size=3, processes="auto", progress=False)
     with pytest.raises(ConfigError, match=r"batch_size 8 is not divisible by 1 process\(es\) x micro_batch_size 3"):
         resolve_layout(cfg, tiny_llama.spec, 1, "cpu")
     with pytest.raises(ConfigError, match="batch_size 8 .* not divisible by the 3 training processes"):
         resolve_layout(TrainConfig(method="pd", batch_size=8, progress=False), tiny_llama.spec, 3, "cpu")
-    with pytest.raises(ConfigError, match=r"batch_size 8 is not divisible by 2 process\(es\) x micro_batch_size 3"):
-        resolve_layout(cfg, tiny_llama.spec, 2, "cpu", gpu_gb=80.0)  # the cost model's path checks it too
+    wide = TrainConfig(method="pd", batch_size=12, micro_batch_size=4, progress=False)  # 12 = 3 x 4 on one process
+    with pytest.raises(ConfigError, match=r"batch_size 12 is not divisible by 2 process\(es\) x micro_batch_size 4"):
+        resolve_layout(wide, tiny_llama.spec, 2, "cpu", gpu_gb=80.0)  # the cost model's path checks it too
     with pytest.raises(ConfigError, match="micro_batch_size 3"):
         train(cfg, tiny_llama.spec, tmp_path / "x", rows=ROWS, dataset=dataset, device="cpu")
 

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from pd.cost.shapes import Shape, Tokens, shape_of
 from pd.cost.training import training_layout
 from pd.errors import ConfigError
+from pd.train.settings import check_division
 
 log = logging.getLogger("pd.train")
 
@@ -160,13 +161,8 @@ def resolve_layout(cfg, spec, world: int, device, *, tokens: Tokens | None = Non
 
     fixed = fixed_layout(cfg)
     batch, micro = cfg.batch_size, fixed["micro_batch"]
-    if batch % world:
-        raise ConfigError(f"training.batch_size {batch} (the global batch) is not divisible by the {world} "
-                          f"training processes: use a multiple of {world}")
+    check_division(batch, world, micro)
     share = batch // world
-    if micro is not None and share % micro:
-        raise ConfigError(f"training.batch_size {batch} is not divisible by {world} process(es) x "
-                          f"micro_batch_size {micro}: use a micro_batch_size that divides {share}, or auto")
     if torch.device(device).type != "cuda" and gpu_gb is None:
         m = micro or share
         return Fit(world, m, share // m, bool(fixed["checkpointing"]), fixed["parallel"] or "ddp", "cpu")

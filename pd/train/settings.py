@@ -203,6 +203,9 @@ class TrainConfig:
             raise ConfigError(f"training.method: {self.method!r} trains nothing; "
                               f"allowed: {', '.join(trained_methods())}")
         method.check(self)
+        if isinstance(self.processes, int):
+            check_division(self.batch_size, self.processes,
+                           self.micro_batch_size if isinstance(self.micro_batch_size, int) else None)
         if self.snapshot_interval and self.snapshot_interval < 1:
             raise ConfigError(f"training.snapshot_interval is in seconds and names snapshots by whole seconds: "
                               f"use 0 (off) or >= 1, got {self.snapshot_interval}")
@@ -308,6 +311,26 @@ def check_settings(values: dict[str, Any]) -> None:
                 problems.append(f"{where}: {err.message}")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def check_division(batch_size: int, processes: int, micro_batch_size: int | None) -> None:
+    """Check that the global batch divides among the processes and into their micro-batches.
+
+    Args:
+        batch_size: ``training.batch_size`` (the global batch).
+        processes: the training processes.
+        micro_batch_size: rows per micro-batch and process (None: chosen later, any divisor of the share).
+
+    Raises:
+        ConfigError: naming the numbers that do not divide.
+    """
+    if batch_size % processes:
+        raise ConfigError(f"training.batch_size {batch_size} (the global batch) is not divisible by the {processes} "
+                          f"training processes: use a multiple of {processes}")
+    share = batch_size // processes
+    if micro_batch_size is not None and share % micro_batch_size:
+        raise ConfigError(f"training.batch_size {batch_size} is not divisible by {processes} process(es) x "
+                          f"micro_batch_size {micro_batch_size}: use a micro_batch_size that divides {share}, or auto")
 
 
 def check_removed(block: dict | None, where: str = "training") -> None:
