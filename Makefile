@@ -51,13 +51,21 @@ clean-results:
 
 # GPU acceptance, on a machine with a CUDA GPU and torch, transformers, peft and accelerate
 # (no network needed; wheels of anything else may lie in .whl/): CUDA against CPU on tiny
-# models (tests marked gpu), then the training-step rows of bench/train_step.py on
-# Llama-3 1B/8B shapes with model FLOPs utilisation, then generation tokens/s at the batch size the
-# backend chooses against batch 8 (8B shape). GPU_PYTHON: the interpreter to use.
+# models (tests marked gpu); then the cost model against this GPU (bench/cost_check.py, ~3 min):
+# it prints the plan's layout of the main experiment's 8B r1024 and 14B r512 PD cells on this GPU,
+# then per row the measured peak GB and seconds per step of the micro-batch one GPU runs, and decode
+# ms per call at batch 8, 64 and auto, each with the model's prediction and its error, and the
+# largest error against the model's +-15 %; it writes them to $OUT/cost_check.json (else
+# ./cost_check.json), which `python bench/calibrate.py` refits the constants from; then the
+# training-step rows of bench/train_step.py on Llama-3 1B/8B shapes with model FLOPs utilisation,
+# then generation tokens/s at the batch size the backend chooses against batch 8 (8B shape).
+# GPU_PYTHON: the interpreter to use.
 GPU_PYTHON ?= python3
 gpu-check:
 	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --target .gpu-site .whl/*.whl; fi
 	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) -m pytest -p no:cacheprovider -o addopts= -m gpu -q -s tests/test_gpu.py
+	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/cost_check.py --out $${OUT:-.}/cost_check.json
 	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/train_step.py --models tiny-llama --dtypes float32 --llama3 1b,8b \
 		--gpu-ranks 64,1024 --no-memory --out bench/gpu_train_step.json
 	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/generate.py --llama3 8b --out bench/gpu_generate.json
+	PYTHONPATH=.gpu-site:$$PWD $(GPU_PYTHON) bench/sampling.py --rows 256 --vocab 128256

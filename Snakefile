@@ -49,10 +49,13 @@ rule all:
 
 
 # One rule per job kind, named after it: the job's spec, inputs, threads, priority and
-# resources come from the plan by its output path; workflow/scripts/stage.py runs it.
+# resources come from the plan by its output path; workflow/scripts/stage.py runs it. A kind
+# marked local (API embeddings: they need the network, compute nodes have none) runs on the
+# host that runs Snakemake.
 for _kind in WF.generic_kinds():
     rule:
         name: _kind.name
+        localrule: _kind.local
         input: WF.inputs(_kind.name)
         output: directory(WF.output(_kind.name)) if _kind.pattern.directory else WF.output(_kind.name)
         params: spec=WF.spec(_kind.name)

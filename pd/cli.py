@@ -54,19 +54,43 @@ def cmd_validate(args) -> int:
 
     site = load_site(cfg["slurm_site"])
     models = registry(cfg.get("models"))
+    problems = []
     if site.device == "gpu":
         problems = _print_costs(cfg, plan, models, site, _profile_restarts(args.configfile or []))
-        if problems:
-            return 2
     else:
         print(f"\nWhat the jobs of all experiments ask for on this site ({site.device}), first attempt; min-max over "
               "the jobs of a kind and model size:")
         for line in format_table(resource_table(plan, models, site)):
             print(line)
+    if _offline_problems(cfg, plan, site) or problems:
+        return 2
     env = " ".join(f"{k}={v}" for k, v in site.job_env().items())
     print(f"Every job also gets {env} (site.yaml `env:` and `checkpoint_minutes`); fetch the models first: "
           "`pd fetch --check`")
     return 0
+
+
+def _offline_problems(cfg: dict, plan, site) -> list[str]:
+    """On a site whose compute nodes have no network: say what must be fetched and computed beforehand, and print
+    what the selected experiments would still need the network for there (:func:`pd.fetch.offline_problems`), one
+    line each."""
+    if site.compute_network:
+        return []
+    from pd.fetch import FETCH_COMMAND, network_jobs, offline_problems
+
+    run = " ".join(cfg["run"])
+    selected = {p for target in plan.targets(list(cfg["run"])) for p in plan.upstream(target)}
+    local = selected.intersection(network_jobs(plan, local=True))
+    print(f"Compute nodes have no network (slurm_site.compute_network: false): every model and hub dataset the jobs "
+          f"load must be in the shared caches first: `{FETCH_COMMAND} --check --run {run}` on a login node lists "
+          f"them, `{FETCH_COMMAND} --run {run}` downloads them"
+          + (f"; {len(local)} jobs that call a service (API embeddings) are local rules: they run on the host that "
+             "runs snakemake, which needs the network and the service's OPENAI_BASE_URL / OPENAI_API_KEY"
+             if local else ""))
+    problems = offline_problems(plan, cfg["run"])
+    for line in problems:
+        print(f"needs network on a compute node: {line}")
+    return problems
 
 
 def _profile_restarts(configfiles: list[str]) -> int | None:
@@ -119,10 +143,13 @@ def cmd_fetch(args) -> int:
     print(f"{', '.join(names)}: {len(needs)} models and datasets; hub cache {hub}, pd cache {cache_dir()}")
     for need in needs:
         print("  " + need.line())
-    service = network_jobs(plan)
+    service, local = network_jobs(plan), network_jobs(plan, local=True)
     if service:
-        print(f"note: {len(service)} jobs call an OpenAI-compatible service at run time (openai retrieval or backend): "
+        print(f"note: {len(service)} jobs call an OpenAI-compatible service at run time (openai backend): "
               "they need network, or run them where it is (e.g. on the login node with profiles/local)")
+    if local:
+        print(f"note: {len(local)} embeddings jobs call the embedding service (retrieval: openai); they are local "
+              "rules, run by snakemake on its own host (with network), and retrieval reads their cache")
     missing = [n for n in needs if not n.present]
     offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "") not in ("", "0")]
     if offline and missing and not args.check:

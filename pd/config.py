@@ -26,7 +26,7 @@ from pd import config_checks
 from pd.data import get_loader, loader_names
 from pd.errors import ConfigError
 from pd.train.methods.registry import get_method, grid_methods
-from pd.train.settings import spec_defaults, training_schema
+from pd.train.settings import check_removed, spec_defaults, training_schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -354,6 +354,8 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
     else:
         raw = config_checks.load_yaml_mapping(source)
     cfg = deep_merge(raw, overrides or {})
+    for where, block in config_checks.training_blocks(cfg):
+        check_removed(block, where)  # before the schema, which would call it an unknown key
     validate_schema(cfg)
     cfg["datasets"] = {**copy.deepcopy(BUILTIN_DATASETS), **cfg["datasets"]}
     validate_references(cfg)

@@ -176,6 +176,27 @@ def check_per_model(problems: list[str], cfg: dict, known: dict) -> None:
             problems.append(f"per_model.{name}: unknown model {name!r}; allowed: {', '.join(sorted(known))}")
 
 
+def training_blocks(cfg: dict) -> list[tuple[str, dict]]:
+    """Every block of training settings in a config, with its key path: ``training``, ``per_model.<model>``,
+    ``methods.<method>.training`` and ``experiments.<name>.training``.
+
+    Args:
+        cfg: a parsed config (before or after schema validation: entries that are no mapping are skipped).
+
+    Returns:
+        ``[(key path, block)]`` for each block that is a mapping.
+    """
+    def mapping(v) -> dict:
+        return v if isinstance(v, dict) else {}
+
+    out = [("training", cfg.get("training"))]
+    out += [(f"per_model.{n}", b) for n, b in mapping(cfg.get("per_model")).items()]
+    out += [(f"methods.{n}.training", mapping(b).get("training")) for n, b in mapping(cfg.get("methods")).items()]
+    out += [(f"experiments.{n}.training", mapping(e).get("training"))
+            for n, e in mapping(cfg.get("experiments")).items()]
+    return [(where, b) for where, b in out if isinstance(b, dict)]
+
+
 def check_files(problems: list[str], cfg: dict) -> None:
     """Every input file or folder the config names exists (datasets, questions, reg_data, MMLU-Pro, dense model).
 
@@ -189,13 +210,8 @@ def check_files(problems: list[str], cfg: dict) -> None:
         _exists(problems, f"datasets.{name}.path", d.get("path"), folder=get_loader(d["loader"]).path_is_folder)
         _exists(problems, f"datasets.{name}.questions", d.get("questions"), folder=False)
         _exists(problems, f"datasets.{name}.root", d.get("root"), folder=True)
-    _reg_data(problems, "training", cfg.get("training"))
-    for name, block in (cfg.get("per_model") or {}).items():
-        _reg_data(problems, f"per_model.{name}", block)
-    for name, block in (cfg.get("methods") or {}).items():
-        _reg_data(problems, f"methods.{name}.training", block.get("training"))
-    for name, exp in cfg["experiments"].items():
-        _reg_data(problems, f"experiments.{name}.training", exp.get("training"))
+    for where, block in training_blocks(cfg):
+        _reg_data(problems, where, block)
     _exists(problems, "capability.path", (cfg.get("capability") or {}).get("path"), folder=False)
     _check_templates(problems, cfg.get("prompts") or {})
     if _uses_dense(cfg):

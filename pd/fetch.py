@@ -214,16 +214,57 @@ def plan_needs(plan) -> list[Need]:
     return needs
 
 
-def network_jobs(plan) -> list[str]:
-    """Jobs that call a service at run time (OpenAI-compatible embeddings or generation): they need network.
+def network_jobs(plan, local: bool = False) -> list[str]:
+    """Jobs that call a service over the network while they run (:meth:`pd.pipeline.kind.JobKind.needs_network`).
 
     Args:
         plan: a :class:`pd.pipeline.plan.Plan`.
+        local: True: the jobs of local rules (they run on the host that runs Snakemake, e.g. API
+            embeddings); False: the others, which run on compute nodes.
 
     Returns:
         Their output paths, sorted.
     """
-    def calls_service(a) -> bool:
-        return (a.kind == "retrieval" and a.spec.retriever == "openai") or getattr(a.spec, "backend", None) == "openai"
+    from pd.pipeline.registry import get_kind
 
-    return sorted(a.path for a in plan.artifacts.values() if calls_service(a))
+    return sorted(a.path for a in plan.artifacts.values()
+                  if get_kind(a.kind).local == local and get_kind(a.kind).needs_network(a) is not None)
+
+
+def offline_problems(plan, experiments: Iterable[str] | None = None) -> list[str]:
+    """What a site whose compute nodes have no network cannot run: one line per experiment and job kind.
+
+    A job that calls a service while it runs (a generating or judging job on the ``openai`` backend)
+    fails on such a node; API embeddings are no problem (a local rule computes them, and retrieval reads
+    the cache).
+
+    Args:
+        plan: a :class:`pd.pipeline.plan.Plan`.
+        experiments: whose cells are checked (default: every planned experiment).
+
+    Returns:
+        Lines naming the experiment, its first such cell (and how many more), the jobs and what to do;
+        empty when nothing needs the network on a compute node.
+    """
+    from pd.pipeline.registry import get_kind, kind_names
+
+    networked = set(network_jobs(plan))
+    if not networked:
+        return []
+    lines = []
+    for exp in experiments or list(plan.cells):
+        by_kind: dict[str, tuple[list[str], set[str]]] = {}  # kind -> (cells, jobs)
+        for cell in plan.cells[exp]:
+            ends = [*cell.grades.values(), *cell.outputs.values()]
+            jobs = {p for end in ends for p in plan.upstream(end)} & networked
+            for path in jobs:
+                cells, paths = by_kind.setdefault(plan.artifacts[path].kind, ([], set()))
+                if cell.cell_id not in cells:
+                    cells.append(cell.cell_id)
+                paths.add(path)
+        for kind, (cells, paths) in sorted(by_kind.items(), key=lambda kv: kind_names().index(kv[0])):
+            more = f" and {len(cells) - 1} more" if len(cells) > 1 else ""
+            reason = get_kind(kind).needs_network(plan.artifacts[min(paths)])
+            lines.append(f"{exp}: cell {cells[0]}{more}: {len(paths)} {kind} job(s) would {reason}, "
+                         "or set slurm_site.compute_network: true if the compute nodes reach the service")
+    return lines

@@ -62,6 +62,9 @@ class Site:
     # precision: what `dtype: auto` means on the compute nodes (None: bfloat16 on GPUs, float32 on CPUs)
     precision: str | None = None
     slurm_extra: str | None = None
+    # Whether compute nodes reach services over the network (an OpenAI-compatible backend). False (most
+    # clusters): `pd validate` refuses jobs that would call one there; API embeddings run in a local rule.
+    compute_network: bool = False
     # Jobs that outlive their time limit: adapters checkpoint every `checkpoint_minutes` (0: never) and get
     # SIGTERM `term_before_limit_s` seconds before the limit (sbatch --signal; 0: only SLURM's own at the limit),
     # on which they save a checkpoint and exit; the retry resumes (pd.train.interrupt).
@@ -89,6 +92,7 @@ _SITE_FIELDS = {f.name: f for f in dataclasses.fields(Site)}
 _TIER_FIELDS = {f.name for f in dataclasses.fields(SizeTier)}
 _INT_FIELDS = {"gpus_per_node", "cpus_per_gpu", "cpus_per_task", "max_cpus_per_task", "max_mem_mb", "max_runtime"}
 _FLOAT_FIELDS = {"gpu_mem_gb", "gpu_tflops", "gpu_bandwidth_gbs", "runtime_factor"}
+_BOOL_FIELDS = {"compute_network"}
 _ZERO_OR_MORE = {"checkpoint_minutes": float, "term_before_limit_s": int}  # 0: off
 
 
@@ -146,6 +150,10 @@ def _site_from_mapping(d: dict[str, Any], where: str, kinds: tuple[str, ...] | N
             values[name] = _positive(value, f"{where}.{name}", int)
         elif name in _FLOAT_FIELDS:
             values[name] = _positive(value, f"{where}.{name}", float)
+        elif name in _BOOL_FIELDS:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{name}: expected true or false, got {value!r}")
+            values[name] = value
         elif name in _ZERO_OR_MORE:
             values[name] = _positive(value, f"{where}.{name}", _ZERO_OR_MORE[name], zero=True)
         else:

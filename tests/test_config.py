@@ -42,7 +42,7 @@ def test_minimal_config_gets_defaults():
 def test_training_settings_layering():
     cfg = load_config(DEFAULT_CONFIG)
     # The paper's Table 8 (Llama-3 column), written out here independently of pd.train.settings.
-    table8 = {"lr": 1e-5, "weight_decay": 0.1, "max_grad_norm": 1.0, "batch_size": 4, "grad_accum": 1, "epochs": 10,
+    table8 = {"lr": 1e-5, "weight_decay": 0.1, "max_grad_norm": 1.0, "batch_size": 4, "epochs": 10,
               "warmup_epochs": 1, "warmup_steps": 0, "rank": 1024, "alpha_factor": 2.0, "lora_dropout": 0.0,
               "kd_temperature": 2.0, "t2_scale": False, "max_answer_tokens": 512, "max_teacher_tokens": 768,
               "reg_fraction": 0.5, "reg_data": "tulu3"}

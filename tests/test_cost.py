@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from pd.cost.calibration import GPU, calibration, reference_gpu
 from pd.cost.generation import decode_batch, forward_s, generation_s
+from pd.cost.rows import row_shape
 from pd.cost.shapes import Shape, Tokens, shape_of
 from pd.cost.training import micro_step_s, optimizer_s, plan_training, static_gb, train_peak_gb, training_layout
 from pd.errors import ConfigError
@@ -15,12 +14,10 @@ from pd.models import BUILTIN
 
 TOLERANCE = 0.15
 H100 = GPU(memory_gb=80 * 2**30 / 1e9, tflops=989, bandwidth_gbs=3350)
-NAMES = {"llama3-8b": "llama3-8b-instruct", "llama3-70b": "llama3-70b-instruct", "qwen2.5-14b": "qwen2.5-14b-instruct"}
 
 
 def _shape(row: dict) -> Shape:
-    shape = shape_of(BUILTIN[NAMES[row["model"]]])
-    return dataclasses.replace(shape, layers=row["layers"]) if "layers" in row else shape
+    return row_shape(row)  # the row's model (its -instruct left off) with its layers
 
 
 def _within(predicted: float, measured: float) -> None:

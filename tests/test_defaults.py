@@ -36,9 +36,10 @@ NOT_IN_CONFIG = {"method", "seed", "progress"}  # set per cell by the plan, or b
 
 # The training defaults that every adapter's specification has listed since the first
 # workflow run (the former pd.config.PAPER_TRAINING), value and type: changing one changes
-# the hash, hence the path, of every adapter, so a change here must be deliberate.
+# the hash, hence the path, of every adapter, so a change here must be deliberate. (grad_accum left the
+# list when batch_size became the global batch: issue 21; micro-batches change no result and are not listed.)
 SPEC_DEFAULTS = {
-    "lr": 1e-5, "weight_decay": 0.1, "max_grad_norm": 1.0, "batch_size": 4, "grad_accum": 1,
+    "lr": 1e-5, "weight_decay": 0.1, "max_grad_norm": 1.0, "batch_size": 4,
     "epochs": 10, "warmup_epochs": 1, "warmup_steps": 0, "rank": 1024, "alpha_factor": 2.0,
     "lora_dropout": 0.0, "kd_temperature": 2.0, "t2_scale": False, "teacher_topk": 0,
     "max_answer_tokens": 512, "max_teacher_tokens": 768, "chunk_size": 128, "checkpoint_every": 0,

@@ -299,3 +299,30 @@ def test_merged_adapter_generates_as_the_unmerged_lora_does(tiny_llama, tmp_path
         for ta, tb in zip(ra[0].top_logprobs, rb[0].top_logprobs):
             assert ta.keys() == tb.keys()
             assert max(abs(ta[k] - tb[k]) for k in ta) < 1e-5
+
+
+def test_batched_inverse_transform_draws_follow_the_full_distribution():
+    """Every row's draw (one uniform from its own generator, one batched searchsorted) follows softmax(logits/T)
+    over the whole vocabulary: a chi-square test against the exact probabilities (scipy), tokens of expected
+    count below 5 pooled."""
+    from scipy.stats import chisquare
+
+    from pd.generate.transformers_backend import TransformersGenerator
+
+    vocab, rows, T = 300, 30000, 1.3
+    logits = torch.randn(vocab, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    gens = [torch.Generator().manual_seed(1000 + r) for r in range(rows)]
+    draws = TransformersGenerator._choose(logits.float().expand(rows, vocab).contiguous(), gens,
+                                          SamplingParams(temperature=T, max_new_tokens=1))
+    assert draws.shape == (rows,) and int(draws.min()) >= 0 and int(draws.max()) < vocab
+    expected = torch.softmax(logits / T, dim=0) * rows
+    counts = torch.bincount(draws, minlength=vocab).double()
+    big = expected >= 5
+    obs = torch.cat([counts[big], counts[~big].sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    assert chisquare(obs.numpy(), exp.numpy()).pvalue > 1e-3
+    # the same generators give the same draws: a row's draw depends on its own generator only
+    again = TransformersGenerator._choose(logits.float().expand(3, vocab).contiguous(),
+                                          [torch.Generator().manual_seed(1000 + r) for r in range(3)],
+                                          SamplingParams(temperature=T, max_new_tokens=1))
+    assert again.tolist() == draws[:3].tolist()

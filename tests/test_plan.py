@@ -36,7 +36,9 @@ PAPER = ["main", "expert_teacher", "temperatures", "regularisation", "hotpotqa",
 #  grades: 2 graders x 711 = 1422; manifests: 12.
 #  capability (MMLU-Pro, regularisation only): the base model once (its seeds and retrievals share
 #    it) + 12 pd + 12 pd_reg adapters = 25.
-PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 27, "adapter": 363, "retrieval": 13, "evaluate": 711,
+# embeddings: the openai retrieval of main, regularisation and rag_variants shares one local job per dataset.
+PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 27, "adapter": 363, "embeddings": 4, "retrieval": 13,
+                "evaluate": 711,
                 "grade": 1422, "capability": 25, "manifest": 12, "report": 1}
 
 
@@ -54,8 +56,8 @@ def test_paper_grid_counts(cfg):
 def test_main_grid_alone(cfg):
     # base (no training data) + pd/sft (shared questions, own answers) + uft (no questions).
     plan = build_plan(cfg, ["main"])
-    assert plan.count() == {"questions": 36, "answers": 72, "teacher": 0, "adapter": 108, "retrieval": 4,
-                            "evaluate": 288, "grade": 576, "capability": 0, "manifest": 1, "report": 1}
+    assert plan.count() == {"questions": 36, "answers": 72, "teacher": 0, "adapter": 108, "embeddings": 4,
+                            "retrieval": 4, "evaluate": 288, "grade": 576, "capability": 0, "manifest": 1, "report": 1}
 
 
 def test_irrelevant_axes_collapse(cfg):

@@ -187,7 +187,7 @@ def test_slurm_profile_runs_smoke_through_sbatch(tmp_path, slurm_cluster):
 @pytest.mark.slow
 def test_slurm_training_cell_with_two_processes_runs_in_one_job(tmp_path, slurm_cluster):
     """The real Snakefile through profiles/slurm: a PD cell with ``processes: 2`` trains in two processes
-    inside one SLURM job, and its adapter equals the one-process adapter with twice the per-process batch."""
+    inside one SLURM job, and its adapter equals the one-process adapter with the same global batch."""
     import torch
     import yaml
     from safetensors.torch import load_file
@@ -208,7 +208,7 @@ def test_slurm_training_cell_with_two_processes_runs_in_one_job(tmp_path, slurm_
                      "seed": [0]}, "graders": ["substring"]}
     cfg = {"run": ["two", "one"], "results_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports"),
            "datasets": {"tiny-nyt": {"loader": "squadshifts", "subset": "nyt", "passages": 2}},
-           "experiments": {"two": {**cell, "training": {**training, "processes": 2, "batch_size": 2}},
+           "experiments": {"two": {**cell, "training": {**training, "processes": 2, "batch_size": 4}},
                            "one": {**cell, "training": {**training, "batch_size": 4}}}}
     cfg_file = tmp_path / "config.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))

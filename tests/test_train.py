@@ -145,7 +145,7 @@ def test_adapter_folder_gives_the_trained_logits(tiny_llama, dataset, tmp_path):
 def test_resume_is_bit_identical(method, extra, tiny_llama, dataset, tmp_path):
     # Dropout, accumulation and warmup make RNG, optimizer and scheduler state all matter;
     # pd_reg adds the instruction stream and a teacher cache kept in the work folder.
-    cfg = _cfg(method, batch_size=2, grad_accum=2, lora_dropout=0.1, warmup_steps=2, epochs=3, **extra)
+    cfg = _cfg(method, batch_size=4, micro_batch_size=2, lora_dropout=0.1, warmup_steps=2, epochs=3, **extra)
     kw = dict(rows=ROWS, dataset=dataset, device="cpu", instruction_pairs=PAIRS)
     full = train(cfg, tiny_llama.spec, tmp_path / "full", **kw)
     n = full.steps
@@ -189,7 +189,7 @@ def test_schedule_visits_every_example_once_per_epoch():
         assert sorted(seen) == list(range(10))
     # Two processes split each global batch without overlap; the union is what one process would take.
     single = Schedule(_cfg("pd", batch_size=4), 10, 0, world=1, rank=0)
-    ranks = [Schedule(_cfg("pd", batch_size=2), 10, 0, world=2, rank=r) for r in range(2)]
+    ranks = [Schedule(_cfg("pd", batch_size=4), 10, 0, world=2, rank=r) for r in range(2)]
     for s in range(2):
         parts = [rows for p in ranks for rows, _ in p.micro_batches(s)]
         assert not set(parts[0]) & set(parts[1])

@@ -11,9 +11,9 @@ from pd.train.schedule import Schedule
 from pd.train.settings import TrainConfig
 
 
-def _plan(n, lengths, seed=0, **kw) -> Schedule:
+def _plan(n, lengths, seed=0, micro=None, **kw) -> Schedule:
     cfg = TrainConfig(method="sft", seed=seed, progress=False, **kw)
-    return Schedule(cfg, n, 0, world=1, rank=0, lengths=lengths)
+    return Schedule(cfg, n, 0, world=1, rank=0, lengths=lengths, micro=micro)
 
 
 def _epoch_batches(plan: Schedule, epoch: int) -> list[list[int]]:
@@ -23,7 +23,8 @@ def _epoch_batches(plan: Schedule, epoch: int) -> list[list[int]]:
 
 def test_every_example_exactly_once_per_epoch_with_grad_accum():
     lengths = [(7 * i) % 31 + 1 for i in range(23)]
-    plan = _plan(23, lengths, batch_size=3, grad_accum=2, bucket_batches=3)
+    plan = _plan(23, lengths, batch_size=6, micro=3, bucket_batches=3)
+    assert plan.accum == 2
     assert plan.steps_per_epoch == 4  # ceil(23 / 6)
     for epoch in range(3):
         seen = [i for b in _epoch_batches(plan, epoch) for i in b]

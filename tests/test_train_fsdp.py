@@ -54,9 +54,9 @@ def tied_spec(tiny_llama, tmp_path_factory) -> ModelSpec:
 def fsdp_runs(tied_spec, tiny_llama, tmp_path_factory):
     """The FSDP jobs, run once by two processes; returns their folder."""
     root = tmp_path_factory.mktemp("fsdp")
-    pd_cfg = dict(COMMON, method="pd", batch_size=2, parallel="fsdp")
+    pd_cfg = dict(COMMON, method="pd", batch_size=4, parallel="fsdp")
     # Activation checkpointing and a snapshot at the first step ride along: neither changes the numbers.
-    sft_cfg = dict(COMMON, method="sft", batch_size=1, grad_accum=2, parallel="fsdp", gradient_checkpointing=True,
+    sft_cfg = dict(COMMON, method="sft", batch_size=4, micro_batch_size=1, parallel="fsdp", gradient_checkpointing=True,
                    snapshot_seconds=[0.001])
     data = {"passages": PASSAGES, "rows": ROWS}
     jobs = [

@@ -31,7 +31,7 @@ def dataset():
 
 
 def _cfg(**kw):
-    base = dict(method="pd", rank=8, lr=5e-3, epochs=3, warmup_epochs=0, batch_size=2, grad_accum=2,
+    base = dict(method="pd", rank=8, lr=5e-3, epochs=3, warmup_epochs=0, batch_size=4, micro_batch_size=2,
                 lora_dropout=0.1, warmup_steps=2, progress=False, seed=0)
     return TrainConfig(**{**base, **kw})
 
@@ -61,7 +61,7 @@ def _sigterm_after_first_log_line(log: Path) -> threading.Thread:
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_with_the_uninterrupted_adapter(tiny_llama, dataset, tmp_path):
-    cfg = _cfg(epochs=6)  # 12 optimizer steps of 4 rows (2 x 2 accumulated)
+    cfg = _cfg(epochs=6)  # 12 optimizer steps of 4 rows (2 micro-batches of 2)
     kw = dict(rows=ROWS, dataset=dataset, device="cpu")
     full = train(cfg, tiny_llama.spec, tmp_path / "full", **kw)
     assert full.steps == 12
@@ -148,7 +148,7 @@ def test_sigterm_to_a_launched_job_checkpoints_every_rank_at_one_step_and_the_re
 
     from pd.pipeline.run import run_job
 
-    spec, path = adapter_spec(tmp_path, processes=2, batch_size=2, epochs=10)
+    spec, path = adapter_spec(tmp_path, processes=2, batch_size=4, epochs=10)
     write_answers(spec)
     work = Path(path + ".work")
     job = ("import json, sys; from pd.pipeline.run import run_job; "

@@ -2,8 +2,8 @@
 
 The adapter job of a real plan (tests/configs/tiny-train.yaml's PD cell on tiny-llama), run
 through :func:`pd.pipeline.run.run_job` as the workflow runs it: with ``processes: 2`` it trains in
-two processes whose averaged gradients equal one process's gradient on the global batch, so
-its adapter equals the one-process adapter with twice the per-process batch (to float
+two processes that share the global batch (``batch_size``) and whose averaged gradients equal
+one process's gradient on it, so its adapter equals the one-process adapter (to float
 rounding); each rank logs its SLURM job, rank and world size.
 """
 
@@ -63,13 +63,12 @@ def write_answers(spec, n: int = 9) -> None:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """The adapter stage with processes 2 x batch 2 (DDP and FSDP), and with processes 1 x batch 4, on the same
-    answers."""
+    """The adapter stage with the global batch 4 on 2 processes (DDP and FSDP) and on 1, on the same answers."""
     folder = tmp_path_factory.mktemp("processes")
     threads = os.environ.get("OMP_NUM_THREADS")
     out = {}
-    for name, training in (("two", {"processes": 2, "batch_size": 2}), ("one", {"batch_size": 4}),
-                           ("fsdp", {"processes": 2, "batch_size": 2, "parallel": "fsdp"})):
+    for name, training in (("two", {"processes": 2, "batch_size": 4}), ("one", {"batch_size": 4}),
+                           ("fsdp", {"processes": 2, "batch_size": 4, "parallel": "fsdp"})):
         spec, path = adapter_spec(folder, **training)
         write_answers(spec)
         log = folder / f"{name}.log"
@@ -127,7 +126,7 @@ def test_each_rank_logs_its_job_rank_and_world_size(two_runs):
 
 @pytest.mark.slow
 def test_a_failing_rank_fails_the_job_with_its_error(tmp_path):
-    spec, path = adapter_spec(tmp_path, processes=2, batch_size=2)
+    spec, path = adapter_spec(tmp_path, processes=2, batch_size=4)
     write_answers(spec, n=0)  # an empty answers file: a user mistake every rank finds
     with pytest.raises(DataError, match="no training rows left") as err:
         run_job("adapter", spec.as_dict(), [path], [str(tmp_path / "job.log")], threads=1)

@@ -299,6 +299,14 @@ def test_a_run_builds_the_same_cache_as_the_teacher_job(tiny_llama, tmp_path):
     model = attach_lora(tiny_llama.model(), rank=1, alpha=2.0)  # as the workflow's teacher job does
     direct = build_teacher_cache(model, examples, tokens.pad_id, k=8, temperature=cfg.kd_temperature)
     assert in_run.meta["key"] == direct.meta["key"] and in_run.example_ids == direct.example_ids
-    for name in ("ids", "logprobs", "log_rest"):
+    for name in ("ids", "logprobs"):
         assert torch.equal(getattr(in_run.targets, name), getattr(direct.targets, name)), name
-    assert in_run.stats == direct.stats
+    # log_rest (float32) is a sum over the vocabulary: with several threads its reduction order follows the batch's
+    # shape, so it may differ in the last bit (4.8e-7 seen on 2 cores); one thread gives it bit for bit
+    assert torch.allclose(in_run.targets.log_rest, direct.targets.log_rest, rtol=0, atol=2e-6)
+    assert len(in_run.stats) == len(direct.stats)
+    for a, b in zip(in_run.stats, direct.stats):  # the same statistics, to the reductions' last bits
+        assert a.keys() == b.keys(), (a, b)
+        for k in a:
+            same = a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-9) if isinstance(a[k], float) else a[k] == b[k]
+            assert same, (k, a, b)

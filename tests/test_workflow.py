@@ -225,3 +225,73 @@ def test_the_training_chain_goes_first(tmp_path):
     assert set(seen) >= {"questions", "answers", "teacher", "adapter", "evaluate", "grade", "retrieval"}
     assert seen == {kind: {PRIORITY[kind]} for kind in seen}
     assert PRIORITY["questions"] >= PRIORITY["teacher"] > PRIORITY["adapter"] > PRIORITY["evaluate"]
+
+
+def _openai_config(tmp_path: Path) -> Path:
+    """The tiny grid with `openai` retrieval (embeddings from a service, model `minilm`) beside closed-book."""
+    import yaml
+
+    raw = yaml.safe_load(TINY.read_text())
+    raw["experiments"]["tiny"]["grid"]["retrieval"] = ["none", "openai"]
+    raw["retrieval"] = {"openai_embedding_model": "minilm"}
+    path = tmp_path / "tiny-openai.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_api_embeddings_are_a_job_before_retrieval_in_the_slurm_dry_run(tmp_path):
+    """Issue 21 part 5: with `retrieval: openai` the DAG has one `embeddings` job (a local rule: it calls the
+    service where the network is), and the retrieval job reads its output; the profile is the SLURM one."""
+    config = _openai_config(tmp_path)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", str(ROOT / "profiles/slurm"),
+           "--configfile", str(ROOT / "profiles/slurm/site.yaml"), str(config),
+           "--config", f"results_dir={tmp_path / 'results'}", f"reports_dir={tmp_path / 'reports'}", "-n"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M)}
+    assert counts["embeddings"] == 1 and counts["retrieval"] == 1
+    plan = plan_for(tmp_path, config)
+    [emb], [ret] = plan.of_kind("embeddings"), plan.of_kind("retrieval")
+    blocks = {m.group(1): m.group(0) for m in re.finditer(r"^rule (\w+):\n(?:\s+.*\n)+", text, re.M)
+              if m.group(1) in ("embeddings", "retrieval")}
+    assert f"output: {emb.path}" in blocks["embeddings"]
+    assert f"input: {emb.path}" in blocks["retrieval"] and f"output: {ret.path}" in blocks["retrieval"]
+    assert text.index("rule embeddings:") < text.index("rule retrieval:")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_api_embeddings_run_on_the_submit_host_and_retrieval_on_a_node(tmp_path, slurm_cluster, monkeypatch):
+    """Through sbatch: the embeddings job is a local rule (no SLURM job id; it reaches the test's embedding
+    server), the retrieval job a SLURM job that ranks from the cache after the server is gone."""
+    from test_slurm import CI_SITE, FAST_SLURM, run_workflow, slurm_profile
+
+    from pd.evaluation.retrieve import retrieve_for_items, sentence_transformer
+    from pd.serve import create_app, serve_in_thread
+
+    config = _openai_config(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = plan_for(work, config)
+    [emb], [ret] = plan.of_kind("embeddings"), plan.of_kind("retrieval")
+    profile = slurm_profile(tmp_path / "profile", CI_SITE)
+    monkeypatch.setenv("PD_CACHE_DIR", str(tmp_path / "cache"))  # shared by the host and the node (one machine)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    files = (*FAST_SLURM, "--configfile", str(config), str(profile / "site.yaml"))  # before --config: targets first
+    run = dict(config={"results_dir": str(work / "results"), "reports_dir": str(work / "reports")},
+               snakefile=ROOT / "Snakefile")
+    app = create_app(embedder=sentence_transformer("all-minilm-l6-v2"), embedding_model_name="minilm")
+    with serve_in_thread(app) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        proc = run_workflow(work, profile, extra=(emb.path, *files), timeout=600, **run)
+        assert proc.returncode == 0, proc.stdout[-4000:]
+        want = retrieve_for_items(plan.artifacts[ret.path].spec.load_dataset(), "openai", ret.spec.k, model="minilm",
+                                  cache_dir=tmp_path / "online")
+    record = json.loads(Path(emb.path).read_text())
+    assert record["slurm_job_id"] is None and record["sent"] > 0  # ran on this host, not through sbatch
+    proc = run_workflow(work, profile, extra=(ret.path, *files), timeout=600, **run)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    stats = json.loads(Path(ret.path[: -len(".jsonl")] + ".stats.json").read_text())
+    assert stats["slurm_job_id"]
+    assert {r["item_id"]: r["retrieved"] for r in read_jsonl(ret.path)} == want

@@ -128,11 +128,11 @@ def _divisors(n: int) -> list[int]:
 def training_layout(shape: Shape, rank: int, global_batch: int, tokens: Tokens, *, world: int, gpu_gb: float,
                     live_teacher: bool, teacher: Shape | None = None, mean_tokens: Tokens | None = None,
                     gpu: GPU | None = None, checkpointing: bool | None = None,
-                    parallel: str | None = None) -> Layout:
+                    parallel: str | None = None, micro_batch: int | None = None) -> Layout:
     """The fastest layout of ``world`` processes whose peak fits the GPU: micro-batch, checkpointing, sharding.
 
     Without sharding first (DDP: nothing to gather), then FSDP; among the layouts that fit, the one with the
-    shortest optimizer step. ``checkpointing``/``parallel`` set (not None) are kept as given.
+    shortest optimizer step. ``checkpointing``/``parallel``/``micro_batch`` set (not None) are kept as given.
 
     Args:
         shape: the student's shape. rank: LoRA rank.
@@ -141,17 +141,20 @@ def training_layout(shape: Shape, rank: int, global_batch: int, tokens: Tokens, 
         world: processes (GPUs). gpu_gb: one GPU's memory (GB, 10^9 bytes).
         live_teacher: the teacher runs in the step. teacher: a separate teacher's shape.
         gpu: the GPU's speed (default: an H100 of ``gpu_gb``).
-        checkpointing, parallel: fixed choices (None: free).
+        checkpointing, parallel, micro_batch: fixed choices (None: free).
 
     Returns:
         The :class:`Layout`.
 
     Raises:
-        ConfigError: ``global_batch`` is not divisible by ``world``, or no layout fits (the message says what
-            the smallest one needs).
+        ConfigError: ``global_batch`` is not divisible by ``world`` (x ``micro_batch``), or no layout fits (the
+            message says what the smallest one needs).
     """
     if global_batch % world:
         raise ConfigError(f"training.batch_size {global_batch} is not divisible by the {world} training processes")
+    if micro_batch is not None and (global_batch // world) % micro_batch:
+        raise ConfigError(f"training.batch_size {global_batch} is not divisible by {world} processes x "
+                          f"micro_batch_size {micro_batch}")
     gpu = gpu or GPU(memory_gb=gpu_gb)
     limit = calibration()["multi_gpu"]["headroom"] * gpu_gb
     mean_tokens = mean_tokens or tokens
@@ -159,7 +162,7 @@ def training_layout(shape: Shape, rank: int, global_batch: int, tokens: Tokens, 
     for par in ([parallel] if parallel else (["ddp", "fsdp"] if world > 1 else ["ddp"])):
         shards = world if par == "fsdp" else 1
         for ck in ([checkpointing] if checkpointing is not None else [False, True]):
-            for micro in _divisors(global_batch // world):
+            for micro in [micro_batch] if micro_batch is not None else _divisors(global_batch // world):
                 peak = train_peak_gb(shape, rank, micro, tokens, checkpointing=ck, shards=shards, teacher=teacher)
                 if smallest is None or peak < smallest:
                     smallest = peak
@@ -182,13 +185,13 @@ def training_layout(shape: Shape, rank: int, global_batch: int, tokens: Tokens, 
 def plan_training(shape: Shape, rank: int, global_batch: int, tokens: Tokens, *, gpu: GPU, max_gpus: int,
                   live_teacher: bool, teacher: Shape | None = None, mean_tokens: Tokens | None = None,
                   processes: int | str = "auto", checkpointing: bool | None = None,
-                  parallel: str | None = None) -> Layout:
+                  parallel: str | None = None, micro_batch: int | None = None) -> Layout:
     """The layout of a training job on a site: with ``processes: auto`` the fewest GPUs (dividing the batch)
     on which a layout fits, so that sharding is used only when the memory needs it.
 
     Args:
-        shape, rank, global_batch, tokens, live_teacher, teacher, mean_tokens, checkpointing, parallel: as
-            :func:`training_layout`.
+        shape, rank, global_batch, tokens, live_teacher, teacher, mean_tokens, checkpointing, parallel,
+            micro_batch: as :func:`training_layout`.
         gpu: the site's GPU. max_gpus: GPUs of one node.
         processes: ``auto`` or a fixed number of processes.
 
@@ -208,7 +211,7 @@ def plan_training(shape: Shape, rank: int, global_batch: int, tokens: Tokens, *,
         try:
             return training_layout(shape, rank, global_batch, tokens, world=n, gpu_gb=gpu.memory_gb,
                                    live_teacher=live_teacher, teacher=teacher, mean_tokens=mean_tokens, gpu=gpu,
-                                   checkpointing=checkpointing, parallel=parallel)
+                                   checkpointing=checkpointing, parallel=parallel, micro_batch=micro_batch)
         except ConfigError as err:
             errors.append(str(err))
     raise ConfigError(f"no layout on up to {max_gpus} GPUs fits: {errors[-1] if errors else 'no process count'}")

@@ -24,6 +24,9 @@ Kinds (``RETRIEVERS``):
 - ``openai``: embeddings from an OpenAI-compatible ``/v1/embeddings`` endpoint
   (default model ``text-embedding-3-small``, as in the paper); base URL and key from the
   arguments or ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``, so a local server works too.
+  Compute nodes have no network: :func:`embed_corpus_and_queries` fills the cache where the
+  network is (the workflow's local ``embeddings`` rule), and ``offline=`` makes the retriever
+  read only that cache, never opening a connection.
 - ``oracle``: the gold passages of each item (upper bound on retrieval).
 
 Indexes (tokenised corpora) and embeddings are cached on disk under a content hash of
@@ -105,8 +108,20 @@ class Retriever:
         top = _top_k(self.scores(queries), k)
         return [[self.ids[j] for j in row] for row in top]
 
+    @staticmethod
+    def queries(items: Sequence[TestItem]) -> list[str]:
+        """The texts asked for ``items`` (what is embedded for them, and the cache's key).
+
+        Args:
+            items: test items.
+
+        Returns:
+            Each item's closed-book (rewritten) question, in order.
+        """
+        return [it.closed_book_question for it in items]
+
     def search_items(self, items: Sequence[TestItem], k: int = DEFAULT_K) -> list[list[str]]:
-        return self.search([it.closed_book_question for it in items], k)
+        return self.search(self.queries(items), k)
 
 
 # --------------------------------------------------------------------------- BM25
@@ -169,7 +184,11 @@ class BM25Retriever(Retriever):
 
 
 class EmbeddingCache:
-    """Embeddings of a list of texts under one model, stored as one .npy per (model, texts)."""
+    """Embeddings of a list of texts under one model, stored as one .npy per (model, texts).
+
+    The file's name is a hash of the model's identity and every text in order, so a changed
+    text, order or model is a miss (never a stale hit); files are written atomically.
+    """
 
     def __init__(self, model_id: str, embed: Callable[[list[str]], np.ndarray], cache_dir=None):
         self.model_id = model_id
@@ -177,18 +196,28 @@ class EmbeddingCache:
         self.dir = retrieval_cache_dir(cache_dir) / "embeddings"
         self.calls = 0  # texts actually sent to the model (for tests and cost accounting)
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        key = stable_hash({"model": self.model_id, "texts": texts}, 24)
-        path = self.dir / f"{key}.npy"
+    def key(self, texts: list[str]) -> str:
+        """The cache key of ``texts`` (in this order) under this model."""
+        return stable_hash({"model": self.model_id, "texts": texts}, 24)
+
+    def lookup(self, texts: list[str]) -> np.ndarray | None:
+        """The cached embeddings of ``texts``, or None when they are not in the cache (nothing is computed)."""
+        path = self.dir / f"{self.key(texts)}.npy"
         if path.is_file():
             arr = np.load(path)
             if arr.shape[0] == len(texts):
                 return arr
+        return None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        arr = self.lookup(texts)
+        if arr is not None:
+            return arr
         arr = np.asarray(self._embed(texts), dtype=np.float32)
         self.calls += len(texts)
         if arr.ndim != 2 or arr.shape[0] != len(texts):
             raise PDError(f"embedding model {self.model_id} returned shape {arr.shape} for {len(texts)} texts")
-        with atomic_path(path, suffix=".npy") as tmp:
+        with atomic_path(self.dir / f"{self.key(texts)}.npy", suffix=".npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, arr)
         return arr
@@ -275,12 +304,43 @@ def dense_retriever(documents, model: str | None = None, batch_size: int = 64, d
 
 
 def openai_retriever(documents, model: str = OPENAI_DEFAULT_MODEL, base_url: str | None = None,
-                     api_key: str | None = None, batch_size: int = 256, cache_dir=None) -> EmbeddingRetriever:
-    """Embeddings from OpenAI or any server speaking its ``/v1/embeddings`` API."""
-    import openai
+                     api_key: str | None = None, batch_size: int = 256, cache_dir=None,
+                     offline: str | None = None) -> EmbeddingRetriever:
+    """Embeddings from OpenAI or any server speaking its ``/v1/embeddings`` API.
 
+    Args:
+        documents: the corpus.
+        model: the embedding model's name at the service.
+        base_url: the service (default ``OPENAI_BASE_URL``, else api.openai.com); a URL's password is the key.
+        api_key: the key (default ``OPENAI_API_KEY``); not needed ``offline``.
+        batch_size: texts per request.
+        cache_dir: the retrieval cache (default ``$PD_CACHE_DIR/retrieval``).
+        offline: None: texts missing from the cache are sent to the service. A string: no client is made and
+            no connection opened; a miss raises, and the message ends with this string (what fills the cache).
+
+    Returns:
+        The retriever; the corpus is embedded (or read from the cache) now.
+
+    Raises:
+        ConfigError: no key and no base URL (online only).
+        ModelUnavailableError: a request failed, or ``offline`` and the cache lacks the texts.
+    """
     # A URL's user-info is the key, sent as Bearer (httpx would send it as Basic auth: 401 from a keyed server).
     base_url, url_key = split_url_credentials(base_url or os.environ.get("OPENAI_BASE_URL"))
+    where = redact_url(base_url) if base_url else "api.openai.com"
+    model_id = f"openai:{where}:{model}"
+    if offline is not None:
+        cache_at = retrieval_cache_dir(cache_dir) / "embeddings"
+
+        def embed(texts: list[str]) -> np.ndarray:
+            raise ModelUnavailableError(
+                f"embeddings of {len(texts)} texts by {model} ({where}) are not in the cache {cache_at}, and this "
+                f"job opens no connection: {offline}")
+
+        return EmbeddingRetriever(documents, embed, model_id, kind="openai", cache_dir=cache_dir)
+
+    import openai
+
     api_key = api_key or url_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
         if base_url:
@@ -289,7 +349,6 @@ def openai_retriever(documents, model: str = OPENAI_DEFAULT_MODEL, base_url: str
             raise ConfigError("retrieval kind 'openai' needs an API key: set OPENAI_API_KEY (or retrieval.api_key), "
                               "or set OPENAI_BASE_URL / retrieval.base_url to a local OpenAI-compatible server")
     client = openai.OpenAI(base_url=base_url, api_key=api_key)
-    where = redact_url(base_url) if base_url else "api.openai.com"
 
     def embed(texts: list[str]) -> np.ndarray:
         out = []
@@ -303,7 +362,6 @@ def openai_retriever(documents, model: str = OPENAI_DEFAULT_MODEL, base_url: str
             out.extend(e.embedding for e in data)
         return np.asarray(out, dtype=np.float32)
 
-    model_id = f"openai:{where}:{model}"
     return EmbeddingRetriever(documents, embed, model_id, kind="openai", cache_dir=cache_dir)
 
 
@@ -338,7 +396,7 @@ _OPTIONS = {
     "bm25": {"stopwords", "k1", "b", "cache_dir"},
     "bm25_paper": {"stopwords", "k1", "b", "tokenizer_model", "cache_dir"},
     "dense": {"model", "batch_size", "device", "cache_dir"},
-    "openai": {"model", "base_url", "api_key", "batch_size", "cache_dir"}, "oracle": set(),
+    "openai": {"model", "base_url", "api_key", "batch_size", "cache_dir", "offline"}, "oracle": set(),
 }
 
 
@@ -374,6 +432,38 @@ def retrieve(dataset: Dataset, kind: str, k: int = DEFAULT_K, items: Sequence[Te
     """Ordered doc ids per item, in the items' order (what pd.evaluation.evaluate takes)."""
     by_id = retrieve_for_items(dataset, kind, k, items, **opts)
     return [by_id[it.id] for it in (dataset.items if items is None else items)]
+
+
+def embed_corpus_and_queries(dataset: Dataset, kind: str, items: Sequence[TestItem] | None = None,
+                             **opts) -> dict:
+    """Embed (or find in the cache) a dataset's corpus and its items' questions, as retrieval will ask for them.
+
+    What runs where the network is, so that a retrieval job elsewhere finds every embedding it needs in
+    the cache: the texts go to the cache in the same lists, in the same order, as :func:`retrieve_for_items`
+    embeds them, so its lookups hit.
+
+    Args:
+        dataset: the corpus and test items.
+        kind: an embedding retriever (``dense`` or ``openai``).
+        items: the items whose questions are embedded (default: all of the dataset's).
+        **opts: the retriever's options (as for :func:`make_retriever`).
+
+    Returns:
+        ``model_id``, ``documents`` and ``queries`` (counts), ``sent`` (texts embedded now, not found in the
+        cache) and ``keys`` (the cache keys of the corpus and of the questions).
+
+    Raises:
+        ConfigError: ``kind`` does not embed texts.
+    """
+    if kind not in ("dense", "openai"):
+        raise ConfigError(f"retriever {kind!r} embeds nothing; embedding retrievers: dense, openai")
+    retriever = make_retriever(kind, dataset.documents, **opts)
+    queries = retriever.queries(list(dataset.items if items is None else items))
+    if queries:
+        retriever.cache(queries)
+    return {"model_id": retriever.model_id, "documents": len(retriever.documents), "queries": len(queries),
+            "sent": retriever.cache.calls,
+            "keys": [retriever.cache.key([d.text for d in retriever.documents]), retriever.cache.key(queries)]}
 
 
 def passages(dataset: Dataset, doc_ids: Sequence[str]) -> list[str]:

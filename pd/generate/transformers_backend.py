@@ -318,7 +318,7 @@ class TransformersGenerator:
             ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[r, width - len(p):] = 1
         ids, mask = ids.to(dev), mask.to(dev)
-        gens = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]  # on the CPU: one uniform per row and step
         stop = torch.tensor(self.stop_ids, device=dev)
         out_ids: list[list[int]] = [[] for _ in prompts]
         top: list[list[dict[int, float]]] = [[] for _ in prompts]
@@ -369,7 +369,20 @@ class TransformersGenerator:
 
     @staticmethod
     def _choose(logits, gens, params: SamplingParams):
-        """Greedy at temperature 0; otherwise temperature, top-k, top-p, then a draw from each row's generator."""
+        """Greedy at temperature 0; otherwise temperature, top-k, top-p, then one draw per row by inverse
+        transform sampling: the row's generator gives one uniform u, and the token is the first whose cumulative
+        probability exceeds u times the row's total. All rows are drawn in one batched ``searchsorted``: a
+        ``torch.multinomial`` per row cost about 0.6 ms of GPU launches per row and step (calibration.yaml's
+        ``sample_row_ms``), 160 ms per step at a batch of 256.
+
+        Args:
+            logits: ``[rows, vocab]`` float32 logits of the next token.
+            gens: one CPU ``torch.Generator`` per row (its sample's own seed).
+            params: temperature, top_k, top_p.
+
+        Returns:
+            ``[rows]`` int64 token ids, on the logits' device.
+        """
         import torch
 
         if params.temperature == 0:
@@ -385,4 +398,7 @@ class TransformersGenerator:
             sp = sp.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, si, sp)
             probs = probs / probs.sum(-1, keepdim=True)
-        return torch.stack([torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)])
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in gens]).to(probs.device)
+        cdf = probs.cumsum(-1)
+        target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+        return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)

@@ -89,7 +89,8 @@ def _training(shape: Shape, w: Training, gpu: GPU, max_gpus: int, registry: dict
     teacher = shape_of(registry[w.teacher_model]) if w.teacher_model else None
     layout = plan_training(shape, w.rank, w.global_batch, w.tokens, gpu=gpu, max_gpus=max_gpus,
                            live_teacher=w.live_teacher, teacher=teacher, mean_tokens=w.mean_tokens,
-                           processes=w.processes, checkpointing=w.checkpointing, parallel=w.parallel)
+                           processes=w.processes, checkpointing=w.checkpointing, parallel=w.parallel,
+                           micro_batch=w.micro_batch)
     detail = {"processes": layout.processes, "micro_batch": layout.micro_batch, "grad_accum": layout.grad_accum,
               "checkpointing": layout.checkpointing, "parallel": layout.parallel, "steps": w.steps,
               "step_s": layout.step_s}

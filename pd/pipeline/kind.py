@@ -133,7 +133,7 @@ class JobKind:
         base_runtime: minutes of a paper-size job (:data:`pd.pipeline.workload.REFERENCE`) for an 8B
             model on one GPU (or a 0.5B model on a CPU); the job's ``work`` scales it.
         size_independent: its memory and time do not grow with a model's size (it loads none).
-        local: a Snakemake ``localrule`` (runs on the submitting host: manifests, the report).
+        local: a Snakemake ``localrule`` (runs on the submitting host: manifests, the report, API embeddings).
         stops_on_sigterm: on SIGTERM its jobs save their progress and exit (training's checkpoint,
             :mod:`pd.train.interrupt`): on a SLURM site they are submitted to get it before their time
             limit (the site's ``term_before_limit_s``, :mod:`pd.pipeline.resources`).
@@ -200,6 +200,15 @@ class JobKind:
         """Whether a killed job resumes where it stopped on its retry (chunked outputs, checkpoints), so that
         work longer than a site's ``max_runtime`` is done over several attempts."""
         return False
+
+    def needs_network(self, art: Artifact) -> str | None:
+        """Whether the job calls a service over the network while it runs: None if not, else what it calls and
+        what to do instead (a generating or judging job on the ``openai`` backend). ``pd validate`` refuses such
+        a job on a SLURM site whose compute nodes are offline, unless its kind is ``local``."""
+        if getattr(art.spec, "backend", None) == "openai":
+            return ("call the openai backend (generation.backend: openai): set generation.backend to transformers "
+                    "or vllm")
+        return None
 
     def lora_rank(self, art: Artifact) -> int | None:
         """The LoRA rank the job trains (None: it trains none)."""

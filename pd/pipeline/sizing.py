@@ -102,6 +102,7 @@ class Training:
     processes: int | str = "auto"
     checkpointing: bool | None = None
     parallel: str | None = None
+    micro_batch: int | None = None  # a fixed micro-batch (None: the largest that fits)
 
     @property
     def steps(self) -> int:

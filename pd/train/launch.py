@@ -8,8 +8,8 @@ environment), starts that many copies of :func:`main` through
 (the adapter job's :func:`pd.pipeline.kinds.adapter.run_rank`, so this package never
 imports the job layer); :func:`pd.train.loop.train` finds the
 process group through ``accelerate`` (DDP, or FSDP with ``training.parallel: fsdp``; NCCL
-on GPUs, gloo on a CPU) and only rank 0 writes the adapter folder. ``batch_size`` is per
-process, so N processes train with N times the global batch.
+on GPUs, gloo on a CPU) and only rank 0 writes the adapter folder. ``batch_size`` is the
+global batch: the N processes share it (:mod:`pd.train.fit`).
 
 Logs: rank 0 appends to the job's log (``PD_JOB_LOG``, set by :mod:`pd.pipeline.run` while a job
 runs), rank r > 0 writes ``<log>.rank<r>`` beside it; each begins with one line naming the

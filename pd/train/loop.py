@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -107,10 +108,10 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
     check_trackers(cfg.log_with)
-    procs = start_processes(cfg.parallel, device, log_with=cfg.log_with,
-                            project_dir=tracker_dir(work) if cfg.log_with else None)
+    procs = start_processes(device, log_with=cfg.log_with, project_dir=tracker_dir(work) if cfg.log_with else None)
     run = setup_run(cfg, spec, procs, work, rows=rows, dataset=dataset, instruction_pairs=instruction_pairs,
                     teacher_spec=teacher_spec, teacher_cache=teacher_cache)
+    procs = run.procs  # as the resolved layout shares the model (ddp or fsdp)
     progress, resumed_from = resume_run(run, resume)
     if procs.is_main:
         work.mkdir(parents=True, exist_ok=True)
@@ -160,27 +161,39 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
 def _optimizer_step(run: TrainingRun, step: int) -> dict:
     """Forward and backward over the step's micro-batches, clip, update.
 
+    Each micro-batch's loss (a mean over its rows) is weighted by its share of the process's rows in the
+    step, so the accumulated gradient is the gradient of the mean over all of them: the same as one
+    micro-batch of the whole share, and, averaged over the processes (each holds the same number of rows),
+    as one batch of the global batch.
+
     Returns:
         ``{"metrics", "tokens", "answer_tokens"}`` reduced over processes
         (:meth:`~pd.train.parallel.Processes.reduce_metrics`), plus the step's ``lr`` and
         ``grad_norm`` (before clipping).
     """
     cfg, procs = run.cfg, run.procs
-    micro = run.schedule.micro_batches(step)
-    n_rows = sum(len(r) + len(g) for r, g in micro)
+    micro = [[run.data.examples[i] for i in idx] + [run.data.reg[i] for i in reg_idx]
+             for idx, reg_idx in run.schedule.micro_batches(step)]
+    n_rows = sum(_trained_rows(examples) for examples in micro)
     live_teacher = cfg.uses_kl and not run.caches
-    sums: dict[str, float] = {}
+    name = "kl" if cfg.uses_kl else "ce"
+    # Every process sums the same metrics (a collective reduces them): per kind of row when the data mixes kinds.
+    kinds = run.data.kinds if len(run.data.kinds) > 1 else []
+    keys = ["loss", name] + [f"{name}_{k}" for k in kinds]
+    totals, counts = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0.0)
     tokens = answer_tokens = 0
-    for m, (idx, reg_idx) in enumerate(micro):
-        examples: list[Example] = [run.data.examples[i] for i in idx] + [run.data.reg[i] for i in reg_idx]
+    for m, examples in enumerate(micro):
         batch = _to_device(collate(examples, run.tokens.pad_id), procs.device)
+        n = _trained_rows(examples)
         with procs.micro_batch(run.model, last=m == len(micro) - 1):
             loss, metrics = batch_loss(cfg, run.model, batch, teacher_model=run.teacher_model, caches=run.caches)
-            weight = len(examples) / n_rows
-            procs.backward(loss * weight)
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v * weight
-        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * weight
+            procs.backward(loss * (n / n_rows))
+        _add(totals, counts, "loss", float(loss.detach()), n)
+        _add(totals, counts, name, metrics[name], n)
+        if kinds:
+            per_kind = Counter(e.kind for e in examples if e.answer_ids)
+            for kind, k_rows in per_kind.items():  # a micro-batch of one kind: its metric is the kind's
+                _add(totals, counts, f"{name}_{kind}", metrics.get(f"{name}_{kind}", metrics[name]), k_rows)
         tokens += _tokens_in(batch, live_teacher)
         answer_tokens += int(batch["answer_mask"].sum())
     grad_norm = procs.clip_grad_norm(run.params, cfg.max_grad_norm)
@@ -188,7 +201,18 @@ def _optimizer_step(run: TrainingRun, step: int) -> dict:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return {**procs.reduce_metrics(sums, tokens, answer_tokens), "lr": lr, "grad_norm": grad_norm}
+    return {**procs.reduce_metrics(totals, counts, tokens, answer_tokens), "lr": lr, "grad_norm": grad_norm}
+
+
+def _trained_rows(examples: list[Example]) -> int:
+    """Rows with an answer token: those the loss averages over (:func:`pd.train.methods.batch_loss`)."""
+    return sum(1 for e in examples if e.answer_ids)
+
+
+def _add(totals: dict[str, float], counts: dict[str, float], key: str, mean: float, rows: int) -> None:
+    """Add a micro-batch's metric (its mean over ``rows`` rows) to the step's sums."""
+    totals[key] += mean * rows
+    counts[key] += rows
 
 
 def _log_row(run: TrainingRun, progress: Progress, result: dict, seconds: float) -> dict:
@@ -255,6 +279,7 @@ def _meta(run: TrainingRun, progress: Progress, recent: list[dict], *, stopped_b
         "stopped_by": stopped_by, "tokens": progress.tokens_total, "wall_clock_s": round(elapsed, 3),
         "final": final, "final_step": recent[-1] if recent else None, "resumed_from_step": resumed_from,
         "world_size": run.procs.world, "sharded": run.procs.sharded, "device": str(run.procs.device),
+        "layout": run.fit.as_dict(),
         "dtype": str(next(unwrap(run.model).parameters()).dtype).replace("torch.", ""),
         "snapshots": {snapshot_name(t): t for t in progress.snapshots},
         "teacher_cache": ({k: cache_meta.get(k) for k in ("key", "k", "temperature", "covered_mass", "covered_mass_t1",

@@ -7,10 +7,11 @@ The loop talks to a :class:`Processes` object and never asks which kind it has:
 * :class:`ShardedProcesses`: several processes under FSDP2 (:mod:`pd.train.fsdp`): each
   holds a shard of the model, the gradients and the optimizer state.
 
-Either way each process takes its own rows of the global batch (``batch_size`` is per
-process), and the files saved are the same: every process takes part in gathering the
-full adapter and optimizer state (:meth:`Processes.gather_adapter`,
-:meth:`Processes.gather_optimizer`), and only the main process writes them.
+Either way each process takes its own rows of the global batch (``batch_size`` is the
+global batch; :mod:`pd.train.fit` says how it is dealt out), and the files saved are the
+same: every process takes part in gathering the full adapter and optimizer state
+(:meth:`Processes.gather_adapter`, :meth:`Processes.gather_optimizer`), and only the main
+process writes them.
 """
 
 from __future__ import annotations
@@ -27,29 +28,24 @@ from pd.train.lora import load_adapter_state
 log = logging.getLogger("pd.train")
 
 
-def start_processes(parallel: str, device: str | None = None, *, log_with: list[str] | None = None,
+def start_processes(device: str | None = None, *, log_with: list[str] | None = None,
                     project_dir=None) -> "Processes":
-    """The process group of this training run, set up by ``accelerate``.
+    """The process group of this training run, set up by ``accelerate``; :meth:`Processes.with_parallel`
+    then chooses how they share the model.
 
     Args:
-        parallel: ``training.parallel``: "ddp" (replicate the model) or "fsdp" (shard it).
         device: "cpu" to train on the CPU; None: a GPU when there is one.
         log_with: trackers for the accelerator (``training.log_with``, :mod:`pd.train.trackers`).
         project_dir: where those trackers log.
 
     Returns:
-        A :class:`ShardedProcesses` for "fsdp" on several processes, else a :class:`Processes`
-        (FSDP on one process has nothing to shard: it trains unsharded, with a warning).
+        A :class:`Processes` (each holding the whole model).
     """
     from accelerate import Accelerator
 
     # On a machine without GPUs, accelerate only sets up multi-process (gloo) DDP when told cpu=True.
     accelerator = Accelerator(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()),
                               log_with=log_with or None, project_dir=project_dir)
-    if parallel == "fsdp" and accelerator.num_processes == 1:
-        log.warning("training.parallel: fsdp with one process: nothing to shard, training unsharded")
-    if parallel == "fsdp" and accelerator.num_processes > 1:
-        return ShardedProcesses(accelerator)
     return Processes(accelerator)
 
 
@@ -68,6 +64,36 @@ class Processes:
         self.rank = accelerator.process_index
         self.device = accelerator.device
         self.is_main = accelerator.is_main_process
+
+    def with_parallel(self, parallel: str) -> Processes:
+        """These processes, sharing the model as ``parallel`` says.
+
+        Args:
+            parallel: "ddp" (replicate the model) or "fsdp" (shard it), as :mod:`pd.train.fit` resolved it.
+
+        Returns:
+            A :class:`ShardedProcesses` over the same accelerator for "fsdp" on several processes, else
+            these (FSDP on one process has nothing to shard: it trains unsharded, with a warning).
+        """
+        if parallel == "fsdp" and self.world == 1:
+            log.warning("training.parallel: fsdp with one process: nothing to shard, training unsharded")
+        if parallel == "fsdp" and self.world > 1:
+            return ShardedProcesses(self.accelerator)
+        return self
+
+    def smallest(self, value: float) -> float:
+        """The smallest of every process's ``value`` (a collective when there are several processes).
+
+        Args:
+            value: this process's value (e.g. its GPU's memory).
+
+        Returns:
+            The minimum over the processes, so that choices made from it agree on every process.
+        """
+        if self.world == 1:
+            return value
+        gathered = self.accelerator.gather(torch.tensor([float(value)], device=self.device, dtype=torch.float64))
+        return float(gathered.min())
 
     def place(self, model: torch.nn.Module) -> torch.nn.Module:
         """Distribute a model before its optimizer exists (a no-op here; FSDP shards it).
@@ -160,25 +186,30 @@ class Processes:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return tuple(bool(v) for v in t.tolist())
 
-    def reduce_metrics(self, sums: dict[str, float], tokens: int, answer_tokens: int) -> dict:
-        """Metrics averaged and token counts summed over processes.
+    def reduce_metrics(self, totals: dict[str, float], counts: dict[str, float], tokens: int,
+                       answer_tokens: int) -> dict:
+        """Metrics averaged over every process's rows, token counts summed over processes.
 
         Args:
-            sums: this process's metric values (weighted means over its rows).
+            totals: per metric, the sum over this process's rows of the metric (a micro-batch's mean times its
+                rows); every process passes the same keys.
+            counts: per metric, the rows ``totals`` sums over.
             tokens: tokens this process ran through the models in the step.
             answer_tokens: answer tokens it trained on.
 
         Returns:
-            ``{"metrics": {name: mean over processes}, "tokens": sum, "answer_tokens": sum}``.
+            ``{"metrics": {name: total / rows over all processes}, "tokens": sum, "answer_tokens": sum}``; a
+            metric without rows is left out.
         """
-        if self.world == 1:
-            return {"metrics": sums, "tokens": tokens, "answer_tokens": answer_tokens}
-        keys = sorted(sums)
-        vals = torch.tensor([sums[k] for k in keys] + [float(tokens), float(answer_tokens)], device=self.device,
-                            dtype=torch.float64)
-        vals = self.accelerator.reduce(vals, reduction="sum")
-        return {"metrics": {k: float(vals[i]) / self.world for i, k in enumerate(keys)}, "tokens": int(vals[-2]),
-                "answer_tokens": int(vals[-1])}
+        keys = sorted(totals)
+        vals = [totals[k] for k in keys] + [counts[k] for k in keys] + [float(tokens), float(answer_tokens)]
+        if self.world > 1:
+            reduced = self.accelerator.reduce(torch.tensor(vals, device=self.device, dtype=torch.float64),
+                                              reduction="sum")
+            vals = reduced.tolist()
+        n = len(keys)
+        metrics = {k: vals[i] / vals[n + i] for i, k in enumerate(keys) if vals[n + i] > 0}
+        return {"metrics": metrics, "tokens": int(vals[-2]), "answer_tokens": int(vals[-1])}
 
     def gather_adapter(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         """The full LoRA tensors for saving; every process calls it (a collective when sharded).

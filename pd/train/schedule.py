@@ -40,30 +40,44 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 class Schedule:
     """Which example indices every process uses at every optimizer step, and the step counts.
 
+    An optimizer step takes ``batch_size`` rows over all processes (the global batch): ``global_rows``
+    passage rows, the next slice of the epoch's order, and (pd_reg) ``reg_rows`` instruction rows, the next
+    ones of the instruction stream. Its rows are dealt out in ``world x accum`` micro-batches of ``micro``
+    rows, micro-batch m of process r taking slot ``m x world + r``; the instruction rows are spread evenly
+    over the slots (a slot's instruction rows: those of its positions in the step, at ``reg_rows`` in
+    ``batch_size``). Which rows form the step does not depend on ``micro`` or ``world``: only how they
+    are dealt out does.
+
     Args:
-        cfg: the run's settings (batch size, accumulation, epochs, seed, pd_reg's rows).
+        cfg: the run's settings (the global batch, epochs, seed, pd_reg's rows).
         n_examples: passage (training) examples.
         n_reg: pd_reg's instruction examples (0 for other methods).
         world: processes; rank: this process's index.
         lengths: per example, the length that length bucketing sorts by (None: plain shuffle).
+        micro: rows per micro-batch and process (None: the process's whole share, ``batch_size / world``).
 
     Raises:
-        ValueError: ``lengths`` does not have one entry per example (a bug of the caller).
+        ValueError: ``lengths`` does not have one entry per example, or ``world x micro`` does not divide
+            ``batch_size`` (a bug of the caller: :func:`pd.train.fit.resolve_layout` checks the settings).
 
-    Attributes: ``rows`` passage rows per micro-batch, ``global_rows`` passage rows per
-    optimizer step over all processes, ``steps_per_epoch``, ``total`` steps and
-    ``warmup`` steps.
+    Attributes: ``micro`` rows per micro-batch, ``accum`` micro-batches per step and process,
+    ``global_rows`` passage rows per optimizer step over all processes, ``steps_per_epoch``, ``total``
+    steps and ``warmup`` steps.
     """
 
     def __init__(self, cfg: TrainConfig, n_examples: int, n_reg: int, world: int, rank: int,
-                 lengths: Sequence[int] | None = None):
+                 lengths: Sequence[int] | None = None, micro: int | None = None):
         self.cfg, self.n, self.n_reg, self.world, self.rank = cfg, n_examples, n_reg, world, rank
         if lengths is not None and len(lengths) != n_examples:
             raise ValueError(f"Schedule: {len(lengths)} lengths for {n_examples} examples")
+        self.micro = micro or max(1, cfg.batch_size // world)
+        if cfg.batch_size % (world * self.micro):
+            raise ValueError(f"Schedule: batch_size {cfg.batch_size} is not {world} processes x micro-batches "
+                             f"of {self.micro}")
+        self.accum = cfg.batch_size // (world * self.micro)
         self.lengths = lengths
         self._epoch_order: tuple[int, list[int]] | None = None
-        self.rows = cfg.batch_size - cfg.reg_rows  # passage rows per micro-batch
-        self.global_rows = self.rows * cfg.grad_accum * world
+        self.global_rows = cfg.batch_size - cfg.reg_rows  # passage rows per optimizer step
         self.steps_per_epoch = math.ceil(n_examples / self.global_rows)
         epoch_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
         self.total = cfg.max_steps if cfg.max_steps is not None else epoch_steps
@@ -99,25 +113,27 @@ class Schedule:
             step: the optimizer step (0-based; epochs follow each other).
 
         Returns:
-            Up to ``grad_accum`` pairs (passage example indices, instruction example indices).
+            Up to ``accum`` pairs (passage example indices, instruction example indices); a micro-batch
+            left without rows (the short last step of an epoch) is left out.
         """
         epoch, k = divmod(step, self.steps_per_epoch)
         perm = self.epoch_order(epoch)
         idx = perm[k * self.global_rows:(k + 1) * self.global_rows]
         if self.world > 1 and len(idx) < self.global_rows:  # every process needs rows: wrap around
             idx = (idx + perm * math.ceil(self.global_rows / self.n))[: self.global_rows]
+        batch, reg_rows = self.cfg.batch_size, self.cfg.reg_rows
         out = []
-        reg_rows = self.cfg.reg_rows
-        for m in range(self.cfg.grad_accum):
+        for m in range(self.accum):
             slot = m * self.world + self.rank
-            rows = idx[slot * self.rows:(slot + 1) * self.rows]
-            if not rows:
-                continue
-            reg = []
-            if reg_rows:
-                start = ((step * self.cfg.grad_accum + m) * self.world + self.rank) * reg_rows
-                for i in range(start, start + reg_rows):
-                    cycle, j = divmod(i, self.n_reg)
-                    reg.append(self._perm("reg", cycle, self.n_reg)[j])
-            out.append((rows, reg))
+            lo, hi = slot * self.micro, (slot + 1) * self.micro  # the slot's positions in the step
+            reg_lo, reg_hi = lo * reg_rows // batch, hi * reg_rows // batch  # instruction rows before lo, hi
+            rows = idx[lo - reg_lo:hi - reg_hi]
+            reg = [self._reg_index(step * reg_rows + i) for i in range(reg_lo, reg_hi)]
+            if rows or reg:
+                out.append((rows, reg))
         return out
+
+    def _reg_index(self, i: int) -> int:
+        """The i-th instruction example of the stream: the instruction data in a fresh order every cycle."""
+        cycle, j = divmod(i, self.n_reg)
+        return self._perm("reg", cycle, self.n_reg)[j]

@@ -38,7 +38,7 @@ METHODS = trained_methods()
 DISTILLING_METHODS = distilling_methods()
 GRID_METHODS = grid_methods()
 DIRECTIONS = ("forward", "reverse")
-PARALLEL = ("ddp", "fsdp")
+PARALLEL = ("auto", "ddp", "fsdp")
 LOGPROB_DTYPES = ("float16", "bfloat16", "float32")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 # The top-k a cell with a teacher other than its student caches when its `teacher_topk` is 0:
@@ -47,6 +47,10 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 # float32 normalisers): 784 bytes at k = 128, so a paper-size dataset (30k answers of about
 # 150 tokens) needs about 3.5 GB.
 SEPARATE_TEACHER_TOPK = 128
+
+# Settings that were removed, with what takes their place: a config or training block that still sets
+# one is refused with this (:func:`check_removed`), not with a bare "unknown key".
+REMOVED = {"grad_accum": "batch_size is the global batch; set micro_batch_size"}
 
 _NUM, _INT = "number", "integer"
 _BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
@@ -98,9 +102,13 @@ class TrainConfig:
     max_grad_norm: float = _setting(1.0, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True,
                                     help="gradient clipping norm")
     batch_size: int = _setting(4, schema={"type": _INT, "minimum": 1}, in_spec=True,
-                               help="sequences per micro-batch and process (the paper: per GPU)")
-    grad_accum: int = _setting(1, schema={"type": _INT, "minimum": 1}, in_spec=True,
-                               help="micro-batches per optimizer step")
+                               help="the global batch: rows per optimizer step over all processes (the paper's "
+                                    "batch size; micro-batches and gradient accumulation make it up)")
+    micro_batch_size: int | str = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
+        "auto", schema={"oneOf": [{"type": _INT, "minimum": 1}, {"type": "string", "enum": ["auto"]}]},
+        help="rows per forward/backward pass and process; gradients are accumulated up to batch_size (which "
+             "processes x micro_batch_size must divide); auto: the largest that fits the GPU's memory by the cost "
+             "model (pd.cost), on a CPU the whole batch of the process. Does not change the result")
     bucket_batches: int = _setting(
         8, schema={"type": _INT, "minimum": 1},
         help="batches per length bucket: each epoch is shuffled, cut into groups of this many batches and sorted by "
@@ -124,13 +132,16 @@ class TrainConfig:
     target_modules: str | list[str] = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
         "all-linear", schema={"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
         help="modules that get LoRA weights (PEFT's target_modules)")
-    gradient_checkpointing: bool = _setting(False, schema={"type": "boolean"},
-                                            help="recompute activations in the backward pass (less memory)")
-    parallel: str = _setting("ddp", schema={"enum": list(PARALLEL)},
-                             help="with several processes: ddp replicates the model, fsdp shards it (for 14B and up)")
+    gradient_checkpointing: bool | str = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
+        "auto", schema={"oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["auto"]}]},
+        help="recompute activations in the backward pass (less memory, about a third more time); auto: when the "
+             "cost model says the micro-batch needs it (never on a CPU)")
+    parallel: str = _setting("auto", schema={"enum": list(PARALLEL)},
+                             help="with several processes: ddp replicates the model, fsdp shards it; auto: ddp when "
+                                  "the model fits one GPU, else fsdp (by the cost model; ddp on a CPU)")
     processes: int | str = _setting(  # noqa: RUF009 (_setting returns a dataclasses.field)
         1, schema={"oneOf": [{"type": _INT, "minimum": 1}, {"type": "string", "enum": ["auto"]}]},
-        help="training processes the adapter job launches (torchrun; batch_size is per process); "
+        help="training processes the adapter job launches (torchrun; they share batch_size); "
              "auto: one per GPU the job holds (1 on a CPU-only job)")
     # distillation
     kd_temperature: float = _setting(2.0, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True,
@@ -196,6 +207,9 @@ class TrainConfig:
             raise ConfigError(f"training.method: {self.method!r} trains nothing; "
                               f"allowed: {', '.join(trained_methods())}")
         method.check(self)
+        if isinstance(self.processes, int):
+            check_division(self.batch_size, self.processes,
+                           self.micro_batch_size if isinstance(self.micro_batch_size, int) else None)
         if self.snapshot_interval and self.snapshot_interval < 1:
             raise ConfigError(f"training.snapshot_interval is in seconds and names snapshots by whole seconds: "
                               f"use 0 (off) or >= 1, got {self.snapshot_interval}")
@@ -219,7 +233,8 @@ class TrainConfig:
 
     @property
     def reg_rows(self) -> int:
-        """Instruction rows per micro-batch of a regularised method (pd_reg), the rest are passage rows."""
+        """Instruction rows per optimizer step (over all processes) of a regularised method (pd_reg); the rest
+        of ``batch_size`` are passage rows."""
         return round(self.batch_size * self.reg_fraction) if get_method(self.method).regularised else 0
 
     def limits(self) -> Limits:
@@ -249,6 +264,7 @@ class TrainConfig:
             ConfigError: an unknown key (the message names the allowed ones) or a value out of range.
         """
         d = {k: v for k, v in {**d, **overrides}.items() if k not in OUTSIDE_LOOP}
+        check_removed(d)
         allowed = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - allowed)
         if unknown:
@@ -299,6 +315,41 @@ def check_settings(values: dict[str, Any]) -> None:
                 problems.append(f"{where}: {err.message}")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def check_division(batch_size: int, processes: int, micro_batch_size: int | None) -> None:
+    """Check that the global batch divides among the processes and into their micro-batches.
+
+    Args:
+        batch_size: ``training.batch_size`` (the global batch).
+        processes: the training processes.
+        micro_batch_size: rows per micro-batch and process (None: chosen later, any divisor of the share).
+
+    Raises:
+        ConfigError: naming the numbers that do not divide.
+    """
+    if batch_size % processes:
+        raise ConfigError(f"training.batch_size {batch_size} (the global batch) is not divisible by the {processes} "
+                          f"training processes: use a multiple of {processes}")
+    share = batch_size // processes
+    if micro_batch_size is not None and share % micro_batch_size:
+        raise ConfigError(f"training.batch_size {batch_size} is not divisible by {processes} process(es) x "
+                          f"micro_batch_size {micro_batch_size}: use a micro_batch_size that divides {share}, or auto")
+
+
+def check_removed(block: dict | None, where: str = "training") -> None:
+    """Refuse a training block that sets a removed setting (:data:`REMOVED`), saying what replaces it.
+
+    Args:
+        block: a training block (config.yaml's ``training``, a ``per_model`` entry, ...); None: nothing set.
+        where: the block's place in the config, for the message.
+
+    Raises:
+        ConfigError: one line naming the first removed key and what to set instead.
+    """
+    removed = sorted(set(block or {}) & set(REMOVED))
+    if removed:
+        raise ConfigError(f"{where}.{removed[0]} was removed: {REMOVED[removed[0]]}")
 
 
 def training_schema() -> dict:

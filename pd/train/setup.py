@@ -23,6 +23,7 @@ from pd.models import ModelSpec, check_same_vocabulary, load_model, load_tokeniz
 from pd.train.buckets import sort_length
 from pd.train.cache_builder import build_teacher_cache
 from pd.train.checkpoint import Progress, checkpoints, load_checkpoint, run_key
+from pd.train.fit import Fit, gpu_memory_gb, resolve_layout, row_tokens
 from pd.train.lora import attach_lora
 from pd.train.methods import TrainingData, build_training_data
 from pd.train.parallel import Processes
@@ -42,6 +43,7 @@ class TrainingRun:
     cfg: TrainConfig
     spec: ModelSpec
     procs: Processes
+    fit: Fit
     work: Path
     tokens: Tokens
     data: TrainingData
@@ -68,26 +70,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_teacher_inputs(cfg: TrainConfig, procs: Processes, teacher_spec: ModelSpec | None, teacher_cache) -> None:
-    if procs.sharded and cfg.uses_kl and cfg.teacher_topk > 0 and teacher_cache is None:
-        raise ConfigError("training.parallel: fsdp cannot build the teacher cache inside the run (that pass runs on "
-                          "one process); build it first (the workflow's teacher job, or "
-                          "pd.train.cache_builder.build_teacher_cache) and pass it as teacher_cache, or use "
-                          "training.teacher_topk: 0")
+def _check_teacher_inputs(cfg: TrainConfig, teacher_spec: ModelSpec | None, teacher_cache) -> None:
     if cfg.uses_kl and teacher_cache is not None and teacher_spec is not None:
         raise ConfigError("give either a teacher model or a teacher cache, not both")
     if not cfg.uses_kl and (teacher_spec is not None or teacher_cache is not None):
         raise ConfigError(f"method {cfg.method} trains on answer tokens and uses no teacher")
 
 
-def setup_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, work: Path, *, rows, dataset, instruction_pairs,
-              teacher_spec: ModelSpec | None, teacher_cache) -> TrainingRun:
-    """Data, models, optimizer, schedule and teacher cache, in the order that fixes the random draws.
+def _check_sharded_teacher(cfg: TrainConfig, procs: Processes, teacher_cache) -> None:
+    if procs.sharded and cfg.uses_kl and cfg.teacher_topk > 0 and teacher_cache is None:
+        raise ConfigError("training.parallel: fsdp cannot build the teacher cache inside the run (that pass runs on "
+                          "one process); build it first (the workflow's teacher job, or "
+                          "pd.train.cache_builder.build_teacher_cache) and pass it as teacher_cache, or use "
+                          "training.teacher_topk: 0")
+
+
+def fit_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, data: TrainingData, *,
+            teacher_spec: ModelSpec | None, teacher_cache, gpu_gb: float | None = None) -> Fit:
+    """How this run's processes share its global batch (:func:`pd.train.fit.resolve_layout`), from its rows.
 
     Args:
         cfg: the run's settings.
         spec: the student model.
-        procs: the processes (:func:`pd.train.parallel.start_processes`).
+        procs: the processes (their number and device).
+        data: the training data (its longest and mean rows size the micro-batch).
+        teacher_spec: a separate teacher model, or None.
+        teacher_cache: the teacher cache given, or None.
+        gpu_gb: one GPU's memory in GB (default: the smallest over the processes' devices on a GPU; None on
+            a CPU).
+
+    Returns:
+        The :class:`~pd.train.fit.Fit`.
+
+    Raises:
+        ConfigError: ``batch_size`` does not divide among the processes and micro-batches.
+    """
+    if gpu_gb is None and procs.device.type == "cuda":
+        gpu_gb = procs.smallest(gpu_memory_gb(procs.device))  # every process must choose alike
+    longest, mean = row_tokens(data.examples + data.reg)
+    live = cfg.uses_kl and teacher_cache is None and cfg.teacher_topk == 0
+    fit = resolve_layout(cfg, spec, procs.world, procs.device, tokens=longest, mean_tokens=mean, live_teacher=live,
+                         teacher=teacher_spec, gpu_gb=gpu_gb)
+    log.info("training layout: %s", fit.describe())
+    return fit
+
+
+def setup_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, work: Path, *, rows, dataset, instruction_pairs,
+              teacher_spec: ModelSpec | None, teacher_cache) -> TrainingRun:
+    """Data, layout, models, optimizer, schedule and teacher cache, in the order that fixes the random draws.
+
+    Args:
+        cfg: the run's settings.
+        spec: the student model.
+        procs: the processes (:func:`pd.train.parallel.start_processes`); the run holds them as the
+            resolved ``parallel`` wants them (:meth:`~pd.train.parallel.Processes.with_parallel`).
         work: the run's work folder (an in-run teacher cache is built there).
         rows, dataset, instruction_pairs: the training inputs (see :func:`pd.train.loop.train`).
         teacher_spec: a separate teacher model, or None (the adapter-off student).
@@ -97,32 +133,36 @@ def setup_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, work: Path, *
         The set-up :class:`TrainingRun` (the model prepared for the processes, in train mode).
 
     Raises:
-        ConfigError: contradictory teacher inputs.
+        ConfigError: contradictory teacher inputs; a global batch that does not divide among the processes
+            and micro-batches.
         DataError: no usable training data, or a teacher cache built for another model.
         VocabularyMismatchError: the teacher's vocabulary differs from the student's.
     """
-    _check_teacher_inputs(cfg, procs, teacher_spec, teacher_cache)
+    _check_teacher_inputs(cfg, teacher_spec, teacher_cache)
     seed_everything(cfg.seed)
     tok = load_tokenizer(spec)
     tokens = Tokens(tok, spec)
     data = build_training_data(cfg, tokens, rows=rows, dataset=dataset, instruction_pairs=instruction_pairs)
-    model, teacher_model = _models(cfg, spec, teacher_spec, tok, procs)
+    fit = fit_run(cfg, spec, procs, data, teacher_spec=teacher_spec, teacher_cache=teacher_cache)
+    procs = procs.with_parallel(fit.parallel)
+    _check_sharded_teacher(cfg, procs, teacher_cache)
+    model, teacher_model = _models(cfg, spec, teacher_spec, tok, procs, checkpointing=fit.checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = Schedule(cfg, len(data.examples), len(data.reg), procs.world, procs.rank,
-                        lengths=[sort_length(e) for e in data.examples])
+                        lengths=[sort_length(e) for e in data.examples], micro=fit.micro_batch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, schedule.warmup, schedule.total))
     model, optimizer = procs.prepare(model, optimizer)
     caches = _teacher_caches(cfg, model, data, tokens, teacher_model, teacher_cache, work, procs)
     teacher_name = _teacher_label(cfg, teacher_spec, caches)
     data_hash = data.content_hash()
     key = run_key(cfg, spec, data_hash, procs.world, teacher_name)
-    return TrainingRun(cfg, spec, procs, work, tokens, data, data_hash, model, teacher_model, params, optimizer,
+    return TrainingRun(cfg, spec, procs, fit, work, tokens, data, data_hash, model, teacher_model, params, optimizer,
                        scheduler, schedule, caches, teacher_name, key)
 
 
-def _models(cfg: TrainConfig, spec: ModelSpec, teacher_spec: ModelSpec | None, tok,
-            procs: Processes) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+def _models(cfg: TrainConfig, spec: ModelSpec, teacher_spec: ModelSpec | None, tok, procs: Processes, *,
+            checkpointing: bool) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """The student with a fresh adapter and the separate teacher (or None), placed on the processes."""
     model = load_model(spec, device=str(procs.device))
     teacher_model = None
@@ -133,7 +173,7 @@ def _models(cfg: TrainConfig, spec: ModelSpec, teacher_spec: ModelSpec | None, t
         teacher_model.requires_grad_(False)
         check_teacher(model, teacher_model, student_tokenizer=tok, teacher_tokenizer=teacher_tok,
                       student_name=spec.name, teacher_name=teacher_spec.name)
-    if cfg.gradient_checkpointing:
+    if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = attach_lora(model, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         target_modules=cfg.target_modules, seed=cfg.seed, base_model=portable_base_name(spec))

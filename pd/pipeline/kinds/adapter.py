@@ -124,6 +124,7 @@ class Adapter(JobKind):
         from pd.cost.shapes import Tokens
         from pd.data import get_loader
         from pd.pipeline.sizing import Training, lengths, training_tokens
+        from pd.train.fit import fixed_layout
         from pd.train.methods import get_method
 
         spec = art.spec
@@ -149,10 +150,7 @@ class Adapter(JobKind):
         return Training(rows=math.ceil(examples * share * cfg.epochs), global_batch=cfg.batch_size, rank=cfg.rank,
                         tokens=longest, mean_tokens=mean, live_teacher=live, reg_rows=cfg.reg_rows,
                         teacher_model=spec.teacher_model if live and spec.teacher_model != spec.model else None,
-                        processes=cfg.processes,
-                        checkpointing=cfg.gradient_checkpointing if isinstance(cfg.gradient_checkpointing, bool)
-                        else None,
-                        parallel=cfg.parallel if cfg.parallel in ("ddp", "fsdp") else None)
+                        processes=cfg.processes, **fixed_layout(cfg))
 
     def resumable(self, art) -> bool:
         """A retry resumes from the last checkpoint in ``<adapter>.work`` (on a SLURM site written every

@@ -50,6 +50,11 @@ class TrainingData:
     reg: list[Example] = field(default_factory=list)
     stats: list[BuildStats] = field(default_factory=list)
 
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds of row (``pd``, ``reg``, ...) in the data, sorted."""
+        return sorted({e.kind for e in self.examples} | {e.kind for e in self.reg})
+
     def content_hash(self) -> str:
         """Hash of the exact token sequences: equal hashes mean equal training data."""
         return stable_hash([[e.to_row() for e in self.examples], [e.to_row() for e in self.reg]])
