@@ -32,8 +32,16 @@ def inputs(tiny_llama):
     return model, examples, tokens.pad_id
 
 
-def _files(folder: Path, name: str) -> dict[str, bytes]:
-    return {suffix: (folder / f"{name}{suffix}").read_bytes() for suffix in (".safetensors", ".json", ".jsonl")}
+def _files(folder: Path, name: str) -> dict:
+    """A cache's files: the safetensors file's tensors (as bytes) and metadata, the sidecar and stats files' bytes.
+    (safetensors writes its metadata's keys in no fixed order, so the file's bytes may differ.)"""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / f"{name}.safetensors"), framework="pt") as f:
+        tensors = {k: (str(f.get_tensor(k).dtype), f.get_tensor(k).numpy().tobytes()) for k in f.keys()}  # noqa: SIM118
+        meta = f.metadata()
+    return {"tensors": tensors, "metadata": meta,
+            **{suffix: (folder / f"{name}{suffix}").read_bytes() for suffix in (".json", ".jsonl")}}
 
 
 def test_an_interrupted_build_resumes_from_its_chunks_and_ends_bit_for_bit(inputs, tmp_path):
