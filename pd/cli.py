@@ -199,13 +199,18 @@ def cmd_merge(args) -> int:
 
 
 def cmd_models(args) -> int:
+    """List the model registry with a header and whether each model can be loaded here without a download."""
+    from pd.fetch import model_need
     from pd.models import registry
 
     cfg = _cfg(args)
+    print(f"{'model':28s} {'family':12s} {'params':>9s}  {'here':7s}  source")
     for name, s in sorted(registry(cfg.get("models")).items()):
         where = {"hub": s.repo, "local": s.path, "gguf_package": f"pip:{s.package}",
                  "random": "random weights"}[s.source]
-        print(f"{name:28s} {s.family:12s} {s.params_b:8.3f}B  {where}")
+        here = "present" if model_need(s).present else "missing"
+        print(f"{name:28s} {s.family:12s} {s.params_b:8.3f}B  {here:7s}  {where}")
+    print("missing: `pd fetch --run EXPERIMENT` downloads what an experiment loads (on a machine with network)")
     return 0
 
 
@@ -237,15 +242,25 @@ def cmd_cells(args) -> int:
         chosen = [c for c in cells if all(m in c.cell_id for m in args.match)]
         if not chosen:
             raise PDError(f"no cell of {args.experiment} matches {args.match}; `pd cells {args.experiment}` lists them")
+    from collections import Counter
+
+    from pd.pipeline.status import cell_status
+
     targets = []
+    states: Counter = Counter()
     for i, c in enumerate(chosen):
-        print(f"[{i}] {c.cell_id}")
+        status = cell_status(plan, c)
+        states[status.state] += 1
+        print(f"[{i}] {c.cell_id}  {status.line()}")
         for grader, path in c.grades.items():
             print(f"      {grader:10s} {path}")
+        for path in status.stale:
+            print(f"      stale      {path}")
         targets.extend(c.grades.values())
     counts = plan.count()
-    print(f"\n{len(chosen)} of {len(cells)} cells; the experiment needs "
-          + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    print(f"\n{len(chosen)} of {len(cells)} cells: "
+          + ", ".join(f"{states[k]} {k}" for k in ("done", "missing", "stale") if states[k])
+          + "; the experiment needs " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
     if args.run:
         cmd = snakemake_command(args.profile, args.config, args.experiment, targets, args.snakemake_args)
         print("running:", " ".join(cmd[2:]))
@@ -369,8 +384,10 @@ def _add_injection_commands(sub) -> None:
     s.add_argument("--kd-temperature", type=float,
                    help=f"distillation temperature (default {DEFAULTS['kd_temperature']})")
     s.add_argument("--seed", type=int, help=f"default {DEFAULTS['seed']}")
+    own = ", ".join(f"{k}={DEFAULTS[k]}" for k in DEFAULTS)
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any other setting: inject's (pd/inject.py DEFAULTS) or a training one (pd/train/settings.py)")
+                   help=f"any other setting (repeatable), with its default: {own}; or any training setting of "
+                        "config.yaml's `training:` (`pd/train/settings.py` lists them with their help)")
     s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
     s.set_defaults(func=cmd_inject)
 
@@ -381,7 +398,7 @@ def _add_injection_commands(sub) -> None:
     s.add_argument("--k", type=int, default=ASK_DEFAULTS["k"], help="documents retrieved (default %(default)s)")
     s.add_argument("--temperature", type=float, default=ASK_DEFAULTS["temperature"], help="default %(default)s")
     s.add_argument("--max-tokens", type=int, default=ASK_DEFAULTS["max_tokens"], help="default %(default)s")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the answers' sampling (default %(default)s)")
     s.add_argument("--no-adapter", action="store_true", help="answer with the base model, for comparison")
     s.add_argument("--json", action="store_true", help="one JSON line per question (question, answer, retrieved)")
     s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
@@ -389,7 +406,10 @@ def _add_injection_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pd import __version__
+
     p = argparse.ArgumentParser(prog="pd", description="Knowledge injection by prompt distillation")
+    p.add_argument("--version", action="version", version=f"pd {__version__}")
     p.add_argument("--config", default=os.environ.get("PD_CONFIG", "config.yaml"),
                    help="config file (default: config.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -414,20 +434,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the merged weights' precision (the merge itself is computed in float32)")
     s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry)")
     s.set_defaults(func=cmd_merge)
-    s = sub.add_parser("models", help="list the model registry")
+    s = sub.add_parser("models", help="list the model registry (name, family, size, source, present here or not)")
     s.set_defaults(func=cmd_models)
     s = sub.add_parser("datasets", help="list datasets (--load to count passages and questions)")
-    s.add_argument("--load", action="store_true")
+    s.add_argument("--load", action="store_true", help="load each dataset and count its passages and test questions")
     s.set_defaults(func=cmd_datasets)
     s = sub.add_parser("cells", help="list an experiment's cells and their target files; --run builds them")
-    s.add_argument("experiment")
+    s.add_argument("experiment", help="an experiment of the config (`pd validate` lists how many cells each has)")
     s.add_argument("match", nargs="*", help="substrings a cell id must contain (e.g. pd s0 bm25)")
     s.add_argument("--run", action="store_true",
                    help="build the listed cells with snakemake; arguments after `--` go to it (-- -n --cores 2)")
-    s.add_argument("--profile", default="profiles/local")
+    s.add_argument("--profile", default="profiles/local",
+                   help="the Snakemake profile --run uses (default %(default)s; profiles/slurm on a cluster)")
     s.set_defaults(func=cmd_cells)
     s = sub.add_parser("report", help="re-render reports from existing results (no model is loaded)")
-    s.add_argument("experiments", nargs="*")
+    s.add_argument("experiments", nargs="*", help="experiments to render (default: the config's `run`)")
     s.add_argument("--print", action="store_true", help="also print the Markdown tables")
     s.add_argument("--out", help="the folder to render into (default: the config's reports_dir), e.g. one "
                                  "self-contained folder to commit: its index.html, tables, figures and rows")
@@ -458,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     except PDError as err:
         print(f"pd: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pd models | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

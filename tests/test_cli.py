@@ -34,6 +34,59 @@ def test_cells_filters_and_lists_targets(capsys):
         assert c.grades["substring"] in out
 
 
+def test_cells_says_which_cells_are_done_missing_or_stale(tmp_path, capsys):
+    """The status comes from the plan and the files: a cell whose files all exist is done, one whose input
+    is newer than a file is stale, the others are missing with the number of their jobs still to run."""
+    cfg = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    cfg |= {"results_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports")}
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    plan = build_plan(load_config(conf), ["tiny"])
+    first, *rest = plan.cells["tiny"]
+    needed = sorted({p for g in first.grades.values() for p in plan.upstream(g)})
+    for i, path in enumerate(needed):  # as an uninterrupted run leaves them: each written after its inputs
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("x")
+        os.utime(path, (1_000_000 + i * 10, 1_000_000 + i * 10))
+    assert main(["--config", str(conf), "cells", "tiny"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert lines[0].endswith("done")
+    others = {p for c in rest for g in c.grades.values() for p in plan.upstream(g)} - set(needed)
+    assert all("missing (" in line for line in lines[1:]) and others
+    # an input rewritten after the grade (e.g. a retrained adapter) makes the cell stale, naming the file
+    grade = next(iter(first.grades.values()))
+    upstream = plan.artifacts[grade].inputs[0]
+    os.utime(upstream, (3_000_000, 3_000_000))
+    assert main(["--config", str(conf), "cells", "tiny", first.cell_id]) == 0
+    out = capsys.readouterr().out
+    assert "stale (1 file older than an input)" in out and f"stale      {grade}" in out
+    assert "0 done" not in out and "1 stale" in out
+
+
+def test_version_models_and_every_option_has_help(capsys):
+    import pytest
+
+    from pd import __version__
+    from pd.cli import build_parser
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"pd {__version__}"
+    assert main(["--config", str(DEFAULT_CONFIG), "models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["model", "family", "params", "here"]
+    smollm2 = next(line for line in lines if line.startswith("smollm2-135m-instruct"))
+    tiny = next(line for line in lines if line.startswith("tiny-llama"))
+    assert " present " in tiny and (" present " in smollm2 or " missing " in smollm2)
+    # every option and positional argument of every subcommand explains itself in --help
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if action.dest != "help" and name != "serve":
+                assert action.help, f"pd {name}: {action.option_strings or action.dest} has no help"
+
+
 def test_user_errors_exit_2_without_traceback(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text(yaml.safe_dump({"run": ["x"], "experiments": {"x": {"grid": {

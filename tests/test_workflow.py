@@ -98,11 +98,18 @@ def test_killed_run_leaves_nothing_that_looks_finished(tmp_path):
             assert rows
     unfinished = [p for p in evals if not Path(p).exists()]
     assert unfinished, "the kill came too late to test anything"
+    # `pd cells` names exactly the cells whose grades the interrupted run did not write
+    from pd.pipeline.status import cell_status
+
+    cells = plan.cells["tiny"]
+    missing = {c.cell_id for c in cells if not all(Path(g).exists() for g in c.grades.values())}
+    assert missing and {c.cell_id for c in cells if cell_status(plan, c).state == "missing"} == missing
     # A killed Snakemake leaves its directory lock behind; `--unlock` is the documented way out.
     subprocess.run(snakemake_cmd(tmp_path, "--unlock"), cwd=tmp_path, capture_output=True, timeout=120, check=True)
     out = subprocess.run(snakemake_cmd(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert all(Path(p).exists() for p in plan.artifacts)
+    assert all(cell_status(plan, c).state == "done" for c in cells)
 
 
 @pytest.mark.slow
