@@ -268,6 +268,7 @@ def training_row(cell: Cell, plan: dict, args, gpu, device: str, model=None) -> 
     from pd.cost.shapes import Tokens, shape_of
     from pd.models import BUILTIN
     from pd.train.lora import attach_lora
+    from pd.train.setup import enable_checkpointing
 
     cfg = plan["train_config"]
     if cfg.teacher_topk:  # the rows measure (and the model predicts) the teacher's forward in every step
@@ -291,7 +292,7 @@ def training_row(cell: Cell, plan: dict, args, gpu, device: str, model=None) -> 
                              torch.bfloat16, device)
     try:
         if ck:  # as pd.train.setup: on the base model, before the adapter
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
         model = attach_lora(model, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                             target_modules=cfg.target_modules, seed=cfg.seed)
         model.train()

@@ -118,7 +118,7 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
         _trim_log(work / LOG_FILE, progress.step)
     recent: list[dict] = []  # the last epoch's log rows, for the final metrics
     bar = tqdm(total=run.schedule.total, initial=progress.step, disable=not (procs.is_main and cfg.progress),
-               desc=f"{cfg.method}", dynamic_ncols=True)
+               desc=f"train {cfg.method} seed {cfg.seed} ({out_dir.name})", dynamic_ncols=True)
     trackers = Trackers(procs.accelerator, cfg.log_with, out_dir.name, cfg.as_dict())
     t0, elapsed0 = time.monotonic(), progress.elapsed
     stopped_by = "steps"

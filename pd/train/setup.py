@@ -115,6 +115,19 @@ def fit_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, data: TrainingD
     return fit
 
 
+def enable_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant), under transformers' current name
+    for it (``activation_checkpointing_enable``; the older ``gradient_checkpointing_enable`` warns in 5.2x).
+
+    Args:
+        model: a transformers model, before the LoRA wrapper is attached.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def setup_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, work: Path, *, rows, dataset, instruction_pairs,
               teacher_spec: ModelSpec | None, teacher_cache) -> TrainingRun:
     """Data, layout, models, optimizer, schedule and teacher cache, in the order that fixes the random draws.
@@ -174,7 +187,7 @@ def _models(cfg: TrainConfig, spec: ModelSpec, teacher_spec: ModelSpec | None, t
         check_teacher(model, teacher_model, student_tokenizer=tok, teacher_tokenizer=teacher_tok,
                       student_name=spec.name, teacher_name=teacher_spec.name)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model = attach_lora(model, rank=cfg.rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         target_modules=cfg.target_modules, seed=cfg.seed, base_model=portable_base_name(spec))
     model.train()
