@@ -203,7 +203,7 @@ def predicted_row(section: str, row: dict, gpu) -> dict:
     from pd.cost.rows import errors, predict
 
     p = predict(section, row, gpu)
-    return {**row, "predicted": {k: round(v, 4) for k, v in p.items()},
+    return {**row, "predicted": {k: float(f"{v:.5g}") for k, v in p.items()},  # significant digits: tiny rows
             "error": {k: (None if v is None else round(v, 4)) for k, v in errors(section, row, p).items()}}
 
 

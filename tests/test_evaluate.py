@@ -69,12 +69,18 @@ def test_bad_retrieval_input(tiny):
 
 @pytest.mark.slow
 def test_smollm2_reads_the_passage_it_is_given(smollm2):
+    """With the passage in its prompt SmolLM2 names the invented colour in some samples at T=0.25 (6 of 8 seeds
+    when written), without it never: one sample of a 135M model is too few to tell."""
     ds = toy().head(1)
     gen = TransformersGenerator(smollm2.spec, progress=False)
-    p = SamplingParams(temperature=0.25, max_new_tokens=40, seed=0)
-    rows, _ = evaluate(ds, gen, [["velmora"]], p)
-    assert "orange" in rows[0]["answer"].lower()
-    assert rows[0]["finish_reason"] in ("stop", "length")
+    answers = {}
+    for name, docs in (("with", ["velmora"]), ("without", [])):
+        answers[name] = []
+        for seed in range(6):
+            rows, _ = evaluate(ds, gen, [docs], SamplingParams(temperature=0.25, max_new_tokens=40, seed=seed))
+            assert rows[0]["finish_reason"] in ("stop", "length")
+            answers[name].append("orange" in rows[0]["answer"].lower())
+    assert sum(answers["with"]) >= 2 and sum(answers["without"]) == 0, answers
 
 
 def _direct_logprob(model, tok, prompt: str, answer: str) -> float:
