@@ -133,8 +133,9 @@ def test_groups_aggregate_over_seeds_and_keep_missing_files(tmp_path):
     assert s.mean == pytest.approx(statistics.mean(accs))
     assert s.se == pytest.approx(statistics.stdev(accs) / math.sqrt(3))
     assert [r.cell_id for r in group.missing] == ["c3"]
-    per_item = group.per_item()
-    assert per_item["q1"] == pytest.approx(2 / 3) and per_item["q3"] == 0.0 and per_item["q4"] == 1.0
+    per_seed = group.per_seed_items()
+    assert sorted(per_seed) == [0, 1, 2] and per_seed[1] == {"q0": 1.0, "q1": 0.0, "q2": 0.0, "q3": 0.0, "q4": 1.0}
+    assert group.passages() == {}  # rows without a passage (graded before rows carried it)
     dup = CellRecord("e", "c9", {"method": "pd", "dataset": "nyt", "seed": 0}, "judge:x", recs[0].grades)
     with pytest.raises(DataError, match="same axes, seed and grader"):
         build_groups(recs + [dup])

@@ -18,6 +18,7 @@ from pd.report.tables import build_table, latex_escape, render_latex, render_mar
 GOLDEN = Path(__file__).parent / "golden"
 JUDGE = "judge:llama3-8b-instruct"
 N = 40
+PER_PASSAGE = 4  # questions per passage: 10 passages per dataset, the bootstrap's clusters
 
 
 def _pattern(rng, p):
@@ -46,8 +47,9 @@ def small_experiment(root: Path):
                     with open(path, "w") as f:
                         for i, c in enumerate(pat):
                             bad = i in invalid
-                            f.write(json.dumps({"item_id": f"{ds}-q{i}", "grader": JUDGE, "correct": None if bad else c,
-                                                "valid": not bad, "reason": None, "answer": "x", "gold": ["y"]}) + "\n")
+                            f.write(json.dumps({"item_id": f"{ds}-q{i}", "passage": f"{ds}-p{i // PER_PASSAGE}",
+                                                "grader": JUDGE, "correct": None if bad else c, "valid": not bad,
+                                                "reason": None, "answer": "x", "gold": ["y"]}) + "\n")
                     axes = {"model": "llama3-8b-instruct", "method": method, "dataset": ds, "retrieval": retrieval,
                             "seed": seed}
                     extra = _evidence_files(root, ev_rng, retrieval, ds, method, seed)
