@@ -317,6 +317,17 @@ def paired_bootstrap(
     is kept to compare with it). A question with a NaN or infinite score is missing: left out and
     counted in ``n_missing``.
 
+    Args:
+        a: method a's score per question.
+        b: method b's score per question, aligned with ``a``.
+        n_resamples: bootstrap resamples.
+        seed: the bootstrap's seed.
+        confidence: the interval's coverage.
+        chunk: resamples drawn at once.
+
+    Returns:
+        The bootstrap (``n_clusters`` equal to ``n_questions``).
+
     Raises:
         ValueError: unequal lengths, or no question with two finite scores.
     """

@@ -249,27 +249,55 @@ class Table:
 
 
 def holm_text(table: Table) -> str:
-    """How the marks' p-values are adjusted, for the notes: Holm over the page's tests (or one test)."""
+    """How the marks' p-values are adjusted, for the notes: Holm over the page's tests (or one test).
+
+    Args:
+        table: the page's table (its ``n_tests`` and the spec's alpha).
+
+    Returns:
+        ``p < alpha after Holm's adjustment over the page's N tests``, or ``p < alpha`` for one test.
+    """
     if table.n_tests > 1:
         return f"p < {table.spec.alpha:g} after Holm's adjustment over the page's {table.n_tests} tests"
     return f"p < {table.spec.alpha:g}"
 
 
 def bootstrap_note(table: Table) -> str:
-    """The bootstrap mark's footnote (after "Differs from X ..."), shared by every block of a page."""
+    """The bootstrap mark's footnote (after "Differs from X ..."), shared by every block of a page.
+
+    Args:
+        table: the page's table.
+
+    Returns:
+        The note's text.
+    """
     return (f"{holm_text(table)}, by a paired bootstrap over seeds, passages and the questions within each "
             "passage (questions about one passage rise and fall together); seeds are resampled together where "
             "both methods have the same seeds, each method's own otherwise.")
 
 
 def t_note(table: Table) -> str:
-    """The t-test mark's footnote (after "... paired t-test over seeds: ")."""
+    """The t-test mark's footnote (after "... paired t-test over seeds: ").
+
+    Args:
+        table: the page's table.
+
+    Returns:
+        The note's text.
+    """
     return (f"{holm_text(table)}, only from {MIN_T_SEEDS} shared seeds on; with fewer (p (t) —) the bootstrap "
             "alone marks a cell.")
 
 
 def unclustered_notes(boots: Iterable[Bootstrap | None]) -> list[tuple[str, str]]:
-    """A footnote where some bootstrap resampled questions with no passage as their own clusters."""
+    """A footnote where some bootstrap resampled questions with no passage as their own clusters.
+
+    Args:
+        boots: a block's bootstraps (None where a comparison had none).
+
+    Returns:
+        ``[("", note)]`` when any question had no passage, else ``[]``.
+    """
     if any(b is not None and b.n_no_passage for b in boots):
         return [("", "Some grade rows name no passage (graded before they carried it): in the bootstrap "
                      "each such question is its own cluster, as if independent of the others.")]
