@@ -193,12 +193,20 @@ def test_grade_file_substring(tmp_path):
     graded = read_jsonl(tmp_path / "g.jsonl")
     assert [g["correct"] for g in graded] == [True, False, False]
     assert [g["item_id"] for g in graded] == ["q0", "q1", "q2"]
+    assert [g["passage"] for g in graded] == ["d0", "d1", "d1"]  # the report's bootstrap clusters by it
     assert graded[0]["prompt_hash"] == "h0" and graded[0]["retrieved"] == ["d0"]
     assert graded[0]["gold"] == ["Paris"] and graded[0]["grader"] == "substring_word"
     assert s["accuracy"] == pytest.approx(1 / 3) and s["validity_rate"] == 1.0
     assert read_json(summary_path(tmp_path / "g.jsonl"))["n"] == 3
     s = grade_file(tmp_path / "eval.jsonl", ds, tmp_path / "p.jsonl", grader="substring", mode="plain")
     assert s["correct"] == 2  # "know" contains "no"
+
+
+def test_a_question_belongs_to_its_first_gold_passage():
+    from pd.evaluation.grade import item_passage
+
+    assert item_passage(TestItem("h", "q", ("a",), ("hotpot-p00007", "hotpot-p00002"))) == "hotpot-p00007"
+    assert item_passage(TestItem("m", "q", ("a",), ())) is None  # MMLU-style: no passage, its own cluster
 
 
 def test_grade_file_bad_input(tmp_path):

@@ -18,6 +18,7 @@ from pd.report.tables import build_table, latex_escape, render_latex, render_mar
 GOLDEN = Path(__file__).parent / "golden"
 JUDGE = "judge:llama3-8b-instruct"
 N = 40
+PER_PASSAGE = 4  # questions per passage: 10 passages per dataset, the bootstrap's clusters
 
 
 def _pattern(rng, p):
@@ -46,8 +47,9 @@ def small_experiment(root: Path):
                     with open(path, "w") as f:
                         for i, c in enumerate(pat):
                             bad = i in invalid
-                            f.write(json.dumps({"item_id": f"{ds}-q{i}", "grader": JUDGE, "correct": None if bad else c,
-                                                "valid": not bad, "reason": None, "answer": "x", "gold": ["y"]}) + "\n")
+                            f.write(json.dumps({"item_id": f"{ds}-q{i}", "passage": f"{ds}-p{i // PER_PASSAGE}",
+                                                "grader": JUDGE, "correct": None if bad else c, "valid": not bad,
+                                                "reason": None, "answer": "x", "gold": ["y"]}) + "\n")
                     axes = {"model": "llama3-8b-instruct", "method": method, "dataset": ds, "retrieval": retrieval,
                             "seed": seed}
                     extra = _evidence_files(root, ev_rng, retrieval, ds, method, seed)
@@ -144,14 +146,27 @@ def test_invalid_rate_is_carried_and_paper_value_shown(built):
     assert _cell(table, "bm25", "pd", "squadshifts-amazon").paper is None  # paper has no BM25 cell in table 2
 
 
-def test_significance_marks_follow_the_paired_tests(built):
+def test_significance_marks_follow_the_holm_adjusted_tests_of_the_page(built):
+    """Every bootstrap and t-test of the page (accuracy, log-likelihood, KL) is one Holm family."""
+    from pd.report.stats import holm
+
     table, _ = built
     base = _cell(table, "none", "base", "squadshifts-amazon")
     assert base.comparison.significant_bootstrap and "*" in base.marks() and "†" in base.marks()
     assert base.comparison.t is None  # one seed: no t-test
-    for c in table.comparisons:
-        assert c.significant_bootstrap == (c.bootstrap.p < 0.05)
-        assert c.significant_t == (c.t is not None and c.t.p < 0.05)
+    assert base.comparison.seeds == "1 vs 3" and not base.comparison.bootstrap.paired_seeds
+    family = [*table.comparisons, *(c for s in table.sections for c in s.comparisons)]
+    raw = [p for c in family for p in ((c.bootstrap.p if c.bootstrap else None), (c.t.p if c.t else None))]
+    assert table.n_tests == sum(p is not None for p in raw) == 22  # 14 bootstraps, 8 t-tests
+    assert [p for c in family for p in (c.holm_bootstrap, c.holm_t)] == holm(raw)
+    for c in family:
+        assert c.significant_bootstrap == (c.holm_bootstrap is not None and c.holm_bootstrap < 0.05)
+        assert c.significant_t == (c.holm_t is not None and c.holm_t < 0.05)
+    # SFT's -19 points on Amazon closed-book: p = 0.06 by the bootstrap over passages, no mark after Holm either
+    sft = _cell(table, "none", "sft", "squadshifts-amazon").comparison
+    assert sft.bootstrap.n_clusters == 10 and sft.bootstrap.n_questions == N and sft.seeds == "3 paired"
+    assert not sft.significant_bootstrap and not sft.significant_t and sft.holm_t >= sft.t.p
+    assert f"Holm's adjustment over the page's {table.n_tests} tests" in render_markdown(table)
 
 
 def test_latex_escapes_every_special_character():
@@ -228,6 +243,13 @@ def test_methods_compare_despite_their_own_settings(tmp_path):
     comp = table.comparisons[0]
     # 1 of 10 right against 8 of 10, the same in both seeds: -70 points.
     assert abs(comp.diff - (-0.7)) < 1e-9 and comp.significant_bootstrap
+    # two seeds that agree: no t-test (one degree of freedom, p = 0), so no § mark; the bootstrap's one test
+    # is the page's family (no Holm column)
+    assert comp.t is None and comp.shared_seeds == 2 and not comp.significant_t and table.n_tests == 1
+    sft = next(c for r in table.blocks[0].rows for c in r.cells if c.comparison is comp)
+    assert sft.marks() == "*"
+    md = render_markdown(table)
+    assert "§" not in md.split("\n\n")[1] and "Holm p" not in md and "only from 3 shared seeds" in md
 
 
 def _section(table, name):
@@ -244,7 +266,7 @@ def test_gold_loglik_block_matches_the_rows_and_scipy(built):
     """Every number of the log-likelihood block, recomputed from the evaluation rows on disk."""
     from scipy import stats as sps
 
-    from pd.report.stats import paired_bootstrap
+    from pd.report.stats import seed_item_bootstrap
 
     table, _ = built
     gold = _section(table, "gold_logprob")
@@ -279,15 +301,17 @@ def test_gold_loglik_block_matches_the_rows_and_scipy(built):
                 shared = sorted(set(seeds) & set(ref))
                 a = [statistics.mean(seeds[s].values()) for s in shared]
                 b = [statistics.mean(ref[s].values()) for s in shared]
-                if len(shared) >= 2:
+                if len(shared) >= 3:
                     assert cell.comparison.t.p == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-9)
+                else:
+                    assert cell.comparison.t is None
                 items = sorted(set.intersection(*(set(v) for v in seeds.values()), *(set(v) for v in ref.values())))
                 xa = [statistics.mean(v[i] for v in seeds.values()) for i in items]
                 xb = [statistics.mean(v[i] for v in ref.values()) for i in items]
-                boot = paired_bootstrap(xa, xb, n_resamples=2000, seed=0)
-                assert cell.comparison.bootstrap.p == boot.p
+                passages = {i: f"{i.rsplit('-q', 1)[0]}-p{int(i.rsplit('-q', 1)[1]) // PER_PASSAGE}" for i in items}
+                boot = seed_item_bootstrap(seeds, ref, passages, n_resamples=2000, seed=0)
+                assert cell.comparison.bootstrap == boot and boot.n_clusters == N // PER_PASSAGE
                 assert cell.comparison.bootstrap.mean_diff == pytest.approx(statistics.mean(xa) - statistics.mean(xb))
-                assert cell.comparison.significant_t == (cell.comparison.t is not None and cell.comparison.t.p < 0.05)
                 tested += 1
     assert checked == 11 and tested == 7
 

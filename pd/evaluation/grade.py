@@ -207,8 +207,24 @@ def _items_by_id(dataset: Dataset | Mapping[str, TestItem]) -> Mapping[str, Test
     return {it.id: it for it in dataset.items} if isinstance(dataset, Dataset) else dataset
 
 
+def item_passage(item: TestItem) -> str | None:
+    """The passage a test question belongs to: its first gold passage (None without one).
+
+    SQuADShifts items have one gold passage; a HotpotQA item has two (its supporting
+    paragraphs, in the order of the supporting facts), and the first stands for it. The
+    report resamples questions within their passage (:func:`pd.report.stats.cluster_bootstrap`).
+
+    Args:
+        item: the test item.
+
+    Returns:
+        ``item.doc_ids[0]``, or None when the item names no gold passage.
+    """
+    return item.doc_ids[0] if item.doc_ids else None
+
+
 def _base_row(row: dict, item: TestItem, grader: str) -> dict:
-    out = {"item_id": item.id, "grader": grader}
+    out = {"item_id": item.id, "passage": item_passage(item), "grader": grader}
     for key in ("sample", "prompt_hash", "retrieved", "model", "adapter"):
         if key in row:
             out[key] = row[key]

@@ -330,15 +330,22 @@ class Group:
     def per_seed(self) -> dict[Any, float]:
         return {r.seed: g.accuracy for r, g in self.present}
 
-    def per_item(self) -> dict[str, float]:
-        """Correctness per question averaged over the seeds that graded it."""
-        total: dict[str, float] = {}
-        count: dict[str, int] = {}
+    def per_seed_items(self) -> dict[Any, dict[str, float]]:
+        """Seed -> question id -> correct (1/0; an invalid grade is 0), for the seeds with grades."""
+        return {r.seed: dict(zip(g.item_ids, map(float, g.correct))) for r, g in self.present}
+
+    def passages(self) -> dict[str, str]:
+        """Question id -> its passage, from the grade rows' ``passage`` (rows written before it: none).
+
+        The passage is the item's first gold passage (:func:`pd.evaluation.grade.item_passage`),
+        the cluster the report's bootstrap resamples questions within.
+        """
+        out: dict[str, str] = {}
         for _, g in self.present:
-            for item, c in zip(g.item_ids, g.correct):
-                total[item] = total.get(item, 0.0) + float(c)
-                count[item] = count.get(item, 0) + 1
-        return {k: total[k] / count[k] for k in total}
+            for item, row in zip(g.item_ids, g.rows):
+                if row.get("passage") is not None:
+                    out.setdefault(item, str(row["passage"]))
+        return out
 
 
 def build_groups(records: Iterable[CellRecord], *, cache: dict[str, Grades | None] | None = None) -> list[Group]:

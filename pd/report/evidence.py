@@ -142,13 +142,9 @@ class Evidence:
         """Seed -> the seed's gold scores, for the seeds that have them."""
         return {r.seed: s for r in g.records if (s := self.gold(r)) is not None}
 
-    def gold_per_item(self, g: Group) -> dict[str, float]:
-        """Question -> its per-token gold log-likelihood averaged over the seeds that scored it."""
-        total: dict[str, list[float]] = {}
-        for s in self.gold_per_seed(g).values():
-            for item, v in zip(s.item_ids, s.per_token):
-                total.setdefault(item, []).append(float(v))
-        return {k: sum(v) / len(v) for k, v in total.items()}
+    def gold_per_seed_items(self, g: Group) -> dict[Any, dict[str, float]]:
+        """Seed -> question id -> its per-token gold log-likelihood, for the seeds that scored any."""
+        return {seed: dict(zip(s.item_ids, map(float, s.per_token))) for seed, s in self.gold_per_seed(g).items()}
 
     def gold_summary(self, g: Group) -> MeanSE | None:
         per_seed = list(self.gold_per_seed(g).values())

@@ -20,7 +20,7 @@ from pd.report.html import ExperimentPage, group_details, render_html, write_sna
 from pd.report.rows_export import export_rows
 from pd.report.runinfo import machine_description, run_info
 from pd.report.sections import MetricSection, metric_sections
-from pd.report.tables import Table, build_table, render_latex, render_markdown
+from pd.report.tables import Comparison, Table, build_table, render_latex, render_markdown
 
 
 @dataclass
@@ -51,12 +51,30 @@ def summary_rows(table: Table) -> list[dict[str, Any]]:
                     "per_seed": {str(k): v for k, v in g.per_seed().items()} if g else {},
                     "invalid_rate": g.invalid_rate if g is not None else None,
                     "paper": cell.paper.value if cell.paper else None,
-                    "significant_bootstrap": cell.comparison.significant_bootstrap if cell.comparison else None,
-                    "p_bootstrap": (cell.comparison.bootstrap.p if cell.comparison and cell.comparison.bootstrap
-                                    else None),
-                    "p_t": cell.comparison.t.p if cell.comparison and cell.comparison.t else None,
+                    **comparison_fields(cell.comparison),
                 })
     return rows
+
+
+def comparison_fields(c: Comparison | None) -> dict[str, Any]:
+    """A cell's paired tests in machine-readable form (None throughout where it has none).
+
+    Args:
+        c: the cell's comparison with the reference method.
+
+    Returns:
+        ``p_bootstrap`` and ``p_t`` (raw), ``p_holm_bootstrap`` and ``p_holm_t`` (over the page's
+        family), the marks ``significant_bootstrap`` and ``significant_t``, and the bootstrap's
+        interval and sample (``ci_low``, ``ci_high``, ``passages``, ``questions``).
+    """
+    b = c.bootstrap if c is not None else None
+    return {"p_bootstrap": b.p if b else None, "p_t": c.t.p if c is not None and c.t else None,
+            "p_holm_bootstrap": c.holm_bootstrap if c is not None else None,
+            "p_holm_t": c.holm_t if c is not None else None,
+            "significant_bootstrap": c.significant_bootstrap if c is not None else None,
+            "significant_t": c.significant_t if c is not None else None,
+            "ci_low": b.ci_low if b else None, "ci_high": b.ci_high if b else None,
+            "passages": b.n_clusters if b else None, "questions": b.n_questions if b else None}
 
 
 def render_reports(
@@ -145,8 +163,7 @@ def section_rows(section: MetricSection) -> list[dict[str, Any]]:
                              "axes": cell.group.axes if cell.group is not None else None,
                              "mean": s.mean if s else None, "se": s.se if s else None, "se_kind": s.kind if s else None,
                              "n_seeds": s.n_seeds if s else 0, "before": cell.before, "after": cell.after,
-                             "p_bootstrap": c.bootstrap.p if c and c.bootstrap else None,
-                             "p_t": c.t.p if c and c.t else None})
+                             **comparison_fields(c)})
     return rows
 
 

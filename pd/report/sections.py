@@ -3,10 +3,12 @@
 Each is a :class:`MetricSection` laid out as the accuracy table (its rows and columns;
 the log-likelihood also in its retrieval blocks, the KL closure once, since an adapter's
 held-out KL does not depend on what the evaluation retrieves), with mean +- 2 SE over
-seeds, bold for the best per column and block, and the paired tests of accuracy against
-the reference method: a paired t-test over seeds and, for the log-likelihood, a paired
-bootstrap over questions (the held-out KL is stored as one mean per adapter, so it has
-no per-question resample).
+seeds, bold for the best per column and block, and the paired tests against the
+reference method as the accuracy table makes them: a paired t-test over seeds (from three
+shared seeds on) and, for the log-likelihood, the bootstrap over seeds, passages and the
+questions within them (the held-out KL is stored as one mean per adapter, so it has no
+per-question resample). Their p-values join the accuracy table's in one Holm-adjusted
+family (:func:`pd.report.tables.adjust_page`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,19 @@ from typing import Any, Callable
 from pd.report.aggregate import Group, hashable
 from pd.report.evidence import Evidence
 from pd.report.labels import label_for
-from pd.report.stats import MeanSE, no_spread_notes, paired_bootstrap, paired_t
-from pd.report.tables import MARK_BINOMIAL, MARK_BOOT, MARK_T, MISSING, Comparison, Table
+from pd.report.stats import MeanSE, no_spread_notes, seed_item_bootstrap, seed_t_test
+from pd.report.tables import (
+    MARK_BINOMIAL,
+    MARK_BOOT,
+    MARK_T,
+    MISSING,
+    Comparison,
+    Table,
+    adjust_page,
+    bootstrap_note,
+    t_note,
+    unclustered_notes,
+)
 
 GOLD = "gold_logprob"
 KL = "heldout_kl"
@@ -101,6 +114,9 @@ def metric_sections(table: Table, evidence: Evidence | None = None, *, n_resampl
                     seed: int = 0) -> list[MetricSection]:
     """The log-likelihood and KL sections of a built accuracy table (those with any data).
 
+    Their tests and the table's are then Holm-adjusted as one family (the page's): the
+    table's marks and ``n_tests`` change with them.
+
     Args:
         table: the accuracy table (:func:`pd.report.tables.build_table`); its cells' groups are used.
         evidence: the file reader (a fresh one by default).
@@ -115,14 +131,15 @@ def metric_sections(table: Table, evidence: Evidence | None = None, *, n_resampl
     gold = _section(table, GOLD, "Gold-answer log-likelihood (nats per answer token)", ev.gold_summary, merge=False)
     if gold is not None:
         _compare(table, gold, ev, n_resamples=n_resamples, seed=seed)
-        gold.notes = _notes(table, gold)
         out.append(gold)
     kl = _section(table, KL, "Held-out KL(teacher ‖ student): before → after training (fraction closed)",
                   ev.kl_summary, merge=True)
     if kl is not None:
         _compare(table, kl, ev, n_resamples=n_resamples, seed=seed)
-        kl.notes = _notes(table, kl)
         out.append(kl)
+    table.n_tests = adjust_page([*table.comparisons, *(c for sec in out for c in sec.comparisons)])
+    for sec in out:
+        sec.notes = _notes(table, sec)
     return out
 
 
@@ -191,18 +208,17 @@ def _compare(table: Table, section: MetricSection, ev: Evidence, *, n_resamples:
                 ref = by_key.get(key_of(dict(g.axes, **{spec.method_axis: spec.reference})))
                 if ref is None:
                     continue
-                comp = _test(section.name, g, ref, ev, n_resamples, seed)
+                comp = _test(section.name, g, ref, ev, table.passages, n_resamples, seed)
                 if comp is None:
                     continue
                 diff, boot, t, shared = comp
                 ref_label = " / ".join(label_for(spec, a, ref.axes.get(a)) for a in spec.rows)
                 cell.comparison = Comparison(block.label, " / ".join(row.labels), ref_label, clabel, diff, boot, t,
-                                             significant_bootstrap=boot is not None and boot.p < spec.alpha,
-                                             significant_t=t is not None and t.p < spec.alpha, shared_seeds=shared)
+                                             alpha=spec.alpha, shared_seeds=shared)
                 section.comparisons.append(cell.comparison)
 
 
-def _test(name: str, g: Group, ref: Group, ev: Evidence, n_resamples: int, seed: int):
+def _test(name: str, g: Group, ref: Group, ev: Evidence, passages: dict[str, str], n_resamples: int, seed: int):
     """(difference of the means, bootstrap, t, shared seeds) of ``g`` minus ``ref``; None if ``ref`` has no data."""
     if name == GOLD:
         a_seed = {s: v.mean for s, v in ev.gold_per_seed(g).items()}
@@ -216,14 +232,10 @@ def _test(name: str, g: Group, ref: Group, ev: Evidence, n_resamples: int, seed:
         return None
     boot = None
     if name == GOLD:
-        a_items, b_items = ev.gold_per_item(g), ev.gold_per_item(ref)
-        common = sorted(set(a_items) & set(b_items))
-        if common:
-            boot = paired_bootstrap([a_items[i] for i in common], [b_items[i] for i in common],
-                                    n_resamples=n_resamples, seed=seed)
-    shared = sorted(set(a_seed) & set(b_seed), key=str)
-    t = paired_t([a_seed[s] for s in shared], [b_seed[s] for s in shared]) if len(shared) >= 2 else None
-    return summ_a.mean - summ_b.mean, boot, t, len(shared)
+        boot = seed_item_bootstrap(ev.gold_per_seed_items(g), ev.gold_per_seed_items(ref), passages,
+                                   n_resamples=n_resamples, seed=seed)
+    t, shared = seed_t_test(a_seed, b_seed)
+    return summ_a.mean - summ_b.mean, boot, t, shared
 
 
 def _notes(table: Table, section: MetricSection) -> list[tuple[str, str]]:
@@ -235,10 +247,11 @@ def _notes(table: Table, section: MetricSection) -> list[tuple[str, str]]:
         if any(c.summary is not None and c.summary.kind == "questions" for b in section.blocks for r in b.rows
                for c in r.cells):
             notes.append((MARK_BINOMIAL, "One seed only: ± 2 standard errors over questions."))
-        notes.append((MARK_BOOT, f"Differs from {ref} at p < {table.spec.alpha:g} (paired bootstrap over questions)."))
+        notes.append((MARK_BOOT, f"Differs from {ref}: " + bootstrap_note(table)))
     else:
         notes = [("", "Held-out KL(teacher ‖ student) per answer token on held-out question-answer pairs, mean over "
                       "seeds before → after training; in brackets the fraction closed, 1 − after/before, in percent, "
                       "mean ± 2 SE over seeds (no ± with one seed). Bold: most closed per column.")]
-    notes.append((MARK_T, f"Differs from {ref} at p < {table.spec.alpha:g} (paired t-test over seeds)."))
-    return notes + no_spread_notes(c.t for c in section.comparisons)
+    notes.append((MARK_T, f"Differs from {ref} by a paired t-test over seeds: " + t_note(table)))
+    return notes + no_spread_notes(c.t for c in section.comparisons) + unclustered_notes(
+        c.bootstrap for c in section.comparisons)

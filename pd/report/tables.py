@@ -4,6 +4,11 @@
 per column and block, paired tests against the reference method, the paper's value
 beside ours); ``render_markdown`` and ``render_latex`` lay it out with the Jinja2
 templates in ``pd/report/templates``.
+
+Each comparison has two tests: a bootstrap over seeds, passages and the questions within
+them (:func:`pd.report.stats.seed_item_bootstrap`) and, from three shared seeds on, a
+paired t-test over seeds. A cell is marked where a test's p, Holm-adjusted over every
+test of the page (:func:`adjust_page`), is below the spec's alpha.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ from pd.report.aggregate import Group, TableSpec, group_key, hashable
 from pd.report.labels import header_for, label_for, sort_values
 from pd.report.layout import matches_where, place_groups
 from pd.report.paper_values import PaperValue, lookup
-from pd.report.stats import Bootstrap, MeanSE, PairedT, no_spread_notes, paired_bootstrap, paired_t
+from pd.report.stats import (
+    MIN_T_SEEDS,
+    Bootstrap,
+    MeanSE,
+    PairedT,
+    holm,
+    no_spread_notes,
+    seed_item_bootstrap,
+    seed_t_test,
+)
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 MISSING = "—"
@@ -45,7 +59,11 @@ def signed(x: float) -> str:
 
 @dataclass
 class Comparison:
-    """A baseline cell tested against the reference method's cell (baseline minus reference)."""
+    """A baseline cell tested against the reference method's cell (baseline minus reference).
+
+    ``holm_bootstrap`` and ``holm_t`` are the tests' p-values Holm-adjusted over the page's
+    family (:func:`adjust_page`); the marks follow them.
+    """
 
     block: str
     row: str
@@ -54,9 +72,55 @@ class Comparison:
     diff: float  # fraction
     bootstrap: Bootstrap | None
     t: PairedT | None
-    significant_bootstrap: bool
-    significant_t: bool
+    alpha: float = 0.05
     shared_seeds: int = 0
+    holm_bootstrap: float | None = None
+    holm_t: float | None = None
+
+    @property
+    def significant_bootstrap(self) -> bool:
+        """The bootstrap's Holm-adjusted p is below alpha."""
+        return self.holm_bootstrap is not None and self.holm_bootstrap < self.alpha
+
+    @property
+    def significant_t(self) -> bool:
+        """The t-test's (three or more shared seeds) Holm-adjusted p is below alpha."""
+        return self.holm_t is not None and self.holm_t < self.alpha
+
+    @property
+    def seeds(self) -> str:
+        """The seeds behind the tests: ``3 paired``, or ``1 vs 3`` where the methods' seeds differ."""
+        b = self.bootstrap
+        if b is not None and not b.paired_seeds:
+            return f"{b.n_seeds[0]} vs {b.n_seeds[1]}"
+        return f"{b.n_seeds[0] if b is not None else self.shared_seeds} paired"
+
+    @property
+    def sample(self) -> str:
+        """The bootstrap's passages / questions (— without one)."""
+        b = self.bootstrap
+        return f"{b.n_clusters} / {b.n_questions}" if b is not None else MISSING
+
+
+def adjust_page(comparisons: Sequence[Comparison]) -> int:
+    """Holm-adjust every test of a page together: each comparison's bootstrap p and t-test p.
+
+    A page shows the accuracy table and the blocks beneath it; a reader scans all their marks,
+    so all their tests are one family. Sets ``holm_bootstrap`` and ``holm_t`` on each comparison.
+
+    Args:
+        comparisons: the page's comparisons (accuracy, log-likelihood, KL closure).
+
+    Returns:
+        The number of tests in the family (the p-values that exist).
+    """
+    ps: list[float | None] = []
+    for c in comparisons:
+        ps += [c.bootstrap.p if c.bootstrap is not None else None, c.t.p if c.t is not None else None]
+    adjusted = holm(ps)
+    for i, c in enumerate(comparisons):
+        c.holm_bootstrap, c.holm_t = adjusted[2 * i], adjusted[2 * i + 1]
+    return sum(p is not None and math.isfinite(p) for p in ps)
 
 
 @dataclass
@@ -149,6 +213,8 @@ class Table:
     inferred_paper: list[str] = field(default_factory=list)
     run: list[tuple[str, str, bool]] = field(default_factory=list)  # (label, text, is_code): pd.report.runinfo
     sections: list = field(default_factory=list)  # pd.report.sections.MetricSection: the blocks beneath accuracy
+    passages: dict[str, str] = field(default_factory=dict)  # question id -> passage (the bootstrap's clusters)
+    n_tests: int = 0  # the page's family of tests, Holm-adjusted together (adjust_page)
 
     @property
     def has_binomial(self) -> bool:
@@ -166,10 +232,11 @@ class Table:
         if self.has_binomial:
             n.append((MARK_BINOMIAL, "One seed only: ± 2 binomial standard errors over questions, √(p(1−p)/n)."))
         if self.comparisons:
-            n.append((MARK_BOOT, f"Differs from {self.reference_label} in the same column and block at "
-                                 f"p < {self.spec.alpha:g} (paired bootstrap over questions)."))
-            n.append((MARK_T, "The same by a paired t-test over seeds (needs two or more shared seeds)."))
+            n.append((MARK_BOOT, f"Differs from {self.reference_label} in the same column and block: "
+                                 + bootstrap_note(self)))
+            n.append((MARK_T, "The same by a paired t-test over seeds: " + t_note(self)))
             n += no_spread_notes(c.t for c in self.comparisons)
+            n += unclustered_notes(c.bootstrap for c in self.comparisons)
         if self.has_paper:
             n.append(("", f"(paper x, Δ d): the value paper table {self.spec.paper_table} reports for this cell and "
                           "ours minus it in points; ° marks a paper value whose column was inferred "
@@ -179,6 +246,62 @@ class Table:
     @property
     def reference_label(self) -> str:
         return label_for(self.spec, self.spec.method_axis, self.spec.reference)
+
+
+def holm_text(table: Table) -> str:
+    """How the marks' p-values are adjusted, for the notes: Holm over the page's tests (or one test).
+
+    Args:
+        table: the page's table (its ``n_tests`` and the spec's alpha).
+
+    Returns:
+        ``p < alpha after Holm's adjustment over the page's N tests``, or ``p < alpha`` for one test.
+    """
+    if table.n_tests > 1:
+        return f"p < {table.spec.alpha:g} after Holm's adjustment over the page's {table.n_tests} tests"
+    return f"p < {table.spec.alpha:g}"
+
+
+def bootstrap_note(table: Table) -> str:
+    """The bootstrap mark's footnote (after "Differs from X ..."), shared by every block of a page.
+
+    Args:
+        table: the page's table.
+
+    Returns:
+        The note's text.
+    """
+    return (f"{holm_text(table)}, by a paired bootstrap over seeds, passages and the questions within each "
+            "passage (questions about one passage rise and fall together); seeds are resampled together where "
+            "both methods have the same seeds, each method's own otherwise.")
+
+
+def t_note(table: Table) -> str:
+    """The t-test mark's footnote (after "... paired t-test over seeds: ").
+
+    Args:
+        table: the page's table.
+
+    Returns:
+        The note's text.
+    """
+    return (f"{holm_text(table)}, only from {MIN_T_SEEDS} shared seeds on; with fewer (p (t) —) the bootstrap "
+            "alone marks a cell.")
+
+
+def unclustered_notes(boots: Iterable[Bootstrap | None]) -> list[tuple[str, str]]:
+    """A footnote where some bootstrap resampled questions with no passage as their own clusters.
+
+    Args:
+        boots: a block's bootstraps (None where a comparison had none).
+
+    Returns:
+        ``[("", note)]`` when any question had no passage, else ``[]``.
+    """
+    if any(b is not None and b.n_no_passage for b in boots):
+        return [("", "Some grade rows name no passage (graded before they carried it): in the bootstrap "
+                     "each such question is its own cluster, as if independent of the others.")]
+    return []
 
 
 def select_grader(spec: TableSpec, groups: Sequence[Group], experiment: str) -> str:
@@ -241,7 +364,11 @@ def build_table(
             rows.append(TableRow(rk, labels, cells))
         _mark_best(rows, len(columns))
         table.blocks.append(TableBlock(bk, _block_label(spec, bk), rows))
+    for g in groups:
+        for item, passage in g.passages().items():
+            table.passages.setdefault(item, passage)
     _compare(table, groups, n_resamples=n_resamples, seed=seed)
+    table.n_tests = adjust_page(table.comparisons)
     return table
 
 
@@ -315,22 +442,13 @@ def _compare(table: Table, groups: Sequence[Group], *, n_resamples: int, seed: i
                 ref = by_key.get(key_of(dict(g.axes, **{spec.method_axis: spec.reference})))
                 if ref is None or ref.summary() is None:
                     continue
-                boot = None
-                a_items, b_items = g.per_item(), ref.per_item()
-                common = sorted(set(a_items) & set(b_items))
-                if common:
-                    boot = paired_bootstrap([a_items[i] for i in common], [b_items[i] for i in common],
-                                            n_resamples=n_resamples, seed=seed)
-                a_seeds, b_seeds = g.per_seed(), ref.per_seed()
-                shared = sorted(set(a_seeds) & set(b_seeds), key=str)
-                t = paired_t([a_seeds[s] for s in shared], [b_seeds[s] for s in shared]) if len(shared) >= 2 else None
+                boot = seed_item_bootstrap(g.per_seed_items(), ref.per_seed_items(), table.passages,
+                                           n_resamples=n_resamples, seed=seed)
+                t, shared = seed_t_test(g.per_seed(), ref.per_seed())
                 ref_label = " / ".join(label_for(spec, a, ref.axes.get(a)) for a in spec.rows)
-                comp = Comparison(
-                    block.label, " / ".join(row.labels), ref_label, clabel,
-                    cell.summary.mean - ref.summary().mean, boot, t,
-                    significant_bootstrap=boot is not None and boot.p < spec.alpha,
-                    significant_t=t is not None and t.p < spec.alpha, shared_seeds=len(shared),
-                )
+                comp = Comparison(block.label, " / ".join(row.labels), ref_label, clabel,
+                                  cell.summary.mean - ref.summary().mean, boot, t, alpha=spec.alpha,
+                                  shared_seeds=shared)
                 cell.comparison = comp
                 table.comparisons.append(comp)
 
