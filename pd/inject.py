@@ -227,17 +227,35 @@ def _check_out(docs: Path, out: Path) -> None:
         raise DataError(f"--out {out} lies inside the documents folder {docs}; choose a folder outside it")
 
 
+def _size(art, plan) -> str:
+    """What a job is about to compute, as its kind's workload plans it (:mod:`pd.pipeline.sizing`: planned
+    counts, before the questions that were really kept are known)."""
+    from pd.pipeline.registry import get_kind
+    from pd.pipeline.sizing import Forwards, Generation, Training
+
+    work = get_kind(art.kind).workload(art, plan) if art.model else None
+    if isinstance(work, Generation):
+        return f"about {work.sequences} sequences of up to {work.new} new tokens with {art.model}"
+    if isinstance(work, Training):
+        return f"about {work.rows} training rows, {work.steps} optimizer steps of {work.global_batch} on {art.model}"
+    if isinstance(work, Forwards):
+        return f"about {work.tokens} tokens through {art.model}"
+    return art.path
+
+
 def _run_jobs(plan, target: str, docs: Path) -> tuple[list[str], dict[str, float]]:
     """Run the jobs ``target`` needs in this process (pd.pipeline.run), reusing every output that exists."""
     from pd.pipeline.run import run_spec
 
     reused, timings = [], {}
-    for art in plan.in_order(target):
+    arts = plan.in_order(target)
+    for i, art in enumerate(arts, 1):
         t = time.time()
         if Path(art.path).exists():
             reused.append(art.kind)
-            log.info("%s: reusing %s", art.kind, art.path)
+            log.info("step %d/%d %s: reusing %s", i, len(arts), art.kind, art.path)
         else:
+            log.info("step %d/%d %s starts: %s", i, len(arts), art.kind, _size(art, plan))
             run_spec(art.spec, art.path)
         if art.kind == "questions" and not read_jsonl(art.path):
             from pd.io import stats_path

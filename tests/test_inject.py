@@ -93,7 +93,10 @@ def test_model_card_and_data_match_what_was_measured(injected):
     assert file_hash(adapter_job / "adapter_model.safetensors") == file_hash(out / "adapter_model.safetensors")
 
 
-def test_rerun_reuses_every_job_and_a_changed_setting_only_what_depends_on_it(injected, capsys):
+def test_rerun_reuses_every_job_and_a_changed_setting_only_what_depends_on_it(injected, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="pd.inject")
     docs, out = injected
     before = file_hash(out / "adapter_model.safetensors")
     card = (out / "README.md").read_text()
@@ -103,6 +106,11 @@ def test_rerun_reuses_every_job_and_a_changed_setting_only_what_depends_on_it(in
     # A changed training setting: the data jobs are reused, a second adapter job is trained beside the first.
     rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS, "--epochs", "2")
     assert rc == 0 and "reused from an earlier run: questions, answers\n" in stdout
+    # each step is announced when it starts, with its size, or named as reused
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [m.split(":")[0] for m in steps[-3:]] == ["step 1/3 questions", "step 2/3 answers",
+                                                     "step 3/3 adapter starts"]
+    assert "optimizer steps of 8 on tiny-llama" in steps[-1]
     assert json.loads((out / "pd_meta.json").read_text())["config"]["epochs"] == 2
     assert file_hash(out / "adapter_model.safetensors") != before
     assert len(list((out / "results").glob("*/adapters/pd/tiny-llama/*"))) == 2
