@@ -39,7 +39,7 @@ def test_paper_needs_listed_as_missing_with_hub_ids(tmp_path):
     proc = _pd(["fetch", "--check", "--run", "main", "regularisation", "hotpotqa", "expert_teacher"], tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    expected = {  # model name -> hub id (the paper's models, as the README's model table lists them)
+    expected = {  # model name -> hub id (the paper's models, as docs/configuration.md's model table lists them)
         "llama3-8b-instruct": "meta-llama/Meta-Llama-3-8B-Instruct",
         "llama3-70b-instruct": "meta-llama/Meta-Llama-3-70B-Instruct",
         "qwen2.5-3b-instruct": "Qwen/Qwen2.5-3B-Instruct",
