@@ -120,7 +120,7 @@ def cost_table(plan: Plan, registry: dict, site: Any, paths: list[str] | None = 
         run as planned (fits no GPU count, or outlives ``max_runtime`` without resuming).
     """
     from pd.errors import ConfigError
-    from pd.pipeline.costs import attempts_needed, runtime_ask
+    from pd.pipeline.costs import attempts_needed
 
     order = kind_names()
     groups: dict[tuple[str, str], dict[str, Any]] = {}
@@ -134,7 +134,9 @@ def cost_table(plan: Plan, registry: dict, site: Any, paths: list[str] | None = 
             continue
         if cost is None:
             continue
-        ask = runtime_ask(cost, 1, site.max_runtime)
+        # what the job's sbatch really asks (a site's `sizes:` tier may replace the cost model's time)
+        res = artifact_resources(art, plan, registry[art.model].params_b, site=site, registry=registry)
+        ask = res["runtime"]
         attempts = attempts_needed(cost, site.max_runtime)
         if attempts > 1 and not cost.resumable:
             problems.append(f"{art.path} ({art.kind}, {art.model}) needs {cost.need_minutes / 60:.1f} h, more than "
@@ -155,7 +157,7 @@ def cost_table(plan: Plan, registry: dict, site: Any, paths: list[str] | None = 
         row["ask_h"] = max(row["ask_h"], ask / 60)
         row["attempts"] = max(row["attempts"], attempts)
         row["gpu_hours_need"] += cost.gpus * cost.need_minutes / 60
-        row["gpu_hours_ask"] += cost.gpus * ask * attempts / 60
+        row["gpu_hours_ask"] += res.get("gpus", cost.gpus) * ask * attempts / 60
     rows = [groups[k] for k in sorted(groups, key=lambda k: (order.index(k[0]), k[1]))]
     return rows, problems
 
