@@ -137,9 +137,12 @@ def test_validate_with_the_slurm_site_prints_each_kinds_needs_and_asks(capsys):
     assert by[("evaluate", "llama3-8b-instruct")]["gpus"] == {1}
     # the table's ask is what the job's sbatch asks: a site's `sizes:` tier replaces the cost model's time
     tiered = load_site({**cfg["slurm_site"], "sizes": {"adapter": [{"max_params_b": 10, "runtime": 3000}]}})
-    rows_t, _ = cost_table(plan, registry(), tiered, [a.path for a in plan.of_kind("adapter")
-                                                      if a.model == "llama3-8b-instruct"][:1])
-    assert rows_t[0]["ask_h"] > 3000 / 60 * 0.01 and rows_t[0]["ask_h"] != by[("adapter", "llama3-8b-instruct")]["ask_h"]
+    from pd.pipeline.requests import artifact_resources
+
+    art = next(a for a in plan.of_kind("adapter") if a.model == "llama3-8b-instruct")
+    rows_t, _ = cost_table(plan, registry(), tiered, [art.path])
+    sbatch = artifact_resources(art, plan, 8.0, site=tiered, registry=registry())["runtime"]
+    assert rows_t[0]["ask_h"] == sbatch / 60 and sbatch != round(60 * by[("adapter", art.model)]["ask_h"])
     # without a site: a hint, no table
     assert main(["--config", str(DEFAULT_CONFIG), "validate"]) == 0
     assert "--configfile profiles/slurm/site.yaml" in capsys.readouterr().out
