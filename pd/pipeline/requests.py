@@ -27,7 +27,7 @@ def artifact_cost(art: Artifact, plan: Plan, site: Any, registry: dict | None = 
 
 
 def artifact_resources(art: Artifact, plan: Plan, params_b: float, attempt: int = 1, device: str | None = None,
-                       site: Any = None, registry: dict | None = None) -> dict[str, Any]:
+                       site: Any = None, registry: dict | None = None, cost: Any = None) -> dict[str, Any]:
     """The resources the job that makes ``art`` asks for (:func:`pd.pipeline.resources.job_resources` with its kind's
     sizing hooks: work, cache, a second model, rank).
 
@@ -39,6 +39,7 @@ def artifact_resources(art: Artifact, plan: Plan, params_b: float, attempt: int 
         device: ``cpu`` or ``gpu`` (default: the site's).
         site: a :class:`pd.site.Site` or None.
         registry: the model registry (default: the plan's config's).
+        cost: the job's :class:`pd.pipeline.costs.JobCost` when the caller has it (else computed on a GPU site).
 
     Returns:
         Snakemake resources (``mem_mb``, ``runtime``, ``cpus_per_task``, ``gpus``, SLURM keys).
@@ -46,7 +47,8 @@ def artifact_resources(art: Artifact, plan: Plan, params_b: float, attempt: int 
     from pd.pipeline.resources import job_resources
 
     kind = get_kind(art.kind)
-    cost = artifact_cost(art, plan, site, registry) if (device or (site and site.device)) == "gpu" else None
+    if cost is None and (device or (site and site.device)) == "gpu":
+        cost = artifact_cost(art, plan, site, registry)
     return job_resources(art.kind, params_b, attempt, device, site, lora_rank=kind.lora_rank(art),
                          work=kind.work(art, plan), cache_gb=kind.cache_gb(art, plan),
                          extra_params_b=kind.extra_params_b(art, plan), processes=kind.processes(art), cost=cost)
@@ -135,7 +137,7 @@ def cost_table(plan: Plan, registry: dict, site: Any, paths: list[str] | None = 
         if cost is None:
             continue
         # what the job's sbatch really asks (a site's `sizes:` tier may replace the cost model's time)
-        res = artifact_resources(art, plan, registry[art.model].params_b, site=site, registry=registry)
+        res = artifact_resources(art, plan, registry[art.model].params_b, site=site, registry=registry, cost=cost)
         ask = res["runtime"]
         attempts = attempts_needed(cost, site.max_runtime)
         if attempts > 1 and not cost.resumable:
