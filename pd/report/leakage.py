@@ -270,12 +270,13 @@ def adapter_job_spec(rec: CellRecord) -> dict | None:
         The specification, or None (no adapter, no metadata, or metadata written before it was recorded).
     """
     meta = rec.meta.get("adapter")
-    if not isinstance(meta, Mapping):
+    spec = meta.get("workflow_spec") if isinstance(meta, Mapping) else None
+    if not isinstance(spec, Mapping):  # the manifest carried other metadata: the adapter's own file
         adapter = rec.extra.get("adapter")
         path = Path(adapter) / META_FILE if adapter else None
         meta = read_json(path) if path is not None and path.is_file() else None
-    spec = meta.get("workflow_spec") if isinstance(meta, Mapping) else None
-    return spec if isinstance(spec, Mapping) else None
+        spec = meta.get("workflow_spec") if isinstance(meta, Mapping) else None
+    return dict(spec) if isinstance(spec, Mapping) else None
 
 
 def answers_file(rec: CellRecord) -> Path | None:
