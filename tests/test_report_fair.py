@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report_tables import N, SPEC, small_experiment
+from test_report_tables import SPEC, N, small_experiment
 
 from pd.errors import ConfigError
 from pd.io import read_jsonl, write_json, write_jsonl
@@ -18,7 +18,6 @@ from pd.report.leakage import (
     TrainingIndex,
     audit_questions,
     content_words,
-    leakage_view,
     similarity,
 )
 from pd.report.tables import build_table, render_latex, render_markdown
@@ -268,3 +267,18 @@ def test_leakage_names_what_it_could_not_audit(tmp_path):
         render_reports(manifest, tmp_path / "reports2", leakage_threshold=0)
     with pytest.raises(ConfigError, match="base-answered rule"):
         render_reports(manifest, tmp_path / "reports2", base_rule="most")
+
+
+def test_pd_report_refuses_bad_view_settings_and_its_help_states_the_defaults(capsys):
+    from pd.cli import build_parser, main
+    from pd.report.base_answered import DEFAULT_RULE
+    from pd.report.leakage import DEFAULT_THRESHOLD
+
+    assert main(["report", "--leakage-threshold", "2"]) == 2
+    assert "leakage threshold 2.0 is not allowed; allowed: a number in (0, 1]" in capsys.readouterr().err
+    assert main(["report", "--base-rule", "most"]) == 2
+    assert "base-answered rule 'most' is not known; allowed: any, majority" in capsys.readouterr().err
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    helps = {a.dest: a.help for a in sub.choices["report"]._actions}
+    assert f"default {DEFAULT_THRESHOLD:g}" in helps["leakage_threshold"]
+    assert f"{DEFAULT_RULE} (" in helps["base_rule"] and "the default" in helps["base_rule"]
