@@ -45,7 +45,7 @@ _SUBJECTS = ("harbour", "mill", "chapel", "orchard", "quarry", "granary", "light
 _VERBS = ("built", "owned", "painted", "repaired", "guarded", "sold")
 
 
-def test_question(ds: str, i: int) -> str:
+def question_text(ds: str, i: int) -> str:
     """The synthetic test question ``i`` of a dataset (its evaluation rows carry it)."""
     return f"Who {_VERBS[i % len(_VERBS)]} the {_SUBJECTS[i % len(_SUBJECTS)]} of {ds} in {1800 + i}?"
 
@@ -53,7 +53,7 @@ def test_question(ds: str, i: int) -> str:
 def _eval_rows(rng: np.random.Generator, item_ids: list[str], skill: float, difficulty: np.ndarray) -> list[dict]:
     """Evaluation rows with a gold-answer log-likelihood that rises with skill and falls with difficulty."""
     per_token = -1.5 + 0.4 * skill - 0.5 * difficulty + rng.normal(0.0, 0.3, len(item_ids))
-    return [{"item_id": item, "question": test_question(item.split("-q")[0], i), "answer": "x",
+    return [{"item_id": item, "question": question_text(item.split("-q")[0], i), "answer": "x",
              "gold_logprob": 3 * float(v), "gold_logprob_per_token": float(v), "gold_alias": f"answer {i}",
              "gold_tokens": 3} for i, (item, v) in enumerate(zip(item_ids, per_token))]
 
@@ -67,7 +67,7 @@ def _write_answers(path: Path, ds: str, n_questions: int) -> None:
              "question": f"What happened to the {ds} bridge in {1700 + k}?", "answer": "x"} for k in range(n_questions)]
     if ds == "nyt":
         for k, i in enumerate(LEAKED):
-            q = test_question(ds, i).rstrip("?").replace("Who ", "", 1)
+            q = question_text(ds, i).rstrip("?").replace("Who ", "", 1)
             rows[k]["question"] = f"In {1800 + i}, who was it that {q.split(' in ')[0]}?"
     write_jsonl(path, rows)
 
@@ -96,7 +96,7 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
     with the gold-answer log-likelihood, adapter folders with ``heldout.json`` and
     ``train_log.jsonl``, shared by the closed-book and BM25 cells) and
     ``n_questions`` / ``rank`` / ``snapshot`` (pd vs sft along one numeric axis, for figures).
-    ``main``'s evaluation rows carry the questions (:func:`test_question`) and its adapters name the
+    ``main``'s evaluation rows carry the questions (:func:`question_text`) and its adapters name the
     answers file they trained on, where NYT's training questions restate the test questions
     :data:`LEAKED` (the leakage audit's finds).
     """
