@@ -98,6 +98,10 @@ class HotpotQA(Loader):
     defaults = {"judge_template": "judge_hotpotqa", "retrieval_k": 10}  # the paper's k for multi-hop questions
     passages_per_item = 2  # the two gold paragraphs of a distractor-setting question
 
+    def display_name(self, name: str, settings: dict[str, Any]) -> str:
+        """``HotpotQA``."""
+        return "HotpotQA"
+
     def load(self, name: str, settings: dict[str, Any]) -> Dataset:
         return load_hotpotqa(settings.get("path"), settings.get("limit"))
 

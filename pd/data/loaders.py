@@ -65,6 +65,18 @@ class Loader:
         """Whether training questions are written per passage (a dataset without test questions)."""
         return False
 
+    def display_name(self, name: str, settings: dict[str, Any]) -> str:
+        """How reports name a dataset of this loader (a column header, a caption): the entry's name by default.
+
+        Args:
+            name: the dataset's key in ``datasets:``.
+            settings: its resolved entry.
+
+        Returns:
+            A short name; a ``passages`` slice is said after it (``NYT, 4 passages``).
+        """
+        return with_slice(name, settings)
+
     def content_identity(self, name: str, settings: dict[str, Any]) -> dict[str, Any]:
         """What enters every job's identity by content besides the files an entry names (a folder's documents)."""
         return {}
@@ -72,6 +84,17 @@ class Loader:
     def hub_datasets(self, settings: dict[str, Any]) -> dict[str, tuple[str, str | None, str]]:
         """Hub datasets ``pd fetch`` downloads for an entry: name -> (repo, configuration, split)."""
         return {}
+
+
+def with_slice(label: str, settings: dict[str, Any]) -> str:
+    """``label``, with the entry's ``passages`` slice said after it (``NYT, 4 passages``)."""
+    passages = settings.get("passages")
+    return f"{label}, {passages} passages" if passages else label
+
+
+def display_name(name: str, settings: dict[str, Any]) -> str:
+    """The report's name of the dataset ``name`` with entry ``settings`` (its loader's :meth:`Loader.display_name`)."""
+    return get_loader(settings["loader"]).display_name(name, settings)
 
 
 REGISTRY: Registry[Loader] = Registry("dataset loader", ConfigError)

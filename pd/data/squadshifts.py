@@ -17,6 +17,7 @@ from pd.io import read_text
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 SQUADSHIFTS_DIR = REPO_ROOT / "data" / "squadshifts-pd"
 SQUADSHIFTS_SUBSETS = ("amazon", "new_wiki", "nyt", "reddit")
+SUBSET_LABELS = {"amazon": "Amazon", "new_wiki": "New Wiki", "nyt": "NYT", "reddit": "Reddit"}  # the paper's names
 
 
 def parse_squadshifts_line(line: str, where: str = "") -> tuple[str, list[str], str]:
@@ -122,6 +123,12 @@ class SquadShifts(Loader):
 
     name = "squadshifts"
     required = {"subset": "amazon, new_wiki, nyt, reddit"}
+
+    def display_name(self, name: str, settings: dict[str, Any]) -> str:
+        """The subset's name as the paper writes it (``New Wiki``), with a ``passages`` slice after it."""
+        from pd.data.loaders import with_slice
+
+        return with_slice(SUBSET_LABELS.get(settings["subset"], settings["subset"]), settings)
 
     def load(self, name: str, settings: dict[str, Any]) -> Dataset:
         return load_squadshifts(settings["subset"], settings.get("root"), settings.get("limit"))

@@ -321,13 +321,16 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
     Each record names its files (grades, evaluation, adapter, capability), every job behind it
     (``jobs``), the benchmark files of its adapter, evaluation and grades (``benchmarks``, the cell's
     cost) and of every timed job behind it with the job's kind (``job_benchmarks``, the report's job
-    time per kind), so that the report needs no knowledge of the job kinds' path patterns.
+    time per kind), so that the report needs no knowledge of the job kinds' path patterns; ``dataset_label``
+    is the dataset's name for its readers (:func:`pd.data.loaders.display_name`).
     """
+    from pd.data.loaders import display_name
     from pd.pipeline.paths import benchmark_file
 
     out = []
     for cell in plan.cells[experiment]:
         dataset = cell.axes["dataset"]
+        label = display_name(dataset, plan.cfg["datasets"][dataset])
         for grader, path in cell.grades.items():
             spec = plan.artifacts[path].spec
             gname = f"judge:{spec.judge}" if grader == "judge" else "substring"
@@ -336,6 +339,7 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
             own = [benchmark_file(p, dataset) for p in (cell.adapter, cell.eval_path, path)]
             timed = {b: plan.artifacts[p].kind for p in jobs if (b := benchmark_file(p, dataset))}
             out.append({"experiment": experiment, "cell_id": cell.cell_id, "axes": cell.axes, "grader": gname,
+                        "dataset_label": label,
                         "grades": path, "evaluate": cell.eval_path, "adapter": cell.adapter,
                         "capability": cell.capability, "outputs": cell.outputs, "jobs": jobs,
                         "benchmarks": [b for b in own if b], "job_benchmarks": timed,

@@ -4,8 +4,10 @@ A committed report must let a reader trace every number to the rows it came from
 the results folder (which holds adapters and caches, gigabytes) or a rerun:
 
 * ``rows.jsonl.gz``: one line per graded answer of every cell of the experiment: the
-  cell (``cell_id``, ``axes``, ``grader``), the item and its passage (the bootstrap's cluster;
-  null in rows graded before grades carried it), the answer, its grade (``correct``,
+  cell (``cell_id``, ``axes``, ``grader``), the item, its question, the passage ids retrieved for it
+  (empty closed-book) and the hash of the prompt it was asked with (``prompt_hash``: the
+  generation cache's key), its passage (the bootstrap's cluster; null in rows graded before
+  grades carried it), the answer, its grade (``correct``,
   ``valid``, ``reason``), the gold answers, and the gold-answer log-likelihood of the
   cell's evaluation row (:mod:`pd.generate.loglik`; null where not computed). Accuracy cells are
   means of ``correct`` per seed; log-likelihood cells means of ``gold_logprob_per_token``.
@@ -32,7 +34,8 @@ from pd.report.evidence import HELDOUT_FILE, load_train_log
 
 ROWS_FILE = "rows.jsonl.gz"
 TRAINING_FILE = "training.jsonl.gz"
-EVAL_FIELDS = ("gold_logprob", "gold_logprob_per_token", "gold_alias", "gold_tokens", "finish_reason", "n_tokens")
+EVAL_FIELDS = ("question", "retrieved", "prompt_hash",
+               "gold_logprob", "gold_logprob_per_token", "gold_alias", "gold_tokens", "finish_reason", "n_tokens")
 GRADE_FIELDS = ("passage", "correct", "valid", "reason", "answer", "gold")
 
 

@@ -96,8 +96,12 @@ class MetricSection:
             core = f"{s.mean:.3f}" + (f"{pm}{2 * s.se:.3f}" if has_se else "")
         else:
             arrow = r"$\to$" if fmt == "tex" else "→"
-            pct = f"{100 * s.mean:.1f}" + (f"{pm}{200 * s.se:.1f}" if has_se else "")
-            core = f"{cell.before:.3f} {arrow} {cell.after:.3f} ({pct}" + (r"\%)" if fmt == "tex" else "%)")
+            if s.mean < 0 and cell.before > 0:  # training raised the KL: a negative fraction closed misleads
+                times = r"$\times$" if fmt == "tex" else "×"
+                core = f"{cell.before:.3f} {arrow} {cell.after:.3f} ({times}{cell.after / cell.before:.1f}, grew)"
+            else:
+                pct = f"{100 * s.mean:.1f}" + (f"{pm}{200 * s.se:.1f}" if has_se else "")
+                core = f"{cell.before:.3f} {arrow} {cell.after:.3f} ({pct}" + (r"\%)" if fmt == "tex" else "%)")
         if cell.bold:
             core = {"md": f"**{core}**", "html": f"<b>{core}</b>", "tex": r"\textbf{" + core + "}"}[fmt]
         marks = cell.marks()
@@ -251,7 +255,8 @@ def _notes(table: Table, section: MetricSection) -> list[tuple[str, str]]:
     else:
         notes = [("", "Held-out KL(teacher ‖ student) per answer token on held-out question-answer pairs, mean over "
                       "seeds before → after training; in brackets the fraction closed, 1 − after/before, in percent, "
-                      "mean ± 2 SE over seeds (no ± with one seed). Bold: most closed per column.")]
+                      "mean ± 2 SE over seeds (no ± with one seed); where training raised it, (×r, grew): "
+                      "after/before of the seeds' means. Bold: most closed per column.")]
     notes.append((MARK_T, f"Differs from {ref} by a paired t-test over seeds: " + t_note(table)))
     return notes + no_spread_notes(c.t for c in section.comparisons) + unclustered_notes(
         c.bootstrap for c in section.comparisons)

@@ -213,6 +213,8 @@ class Table:
     inferred_paper: list[str] = field(default_factory=list)
     run: list[tuple[str, str, bool]] = field(default_factory=list)  # (label, text, is_code): pd.report.runinfo
     sections: list = field(default_factory=list)  # pd.report.sections.MetricSection: the blocks beneath accuracy
+    fixed: list[tuple[str, str]] = field(default_factory=list)  # (header, label) of row axes with one value
+    column_n: dict = field(default_factory=dict)  # column key -> " (n=37)": its test questions, for its header
     views: list = field(default_factory=list)  # pd.report.views.View: accuracy on subsets of the questions
     passages: dict[str, str] = field(default_factory=dict)  # question id -> passage (the bootstrap's clusters)
     n_tests: int = 0  # the page's family of tests, Holm-adjusted together (adjust_page)
@@ -228,8 +230,9 @@ class Table:
 
     def notes(self) -> list[tuple[str, str]]:
         """The footnotes as (marker, plain text); each format renders the marker and escapes the text."""
-        n = [("", "Accuracy in percent, mean ± 2 standard errors over seeds (sample std, ddof=1, / √seeds); "
-                  f"grader: {self.grader}. Bold: best per column and block.")]
+        n = [("", "; ".join(f"{h}: {v}" for h, v in self.fixed) + " (every row).")] if self.fixed else []
+        n.append(("", "Accuracy in percent, mean ± 2 standard errors over seeds (sample std, ddof=1, / √seeds); "
+                      f"grader: {self.grader}. Bold: best per column and block."))
         if self.has_binomial:
             n.append((MARK_BINOMIAL, "One seed only: ± 2 binomial standard errors over questions, √(p(1−p)/n)."))
         if self.comparisons:
@@ -243,6 +246,10 @@ class Table:
                           "ours minus it in points; ° marks a paper value whose column was inferred "
                           "(see pd/report/paper_values.yaml)."))
         return n
+
+    def header(self, key: tuple, label: str) -> str:
+        """A column's header: its label and the number of test questions graded in it (``NYT (n=37)``)."""
+        return label + self.column_n.get(key, "")
 
     @property
     def reference_label(self) -> str:
@@ -348,6 +355,8 @@ def build_table(
     def key(g: Group, axes: Sequence[str]) -> tuple:
         return tuple(g.axes.get(a) for a in axes)
 
+    spec = _with_dataset_labels(spec, groups)
+    spec, fixed = _without_single_rows(spec, groups)
     placed = place_groups(experiment, spec, [(g.axes, g) for g in groups])
 
     col_keys = _sort_keys(spec, spec.columns, [key(g, spec.columns) for g in groups])
@@ -355,6 +364,8 @@ def build_table(
     columns = [(ck, " ".join(label_for(spec, a, v) for a, v in zip(spec.columns, ck))) for ck in col_keys]
 
     table = Table(experiment, spec.title or experiment, grader, spec, [header_for(a) for a in spec.rows], columns, [])
+    table.fixed = fixed
+    table.column_n = {ck: _n_label([g for g in groups if key(g, spec.columns) == ck]) for ck in col_keys}
     for bk in block_keys:
         row_keys = _sort_keys(spec, spec.rows, [rk for (b, rk, _) in placed if b == bk])
         rows = []
@@ -395,6 +406,39 @@ def _table_cell(table: Table, g: Group | None, block: str, row: str, column: str
         if cell.paper is not None and cell.paper.inferred:
             table.inferred_paper.append(f"{row} / {column}: {cell.paper.inferred}")
     return cell
+
+
+def _without_single_rows(spec: TableSpec, groups: Sequence[Group]) -> tuple[TableSpec, list[tuple[str, str]]]:
+    """``spec`` without the row axes that take one value in every group (a model column repeating one name on
+    every row), and those axes as (header, label) for the caption; the last row axis always stays."""
+    rows, fixed = [], []
+    for a in spec.rows:
+        values = {hashable(g.axes.get(a)) for g in groups}
+        if len(values) == 1 and len(spec.rows) - len(fixed) > 1 and a != spec.method_axis:
+            fixed.append((header_for(a), label_for(spec, a, next(iter(g.axes.get(a) for g in groups)))))
+        else:
+            rows.append(a)
+    return (dataclasses.replace(spec, rows=rows) if fixed else spec), fixed
+
+
+def _with_dataset_labels(spec: TableSpec, groups: Sequence[Group]) -> TableSpec:
+    """``spec`` with each dataset's name for readers from the manifest (``dataset_label``, the loader's
+    :meth:`~pd.data.loaders.Loader.display_name`) where the spec's own ``labels`` give none."""
+    found = {str(g.axes["dataset"]): str(r.extra["dataset_label"]) for g in groups if "dataset" in g.axes
+             for r in g.records if r.extra.get("dataset_label")}
+    if not found:
+        return spec
+    labels = dict(spec.labels)
+    labels["dataset"] = found | dict(spec.labels.get("dataset", {}))
+    return dataclasses.replace(spec, labels=labels)
+
+
+def _n_label(groups: Sequence[Group]) -> str:
+    """`` (n=37)``: the test questions graded in a column (a range where its cells differ); empty when none is."""
+    ns = sorted({grades.n for g in groups for _, grades in g.present})
+    if not ns:
+        return ""
+    return f" (n={ns[0]})" if len(ns) == 1 else f" (n={ns[0]}–{ns[-1]})"
 
 
 def _sort_keys(spec: TableSpec, axes: Sequence[str], keys: Iterable[tuple]) -> list[tuple]:
@@ -461,7 +505,7 @@ _LATEX_SPECIAL = {
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"$\pm$", "—": "--", "√": r"$\surd$", "−": "-", "Δ": r"$\Delta$", "†": r"$^\dagger$",
     "§": r"$^\S$", "°": r"$^\circ$", "<": r"$<$", ">": r"$>$",
-    "→": r"$\to$", "‖": r"$\|$", "≥": r"$\geq$",
+    "→": r"$\to$", "‖": r"$\|$", "≥": r"$\geq$", "×": r"$\times$",
 }
 
 
