@@ -447,10 +447,10 @@ class WandbTracker(Tracker):
 
         wandb = import_tracker(self.name)
         project = os.environ.get("WANDB_PROJECT") or WANDB_PROJECT
-        tags = [f"{k[len('axis.'):]}:{v}"[:64] for k, v in run.tags.items()
-                if k.startswith("axis.") and k != "axis.seed"]
+        tags = [f"{k[len('axis.'):]}:{v}"[:64] for k, values in run.tags.items()  # W&B's tags are short
+                if k.startswith("axis.") and k != "axis.seed" for v in values.split(",")]
         wrun = wandb.init(project=project, group=run.experiment, name=run.experiment, job_type="report",
-                          tags=tags, config=run.tags, settings=wandb.Settings(console="off"))
+                          tags=tags, config=run.tags, settings=wandb.Settings(console="off", quiet=True))
         code = 1
         try:
             logged: dict[str, Any] = dict(run.metrics)
@@ -466,7 +466,7 @@ class WandbTracker(Tracker):
             wrun.log_artifact(artifact)
             code = 0
         finally:
-            where = wrun.url or wrun.dir
+            where = wrun.dir if wrun.offline else wrun.url
             wrun.finish(exit_code=code)
         return f"wandb: run {wrun.id} in project {project!r}, group {run.experiment!r}: {where}"
 
