@@ -263,3 +263,30 @@ def test_trackers_are_named_once_and_unknown_or_missing_ones_refused(monkeypatch
 def test_markdown_table_escapes_cells():
     text = markdown_table([{"a": "x|y", "b": 0.123456789}, {"a": None, "c": "*"}])
     assert text.splitlines() == ["| a | b | c |", "|---|---|---|", r"| x\|y | 0.123457 |  |", r"|  |  | \* |"]
+
+
+def test_a_tracker_that_cannot_start_is_a_one_line_config_error(monkeypatch, tmp_path):
+    """MLflow 3 refuses a file store unless opted in; W&B online without an API key: each says what to set."""
+    from pd.report.trackers import ExperimentRun, MLflowTracker, WandbTracker
+
+    run = ExperimentRun("x", "x", "substring")
+    if _has("mlflow"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+        try:
+            MLflowTracker().log(run)
+        except ConfigError as err:
+            assert "--log-to mlflow: cannot open" in str(err) and "MLFLOW_ALLOW_FILE_STORE=true" in str(err)
+            assert "\n" not in str(err)
+        else:
+            import mlflow
+
+            assert int(mlflow.__version__.split(".")[0]) < 3, "MLflow 3 opened a file store without the opt-in"
+    if _has("wandb"):
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no stored key
+        monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+        monkeypatch.setenv("WANDB_MODE", "online")
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+        with pytest.raises(ConfigError, match=r"--log-to wandb: .*API key.*WANDB_MODE=offline"):
+            WandbTracker().log(run)

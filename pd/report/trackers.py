@@ -411,8 +411,7 @@ class MLflowTracker(Tracker):
             client = mlflow.MlflowClient()
             found = client.get_experiment_by_name(experiment)
         except (ImportError, MlflowException) as err:
-            reason = str(err).split(". ")[0].strip()
-            raise ConfigError(f"--log-to mlflow: cannot open MLflow's tracking store {uri} ({reason}); set "
+            raise ConfigError(f"--log-to mlflow: cannot open MLflow's tracking store {uri} ({_first_line(err)}); set "
                               "MLFLOW_TRACKING_URI, e.g. sqlite:///mlflow.db (needs `pip install alembic`) or "
                               "file:./mlruns with MLFLOW_ALLOW_FILE_STORE=true") from err
         experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
@@ -449,8 +448,12 @@ class WandbTracker(Tracker):
         project = os.environ.get("WANDB_PROJECT") or WANDB_PROJECT
         tags = [f"{k[len('axis.'):]}:{v}"[:64] for k, values in run.tags.items()  # W&B's tags are short
                 if k.startswith("axis.") and k != "axis.seed" for v in values.split(",")]
-        wrun = wandb.init(project=project, group=run.experiment, name=run.experiment, job_type="report",
-                          tags=tags, config=run.tags, settings=wandb.Settings(console="off", quiet=True))
+        try:
+            wrun = wandb.init(project=project, group=run.experiment, name=run.experiment, job_type="report",
+                              tags=tags, config=run.tags, settings=wandb.Settings(console="off", quiet=True))
+        except wandb.errors.Error as err:  # no API key, a project one may not write to
+            raise ConfigError(f"--log-to wandb: {_first_line(err)}; or set WANDB_MODE=offline to log locally "
+                              "(then `wandb sync`)") from err
         code = 1
         try:
             logged: dict[str, Any] = dict(run.metrics)
@@ -469,6 +472,11 @@ class WandbTracker(Tracker):
             where = wrun.dir if wrun.offline else wrun.url
             wrun.finish(exit_code=code)
         return f"wandb: run {wrun.id} in project {project!r}, group {run.experiment!r}: {where}"
+
+
+def _first_line(err: Exception) -> str:
+    """An error's first sentence on one line (a library's message can run to a paragraph)."""
+    return " ".join(str(err).split()).split(". ")[0].rstrip(".")
 
 
 def make_tracker(name: str, *, log_dir: str | os.PathLike = DEFAULT_LOG_DIR) -> Tracker:
