@@ -64,8 +64,17 @@ def logged(tmp_path_factory):
         mp.setenv("WANDB_DIR", str(root))
         mp.setenv("WANDB_PROJECT", "pd-test")
         trackers = ["--log-to", "tensorboard,mlflow"] + (["--log-to", "wandb"] if _has("wandb") else [])
-        assert main(["--config", "config.yaml", "report", "--log-dir", "tb", *trackers]) == 0
+        _wandb_teardown()  # W&B reads its environment once per process
+        try:
+            assert main(["--config", "config.yaml", "report", "--log-dir", "tb", *trackers]) == 0
+        finally:
+            _wandb_teardown()
     return root
+
+
+def _wandb_teardown() -> None:
+    if "wandb" in sys.modules and sys.modules["wandb"] is not None:
+        sys.modules["wandb"].teardown()
 
 
 def _has(module: str) -> bool:
@@ -283,10 +292,16 @@ def test_a_tracker_that_cannot_start_is_a_one_line_config_error(monkeypatch, tmp
 
             assert int(mlflow.__version__.split(".")[0]) < 3, "MLflow 3 opened a file store without the opt-in"
     if _has("wandb"):
+        import wandb
+
+        wandb.teardown()  # W&B reads its environment once per process: forget the one of earlier tests
         monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no stored key
         monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
         monkeypatch.setenv("WANDB_DIR", str(tmp_path))
         monkeypatch.setenv("WANDB_MODE", "online")
         monkeypatch.delenv("WANDB_API_KEY", raising=False)
-        with pytest.raises(ConfigError, match=r"--log-to wandb: .*API key.*WANDB_MODE=offline"):
-            WandbTracker().log(run)
+        try:
+            with pytest.raises(ConfigError, match=r"--log-to wandb: .*API key.*WANDB_MODE=offline"):
+                WandbTracker().log(run)
+        finally:
+            wandb.teardown()
