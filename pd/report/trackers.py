@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from pd.errors import ConfigError
-from pd.io import stable_hash
+from pd.io import atomic_path, stable_hash
 from pd.report.aggregate import Group, TableSpec, build_groups, load_manifest
 from pd.report.evidence import Evidence
 from pd.report.labels import sort_values
@@ -385,10 +385,11 @@ class TensorBoardTracker(Tracker):
             writer.add_text("rows", markdown_table(rows[:ROWS_IN_TEXT]) + note, 0)
         finally:
             writer.close()
-        for rel, src in run.files.items():
-            dest = folder / "report" / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest)
+        with atomic_path(folder / "report") as tmp:
+            tmp.mkdir()
+            for rel, src in run.files.items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, tmp / rel)
         return f"tensorboard: {folder}"
 
 
