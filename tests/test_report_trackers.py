@@ -305,3 +305,21 @@ def test_a_tracker_that_cannot_start_is_a_one_line_config_error(monkeypatch, tmp
                 WandbTracker().log(run)
         finally:
             wandb.teardown()
+
+
+def test_config_identity_changes_with_the_experiment_not_with_the_others():
+    from pd.config import load_config
+    from pd.report.trackers import config_identity
+
+    cfg = load_config(CONFIG)
+    first = config_identity(cfg, "main", "config.yaml")
+    assert first["pd.config"] == "config.yaml" and len(first["pd.config_hash"]) == 16
+    other = {**CONFIG, "run": ["main"], "results_dir": "elsewhere",
+             "experiments": {**CONFIG["experiments"], "rank": {**CONFIG["experiments"]["rank"], "grid": {
+                 **CONFIG["experiments"]["rank"]["grid"], "rank": [8]}}}}
+    assert config_identity(load_config(other), "main") == {"pd.config_hash": first["pd.config_hash"]}
+    changed = {**CONFIG, "experiments": {**CONFIG["experiments"], "main": {**CONFIG["experiments"]["main"], "grid": {
+        **CONFIG["experiments"]["main"]["grid"], "seed": [0, 1]}}}}
+    assert config_identity(load_config(changed), "main")["pd.config_hash"] != first["pd.config_hash"]
+    shared = {**CONFIG, "training": {"lr": 3e-4}}  # a setting every experiment shares
+    assert config_identity(load_config(shared), "main")["pd.config_hash"] != first["pd.config_hash"]

@@ -196,7 +196,15 @@ def _scalar(value: Any) -> Any:
 
 
 def metric_part(value: Any) -> str:
-    """A value as part of a metric name: characters MLflow refuses become ``_``."""
+    """A value as part of a metric name.
+
+    Args:
+        value: an axis name or value, or a grader.
+
+    Returns:
+        Its text with the characters MLflow refuses in a metric name (all but letters, digits,
+        ``_ . - :`` and space) replaced by ``_``.
+    """
     return _METRIC_CHARS.sub("_", str(value))
 
 
