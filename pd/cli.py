@@ -298,6 +298,7 @@ def cmd_report(args) -> int:
     from pd.report import render_reports
     from pd.report.base_answered import check_rule
     from pd.report.leakage import check_setting
+    from pd.report.trackers import check_trackers, config_identity, experiment_runs, log_runs, parse_trackers
 
     views = {k: v for k, v in (("base_rule", args.base_rule), ("leakage_threshold", args.leakage_threshold))
              if v is not None}  # unset: the report's defaults (pd.report.base_answered, pd.report.leakage)
@@ -305,6 +306,8 @@ def cmd_report(args) -> int:
         check_rule(args.base_rule)
     if args.leakage_threshold is not None:
         check_setting(args.leakage_threshold)
+    trackers = parse_trackers(args.log_to)
+    check_trackers(trackers)  # a missing library fails before anything is rendered
     cfg = _cfg(args)
     names = args.experiments or cfg["run"]
     plan = build_plan(cfg, names)
@@ -321,6 +324,10 @@ def cmd_report(args) -> int:
             print(Path(paths["md"]).read_text(encoding="utf-8"))
         print(f"{exp}: {paths['md']}  {paths['tex']}")
     print(f"report: {result.index}")
+    if trackers:
+        identity = {e: config_identity(cfg, e, args.config) for e in result.tables}
+        for line in log_runs(experiment_runs(manifests, result, identity=identity), trackers, log_dir=args.log_dir):
+            print(line)
     return 0
 
 
@@ -455,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="profiles/local",
                    help="the Snakemake profile --run uses (default %(default)s; profiles/slurm on a cluster)")
     s.set_defaults(func=cmd_cells)
+    from pd.report.trackers import DEFAULT_LOG_DIR, TRACKERS
+
     s = sub.add_parser("report", help="re-render reports from existing results (no model is loaded)")
     s.add_argument("experiments", nargs="*", help="experiments to render (default: the config's `run`)")
     s.add_argument("--print", action="store_true", help="also print the Markdown tables")
@@ -466,6 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--leakage-threshold", type=float,
                    help="the leakage audit flags a test question whose nearest generated training question has this "
                         "content-word Jaccard similarity or more, in (0, 1]; default 0.5")
+    s.add_argument("--log-to", action="append", metavar="TRACKER",
+                   help=f"also log one run per experiment to an experiment tracker: {', '.join(TRACKERS)} "
+                        "(repeatable, or a comma list): its accuracy and log-likelihood per cell with ± 2 SE, the "
+                        "per-answer rows as a table and the report folder as an artifact, tagged by the grid's axes. "
+                        "MLflow writes to MLFLOW_TRACKING_URI, W&B to WANDB_PROJECT (WANDB_MODE=offline works "
+                        "offline); see docs/trackers.md")
+    s.add_argument("--log-dir", default=DEFAULT_LOG_DIR,
+                   help="TensorBoard's folder for --log-to tensorboard (default %(default)s): one run per "
+                        "experiment in <log-dir>/<experiment>/<UTC time>/, the report's files beside its events")
     s.set_defaults(func=cmd_report)
 
     _add_injection_commands(sub)

@@ -117,3 +117,16 @@ def export_rows(records: list[CellRecord], exp_dir: str | os.PathLike,
         with atomic_path(paths[key]) as tmp:
             tmp.write_bytes(_gzip_jsonl(rows))
     return paths
+
+
+def read_exported(path: str | os.PathLike) -> list[dict]:
+    """The rows of a file :func:`export_rows` wrote (``rows.jsonl.gz`` or ``training.jsonl.gz``).
+
+    Args:
+        path: the gzip-compressed JSONL file.
+
+    Returns:
+        Its rows, in file order.
+    """
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
