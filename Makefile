@@ -9,6 +9,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pd-installed
+TEST_STAMP := $(VENV)/.pd-trackers-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -35,7 +36,13 @@ study: setup
 	$(BIN)/snakemake --profile profiles/local --config 'run=[study,study-data]'
 	$(BIN)/pd report --print study study-data --out reports/small-scale-study
 
-test: setup
+# The tests also read runs back from the trackers `pd report --log-to` writes to (the `trackers` extra:
+# MLflow and W&B, about 200 MB that the demo does not need).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,trackers]"
+	touch $@
+
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 # Style and workflow checks (CI runs them before the tests).
