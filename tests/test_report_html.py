@@ -50,7 +50,7 @@ def test_every_table_image_and_link_exists(report):
     # test questions with generated training questions (the leakage audit)
     sections = ("main-gold_logprob", "main-heldout_kl", "main-base_answered", "main-leakage")
     assert sorted(refs.tables) == sorted(f"table-{e}" for e in ("main", "n_questions", "rank", "snapshot") + sections)
-    assert len(refs.imgs) == 4 + 4  # figure6 + one per figure experiment + training curves of pd/sft x two datasets
+    assert len(refs.imgs) == 4 + 1  # figure6 + one per figure experiment + one grid of the training curves
     for ref in refs.refs:
         assert not ref.startswith(("http:", "https:", "//")), f"external resource {ref}"
         if ref.startswith("#"):
@@ -91,15 +91,22 @@ def test_figure_points_are_the_table_numbers(report):
 
 
 def test_training_curves_and_heldout_kl_on_the_page(report):
-    """One figure per trained configuration (closed-book and BM25 cells share adapters), captioned with
-    each seed's held-out KL before -> after as heldout.json holds it; summary.json carries the blocks."""
+    """One facet grid of the trained configurations (closed-book and BM25 cells share adapters: drawn once),
+    captioned with each seed's held-out KL before -> after as heldout.json holds it and the axes every panel
+    shares; summary.json carries the blocks."""
     root, manifest, result = report
     html = result.index.read_text(encoding="utf-8")
     m = load_manifest(manifest)
     trained = {(c.axes["dataset"], c.axes["method"]) for c in m.cells
                if c.experiment == "main" and c.axes["method"] != "base"}
-    pngs = sorted((result.index.parent / "main").glob("training_*.png"))
-    assert len(pngs) == len(trained) == 4
+    pngs = sorted((result.index.parent / "main").glob("training*.png"))
+    assert [p.name for p in pngs] == ["training.png"] and len(trained) == 4
+    from PIL import Image
+
+    width, height = Image.open(pngs[0]).size
+    assert width < 2000 and height < 2000  # 2 methods x 2 datasets: a compact grid, not a strip of wide figures
+    caption = html.split('src="main/training.png"', 1)[1].split("</figcaption>", 1)[0]
+    assert "a row per method" in caption and "In every panel: Model: " in caption, caption
     for ds, method in trained:
         for seed in (0, 1, 2):
             h = json.loads((root / "adapters" / f"{ds}_{method}_s{seed}" / "heldout.json").read_text())

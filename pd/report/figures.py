@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import matplotlib
 
@@ -36,13 +36,18 @@ class Series:
 
 
 def series_for(groups: Sequence[Group], x: str, group_axis: str = "method",
-               spec: TableSpec | None = None) -> list[Series]:
+               spec: TableSpec | None = None, value: Callable[[Group], Any] | None = None,
+               scale: float = 100.0) -> list[Series]:
     """Split groups into lines: one per value of ``group_axis`` and of any other axis that varies
     within one of its values. An axis that only follows ``group_axis`` (SFT has no distillation
-    temperature, PD has one) splits no line, so it stays out of the labels."""
+    temperature, PD has one) splits no line, so it stays out of the labels.
+
+    ``value`` gives a group's mean ± SE (default its accuracy, :meth:`Group.summary`), drawn times
+    ``scale`` (100: percent; 1 for a log-likelihood)."""
     spec = spec or TableSpec()
+    value = value or (lambda g: g.summary())
     # unset x values (e.g. the final snapshot, null in config) have no place on the axis
-    groups = [g for g in groups if g.axes.get(x) is not None and g.summary() is not None]
+    groups = [g for g in groups if g.axes.get(x) is not None and value(g) is not None]
     if not groups:
         return []
     for g in groups:
@@ -67,13 +72,14 @@ def series_for(groups: Sequence[Group], x: str, group_axis: str = "method",
         parts = [label_for(spec, group_axis, key[0])] + [f"{label_for(spec, a, v)}" for a, v in zip(varying, key[1:])]
         pts = []
         for g in sorted(lines[key], key=lambda g: float(g.axes[x])):
-            s = g.summary()
-            pts.append((float(g.axes[x]), 100.0 * s.mean, 100.0 * s.half_width))
+            s = value(g)
+            pts.append((float(g.axes[x]), scale * s.mean, scale * s.half_width))
         out.append(Series(" · ".join(parts), key[0], pts))
     return out
 
 
-def _draw(ax, series: list[Series], x: str, *, logx: bool, title: str | None, xlabel: str | None) -> None:
+def _draw(ax, series: list[Series], x: str, *, logx: bool, title: str | None, xlabel: str | None,
+          ylabel: str = "Accuracy (%) ± 2 SE") -> None:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     groups = list(dict.fromkeys(str(s.group) for s in series))
     styles = ["-", "--", ":", "-."]
@@ -92,7 +98,7 @@ def _draw(ax, series: list[Series], x: str, *, logx: bool, title: str | None, xl
         ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.minorticks_off()
     ax.set_xlabel(xlabel or X_LABELS.get(x, header_for(x)))
-    ax.set_ylabel("Accuracy (%) ± 2 SE")
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
@@ -116,13 +122,22 @@ def save_figure(fig, stem: str | os.PathLike) -> list[Path]:
 
 def line_plot(groups: Sequence[Group], x: str, stem: str | os.PathLike, *, group_axis: str = "method",
               spec: TableSpec | None = None, logx: bool = False, title: str | None = None,
-              xlabel: str | None = None) -> list[Path]:
-    """Accuracy against ``x``, one line per ``group_axis`` value; returns the PNG and PDF paths."""
+              xlabel: str | None = None, loglik: Callable[[Group], Any] | None = None) -> list[Path]:
+    """Accuracy against ``x``, one line per ``group_axis`` value; returns the PNG and PDF paths.
+
+    With ``loglik`` (a group's gold-answer log-likelihood, mean ± SE over seeds, or None), a second
+    panel beside it draws that, where any cell has it: the judge-free measure beside the accuracy.
+    """
     series = series_for(groups, x, group_axis, spec)
     if not series:
         raise ConfigError(f"no graded cells have the axis {x!r}; nothing to plot")
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    _draw(ax, series, x, logx=logx, title=title, xlabel=xlabel)
+    second = series_for(groups, x, group_axis, spec, value=loglik, scale=1.0) if loglik else []
+    fig, axes = plt.subplots(1, 2 if second else 1, figsize=(9.6 if second else 5.0, 3.6), squeeze=False)
+    _draw(axes[0][0], series, x, logx=logx, title=title, xlabel=xlabel)
+    if second:
+        _draw(axes[0][1], second, x, logx=logx, title=None, xlabel=xlabel,
+              ylabel="Gold-answer log-likelihood (nats/token) ± 2 SE")
+        fig.tight_layout()
     return save_figure(fig, stem)
 
 
@@ -141,37 +156,57 @@ def panel_plot(panels: Sequence[dict], stem: str | os.PathLike) -> list[Path]:
     return save_figure(fig, stem)
 
 
-def training_curves(runs: Sequence[tuple[str, Sequence[dict]]], stem: str | os.PathLike, *,
-                    title: str | None = None) -> list[Path]:
-    """Loss and KL per optimizer step of one configuration's seeds, side by side.
+def training_grid(panels: Sequence[tuple[str, str, Sequence[tuple[str, Sequence[dict]]]]],
+                  stem: str | os.PathLike) -> list[Path]:
+    """Training loss per optimizer step of every trained configuration, as one facet grid.
+
+    One row per method (the losses of different methods are different quantities: SFT's
+    cross-entropy, PD's KL), one panel per configuration of the other axes, one line per seed;
+    panels of a row share their axes, so curves can be compared at a glance.
 
     Args:
-        runs: (label, step log rows) per seed; rows are ``train_log.jsonl`` lines (``step``,
-            ``loss``, and ``kl`` for distilling methods).
+        panels: (row label, panel title, runs) per configuration, in display order; runs are
+            (seed label, ``train_log.jsonl`` rows with ``step`` and ``loss``).
         stem: the files' path without suffix.
-        title: the figure's title.
 
     Returns:
         The PNG and PDF paths.
 
     Raises:
-        ConfigError: no run has a logged step.
+        ConfigError: no panel has a logged step.
     """
-    runs = [(label, rows) for label, rows in runs if rows]
-    if not runs:
+    panels = [(r, c, [(lab, rows) for lab, rows in runs if rows]) for r, c, runs in panels]
+    panels = [p for p in panels if p[2]]
+    if not panels:
         raise ConfigError("no training log rows to plot")
-    keys = [k for k in ("loss", "kl") if any(k in r for _, rows in runs for r in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    row_names = list(dict.fromkeys(r for r, _, _ in panels))
+    per_row = {r: [p for p in panels if p[0] == r] for r in row_names}
+    nr, nc = len(row_names), max(len(v) for v in per_row.values())
+    fig, axes = plt.subplots(nr, nc, figsize=(0.8 + 2.4 * nc, 0.6 + 1.9 * nr), sharex="row", sharey="row",
+                             squeeze=False)
+    used = set()
+    for r, c, runs in panels:
+        i = row_names.index(r)
+        j = next(k for k, p in enumerate(per_row[r]) if p[1] == c)
+        ax = axes[i][j]
+        used.add((i, j))
         for label, rows in runs:
-            pts = [(r["step"], r[key]) for r in rows if key in r]
+            pts = [(x["step"], x["loss"]) for x in rows if "loss" in x and "step" in x]
             if pts:
-                ax.plot(*zip(*pts), label=label, linewidth=1.2)
-        ax.set_xlabel("Optimizer step")
-        ax.set_ylabel({"loss": "Training loss", "kl": "KL (nats/token)"}[key])
+                ax.plot(*zip(*pts), label=label, linewidth=1.0)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        ax.tick_params(labelsize=8)
+        if c:
+            ax.set_title(c, fontsize=9)
+    for i in range(nr):
+        for j in range(nc):
+            if (i, j) not in used:
+                axes[i][j].set_visible(False)
+        axes[i][0].set_ylabel(f"{row_names[i]}\nloss", fontsize=9)
+    fig.supxlabel("Optimizer step", fontsize=9)
+    handles, labels = next(((h, lab) for ax in axes.flat if ax.get_visible()
+                            for h, lab in [ax.get_legend_handles_labels()] if h), ([], []))
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False, ncol=len(labels))
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if handles else 1))
     return save_figure(fig, stem)

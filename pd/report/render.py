@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pd.io import write_json, write_text
-from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups, load_manifest
+from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups, hashable, load_manifest
 from pd.report.base_answered import DEFAULT_RULE, base_answered_view, check_rule
 from pd.report.evidence import Evidence, load_train_log
-from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot, training_curves
+from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot, training_grid
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
+from pd.report.labels import AXIS_HEADERS, header_for, label_for
 from pd.report.leakage import DEFAULT_MEASURE, DEFAULT_THRESHOLD, check_setting, leakage_view
 from pd.report.rows_export import export_rows
 from pd.report.runinfo import machine_description, run_info
@@ -150,7 +151,7 @@ def render_reports(
             stem = exp_dir / f"figure_{_safe(fig.x)}"
             caption = fig.title or f"{table.title}: accuracy against {X_LABELS.get(fig.x, fig.x)}"
             files = line_plot(graded, fig.x, stem, group_axis=fig.group, spec=spec, logx=fig.logx,
-                              title=fig.title, xlabel=fig.xlabel)
+                              title=fig.title, xlabel=fig.xlabel, loglik=evidence.gold_summary)
             result.figures.setdefault(name, []).extend(files)
             page.figures.append({"png": _rel(files[0], out_dir), "pdf": _rel(files[1], out_dir), "caption": caption})
             if fig.x in FIGURE6_AXES and fig.x not in fig6_panels:
@@ -189,29 +190,52 @@ def section_rows(section: MetricSection) -> list[dict[str, Any]]:
 
 def _training_figures(groups: list[Group], spec: TableSpec, evidence: Evidence, exp_dir: Path,
                       out_dir: Path) -> list[dict]:
-    """One figure of loss and KL per step for each trained configuration (its seeds as lines).
+    """The experiment's training curves: one facet grid (:func:`pd.report.figures.training_grid`).
 
     Configurations that share their adapters (the same adapters evaluated closed-book and with
-    retrieval) are drawn once. Returns the page's figure entries.
+    retrieval) are drawn once; a panel is titled by the axes that vary between the trained
+    configurations, and the axes that do not are said once in the caption. Returns the page's
+    figure entries (none when nothing was trained).
     """
-    figures, drawn = [], set()
+    trained, drawn = [], set()
     for g in groups:
         adapters = tuple(r.extra.get("adapter") for r in g.records if r.extra.get("adapter"))
-        if not adapters or adapters in drawn:
-            continue
-        drawn.add(adapters)
+        if adapters and adapters not in drawn:
+            drawn.add(adapters)
+            trained.append(g)
+    method = spec.method_axis
+    skip = {method, "seed", "retrieval", spec.blocks}
+    names = sorted({k for g in trained for k in g.axes} - skip)
+
+    def values(k: str, gs: list[Group]) -> set:
+        return {hashable(g.axes.get(k)) for g in gs}
+
+    fixed = [k for k in names if len(values(k, trained)) == 1 and trained[0].axes.get(k) is not None]
+    rows = {g.axes.get(method) for g in trained}
+    # a panel's title: the axes that vary among the configurations of its method (a temperature only PD has
+    # is the method's, not a panel's)
+    varying = [k for k in names if any(len(values(k, [g for g in trained if g.axes.get(method) == m])) > 1
+                                       for m in rows)]
+    panels, kl = [], []
+    for g in trained:
         runs = [(f"seed {r.seed}", load_train_log(r.extra.get("adapter"))) for r in g.records]
-        if not any(rows for _, rows in runs):
-            continue
-        label = ", ".join(f"{k}={v}" for k, v in sorted(g.axes.items())
-                          if v is not None and k not in (spec.blocks, "retrieval"))
-        files = training_curves(runs, exp_dir / f"training_{len(figures):02d}", title=label)
-        kl = [f"seed {s}: {k.before:.3f} → {k.after:.3f} ({100 * k.closed:.1f}% closed)"
-              for s, k in evidence.kl_per_seed(g).items()]
-        caption = f"{label}: training loss and KL per step. Held-out KL before → after: " + (
-            "; ".join(kl) if kl else "not measured") + "."
-        figures.append({"png": _rel(files[0], out_dir), "pdf": _rel(files[1], out_dir), "caption": caption})
-    return figures
+        title = " · ".join(f"{header_for(k)} {label_for(spec, k, g.axes.get(k))}" if k in AXIS_HEADERS
+                           else label_for(spec, k, g.axes.get(k)) for k in varying)
+        row = label_for(spec, method, g.axes.get(method))
+        panels.append((row, title, runs))
+        seeds = [f"seed {s}: {k.before:.3f} → {k.after:.3f} ({100 * k.closed:.1f}% closed)"
+                 for s, k in evidence.kl_per_seed(g).items()]
+        if seeds:
+            kl.append(f"{row}, {title}: " + "; ".join(seeds))
+    if not any(rows for _, _, runs in panels for _, rows in runs):
+        return []
+    files = training_grid(panels, exp_dir / "training")
+    same = "; ".join(f"{header_for(k)}: {label_for(spec, k, trained[0].axes.get(k))}" for k in fixed)
+    caption = ("Training loss per optimizer step, one line per seed; a row per method, sharing its axes"
+               + (f"; panels: {', '.join(header_for(k) for k in varying)}" if varying else "")
+               + (f". In every panel: {same}" if same else "") + ". Held-out KL before → after: "
+               + (" | ".join(kl) if kl else "not measured") + ".")
+    return [{"png": _rel(files[0], out_dir), "pdf": _rel(files[1], out_dir), "caption": caption, "wide": True}]
 
 
 def _rel(path: Path, root: Path) -> str:
