@@ -230,6 +230,23 @@ class Planner:
         return {"backend": self.gen["backend"], "batch_size": self.gen["batch_size"],
                 "base_url": base_url, "cache_tag": self.gen.get("openai_cache_tag")}
 
+    def judge_backend(self) -> dict:
+        """How the LLM judge runs: ``grading.backend`` with its own server and cache tag, else as generation runs.
+
+        ``grading.backend: null`` gives :meth:`backend` unchanged (the judge runs as the generations do);
+        a backend set there gives it with the generation's batch size and ``grading.openai_base_url`` /
+        ``grading.openai_cache_tag``, so an API judge can grade answers generated locally.
+        """
+        from pd.redact import export_url_key
+
+        g = self.cfg["grading"]
+        if not g.get("backend"):
+            return self.backend()
+        own = g["backend"] == "openai"
+        return {"backend": g["backend"], "batch_size": self.gen["batch_size"],
+                "base_url": export_url_key(g.get("openai_base_url") or None) if own else None,
+                "cache_tag": g.get("openai_cache_tag") if own else None}
+
     def models(self, *names: str | None) -> dict | None:
         """The config's own entries of the models a job loads (part of its identity)."""
         return self.model_entries.entries(*names)
