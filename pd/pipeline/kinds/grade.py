@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
-
-import re
 
 from pd.pipeline.kind import JobKind, PathPattern, register
 from pd.pipeline.sizing import REFERENCE, dataset_size
