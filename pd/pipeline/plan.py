@@ -251,9 +251,21 @@ class Planner:
         """The config's own entries of the models a job loads (part of its identity)."""
         return self.model_entries.entries(*names)
 
-    def prompt_overrides(self) -> dict:
-        """The config's prompt template overrides with their content identity."""
-        return identity.prompt_overrides(self.cfg["prompts"])
+    def prompt_overrides(self, judge: bool = False) -> dict:
+        """The config's prompt template overrides with their content identity.
+
+        Args:
+            judge: include the judge's templates (:data:`pd.evaluation.grade.JUDGE_TEMPLATES`): only the
+                jobs that run the judge render them, so a new judge template regrades the answers
+                without regenerating them.
+
+        Returns:
+            Template name -> ``{"path", "hash"}``.
+        """
+        from pd.evaluation.grade import JUDGE_TEMPLATES
+
+        prompts = {k: v for k, v in self.cfg["prompts"].items() if judge or k not in JUDGE_TEMPLATES}
+        return identity.prompt_overrides(prompts)
 
     # -- cells -------------------------------------------------------------------------
 
@@ -338,7 +350,8 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
     Each record names its files (grades, evaluation, adapter, capability), every job behind it
     (``jobs``), the benchmark files of its adapter, evaluation and grades (``benchmarks``, the cell's
     cost) and of every timed job behind it with the job's kind (``job_benchmarks``, the report's job
-    time per kind), so that the report needs no knowledge of the job kinds' path patterns.
+    time per kind), so that the report needs no knowledge of the job kinds' path patterns. A judge's
+    record names its calibration and the threshold it is held to (``judge_calibration``).
     """
     from pd.pipeline.paths import benchmark_file
 
@@ -357,4 +370,7 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
                         "capability": cell.capability, "outputs": cell.outputs, "jobs": jobs,
                         "benchmarks": [b for b in own if b], "job_benchmarks": timed,
                         "meta": {"training": adapter_spec.training if adapter_spec else None}})
+            if grader == "judge" and cell.outputs.get("calibrate_judge"):  # the report shows the judge's calibration
+                out[-1]["judge_calibration"] = {"file": cell.outputs["calibrate_judge"],
+                                                "threshold": plan.cfg["grading"]["calibration_threshold"]}
     return out

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from pd.io import write_json, write_text
 from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups, load_manifest
+from pd.report.calibration import calibration_notes
 from pd.report.evidence import Evidence, load_train_log
 from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot, training_curves
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
@@ -110,6 +111,7 @@ def render_reports(
         table = build_table(name, spec, groups, n_resamples=n_resamples, seed=bootstrap_seed,
                             paper_values_path=paper_values_path, display_root=str(out_dir))
         table.sections = metric_sections(table, evidence, n_resamples=n_resamples, seed=bootstrap_seed)
+        table.judge_calibration = calibration_notes(records, table.grader)
         info = run_info(records, name, machine)
         table.run = info.lines()
         paths = {"md": exp_dir / "table.md", "tex": exp_dir / "table.tex", "json": exp_dir / "summary.json"}
@@ -117,7 +119,8 @@ def render_reports(
         write_text(paths["tex"], render_latex(table))
         write_json(paths["json"], {"experiment": name, "grader": table.grader, "rows": summary_rows(table),
                                    "sections": {sec.name: section_rows(sec) for sec in table.sections},
-                                   "missing": table.missing, "run": dataclasses.asdict(info)})
+                                   "missing": table.missing, "run": dataclasses.asdict(info),
+                                   "judge_calibration": [dataclasses.asdict(n) for n in table.judge_calibration]})
         paths.update(export_rows(records, exp_dir, grades=cache))
         result.tables[name] = paths
         result.missing[name] = list(table.missing)

@@ -66,7 +66,7 @@ class Grade(JobKind):
             judge = g["judge"]
             run = planner.judge_backend()
             spec = GradeSpec(eval=epath, **planner.data(c), grader=grader, judge=judge,
-                             max_new_tokens=g["judge_max_new_tokens"], prompts=planner.prompt_overrides(),
+                             max_new_tokens=g["judge_max_new_tokens"], prompts=planner.prompt_overrides(judge=True),
                              **run, models_extra=planner.models(judge) if run["backend"] != "openai" else None)
             name = f"judge-{path_name(judge)}_{planner.hash(spec)}"
             model = None if run["backend"] == "openai" else judge  # a server elsewhere: nothing loaded here
