@@ -134,3 +134,28 @@ def test_a_malformed_set_is_refused(tmp_path):
         load_calibration_set(bad)
     with pytest.raises(DataError, match="does not exist"):
         load_calibration_set(tmp_path / "none.jsonl")
+
+
+def test_the_report_flags_a_judge_below_its_threshold_or_uncalibrated(judge, tmp_path, caplog):
+    from pd.report.aggregate import CellRecord
+    from pd.report.calibration import calibration_notes
+
+    out = tmp_path / "cal.json"
+    run_calibration(out, judge)
+
+    def record(grader: str, file, threshold: float) -> CellRecord:
+        cal = {"judge_calibration": {"file": str(file), "threshold": threshold}} if grader != "substring" else {}
+        return CellRecord.from_dict({"experiment": "e", "cell_id": grader + str(threshold), "axes": {},
+                                     "grader": grader, "grades": "g.jsonl", **cal})
+
+    recs = [record("judge:j", out, 0.9), record("judge:j", out, 0.9), record("substring", out, 0.9)]
+    (note,) = calibration_notes(recs, "judge:j")
+    assert not note.flagged and note.line.startswith("judge calibration: 102/102 (100%), gold pass 100%, "
+                                                     "paraphrases pass 100%, wrong fail 100%, hedges fail 100%;")
+    assert calibration_notes(recs, "substring") == []
+    with caplog.at_level("WARNING", logger="pd.report.calibration"):
+        (strict,) = calibration_notes([record("judge:j", out, 1.01)], "judge:j")
+        (missing,) = calibration_notes([record("judge:j", tmp_path / "none.json", 0.9)], "judge:j")
+    assert strict.flagged and "BELOW THE THRESHOLD 101%" in strict.line
+    assert missing.flagged and "not run (none.json missing)" in missing.line
+    assert len(caplog.records) == 2

@@ -170,7 +170,8 @@ def shortfalls(result: dict, threshold: float) -> list[str]:
         The names below it, overall first (empty: the judge passes).
     """
     out = ["overall"] if (result["agreement"] or 0.0) < threshold else []
-    return out + [lab for lab, c in result["classes"].items() if c["n"] and c["agreement"] < threshold]
+    classes = result["classes"]
+    return out + [lab for lab in LABELS if classes.get(lab, {}).get("n") and classes[lab]["agreement"] < threshold]
 
 
 def calibration_line(result: dict, threshold: float) -> str:
@@ -191,7 +192,9 @@ def calibration_line(result: dict, threshold: float) -> str:
         return "—" if x is None else f"{100 * x:.0f}%"
 
     parts = [f"judge calibration: {result['agree']}/{result['n']} ({pct(result['agreement'])})"]
-    parts += [f"{_CLASS_WORDS[lab]} {pct(c['agreement'])}" for lab, c in result["classes"].items() if c["n"]]
+    classes = result["classes"]
+    parts += [f"{_CLASS_WORDS[lab]} {pct(classes[lab]['agreement'])}"
+              for lab in LABELS if classes.get(lab, {}).get("n")]
     line = ", ".join(parts) + f"; agrees with substring match on {pct(result['judge_vs_substring']['agreement'])}"
     if result.get("invalid"):
         line += f"; {result['invalid']} judge outputs unparsable"
