@@ -110,6 +110,15 @@ def test_an_api_judge_is_the_servers_model_name_and_a_local_one_is_checked():
         load_config(yaml.safe_load(DEFAULT_CONFIG.read_text()), tiny_config(["judge"], {"backend": "llamacpp"}))
 
 
+def test_an_api_judge_is_nothing_to_fetch_and_a_local_one_is():
+    from pd.fetch import plan_needs
+
+    api = [n.name for n in plan_needs(plan_of(tiny_config(["judge"], api_judge())))]
+    local = [n.name for n in plan_needs(plan_of(tiny_config(["judge"], {"judge": "tiny-qwen2"})))]
+    assert MODEL_NAME not in api and "tiny-llama" in api
+    assert "tiny-qwen2" in local
+
+
 def test_the_judge_servers_password_goes_to_the_environment(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     plan = plan_of(tiny_config(["judge"], api_judge("http://user:s3cret@127.0.0.1:9/v1")))
