@@ -31,6 +31,15 @@ except PDError as err:
     sys.stderr.write(f"\npd: {err}\n\n")
     sys.exit(2)
 
+# A local run's console: one line per job (pd.pipeline.console); `--verbose` shows Snakemake's job blocks.
+try:
+    from snakemake.logging import logger as _logger
+    from pd.pipeline import console as _console
+
+    _console.compact_console(_logger, lambda: _console.wanted(workflow))
+except ImportError:  # another Snakemake's logging: its console as it is
+    pass
+
 # Each rule's output, benchmark and log strings come from its kind's path pattern
 # (WF.output/benchmark/log), with the wildcard constraints inline; a rule's name is its job kind.
 

@@ -296,7 +296,15 @@ def cmd_report(args) -> int:
     """Re-render the reports from the manifests and per-sample grades already on disk."""
     from pd.pipeline.plan import build_plan
     from pd.report import render_reports
+    from pd.report.base_answered import check_rule
+    from pd.report.leakage import check_setting
 
+    views = {k: v for k, v in (("base_rule", args.base_rule), ("leakage_threshold", args.leakage_threshold))
+             if v is not None}  # unset: the report's defaults (pd.report.base_answered, pd.report.leakage)
+    if args.base_rule is not None:
+        check_rule(args.base_rule)
+    if args.leakage_threshold is not None:
+        check_setting(args.leakage_threshold)
     cfg = _cfg(args)
     names = args.experiments or cfg["run"]
     plan = build_plan(cfg, names)
@@ -307,7 +315,7 @@ def cmd_report(args) -> int:
     absent = sorted(set(plan.targets(names)) - set(manifests))
     if absent:
         print(f"pd: not finished, left out: {', '.join(absent)}", file=sys.stderr)
-    result = render_reports(manifests, args.out or cfg["reports_dir"])
+    result = render_reports(manifests, args.out or cfg["reports_dir"], **views)
     for exp, paths in result.tables.items():
         if args.print:
             print(Path(paths["md"]).read_text(encoding="utf-8"))
@@ -452,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print", action="store_true", help="also print the Markdown tables")
     s.add_argument("--out", help="the folder to render into (default: the config's reports_dir), e.g. one "
                                  "self-contained folder to commit: its index.html, tables, figures and rows")
+    s.add_argument("--base-rule", help="when the base model has already answered a test question, for the view "
+                                       "beside each table: any (correct in any of its closed-book runs; the default) "
+                                       "or majority (in more than half)")
+    s.add_argument("--leakage-threshold", type=float,
+                   help="the leakage audit flags a test question whose nearest generated training question has this "
+                        "content-word Jaccard similarity or more, in (0, 1]; default 0.5")
     s.set_defaults(func=cmd_report)
 
     _add_injection_commands(sub)

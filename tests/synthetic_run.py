@@ -39,11 +39,37 @@ def _grade_rows(rng: np.random.Generator, item_ids: list[str], skill: float, dif
     return rows
 
 
+# 11 subjects x 6 verbs: no two of the first 66 questions share both
+_SUBJECTS = ("harbour", "mill", "chapel", "orchard", "quarry", "granary", "lighthouse", "market", "tower", "gate",
+             "well")
+_VERBS = ("built", "owned", "painted", "repaired", "guarded", "sold")
+
+
+def question_text(ds: str, i: int) -> str:
+    """The synthetic test question ``i`` of a dataset (its evaluation rows carry it)."""
+    return f"Who {_VERBS[i % len(_VERBS)]} the {_SUBJECTS[i % len(_SUBJECTS)]} of {ds} in {1800 + i}?"
+
+
 def _eval_rows(rng: np.random.Generator, item_ids: list[str], skill: float, difficulty: np.ndarray) -> list[dict]:
     """Evaluation rows with a gold-answer log-likelihood that rises with skill and falls with difficulty."""
     per_token = -1.5 + 0.4 * skill - 0.5 * difficulty + rng.normal(0.0, 0.3, len(item_ids))
-    return [{"item_id": item, "answer": "x", "gold_logprob": 3 * float(v), "gold_logprob_per_token": float(v),
-             "gold_alias": f"answer {i}", "gold_tokens": 3} for i, (item, v) in enumerate(zip(item_ids, per_token))]
+    return [{"item_id": item, "question": question_text(item.split("-q")[0], i), "answer": "x",
+             "gold_logprob": 3 * float(v), "gold_logprob_per_token": float(v), "gold_alias": f"answer {i}",
+             "gold_tokens": 3} for i, (item, v) in enumerate(zip(item_ids, per_token))]
+
+
+LEAKED = (0, 7)  # the test questions of NYT that a generated training question restates
+
+
+def _write_answers(path: Path, ds: str, n_questions: int) -> None:
+    """A dataset's answers file (the training questions): about other years, and for NYT two restatements."""
+    rows = [{"id": f"{ds}-g{k:03d}", "question_id": f"{ds}-g{k:03d}", "doc_id": "p0",
+             "question": f"What happened to the {ds} bridge in {1700 + k}?", "answer": "x"} for k in range(n_questions)]
+    if ds == "nyt":
+        for k, i in enumerate(LEAKED):
+            q = question_text(ds, i).rstrip("?").replace("Who ", "", 1)
+            rows[k]["question"] = f"In {1800 + i}, who was it that {q.split(' in ')[0]}?"
+    write_jsonl(path, rows)
 
 
 def _write_adapter(folder: Path, rng: np.random.Generator, skill: float, method: str) -> None:
@@ -70,6 +96,9 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
     with the gold-answer log-likelihood, adapter folders with ``heldout.json`` and
     ``train_log.jsonl``, shared by the closed-book and BM25 cells) and
     ``n_questions`` / ``rank`` / ``snapshot`` (pd vs sft along one numeric axis, for figures).
+    ``main``'s evaluation rows carry the questions (:func:`question_text`) and its adapters name the
+    answers file they trained on, where NYT's training questions restate the test questions
+    :data:`LEAKED` (the leakage audit's finds).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -94,6 +123,9 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
             extra["adapter"] = str(adapter)
             if not (root / adapter).is_dir():
                 _write_adapter(root / adapter, rng, skill, axes["method"])
+            answers = Path("answers") / f"{ds}.jsonl"
+            if not (root / answers).is_file():
+                _write_answers(root / answers, ds, n_questions)
         bench = Path("benchmarks") / experiment / f"{name}.tsv"
         secs = 30.0 + 10.0 * rng.random()
         fields = [f"{secs:.4f}", f"0:00:{int(secs):02d}", f"{512 + 100 * rng.random():.2f}", "900.00", "400.00",
@@ -102,6 +134,9 @@ def write_synthetic_run(root: str | os.PathLike, *, n_questions: int = 60, seed:
         meta: dict[str, Any] = {"config": {"model": model, "method": axes.get("method"), "lr": 1e-5}}
         if axes.get("method") not in ("base", None):
             meta["adapter"] = {"train_tokens": int(20000 + 1000 * rng.random()), "teacher_tokens": 31000, "steps": 40}
+            if evidence:  # the adapter job's specification names the answers file it trained on
+                meta["adapter"]["workflow_spec"] = {"method": axes["method"], "answers": f"answers/{ds}.jsonl",
+                                                    "training": {"heldout_fraction": 0.0}}
         cells.append({"experiment": experiment, "cell_id": cell_id, "axes": dict(axes, model=model), "grader": grader,
                       "grades": str(grades), "benchmarks": [str(bench)], "meta": meta, **extra})
 

@@ -46,7 +46,9 @@ def test_every_table_image_and_link_exists(report):
     html = result.index.read_text(encoding="utf-8")
     refs = _Refs()
     refs.feed(html)
-    sections = ("main-gold_logprob", "main-heldout_kl")  # only main's cells have evaluation rows and adapters
+    # only main's cells have evaluation rows and adapters; and a base model (the base-answered view) and
+    # test questions with generated training questions (the leakage audit)
+    sections = ("main-gold_logprob", "main-heldout_kl", "main-base_answered", "main-leakage")
     assert sorted(refs.tables) == sorted(f"table-{e}" for e in ("main", "n_questions", "rank", "snapshot") + sections)
     assert len(refs.imgs) == 4 + 4  # figure6 + one per figure experiment + training curves of pd/sft x two datasets
     for ref in refs.refs:
@@ -113,6 +115,35 @@ def test_training_curves_and_heldout_kl_on_the_page(report):
         means = [statistics.mean(x["gold_logprob_per_token"] for x in read_jsonl(c.extra["evaluate"])) for c in cells]
         assert r["mean"] == pytest.approx(statistics.mean(means)) and r["n_seeds"] == len(means)
     assert {r["block"] for r in summary["sections"]["heldout_kl"]} == {""}
+
+
+def test_the_fair_test_views_on_the_page(report):
+    """The base-answered view and the leakage audit under main's table: NYT's planted restatements flagged,
+    each cell's accuracy on the rest as its grade files give it."""
+    from synthetic_run import LEAKED
+
+    from pd.io import read_jsonl
+
+    root, manifest, result = report
+    html = result.index.read_text(encoding="utf-8")
+    summary = json.loads(result.tables["main"]["json"].read_text())
+    leak = {d["dataset"]: d for d in summary["views"]["leakage"]["datasets"]}
+    assert leak["nyt"]["flagged"] == [f"nyt-q{i:04d}" for i in LEAKED] and leak["amazon"]["flagged"] == []
+    assert "In 1800, who was it that built the harbour of nyt?" in html and "2/40 (5.0%)" in html
+    m = load_manifest(manifest)
+    base = {c.axes["dataset"]: {r["item_id"] for r in read_jsonl(c.grades) if r["correct"] is True}
+            for c in m.cells if c.experiment == "main" and c.axes["method"] == "base" and c.axes["retrieval"] == "none"}
+    for cell in summary["views"]["base_answered"]["cells"]:
+        if cell["mean"] is None:
+            continue
+        recs = [c for c in m.cells if c.experiment == "main" and (root / c.grades).is_file()
+                and all(c.axes.get(k) == v for k, v in cell["axes"].items())]
+        accs = [statistics.mean(r["correct"] is True for r in read_jsonl(root / c.grades)
+                                if r["item_id"] not in base[c.axes["dataset"]]) for c in recs]
+        assert cell["mean"] == pytest.approx(statistics.mean(accs)) and cell["n_seeds"] == len(accs)
+        assert cell["questions"] - cell["kept"] == len(base[cell["axes"]["dataset"]])
+    assert 'id="table-n_questions-base_answered"' not in html  # no base model there: said in a note instead
+    assert "No base cell in this experiment for model tiny-llama" in html
 
 
 def test_cost_and_tokens_from_benchmarks_and_meta(tmp_path):

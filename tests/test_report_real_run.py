@@ -133,3 +133,27 @@ def _grade_files(result):
     parser = _Links()
     parser.feed(result.index.read_text(encoding="utf-8"))
     return [result.index.parent / link for link in parser.links if link.endswith(".jsonl")]
+
+
+@pytest.mark.slow
+def test_real_run_base_answered_view_matches_the_grade_files(real_run):
+    """The base-answered view of a real run (the base model closed-book, with BM25 and the oracle passage):
+    the closed-book cell's correct questions are the answered ones; each cell's accuracy on the rest is
+    its grade file's over the others; the run trains no adapter, so nothing is audited for leakage."""
+    from pd.report.aggregate import load_manifest
+
+    work, result = real_run
+    summary = json.loads(result.tables["tiny"]["json"].read_text())
+    cells = load_manifest(work / "results" / "manifests", root=work).cells
+    grades = {c.axes["retrieval"]: read_jsonl(c.grades) for c in cells}
+    answered = {r["item_id"] for r in grades["none"] if r["correct"] is True}
+    view = summary["views"]["base_answered"]
+    assert view["rule"] == "any" and view["pools"][0]["answered"] == sorted(answered)
+    assert len(view["cells"]) == 3
+    for cell in view["cells"]:
+        rows = grades[cell["axes"]["retrieval"]]
+        rest = [r["correct"] is True for r in rows if r["item_id"] not in answered]
+        assert cell["questions"] == len(rows) and cell["questions"] - cell["kept"] == len(answered)
+        assert cell["mean"] == (sum(rest) / len(rest) if rest else None)
+    assert summary["views"]["leakage"]["not_audited"] == {
+        "tiny-nyt": "no adapter of this experiment trained on generated questions of it"}

@@ -228,7 +228,7 @@ class TransformersGenerator:
             conversation one float32 CPU tensor ``[len(continuation)]`` of log-probabilities
             (nats) per continuation (empty lists when ``continuations`` is None).
         """
-        from tqdm.auto import tqdm
+        from pd.progress import bar as progress_bar
 
         check_params(params)
         conts = continuations if continuations is not None else [[] for _ in conversations]
@@ -243,7 +243,7 @@ class TransformersGenerator:
         rows.sort(key=lambda r: -len(prompts[r[0]]))  # similar lengths share a batch: less padding
         done: dict[tuple[int, int], Completion] = {}
         scores: list[list] = [[] for _ in conversations]
-        bar = tqdm(total=len(rows), desc=f"generate {self.spec.name}", disable=not self.progress, leave=False)
+        bar = progress_bar(len(rows), f"generate ({self.spec.name})", enabled=self.progress, leave=False)
         start = 0
         while start < len(rows):
             batch = rows[start:start + self.batch_rows(len(prompts[rows[start][0]]), params.max_new_tokens)]

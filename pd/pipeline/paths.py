@@ -11,7 +11,12 @@ with :func:`benchmark_file` and :func:`log_file`. ``{R}`` is the config's ``resu
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
+
 from pd.pipeline.registry import all_kinds, get_kind
+
+_SPEC_HASH = re.compile(r"_[0-9a-f]{8}(?=$|[ ./])")
 
 
 def output(kind: str, **fields: str) -> str:
@@ -97,3 +102,27 @@ def _beside(path: object, dataset: object, rule_string) -> str | None:
     if not get_kind(kind).pattern.timed:
         return None
     return rule_string(kind, fields.pop("R")).format(**fields)
+
+
+def job_label(path: str, kind: str | None = None, dataset: str | None = None) -> str:
+    """A short name of the job that writes ``path``, for its console line and progress bars.
+
+    The kind, then the wildcards of its output path without the specification's hash, e.g.
+    ``results/demo-nyt/eval/pd/smollm2-135m-instruct/s1/bm25_1a2b3c4d.jsonl`` gives
+    ``evaluate demo-nyt pd smollm2-135m-instruct s1 bm25``: the method, model, seed and
+    retrieval a person tells jobs apart by, as the path already names them.
+
+    Args:
+        path: the job's output (file or folder).
+        kind: the job's kind, when the caller knows it (a path no pattern matches keeps it).
+        dataset: the dataset named in the path, when known.
+
+    Returns:
+        The label (``"<kind> <file name>"`` for a path no kind's pattern matches, e.g. the report).
+    """
+    found = parse(str(path), dataset)
+    if found is None:
+        return f"{kind or 'job'} {PurePath(str(path)).name}"
+    found_kind, fields = found
+    words = " ".join(v.replace("/", " ") for k, v in fields.items() if k != "R")
+    return f"{found_kind} {_SPEC_HASH.sub('', words)}".strip()

@@ -24,6 +24,23 @@ from pd.redact import RedactingFilter
 log = logging.getLogger("pd")
 
 
+class ConsoleFormatter(logging.Formatter):
+    """A job's lines on the console: ``12:23:31 <message>``, with the level before it from WARNING up, and
+    ``pd``'s logger name left out (the job's log file keeps the full format)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one console line (a traceback, where it has one, below it)."""
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            stamp, _, rest = text.partition(" ")
+            origin = "" if record.name in {"pd", "root"} or record.name.startswith("pd.") else f" {record.name}"
+            text = f"{stamp} {record.levelname}{origin}: {rest}"
+        return text
+
+
 @contextlib.contextmanager
 def _job_log(path: str | None):
     """Send pd's log records (and warnings) to the job's log file as well as stderr.
@@ -43,7 +60,7 @@ def _job_log(path: str | None):
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     root = logging.getLogger()
     for h in handlers:
-        h.setFormatter(fmt)
+        h.setFormatter(fmt if isinstance(h, logging.FileHandler) else ConsoleFormatter())
         h.addFilter(RedactingFilter())  # URLs lose their user-info, keys their values
         root.addHandler(h)
     root.setLevel(logging.INFO)
@@ -60,6 +77,15 @@ def _job_log(path: str | None):
             os.environ[JOB_LOG_ENV] = before
 
 
+def _quiet_library_bars() -> None:
+    """Hide transformers' and huggingface_hub's bars (loading weights, converting a GGUF file): one per model load,
+    thirty in a demo, each telling nothing the job's own line does not."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:  # imported already: tell it (importing it here would cost every job seconds)
+        hf_logging.disable_progress_bar()
+
+
 def run_spec(spec: JobSpec, out: str) -> None:
     """Run one job in this process: install its prompt overrides, then its kind's :meth:`run`.
 
@@ -70,10 +96,12 @@ def run_spec(spec: JobSpec, out: str) -> None:
     Raises:
         PDError: a user mistake the stage finds (missing data, a bad model name).
     """
+    from pd.pipeline.paths import job_label
+
     prompts.set_overrides(spec.prompt_paths)
     t = time.time()
     get_kind(spec.KIND).run(spec, out)
-    log.info("%s %s done in %.1f s", spec.KIND, out, time.time() - t)
+    log.info("%s: done in %.1f s", job_label(out, spec.KIND, getattr(spec, "dataset", None)), time.time() - t)
 
 
 def run_job(rule: str, spec: Mapping[str, Any], outputs: list[str], logs: list[str], threads: int = 1) -> None:
@@ -88,6 +116,7 @@ def run_job(rule: str, spec: Mapping[str, Any], outputs: list[str], logs: list[s
 
     Raises:
         KeyError: no job kind named ``rule``.
+        SystemExit: status 2 after logging a :class:`pd.errors.PDError` (a user's mistake) as one line.
     """
     if rule not in kind_names():
         raise KeyError(f"no job kind for rule {rule!r}; known: {', '.join(kind_names())}")
@@ -97,7 +126,19 @@ def run_job(rule: str, spec: Mapping[str, Any], outputs: list[str], logs: list[s
         os.environ["OMP_NUM_THREADS"] = str(threads)
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
+    from pd.errors import PDError
+    from pd.pipeline.paths import job_label
+    from pd.progress import JOB_LABEL_ENV
+
+    # The job's name on its progress bars (pd.progress); library loading bars say nothing a person needs.
+    label = job_label(outputs[0], rule, spec.get("dataset") if isinstance(spec, Mapping) else None)
+    os.environ[JOB_LABEL_ENV] = label
+    _quiet_library_bars()
     with _job_log(logs[0] if logs else None):
         if os.environ.get("SLURM_JOB_ID"):
             log.info("SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.uname().nodename)
-        run_spec(spec_from_dict(rule, spec), outputs[0])
+        try:
+            run_spec(spec_from_dict(rule, spec), outputs[0])
+        except PDError as err:  # the user's to fix: one line, as the CLI prints it; bugs keep their traceback
+            log.error("%s: %s", label, err)
+            raise SystemExit(2) from None

@@ -22,7 +22,11 @@ Beside accuracy, the tables show two judge-free blocks (:mod:`pd.report.sections
 from the files a cell's optional ``eval`` and ``adapter`` keys name
 (:mod:`pd.report.evidence`): the evaluation rows' ``gold_logprob_per_token`` and the
 adapter's ``heldout.json`` (KL before and after); the HTML page also plots the adapter's
-``train_log.jsonl``.
+``train_log.jsonl``. Two views beneath each table (:mod:`pd.report.views`) change none of its
+numbers: the questions the base model already answers and accuracy on the rest
+(:mod:`pd.report.base_answered`), and the leakage audit of the generated training questions
+against the test questions (:mod:`pd.report.leakage`: the evaluation rows' ``question``, the
+answers file an adapter's ``pd_meta.json`` names).
 
 Relative paths are relative to the manifest's folder. Each experiment has a table spec
 (``aggregate.TableSpec``), e.g. ``{"rows": ["model", "method"], "columns": ["dataset"],

@@ -14,10 +14,12 @@ from typing import Any, Mapping
 
 from pd.io import write_json, write_text
 from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups, load_manifest
+from pd.report.base_answered import DEFAULT_RULE, base_answered_view, check_rule
 from pd.report.calibration import calibration_notes
 from pd.report.evidence import Evidence, load_train_log
 from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot, training_curves
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
+from pd.report.leakage import DEFAULT_MEASURE, DEFAULT_THRESHOLD, check_setting, leakage_view
 from pd.report.rows_export import export_rows
 from pd.report.runinfo import machine_description, run_info
 from pd.report.sections import MetricSection, metric_sections
@@ -89,13 +91,27 @@ def render_reports(
     bootstrap_seed: int = 0,
     paper_values_path: str | None = None,
     figure6: bool = True,
+    base_rule: str = DEFAULT_RULE,
+    leakage_threshold: float = DEFAULT_THRESHOLD,
+    leakage_measure: str = DEFAULT_MEASURE,
 ) -> ReportResult:
     """Render ``out_dir/<experiment>/table.{md,tex,json}``, figures, captions and the HTML page.
 
     ``specs`` maps experiment names to table specs (dicts or ``TableSpec``) and overrides
     those in the manifest. With ``figure6``, experiments whose figures run along the
     number of questions, training time and LoRA rank are also drawn side by side.
+
+    Beneath each table, two views that change none of its numbers (``views`` in ``summary.json``):
+    the questions the base model already answers and accuracy on the rest
+    (:mod:`pd.report.base_answered`, ``base_rule``: ``any`` or ``majority`` of the base runs), and
+    the leakage audit (:mod:`pd.report.leakage`: a test question whose nearest generated training
+    question scores at or above ``leakage_threshold`` by ``leakage_measure`` is flagged).
+
+    Raises:
+        ConfigError: an unknown ``base_rule`` or ``leakage_measure``, a threshold outside (0, 1].
     """
+    check_rule(base_rule)
+    check_setting(leakage_threshold, leakage_measure)
     out_dir = Path(out_dir)
     manifest: Manifest = load_manifest(manifest_path, specs)
     cache: dict[str, Grades | None] = {}
@@ -111,6 +127,9 @@ def render_reports(
         table = build_table(name, spec, groups, n_resamples=n_resamples, seed=bootstrap_seed,
                             paper_values_path=paper_values_path, display_root=str(out_dir))
         table.sections = metric_sections(table, evidence, n_resamples=n_resamples, seed=bootstrap_seed)
+        table.views = [base_answered_view(table, groups, base_rule),
+                       leakage_view(table, records, threshold=leakage_threshold, measure=leakage_measure,
+                                    display_root=str(out_dir))]
         table.judge_calibration = calibration_notes(records, table.grader)
         info = run_info(records, name, machine)
         table.run = info.lines()
@@ -119,6 +138,7 @@ def render_reports(
         write_text(paths["tex"], render_latex(table))
         write_json(paths["json"], {"experiment": name, "grader": table.grader, "rows": summary_rows(table),
                                    "sections": {sec.name: section_rows(sec) for sec in table.sections},
+                                   "views": {v.name: v.data for v in table.views},
                                    "missing": table.missing, "run": dataclasses.asdict(info),
                                    "judge_calibration": [dataclasses.asdict(n) for n in table.judge_calibration]})
         paths.update(export_rows(records, exp_dir, grades=cache))

@@ -213,6 +213,7 @@ class Table:
     inferred_paper: list[str] = field(default_factory=list)
     run: list[tuple[str, str, bool]] = field(default_factory=list)  # (label, text, is_code): pd.report.runinfo
     sections: list = field(default_factory=list)  # pd.report.sections.MetricSection: the blocks beneath accuracy
+    views: list = field(default_factory=list)  # pd.report.views.View: accuracy on subsets of the questions
     passages: dict[str, str] = field(default_factory=dict)  # question id -> passage (the bootstrap's clusters)
     n_tests: int = 0  # the page's family of tests, Holm-adjusted together (adjust_page)
     judge_calibration: list = field(default_factory=list)  # pd.report.calibration.CalibrationNote, judge grades only
@@ -461,7 +462,7 @@ _LATEX_SPECIAL = {
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"$\pm$", "—": "--", "√": r"$\surd$", "−": "-", "Δ": r"$\Delta$", "†": r"$^\dagger$",
     "§": r"$^\S$", "°": r"$^\circ$", "<": r"$<$", ">": r"$>$",
-    "→": r"$\to$", "‖": r"$\|$",
+    "→": r"$\to$", "‖": r"$\|$", "≥": r"$\geq$",
 }
 
 

@@ -103,7 +103,8 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
         DataError: no usable training data.
         VocabularyMismatchError: the teacher's vocabulary differs from the student's.
     """
-    from tqdm.auto import tqdm
+    from pd.progress import bar as progress_bar
+    from pd.progress import job_label
 
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.with_name(out_dir.name + ".work")
@@ -117,8 +118,8 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
         work.mkdir(parents=True, exist_ok=True)
         _trim_log(work / LOG_FILE, progress.step)
     recent: list[dict] = []  # the last epoch's log rows, for the final metrics
-    bar = tqdm(total=run.schedule.total, initial=progress.step, disable=not (procs.is_main and cfg.progress),
-               desc=f"train {cfg.method} seed {cfg.seed} ({out_dir.name})", dynamic_ncols=True)
+    bar = progress_bar(run.schedule.total, "train", initial=progress.step, enabled=procs.is_main and cfg.progress,
+                       label=job_label(f"{cfg.method} seed {cfg.seed} ({out_dir.name})"))
     trackers = Trackers(procs.accelerator, cfg.log_with, out_dir.name, cfg.as_dict())
     t0, elapsed0 = time.monotonic(), progress.elapsed
     stopped_by = "steps"
