@@ -301,7 +301,9 @@ def validate_references(cfg: dict) -> None:
                             f"allowed: {', '.join(sorted(axes))}")
     config_checks.check_per_model(problems, cfg, reg)
     config_checks.check_files(problems, cfg)
-    if "judge" in cfg["grading"]["graders"] and cfg["grading"]["judge"] not in reg:
+    # An openai judge is the server's model name; on the other backends it is a model of the registry.
+    if ("judge" in cfg["grading"]["graders"] and cfg["grading"].get("backend") != "openai"
+            and cfg["grading"]["judge"] not in reg):
         problems.append(f"grading.judge: unknown model {cfg['grading']['judge']!r}; allowed: {', '.join(sorted(reg))}")
     known_prompts = prompts.builtin_names()
     for name, path in cfg["prompts"].items():

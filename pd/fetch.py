@@ -154,7 +154,8 @@ def _model_names(plan) -> list[str]:
     names = []
     for art in plan.artifacts.values():
         spec = art.spec
-        found = [art.model] + [getattr(spec, f, None) for f in MODEL_FIELDS]
+        api_judge = getattr(spec, "backend", None) == "openai"  # an API judge is a server's model: nothing to fetch
+        found = [art.model] + [getattr(spec, f, None) for f in MODEL_FIELDS if not (api_judge and f == "judge")]
         if art.kind == "teacher":
             found.append(spec.teacher)  # the teacher job's ``teacher`` field is a model name
         names.extend(n for n in found if isinstance(n, str))

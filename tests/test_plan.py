@@ -34,12 +34,13 @@ PAPER = ["main", "expert_teacher", "temperatures", "regularisation", "hotpotqa",
 #    x 2 retrieval); hotpotqa 54; rag_variants 144 - 48 (openai in main) = 96; n_questions 42 - 6
 #    = 36; Bonito 9; wall_clock 5 snapshots x 6 = 30; lora_rank 36; reverse 12; quintiles 30 -> 711.
 #  grades: 2 graders x 711 = 1422; manifests: 12.
+#  judge calibrations: one per judge template (judge_squadshifts, judge_hotpotqa) -> 2.
 #  capability (MMLU-Pro, regularisation only): the base model once (its seeds and retrievals share
 #    it) + 12 pd + 12 pd_reg adapters = 25.
 # embeddings: the openai retrieval of main, regularisation and rag_variants shares one local job per dataset.
 PAPER_COUNTS = {"questions": 72, "answers": 159, "teacher": 27, "adapter": 363, "embeddings": 4, "retrieval": 13,
                 "evaluate": 711,
-                "grade": 1422, "capability": 25, "manifest": 12, "report": 1}
+                "grade": 1422, "calibrate_judge": 2, "capability": 25, "manifest": 12, "report": 1}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ def test_main_grid_alone(cfg):
     # base (no training data) + pd/sft (shared questions, own answers) + uft (no questions).
     plan = build_plan(cfg, ["main"])
     assert plan.count() == {"questions": 36, "answers": 72, "teacher": 0, "adapter": 108, "embeddings": 4,
-                            "retrieval": 4, "evaluate": 288, "grade": 576, "capability": 0, "manifest": 1, "report": 1}
+                            "retrieval": 4, "evaluate": 288, "grade": 576, "calibrate_judge": 1,
+                            "capability": 0, "manifest": 1, "report": 1}
 
 
 def test_irrelevant_axes_collapse(cfg):

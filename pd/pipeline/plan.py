@@ -230,13 +230,42 @@ class Planner:
         return {"backend": self.gen["backend"], "batch_size": self.gen["batch_size"],
                 "base_url": base_url, "cache_tag": self.gen.get("openai_cache_tag")}
 
+    def judge_backend(self) -> dict:
+        """How the LLM judge runs: ``grading.backend`` with its own server and cache tag, else as generation runs.
+
+        ``grading.backend: null`` gives :meth:`backend` unchanged (the judge runs as the generations do);
+        a backend set there gives it with the generation's batch size and ``grading.openai_base_url`` /
+        ``grading.openai_cache_tag``, so an API judge can grade answers generated locally.
+        """
+        from pd.redact import export_url_key
+
+        g = self.cfg["grading"]
+        if not g.get("backend"):
+            return self.backend()
+        own = g["backend"] == "openai"
+        return {"backend": g["backend"], "batch_size": self.gen["batch_size"],
+                "base_url": export_url_key(g.get("openai_base_url") or None) if own else None,
+                "cache_tag": g.get("openai_cache_tag") if own else None}
+
     def models(self, *names: str | None) -> dict | None:
         """The config's own entries of the models a job loads (part of its identity)."""
         return self.model_entries.entries(*names)
 
-    def prompt_overrides(self) -> dict:
-        """The config's prompt template overrides with their content identity."""
-        return identity.prompt_overrides(self.cfg["prompts"])
+    def prompt_overrides(self, judge: bool = False) -> dict:
+        """The config's prompt template overrides with their content identity.
+
+        Args:
+            judge: include the judge's templates (:data:`pd.evaluation.grade.JUDGE_TEMPLATES`): only the
+                jobs that run the judge render them, so a new judge template regrades the answers
+                without regenerating them.
+
+        Returns:
+            Template name -> ``{"path", "hash"}``.
+        """
+        from pd.evaluation.grade import JUDGE_TEMPLATES
+
+        prompts = {k: v for k, v in self.cfg["prompts"].items() if judge or k not in JUDGE_TEMPLATES}
+        return identity.prompt_overrides(prompts)
 
     # -- cells -------------------------------------------------------------------------
 
@@ -322,7 +351,8 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
     (``jobs``), the benchmark files of its adapter, evaluation and grades (``benchmarks``, the cell's
     cost) and of every timed job behind it with the job's kind (``job_benchmarks``, the report's job
     time per kind), so that the report needs no knowledge of the job kinds' path patterns; ``dataset_label``
-    is the dataset's name for its readers (:func:`pd.data.loaders.display_name`).
+    is the dataset's name for its readers (:func:`pd.data.loaders.display_name`). A judge's
+    record names its calibration and the threshold it is held to (``judge_calibration``).
     """
     from pd.data.loaders import display_name
     from pd.pipeline.paths import benchmark_file
@@ -344,4 +374,7 @@ def manifest_records(plan: Plan, experiment: str) -> list[dict]:
                         "capability": cell.capability, "outputs": cell.outputs, "jobs": jobs,
                         "benchmarks": [b for b in own if b], "job_benchmarks": timed,
                         "meta": {"training": adapter_spec.training if adapter_spec else None}})
+            if grader == "judge" and cell.outputs.get("calibrate_judge"):  # the report shows the judge's calibration
+                out[-1]["judge_calibration"] = {"file": cell.outputs["calibrate_judge"],
+                                                "threshold": plan.cfg["grading"]["calibration_threshold"]}
     return out

@@ -152,7 +152,8 @@ class Workflow:
 
 
 def _move_url_secret(config: dict) -> None:
-    """Take the password out of Snakemake's own ``config`` (``generation.openai_base_url``), in place.
+    """Take the password out of Snakemake's own ``config`` (``generation.openai_base_url`` and
+    ``grading.openai_base_url``), in place.
 
     Snakemake writes its ``config`` into every job's stage script (``.snakemake/scripts/``, left
     behind by a killed job); the password goes to ``OPENAI_API_KEY`` instead, which the jobs inherit
@@ -160,6 +161,7 @@ def _move_url_secret(config: dict) -> None:
     """
     from pd.redact import export_url_key
 
-    gen = config.get("generation")
-    if isinstance(gen, dict) and isinstance(gen.get("openai_base_url"), str):
-        gen["openai_base_url"] = export_url_key(gen["openai_base_url"])
+    for section in ("generation", "grading"):
+        part = config.get(section)
+        if isinstance(part, dict) and isinstance(part.get("openai_base_url"), str):
+            part["openai_base_url"] = export_url_key(part["openai_base_url"])

@@ -66,6 +66,9 @@ class CellRecord:
         for key in ("evaluate", "adapter"):
             if isinstance(extra.get(key), str):
                 extra[key] = resolve(extra[key])
+        if isinstance(extra.get("judge_calibration"), dict):  # the judge's calibration (pd.report.calibration)
+            extra["judge_calibration"] = {**extra["judge_calibration"],
+                                          "file": resolve(extra["judge_calibration"].get("file"))}
         if isinstance(extra.get("jobs"), list):  # every artifact behind the cell (see pd.pipeline.plan.Plan.upstream)
             extra["jobs"] = [resolve(str(j)) for j in extra["jobs"]]
         if isinstance(extra.get("job_benchmarks"), dict):  # benchmark file -> job kind, of every timed job behind it

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from pd.io import write_json, write_text
 from pd.report.aggregate import Grades, Group, Manifest, TableSpec, build_groups, hashable, load_manifest
 from pd.report.base_answered import DEFAULT_RULE, base_answered_view, check_rule
+from pd.report.calibration import calibration_notes
 from pd.report.evidence import Evidence, load_train_log
 from pd.report.figures import FIGURE6_AXES, X_LABELS, line_plot, panel_plot, training_grid
 from pd.report.html import ExperimentPage, group_details, render_html, write_snakemake_captions
@@ -130,6 +131,7 @@ def render_reports(
         table.views = [base_answered_view(table, groups, base_rule),
                        leakage_view(table, records, threshold=leakage_threshold, measure=leakage_measure,
                                     display_root=str(out_dir))]
+        table.judge_calibration = calibration_notes(records, table.grader)
         info = run_info(records, name, machine)
         table.run = info.lines()
         paths = {"md": exp_dir / "table.md", "tex": exp_dir / "table.tex", "json": exp_dir / "summary.json"}
@@ -138,7 +140,8 @@ def render_reports(
         write_json(paths["json"], {"experiment": name, "grader": table.grader, "rows": summary_rows(table),
                                    "sections": {sec.name: section_rows(sec) for sec in table.sections},
                                    "views": {v.name: v.data for v in table.views},
-                                   "missing": table.missing, "run": dataclasses.asdict(info)})
+                                   "missing": table.missing, "run": dataclasses.asdict(info),
+                                   "judge_calibration": [dataclasses.asdict(n) for n in table.judge_calibration]})
         paths.update(export_rows(records, exp_dir, grades=cache))
         result.tables[name] = paths
         result.missing[name] = list(table.missing)

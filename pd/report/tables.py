@@ -218,6 +218,7 @@ class Table:
     views: list = field(default_factory=list)  # pd.report.views.View: accuracy on subsets of the questions
     passages: dict[str, str] = field(default_factory=dict)  # question id -> passage (the bootstrap's clusters)
     n_tests: int = 0  # the page's family of tests, Holm-adjusted together (adjust_page)
+    judge_calibration: list = field(default_factory=list)  # pd.report.calibration.CalibrationNote, judge grades only
 
     @property
     def has_binomial(self) -> bool:

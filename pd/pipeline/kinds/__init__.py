@@ -6,8 +6,8 @@ with :func:`pd.pipeline.kind.register`) and add its name to :data:`BUILTIN`.
 
 from importlib import import_module
 
-BUILTIN = ("questions", "answers", "teacher", "adapter", "embeddings", "retrieval", "evaluate", "grade", "capability",
-           "manifest", "report")
+BUILTIN = ("questions", "answers", "teacher", "adapter", "embeddings", "retrieval", "evaluate", "grade",
+           "calibrate_judge", "capability", "manifest", "report")
 
 for _name in BUILTIN:
     import_module(f"{__name__}.{_name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -30,6 +31,19 @@ class GradeSpec(GeneratingSpec):
         return dataset_judge_template(self.dataset_cfg)
 
 
+def path_name(model: str) -> str:
+    """A judge's name as a path part: characters other than letters, digits, ``-`` and ``_`` become ``_``
+    (a server's model name may hold ``/`` or ``.``; a path's grader part holds neither).
+
+    Args:
+        model: the judge's model name.
+
+    Returns:
+        The name to put in a path.
+    """
+    return re.sub(r"[^A-Za-z0-9_-]", "_", model)
+
+
 @register
 class Grade(JobKind):
     name = "grade"
@@ -40,20 +54,28 @@ class Grade(JobKind):
     base_runtime = 60
 
     def plan(self, planner, c, epath: str, grader: str) -> str:
-        """The grades of the evaluation ``epath`` by ``grader`` (``judge`` or ``substring``)."""
+        """The grades of the evaluation ``epath`` by ``grader`` (``judge`` or ``substring``).
+
+        A judge's grades are named by the judge and the hash of their specification (the answers'
+        file, the judge, how it runs, the prompt overrides): another judge, template or backend
+        writes new grades beside the old ones from the same answers, which are not regenerated
+        (the evaluation's specification holds no grading setting). Substring grades keep their name.
+        """
         g = planner.cfg["grading"]
         if grader == "judge":
             judge = g["judge"]
+            run = planner.judge_backend()
             spec = GradeSpec(eval=epath, **planner.data(c), grader=grader, judge=judge,
-                             max_new_tokens=g["judge_max_new_tokens"], prompts=planner.prompt_overrides(),
-                             **planner.backend(), models_extra=planner.models(judge))
-            name = f"judge-{judge}"
+                             max_new_tokens=g["judge_max_new_tokens"], prompts=planner.prompt_overrides(judge=True),
+                             **run, models_extra=planner.models(judge) if run["backend"] != "openai" else None)
+            name = f"judge-{path_name(judge)}_{planner.hash(spec)}"
+            model = None if run["backend"] == "openai" else judge  # a server elsewhere: nothing loaded here
         else:
-            judge = None
+            model = None
             spec = GradeSpec(eval=epath, **planner.data(c), grader=grader, mode=g["substring_mode"])
             name = f"substring-{g['substring_mode']}"
         fields = {"dataset": c.dataset, "rest": planner.fields(epath)["rest"], "grader": name}
-        return planner.add(spec, fields, (epath,), judge)
+        return planner.add(spec, fields, (epath,), model)
 
     def run(self, spec: GradeSpec, out: str) -> None:
         """Per-answer grades of the evaluation ``spec.eval``: substring match or an LLM judge.
