@@ -59,9 +59,11 @@ def test_every_table_image_and_link_exists(report):
         assert (result.index.parent / ref).is_file(), f"{ref} is referenced but missing"
     for img in refs.imgs:
         assert (result.index.parent / img).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # raw per-sample files are linked (relative), and the missing ones are named, not linked
-    assert sum(r.endswith(".jsonl") for r in refs.refs) >= 10
-    assert "grades missing" in html
+    # no link leaves the report's folder (dead in a clone of a committed report): grade files outside it are
+    # named as text, the missing ones said missing
+    assert not any(r.startswith("..") for r in refs.refs)
+    assert not any(r.endswith(".jsonl") for r in refs.refs)
+    assert html.count("grades/main/") >= 10 and "grades missing" in html
     # the cells not graded yet are listed with their paths, relative to the report folder
     assert "seeds missing (../grades/main/dataset-nyt_retrieval-bm25_method-sft_seed-2.jsonl)" in html
     for name, paths in result.tables.items():

@@ -84,3 +84,17 @@ def test_exported_rows_carry_question_retrieved_ids_and_prompt_hash(tmp_path, re
     rows = [json.loads(line) for line in gzip.open(tmp_path / ROWS_FILE, "rt")]
     first = next(r for r in rows if r["item_id"] == "squadshifts-amazon-q3")
     assert (first["question"], first["retrieved"], first["prompt_hash"]) == ("Q3?", ["p3", "p9"], "h3")
+
+
+def test_the_paper_variant_is_the_tabular_with_a_short_caption_and_true_minus_signs(records):
+    table = build_table("small", TableSpec(), build_groups(records), n_resamples=200, seed=0)
+    table.sections = metric_sections(table, n_resamples=200, seed=0)
+    full, paper = render_latex(table), render_latex(table, paper=True)
+    assert "Command" in full or "Missing cells" in full  # the full table keeps its notes and run
+    assert "Missing cells" not in paper and "Holm's adjustment over the page" not in paper
+    assert paper.count(r"\begin{tabular}") == 1 and paper.count(r"\caption{") == 1
+    caption = paper.split(r"\caption{", 1)[1].split("}\n", 1)[0]
+    assert len(caption) < 400 and "seeds" in caption
+    body = paper.split(r"\begin{tabular}", 1)[1].split(r"\end{tabular}", 1)[0]
+    assert "$-$" in body  # the log-likelihoods are negative
+    assert not re.search(r"(?<![\w$])-\d", body)  # no hyphen standing for a minus

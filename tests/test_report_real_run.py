@@ -39,18 +39,19 @@ def test_real_run_report_numbers_and_links(real_run):
     html = result.index.read_text(encoding="utf-8")
     parser = _Links()
     parser.feed(html)
-    grade_links = [link for link in parser.links if link.endswith(".jsonl")]
-    assert len(grade_links) == 3  # base x {none, bm25, oracle}
-    for link in parser.links:
-        assert not link.startswith(("http:", "https:")), link
+    for link in parser.links:  # every link works from a copy of the report folder alone
+        assert not link.startswith(("http:", "https:", "..")), link
         assert (result.index.parent / link).is_file(), f"{link} is linked but missing"
-    assert sum(link.endswith(".tsv") for link in parser.links) >= 3  # Snakemake benchmark files found and linked
+    # the results folder's grade files are named, not linked; the numbers come from the folder's own rows
+    assert html.count("/grades/base/tiny-llama/s0/") >= 3
+    import gzip
+
+    exported = [json.loads(line) for line in gzip.open(result.index.parent / "tiny" / "rows.jsonl.gz", "rt")]
     summary = json.loads(result.tables["tiny"]["json"].read_text())
     for row in summary["rows"]:
         (cell_id,) = row["cell_ids"]
-        link = next(g for g in grade_links if cell_id.split("/")[-1] + "_" in Path(g).name)
-        rows = read_jsonl(result.index.parent / link)
-        assert row["mean"] == sum(r["correct"] is True for r in rows) / len(rows)
+        rows = [r for r in exported if r["cell_id"] == cell_id]
+        assert rows and row["mean"] == sum(r["correct"] is True for r in rows) / len(rows)
         assert row["se_kind"] == "binomial"
     # The gold-answer log-likelihood block: each cell's mean over its evaluation rows (one seed: SE over questions).
     from pd.report.aggregate import load_manifest

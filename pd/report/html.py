@@ -107,8 +107,21 @@ class ExperimentPage:
     training: list[dict] = field(default_factory=list)  # {"png", "pdf", "caption"}: loss and KL per step
 
 
+def inside_link(path: str | os.PathLike, out_dir: str | os.PathLike) -> str | None:
+    """A link from the report folder to ``path``: relative, and only for a file inside that folder.
+
+    A report is committed or copied as its folder: a link out of it (``../results/...``) is dead in a
+    clone, so the page names such a file as text instead (its rows are in the folder's ``rows.jsonl.gz``).
+    """
+    if not Path(path).is_file():
+        return None
+    rel = os.path.relpath(path, out_dir)
+    return None if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
+
+
 def group_details(groups: Iterable[Group], out_dir: str | os.PathLike, n_samples: int = 3) -> list[GroupDetail]:
-    """What the report shows per cell: config, cost, tokens, invalid rate, sample answers, links."""
+    """What the report shows per cell: config, cost, tokens, invalid rate, sample answers, links to its files
+    where they lie inside the report folder (:func:`inside_link`)."""
     out = []
     for g in groups:
         seeds = []
@@ -123,11 +136,11 @@ def group_details(groups: Iterable[Group], out_dir: str | os.PathLike, n_samples
                                               else "correct" if row.get("correct") else "wrong"),
                                     "reason": row.get("reason")})
             seeds.append(SeedDetail(
-                rec.cell_id, rec.seed, os.path.relpath(rec.grades, out_dir) if exists else None, rec.grades,
+                rec.cell_id, rec.seed, inside_link(rec.grades, out_dir) if exists else None, rec.grades,
                 grades.accuracy if grades is not None and grades.n else None,
                 grades.n if grades is not None else 0, grades.n_invalid if grades is not None else 0,
                 read_benchmarks(rec.benchmarks),
-                [os.path.relpath(b, out_dir) for b in rec.benchmarks if Path(b).is_file()],
+                [link for b in rec.benchmarks if (link := inside_link(b, out_dir))],
                 token_counts(rec.meta), json.dumps(rec.meta, indent=2, sort_keys=True, default=str), samples,
             ))
         title = ", ".join(f"{k}={v}" for k, v in sorted(g.axes.items()) if v is not None)

@@ -137,6 +137,8 @@ def render_reports(
         paths = {"md": exp_dir / "table.md", "tex": exp_dir / "table.tex", "json": exp_dir / "summary.json"}
         write_text(paths["md"], render_markdown(table))
         write_text(paths["tex"], render_latex(table))
+        paths["paper"] = exp_dir / "table.paper.tex"
+        write_text(paths["paper"], render_latex(table, paper=True))
         write_json(paths["json"], {"experiment": name, "grader": table.grader, "rows": summary_rows(table),
                                    "sections": {sec.name: section_rows(sec) for sec in table.sections},
                                    "views": {v.name: v.data for v in table.views},
@@ -147,6 +149,7 @@ def render_reports(
         result.missing[name] = list(table.missing)
         page = ExperimentPage(name, table, files={
             "Markdown": _rel(paths["md"], out_dir), "LaTeX": _rel(paths["tex"], out_dir),
+            "LaTeX for a paper": _rel(paths["paper"], out_dir),
             "JSON": _rel(paths["json"], out_dir), "per-answer rows (JSONL, gzip)": _rel(paths["rows"], out_dir),
             "training logs (JSONL, gzip)": _rel(paths["training"], out_dir)})
         graded = [g for g in groups if g.records[0].grader == table.grader]

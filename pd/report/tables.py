@@ -534,6 +534,7 @@ def _env() -> jinja2.Environment:
     tex_marks = {"": "", MARK_BINOMIAL: r"$^{\dagger}$", MARK_BOOT: r"$^{*}$", MARK_T: r"$^{\S}$"}
     env.filters["texmark"] = tex_marks.__getitem__
     env.filters["mdmark"] = lambda m: m.replace("*", r"\*")
+    env.filters["minus"] = true_minus
     return env
 
 
@@ -548,6 +549,38 @@ def render_markdown(table: Table) -> str:
     return _env().get_template("table.md.j2").render(t=table)
 
 
-def render_latex(table: Table, label: str | None = None) -> str:
+def render_latex(table: Table, label: str | None = None, paper: bool = False) -> str:
+    """The table as LaTeX (booktabs).
+
+    Args:
+        table: the built table (its sections and views attached).
+        label: the ``\\label``; default ``tab:<experiment>``.
+        paper: the variant to paste into a paper (``table.paper.tex``): the tabular with the accuracy and
+            metric blocks only, a one-sentence caption (:func:`paper_caption`), true minus signs; no
+            notes, views or run metadata (those stay in ``table.tex``).
+
+    Returns:
+        The LaTeX source.
+    """
     label = label or "tab:" + re.sub(r"[^A-Za-z0-9:.-]+", "-", table.experiment)
+    if paper:
+        return _env().get_template("table.paper.tex.j2").render(t=table, label=label, caption=paper_caption(table))
     return _env().get_template("table.tex.j2").render(t=table, label=label)
+
+
+def paper_caption(table: Table) -> str:
+    """One sentence for a paper's caption: the title, the measure, the seeds and what a mark means."""
+    seeds = sorted({len(c.group.records) for b in table.blocks for r in b.rows for c in r.cells
+                    if c.group is not None})
+    n = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}" if seeds else "?"
+    fixed = "".join(f", {v}" for _, v in table.fixed)
+    text = (f"{table.title}{fixed}. Accuracy (%), mean ± 2 SE over {n} seeds (grader: {table.grader})")
+    if table.comparisons:
+        text += (f"; * differs from {table.reference_label} at p < {table.spec.alpha:g} "
+                 "(clustered paired bootstrap, Holm-adjusted)")
+    return text + "."
+
+
+def true_minus(text: str) -> str:
+    """LaTeX with each hyphen that stands for a minus sign (before a digit, not inside a word) set as ``$-$``."""
+    return re.sub(r"(?<![\w$])-(?=\d)", "$-$", str(text))
