@@ -96,7 +96,7 @@ class Adapter(JobKind):
 
         Raises:
             DataError: no training rows are left (an empty answers file), or too few for a quintile.
-            ConfigError: invalid training settings.
+            ConfigError: invalid training settings, or fewer optimizer steps than ``training.min_steps``.
         """
         from pd.train.launch import launch, resolve_processes
         from pd.train.ranks import in_launch
@@ -263,7 +263,8 @@ def train_adapter(spec: AdapterSpec, out: str) -> None:
         out: the adapter folder.
 
     Raises:
-        DataError: no training rows; ConfigError: invalid training settings.
+        DataError: no training rows; ConfigError: invalid training settings, or a run shorter than
+            ``training.min_steps`` (refused before training, from the real example count).
         TrainingInterrupted: SIGTERM stopped training after a checkpoint; the job's retry resumes.
     """
     import dataclasses
