@@ -366,7 +366,8 @@ def load_config(source: str | os.PathLike | dict | None = None, overrides: dict 
 
 def training_settings(cfg: dict, method: str, model: str, experiment: str | None = None) -> dict:
     """A cell's training settings: :func:`pd.train.settings.spec_defaults` < ``training`` <
-    ``per_model`` < method (:func:`paper_method_settings`, then ``methods``) < experiment.
+    ``per_model`` < method (:func:`paper_method_settings`, then ``methods``) < experiment (its ``training``, then
+    its ``methods.<method>.training``).
 
     Args:
         cfg: the resolved config (:func:`load_config`).
@@ -385,7 +386,9 @@ def training_settings(cfg: dict, method: str, model: str, experiment: str | None
     out = deep_merge(out, paper_method_settings(method).get("training", {}))
     out = deep_merge(out, cfg.get("methods", {}).get(method, {}).get("training", {}))
     if experiment:
-        out = deep_merge(out, cfg["experiments"][experiment].get("training", {}))
+        exp = cfg["experiments"][experiment]
+        out = deep_merge(out, exp.get("training", {}))
+        out = deep_merge(out, exp.get("methods", {}).get(method, {}).get("training", {}))
     return out
 
 

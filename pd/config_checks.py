@@ -178,7 +178,7 @@ def check_per_model(problems: list[str], cfg: dict, known: dict) -> None:
 
 def training_blocks(cfg: dict) -> list[tuple[str, dict]]:
     """Every block of training settings in a config, with its key path: ``training``, ``per_model.<model>``,
-    ``methods.<method>.training`` and ``experiments.<name>.training``.
+    ``methods.<method>.training``, ``experiments.<name>.training`` and ``experiments.<name>.methods.<method>.training``.
 
     Args:
         cfg: a parsed config (before or after schema validation: entries that are no mapping are skipped).
@@ -194,6 +194,8 @@ def training_blocks(cfg: dict) -> list[tuple[str, dict]]:
     out += [(f"methods.{n}.training", mapping(b).get("training")) for n, b in mapping(cfg.get("methods")).items()]
     out += [(f"experiments.{n}.training", mapping(e).get("training"))
             for n, e in mapping(cfg.get("experiments")).items()]
+    out += [(f"experiments.{n}.methods.{m}.training", mapping(b).get("training"))
+            for n, e in mapping(cfg.get("experiments")).items() for m, b in mapping(mapping(e).get("methods")).items()]
     return [(where, b) for where, b in out if isinstance(b, dict)]
 
 

@@ -20,7 +20,7 @@ TINY_DOCS = {
     "salt.txt": "Salt is harvested at Dunmere every spring.",  # BM25 needs a third document to weigh words
 }
 TINY_ARGS = ["--model", "tiny-llama", "--questions", "3", "--epochs", "1", "--set", "answer_max_tokens=12",
-             "--set", "max_rounds=4", "--set", "warmup_steps=0"]
+             "--set", "max_rounds=4", "--set", "warmup_steps=0", "--set", "min_steps=0"]  # a run of a few steps
 
 
 def write_docs(folder: Path, docs: dict[str, str]) -> Path:
@@ -231,7 +231,7 @@ def test_a_long_document_is_split_into_passages_that_fit_the_teacher(tmp_path, c
     out = tmp_path / "adapter"
     rc, _, err = run_cli(capsys, "inject", docs, "--out", out, "--model", "tiny-llama", "--questions", "2",
                          "--epochs", "1", "--set", "answer_max_tokens=12", "--set", "max_rounds=2",
-                         "--set", "warmup_steps=0", "--set", "max_teacher_tokens=400")
+                         "--set", "warmup_steps=0", "--set", "max_teacher_tokens=400", "--set", "min_steps=0")
     assert rc == 0, err
     record = json.loads((out / "inject.json").read_text())
     text = (docs / "long.txt").read_text(encoding="utf-8")

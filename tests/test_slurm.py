@@ -203,7 +203,8 @@ def test_slurm_training_cell_with_two_processes_runs_in_one_job(tmp_path, slurm_
     site_file = tmp_path / "site-ci.yaml"
     site_file.write_text(yaml.safe_dump(site))
     profile = slurm_profile(tmp_path / "profile", site_file)
-    training = {"rank": 8, "lr": 5e-3, "epochs": 2, "warmup_epochs": 0, "warmup_steps": 0, "chunk_size": 8}
+    training = {"rank": 8, "lr": 5e-3, "epochs": 2, "warmup_epochs": 0, "warmup_steps": 0, "chunk_size": 8,
+                "min_steps": 0}  # a run of a few steps, whatever the tiny model writes
     cell = {"grid": {"model": ["tiny-llama"], "method": ["pd"], "dataset": ["tiny-nyt"], "retrieval": ["none"],
                      "seed": [0]}, "graders": ["substring"]}
     cfg = {"run": ["two", "one"], "results_dir": str(tmp_path / "results"), "reports_dir": str(tmp_path / "reports"),

@@ -15,6 +15,7 @@ from pd.data.loaders import (  # noqa: F401
     get_loader,
     load_dataset,
     loader_names,
+    passage_lengths,
     register,
     unregister,
 )

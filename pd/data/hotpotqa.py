@@ -110,6 +110,10 @@ class HotpotQA(Loader):
         items = int(settings.get("limit") or ITEMS)
         return items * PASSAGES_PER_ITEM, items
 
+    def passage_lengths(self, settings: dict[str, Any]) -> list[int] | None:
+        """From a local ``path`` only: the hub's split is never downloaded to be sized (None)."""
+        return super().passage_lengths(settings) if settings.get("path") else None
+
     def hub_datasets(self, settings: dict[str, Any]) -> dict[str, tuple[str, str | None, str]]:
         """The hub's validation split, unless a local ``path`` is set."""
         return {} if settings.get("path") else {"hotpotqa": HUB}

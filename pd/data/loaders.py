@@ -59,6 +59,18 @@ class Loader:
             return PAPER_SIZE
         return len(ds.documents), len(ds.items)
 
+    def passage_lengths(self, settings: dict[str, Any]) -> list[int] | None:
+        """The characters of each passage of an entry (the plan counts UFT's chunks from them); never downloads.
+
+        The default loads the files (once per process, :func:`passage_lengths` caches); None while they are not
+        here (yet).
+        """
+        try:
+            ds = load_dataset(settings.get("name", "dataset"), settings)
+        except PDError:
+            return None
+        return [len(d.text) for d in ds.documents.values()]
+
     passages_per_item: int = 1  # gold passages a test item cites (questions are written for each; a prompt holds them)
 
     def questions_per_passage(self, settings: dict[str, Any]) -> bool:
@@ -159,3 +171,23 @@ def dataset_size(dataset_cfg: dict) -> tuple[int, int]:
         are missing as :data:`PAPER_SIZE`.
     """
     return _dataset_size(json.dumps(dataset_cfg, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=64)
+def _passage_lengths(cfg_json: str) -> tuple[int, ...] | None:
+    cfg = json.loads(cfg_json)
+    chars = get_loader(cfg["loader"]).passage_lengths(cfg)
+    return None if chars is None else tuple(chars)
+
+
+def passage_lengths(dataset_cfg: dict) -> tuple[int, ...] | None:
+    """The characters of each passage of a dataset entry (:meth:`Loader.passage_lengths`; read once per process).
+
+    Args:
+        dataset_cfg: the config's entry (``loader`` and its settings).
+
+    Returns:
+        One length per passage (after the entry's passage slice), or None while its files are not here or a
+        hub dataset is not downloaded.
+    """
+    return _passage_lengths(json.dumps(dataset_cfg, sort_keys=True, default=str))

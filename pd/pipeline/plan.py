@@ -267,6 +267,27 @@ class Planner:
         prompts = {k: v for k, v in self.cfg["prompts"].items() if judge or k not in JUDGE_TEMPLATES}
         return identity.prompt_overrides(prompts)
 
+    def check_steps(self, experiment: str, adapters: list[tuple[str, str, str | None]]) -> None:
+        """Refuse an experiment whose adapters would train fewer optimizer steps than their ``training.min_steps``,
+        by the plan's estimate (:meth:`pd.pipeline.kinds.adapter.Adapter.check_steps`), before any job runs.
+
+        Args:
+            experiment: the experiment.
+            adapters: (cell id, method, adapter path or None) of its cells; each adapter is checked once.
+
+        Raises:
+            ConfigError: naming the first cell whose adapter is too short, its steps, the minimum and where to
+                set more.
+        """
+        kind = get_kind("adapter")
+        seen: set[str] = set()
+        for cell_id, method, path in adapters:
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            kind.check_steps(self.plan.get(path), self.plan, f"experiment {experiment}, cell {cell_id}",
+                             f"experiments.{experiment}.methods.{method}.training")
+
     # -- cells -------------------------------------------------------------------------
 
     def add_experiment(self, name: str) -> None:
@@ -286,6 +307,7 @@ class Planner:
         from pd.report.layout import check_layout
 
         check_layout(name, exp["table"], [c.axes for c in cells])  # refused now, not after hours of jobs
+        self.check_steps(name, [(c.cell_id, c.axes["method"], c.adapter) for c in cells])
         self.plan.cells[name] = cells
         inputs = tuple(dict.fromkeys(p for cell in cells for p in [*cell.grades.values(), cell.adapter,
                                                                    *cell.outputs.values()] if p))
@@ -308,8 +330,9 @@ def build_plan(cfg: dict, experiments: list[str] | None = None) -> Plan:
 
     Raises:
         ConfigError: an unknown experiment, a grid a method cannot run (e.g. quintile
-            subsets of a method that does not distil), or a table layout that would put two
-            configurations in one cell (:func:`pd.report.layout.check_layout`).
+            subsets of a method that does not distil), a table layout that would put two
+            configurations in one cell (:func:`pd.report.layout.check_layout`), or an adapter
+            that would train fewer optimizer steps than its ``training.min_steps``.
     """
     b = Planner(cfg)
     names = experiments or cfg["run"]
@@ -336,11 +359,14 @@ def build_adapter_plan(cfg: dict, experiment: str) -> tuple[Plan, list[str]]:
         The plan and the adapter paths, one per trained cell in grid order.
 
     Raises:
-        ConfigError: as :func:`expand_grid`.
+        ConfigError: as :func:`expand_grid`; an adapter shorter than its ``training.min_steps``.
     """
     b = Planner(cfg)
     b.start(experiment)
-    adapters = [b.need("adapter", c) for c in expand_grid(cfg, experiment) if get_method(c.method).trains]
+    cells = [c for c in expand_grid(cfg, experiment) if get_method(c.method).trains]
+    adapters = [b.need("adapter", c) for c in cells]
+    b.check_steps(experiment, [(f"{c.dataset}/{c.method}/{c.model}/s{c.seed}", c.method, a)
+                               for c, a in zip(cells, adapters)])
     return b.plan, adapters
 
 

@@ -89,7 +89,9 @@ class Forwards:
 @dataclass(frozen=True)
 class Training:
     """What an adapter job trains: ``rows`` passage rows seen over the run (examples x epochs) in optimizer steps of
-    ``global_batch`` rows (of which ``reg_rows`` instruction rows), with the longest/mean row lengths."""
+    ``global_batch`` rows (of which ``reg_rows`` instruction rows), with the longest/mean row lengths;
+    ``planned_steps``: the run's optimizer steps as the loop counts them (:func:`pd.train.steps.run_steps`), when
+    known."""
 
     rows: int
     global_batch: int
@@ -103,10 +105,13 @@ class Training:
     checkpointing: bool | None = None
     parallel: str | None = None
     micro_batch: int | None = None  # a fixed micro-batch (None: the largest that fits)
+    planned_steps: int | None = None
 
     @property
     def steps(self) -> int:
-        """Optimizer steps of the run."""
+        """Optimizer steps of the run: ``planned_steps``, else rows over the passage rows of a step."""
+        if self.planned_steps is not None:
+            return self.planned_steps
         return max(1, math.ceil(self.rows / max(1, self.global_batch - self.reg_rows)))
 
 
@@ -122,6 +127,34 @@ def lengths() -> dict[str, float]:
     from pd.cost.calibration import calibration
 
     return calibration()["lengths"]
+
+
+def uft_chunks(dataset_cfg: dict, chunk_tokens: int, overlap: int) -> int:
+    """UFT's training examples on a dataset: each passage's overlapping windows
+    (:func:`pd.train.steps.uft_chunk_starts`), its tokens estimated from its characters (``lengths``
+    ``chars_per_token``); a dataset whose files are not here counts its passages at ``lengths`` ``passage`` tokens.
+
+    Args:
+        dataset_cfg: the dataset's config entry.
+        chunk_tokens: ``training.uft_chunk_tokens`` (the tokenizer's leading special tokens are not counted).
+        overlap: ``training.uft_overlap``.
+
+    Returns:
+        The estimated number of windows.
+
+    Raises:
+        ConfigError: ``overlap`` leaves no stride.
+    """
+    from pd.data import passage_lengths
+    from pd.train.steps import uft_chunk_starts
+
+    n = lengths()
+    chars = passage_lengths(dataset_cfg)
+    if chars is None:
+        tokens = [int(n["passage"])] * dataset_size(dataset_cfg)[0]
+    else:
+        tokens = [math.ceil(c / n["chars_per_token"]) for c in chars]
+    return sum(len(uft_chunk_starts(t, chunk_tokens, overlap)) for t in tokens)
 
 
 def training_tokens(answer_limit: int, max_answer: int, max_teacher: int, passages: int = 1,

@@ -88,6 +88,20 @@ class CellRecord:
     def seed(self) -> Any:
         return self.axes.get(SEED_AXIS)
 
+    def short_training(self) -> tuple[int, int] | None:
+        """(steps taken, minimum) when the cell's adapter took fewer optimizer steps than its ``training.min_steps``
+        (the one its ``pd_meta.json`` records; an adapter trained before it was recorded: the current default);
+        None otherwise, and for a cell without an adapter."""
+        meta = self.meta.get("adapter") or {}
+        steps, minimum = meta.get("steps"), meta.get("min_steps")
+        if not isinstance(steps, int):
+            return None
+        if minimum is None:
+            from pd.train.settings import TrainConfig
+
+            minimum = TrainConfig.min_steps
+        return (steps, minimum) if steps < minimum else None
+
 
 @dataclass
 class FigureSpec:
@@ -332,6 +346,11 @@ class Group:
 
     def per_seed(self) -> dict[Any, float]:
         return {r.seed: g.accuracy for r, g in self.present}
+
+    @property
+    def short_training(self) -> bool:
+        """Some seed's adapter took fewer optimizer steps than its minimum (:meth:`CellRecord.short_training`)."""
+        return any(r.short_training() is not None for r, _ in self.present)
 
     def per_seed_items(self) -> dict[Any, dict[str, float]]:
         """Seed -> question id -> correct (1/0; an invalid grade is 0), for the seeds with grades."""

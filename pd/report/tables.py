@@ -45,6 +45,7 @@ MISSING = "—"
 MARK_BINOMIAL = "†"
 MARK_BOOT = "*"
 MARK_T = "§"
+MARK_SHORT = "‡"
 
 
 def pct(x: float) -> str:
@@ -150,6 +151,8 @@ class TableCell:
             m += MARK_BOOT
         if self.comparison is not None and self.comparison.significant_t:
             m += MARK_T
+        if self.group is not None and self.group.short_training:
+            m += MARK_SHORT
         return m
 
     def markdown(self) -> str:
@@ -174,6 +177,7 @@ class TableCell:
             text = ((r"\textbf{" + value + "}" if self.bold else value)
                     + r"\,{\scriptsize$\pm$" + pct(self.summary.half_width) + "}")
             marks = self.marks().replace(MARK_BINOMIAL, r"\dagger").replace(MARK_BOOT, "*").replace(MARK_T, r"\S")
+            marks = marks.replace(MARK_SHORT, r"\ddagger")
             if marks:
                 text += "$^{" + marks + "}$"
         if self.paper is not None:
@@ -242,6 +246,9 @@ class Table:
             n.append((MARK_T, "The same by a paired t-test over seeds: " + t_note(self)))
             n += no_spread_notes(c.t for c in self.comparisons)
             n += unclustered_notes(c.bootstrap for c in self.comparisons)
+        if any(c.group is not None and c.group.short_training for b in self.blocks for r in b.rows for c in r.cells):
+            n.append((MARK_SHORT, "Barely trained: an adapter behind this cell took fewer optimizer steps than its "
+                                  "training.min_steps, so the cell says little about its method."))
         if self.has_paper:
             n.append(("", f"(paper x, Δ d): the value paper table {self.spec.paper_table} reports for this cell and "
                           "ours minus it in points; ° marks a paper value whose column was inferred "
@@ -505,7 +512,7 @@ _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "±": r"$\pm$", "—": "--", "√": r"$\surd$", "−": "-", "Δ": r"$\Delta$", "†": r"$^\dagger$",
-    "§": r"$^\S$", "°": r"$^\circ$", "<": r"$<$", ">": r"$>$",
+    "§": r"$^\S$", "‡": r"$^\ddagger$", "°": r"$^\circ$", "<": r"$<$", ">": r"$>$",
     "→": r"$\to$", "‖": r"$\|$", "≥": r"$\geq$", "×": r"$\times$",
 }
 
@@ -531,7 +538,8 @@ def _env() -> jinja2.Environment:
     env.filters["pct"] = pct
     env.filters["signed"] = signed
     env.filters["pval"] = format_p
-    tex_marks = {"": "", MARK_BINOMIAL: r"$^{\dagger}$", MARK_BOOT: r"$^{*}$", MARK_T: r"$^{\S}$"}
+    tex_marks = {"": "", MARK_BINOMIAL: r"$^{\dagger}$", MARK_BOOT: r"$^{*}$", MARK_T: r"$^{\S}$",
+                 MARK_SHORT: r"$^{\ddagger}$"}
     env.filters["texmark"] = tex_marks.__getitem__
     env.filters["mdmark"] = lambda m: m.replace("*", r"\*")
     env.filters["minus"] = true_minus

@@ -40,7 +40,7 @@ from pd.train.settings import TrainConfig
 CHECKPOINT_FORMAT = 2
 # Settings that do not change what is computed: a checkpoint stays valid when only these differ.
 BOOKKEEPING = ("checkpoint_every", "checkpoint_minutes", "snapshot_seconds", "snapshot_interval", "log_every",
-               "progress", "keep_checkpoints", "max_steps", "max_seconds")
+               "progress", "keep_checkpoints", "max_steps", "max_seconds", "min_steps")
 
 
 @dataclasses.dataclass

@@ -73,7 +73,8 @@ class TrainResult:
 def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows: Sequence[dict] | None = None,
           dataset: Dataset | None = None, instruction_pairs: Sequence[dict] | None = None,
           work_dir: str | os.PathLike | None = None, teacher_spec: ModelSpec | None = None, teacher_cache=None,
-          resume: bool = True, stop_after: int | None = None, device: str | None = None) -> TrainResult:
+          resume: bool = True, stop_after: int | None = None, device: str | None = None,
+          min_steps: int = 0) -> TrainResult:
     """Train an adapter for ``cfg.method`` and write it to ``out_dir`` (atomically).
 
     Args:
@@ -92,12 +93,15 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
         resume: resume from the latest checkpoint (False: start over, removing checkpoints).
         stop_after: save a checkpoint after that many steps and return (a simulated interruption).
         device: "cpu" to train on the CPU; None: a GPU when there is one.
+        min_steps: refuse, before any model is loaded, a run of fewer optimizer steps than this, counted from
+            the real examples (the adapter job passes ``training.min_steps``; 0: no minimum). ``pd_meta.json``
+            records it, and a report marks an adapter that took fewer.
 
     Returns:
         The :class:`TrainResult`.
 
     Raises:
-        ConfigError: contradictory teacher inputs, or a checkpoint of another run.
+        ConfigError: contradictory teacher inputs, a checkpoint of another run, or fewer steps than ``min_steps``.
         CheckpointError: a checkpoint file that cannot be loaded safely.
         TrainingInterrupted: SIGTERM arrived while training; a checkpoint of the step it ended was saved.
         DataError: no usable training data.
@@ -111,7 +115,7 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
     check_trackers(cfg.log_with)
     procs = start_processes(device, log_with=cfg.log_with, project_dir=tracker_dir(work) if cfg.log_with else None)
     run = setup_run(cfg, spec, procs, work, rows=rows, dataset=dataset, instruction_pairs=instruction_pairs,
-                    teacher_spec=teacher_spec, teacher_cache=teacher_cache)
+                    teacher_spec=teacher_spec, teacher_cache=teacher_cache, min_steps=min_steps)
     procs = run.procs  # as the resolved layout shares the model (ddp or fsdp)
     progress, resumed_from = resume_run(run, resume)
     if procs.is_main:
@@ -152,7 +156,7 @@ def train(cfg: TrainConfig, spec: ModelSpec, out_dir: str | os.PathLike, *, rows
         bar.close()
         trackers.finish()
     meta = _meta(run, progress, recent, stopped_by=stopped_by, resumed_from=resumed_from,
-                 elapsed=elapsed0 + (time.monotonic() - t0))
+                 elapsed=elapsed0 + (time.monotonic() - t0), min_steps=min_steps)
     return _finish(run, out_dir, meta, progress.step)
 
 
@@ -264,8 +268,8 @@ def _snapshots_due(cfg: TrainConfig, progress: Progress) -> list[float]:
 
 
 def _meta(run: TrainingRun, progress: Progress, recent: list[dict], *, stopped_by: str, resumed_from: int | None,
-          elapsed: float) -> dict:
-    """The contents of ``pd_meta.json``."""
+          elapsed: float, min_steps: int) -> dict:
+    """The contents of ``pd_meta.json`` (``min_steps``: the minimum the run was held to)."""
     cfg, spec, data, schedule, step = run.cfg, run.spec, run.data, run.schedule, progress.step
     final = {k: float(np.mean([r[k] for r in recent if k in r])) for k in recent[0]
              if k in ("loss", "kl", "ce") or k.startswith(("kl_", "ce_"))} if recent else {}
@@ -275,7 +279,8 @@ def _meta(run: TrainingRun, progress: Progress, recent: list[dict], *, stopped_b
         "config": cfg.as_dict(), "kl_direction": cfg.direction if cfg.uses_kl else None,
         "data_hash": run.data_hash, "examples": len(data.examples), "instruction_examples": len(data.reg),
         "sequence_stats": [s.as_dict() for s in data.stats], "sequence_tokens": count_tokens(data.examples),
-        "steps": step, "total_steps": schedule.total, "steps_per_epoch": schedule.steps_per_epoch,
+        "steps": step, "min_steps": min_steps, "total_steps": schedule.total,
+        "steps_per_epoch": schedule.steps_per_epoch,
         "warmup_steps": schedule.warmup, "epochs_done": round(step / schedule.steps_per_epoch, 4),
         "stopped_by": stopped_by, "tokens": progress.tokens_total, "wall_clock_s": round(elapsed, 3),
         "final": final, "final_step": recent[-1] if recent else None, "resumed_from_step": resumed_from,

@@ -35,19 +35,35 @@ def split_heldout(rows: Sequence[dict], heldout_fraction: float, minimum: int = 
     """
     if heldout_fraction <= 0 or not rows:
         return list(rows), []
-    fraction = heldout_fraction / (1 + heldout_fraction)
 
     def score(r: dict) -> str:
         return hashlib.sha256(str(r.get("question_id", r["id"])).encode()).hexdigest()
 
     qids = sorted({str(r.get("question_id", r["id"])) for r in rows}, key=lambda q: score({"id": q}))
-    n = max(minimum, round(fraction * len(qids)))
-    if n >= len(qids):
+    n = heldout_count(len(qids), heldout_fraction, minimum)
+    if n == 0:
         return list(rows), []
     held = set(qids[:n])
     train = [r for r in rows if str(r.get("question_id", r["id"])) not in held]
     heldout = [r for r in rows if str(r.get("question_id", r["id"])) in held]
     return train, heldout
+
+
+def heldout_count(questions: int, heldout_fraction: float, minimum: int = 1) -> int:
+    """How many of ``questions`` :func:`split_heldout` holds out (the plan counts the training rows with it).
+
+    Args:
+        questions: distinct questions.
+        heldout_fraction: held-out questions relative to training questions (0: none).
+        minimum: the fewest held out when any are.
+
+    Returns:
+        ``max(minimum, round(questions x f / (1 + f)))``; 0 when the fraction is 0 or that would be all of them.
+    """
+    if heldout_fraction <= 0 or questions <= 0:
+        return 0
+    n = max(minimum, round(heldout_fraction / (1 + heldout_fraction) * questions))
+    return 0 if n >= questions else n
 
 
 def quintile_rows(rows: Sequence[dict], stats: Sequence[dict], subset: str) -> list[dict]:

@@ -2,8 +2,9 @@
 
 Data order is a pure function of (seed, step): epoch e visits the examples in the order
 of a permutation drawn from a generator seeded with (seed, e), regrouped into batches of
-similar length (:mod:`pd.train.buckets`, ``bucket_batches``) by a generator seeded the
-same way, and optimizer step s takes the s-th slice of it. A checkpoint therefore needs
+similar length (:mod:`pd.train.buckets`, ``bucket_batches``, in buckets of at most half an
+epoch, so that which examples share a batch changes with the seed and the epoch) by a
+generator seeded the same way, and optimizer step s takes the s-th slice of it. A checkpoint therefore needs
 only the step number as its data position.
 """
 
@@ -17,23 +18,27 @@ import torch
 from pd.io import stable_hash
 from pd.train.buckets import bucketed_order
 from pd.train.settings import TrainConfig
+from pd.train.steps import run_steps
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
+def lr_factor(step: int, warmup: int, total: int, from_zero: bool = True) -> float:
     """The learning-rate multiplier at an optimizer step.
 
-    Linear warmup from 0 over ``warmup`` steps, then linear decay to 0 at ``total``.
+    Linear warmup over ``warmup`` steps, then linear decay to 0 at ``total``. From zero (transformers'
+    schedule, the paper's) the first step runs at 0: on a 3-step run with 2 warmup steps, a third of the run
+    changes nothing. Otherwise step k of the warmup runs at (k+1)/(warmup+1), so every step trains.
 
     Args:
         step: optimizer steps taken so far (0-based).
         warmup: warmup steps.
         total: steps of the whole run.
+        from_zero: the warmup starts at 0 (``training.warmup_from_zero``).
 
     Returns:
         A factor in [0, 1] for the base learning rate.
     """
     if step < warmup:
-        return step / max(1, warmup)
+        return step / max(1, warmup) if from_zero else (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
@@ -62,7 +67,8 @@ class Schedule:
 
     Attributes: ``micro`` rows per micro-batch, ``accum`` micro-batches per step and process,
     ``global_rows`` passage rows per optimizer step over all processes, ``steps_per_epoch``, ``total``
-    steps and ``warmup`` steps.
+    steps (:func:`pd.train.steps.run_steps`), ``warmup`` steps and ``bucket_batches``, the batches per length
+    bucket (``training.bucket_batches``, at most half the epoch's batches; 1 or less: a plain shuffle).
     """
 
     def __init__(self, cfg: TrainConfig, n_examples: int, n_reg: int, world: int, rank: int,
@@ -78,10 +84,11 @@ class Schedule:
         self.lengths = lengths
         self._epoch_order: tuple[int, list[int]] | None = None
         self.global_rows = cfg.batch_size - cfg.reg_rows  # passage rows per optimizer step
-        self.steps_per_epoch = math.ceil(n_examples / self.global_rows)
-        epoch_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
-        self.total = cfg.max_steps if cfg.max_steps is not None else epoch_steps
+        self.steps_per_epoch, self.total = run_steps(cfg, n_examples)
         self.warmup = min(self.total, cfg.warmup_steps + round(cfg.warmup_epochs * self.steps_per_epoch))
+        # Length buckets of at most half an epoch: one bucket holding the whole epoch would sort it, and every
+        # seed and epoch would put the same examples together (a run of a few batches, UFT's, above all).
+        self.bucket_batches = min(cfg.bucket_batches, self.steps_per_epoch // 2)
 
     def _gen(self, tag: str, k: int) -> torch.Generator:
         return torch.Generator().manual_seed(int(stable_hash([tag, self.cfg.seed, k], 15), 16))
@@ -100,8 +107,8 @@ class Schedule:
         """
         if self._epoch_order is None or self._epoch_order[0] != epoch:
             perm = self._perm("epoch", epoch, self.n)
-            if self.lengths is not None and self.cfg.bucket_batches > 1:
-                perm = bucketed_order(perm, self.lengths, self.global_rows, self.cfg.bucket_batches,
+            if self.lengths is not None and self.bucket_batches > 1:
+                perm = bucketed_order(perm, self.lengths, self.global_rows, self.bucket_batches,
                                       self._gen("buckets", epoch))
             self._epoch_order = (epoch, perm)
         return self._epoch_order[1]

@@ -26,6 +26,7 @@ from pd.io import stable_hash
 from pd.models import ModelSpec
 from pd.prompts import render
 from pd.train.settings import Limits
+from pd.train.steps import uft_chunk_starts
 
 log = logging.getLogger("pd.train")
 
@@ -302,13 +303,11 @@ def uft_examples(dataset: Dataset, tokens: Tokens, *, chunk_tokens: int = 256,
     if window - overlap < 1:
         raise ConfigError(f"training.uft_chunk_tokens={chunk_tokens} leaves no room after {len(prefix)} special "
                           f"token(s) and an overlap of {overlap}")
-    stride = window - overlap
     stats = BuildStats("uft", rows=len(dataset.documents))
     examples = []
     for doc_id, doc in dataset.documents.items():
         body = tokens.encode(doc.text)
-        starts = list(range(0, max(len(body) - overlap, 1), stride))
-        for k, s in enumerate(starts):
+        for k, s in enumerate(uft_chunk_starts(len(body), window, overlap)):
             ids = prefix + body[s : s + window]
             if len(ids) < 2:
                 continue

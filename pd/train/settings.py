@@ -111,8 +111,9 @@ class TrainConfig:
              "model (pd.cost), on a CPU the whole batch of the process. Does not change the result")
     bucket_batches: int = _setting(
         8, schema={"type": _INT, "minimum": 1},
-        help="batches per length bucket: each epoch is shuffled, cut into groups of this many batches and sorted by "
-             "length within a group (less padding); 1: plain shuffle")
+        help="batches per length bucket: each epoch is shuffled, cut into groups of this many batches (at most half "
+             "the epoch's, so that batches differ by seed and epoch) and sorted by length within a group (less "
+             "padding); 1: plain shuffle")
     epochs: float = _setting(10, schema={"type": _NUM, "minimum": 0.001}, in_spec=True, help="training epochs")
     warmup_epochs: float = _setting(1, schema={"type": _NUM, "minimum": 0}, in_spec=True,
                                     help="linear warmup in epochs, added to warmup_steps (Llama-3: 1; Qwen2.5: 0)")
@@ -123,6 +124,15 @@ class TrainConfig:
                                           "the epochs")
     max_seconds: float | None = _setting(None, schema={"type": [_NUM, "null"], "minimum": 0},
                                          help="wall-clock budget of the loop in seconds")
+    min_steps: int = _setting(
+        20, schema={"type": _INT, "minimum": 0},
+        help="the fewest optimizer steps an adapter may train: a shorter run is refused, by pd validate and the plan "
+             "from their estimate and by the adapter job from the real example count before it trains, and a report "
+             "marks cells whose adapters took fewer; 0: no minimum")
+    warmup_from_zero: bool = _setting(
+        True, schema={"type": "boolean"},
+        help="the warmup's first step runs at learning rate 0 (transformers' linear schedule, the paper's); false: "
+             "step k of a w-step warmup runs at (k+1)/(w+1) of lr, so no step of a short run is wasted")
     # LoRA
     rank: int = _setting(1024, schema={"type": _INT, "minimum": 1, "maximum": 65536}, in_spec=True, help="LoRA rank")
     alpha_factor: float = _setting(2.0, schema={"type": _NUM, "exclusiveMinimum": 0}, in_spec=True,

@@ -30,6 +30,7 @@ from pd.train.parallel import Processes
 from pd.train.schedule import Schedule, lr_factor
 from pd.train.sequences import Tokens
 from pd.train.settings import TrainConfig
+from pd.train.steps import check_min_steps, describe_count, run_steps
 from pd.train.teacher import check_teacher, head_vocab, unwrap
 from pd.train.teacher_cache import TeacherCache, load_teacher_cache
 
@@ -129,7 +130,7 @@ def enable_checkpointing(model) -> None:
 
 
 def setup_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, work: Path, *, rows, dataset, instruction_pairs,
-              teacher_spec: ModelSpec | None, teacher_cache) -> TrainingRun:
+              teacher_spec: ModelSpec | None, teacher_cache, min_steps: int = 0) -> TrainingRun:
     """Data, layout, models, optimizer, schedule and teacher cache, in the order that fixes the random draws.
 
     Args:
@@ -141,13 +142,15 @@ def setup_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, work: Path, *
         rows, dataset, instruction_pairs: the training inputs (see :func:`pd.train.loop.train`).
         teacher_spec: a separate teacher model, or None (the adapter-off student).
         teacher_cache: a :class:`~pd.train.teacher_cache.TeacherCache` or its path, or None.
+        min_steps: refuse a run of fewer optimizer steps (counted from the real examples, before any model is
+            loaded); 0: no minimum.
 
     Returns:
         The set-up :class:`TrainingRun` (the model prepared for the processes, in train mode).
 
     Raises:
         ConfigError: contradictory teacher inputs; a global batch that does not divide among the processes
-            and micro-batches.
+            and micro-batches; fewer steps than ``min_steps``.
         DataError: no usable training data, or a teacher cache built for another model.
         VocabularyMismatchError: the teacher's vocabulary differs from the student's.
     """
@@ -156,6 +159,10 @@ def setup_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, work: Path, *
     tok = load_tokenizer(spec)
     tokens = Tokens(tok, spec)
     data = build_training_data(cfg, tokens, rows=rows, dataset=dataset, instruction_pairs=instruction_pairs)
+    n = len(data.examples)
+    check_min_steps(run_steps(cfg, n)[1], min_steps, f"{cfg.method} on {dataset.name} (seed {cfg.seed})",
+                    describe_count(cfg, n), "its training settings (training, methods.<method>.training or "
+                    "experiments.<name>.methods.<method>.training)")
     fit = fit_run(cfg, spec, procs, data, teacher_spec=teacher_spec, teacher_cache=teacher_cache)
     procs = procs.with_parallel(fit.parallel)
     _check_sharded_teacher(cfg, procs, teacher_cache)
@@ -164,7 +171,8 @@ def setup_run(cfg: TrainConfig, spec: ModelSpec, procs: Processes, work: Path, *
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = Schedule(cfg, len(data.examples), len(data.reg), procs.world, procs.rank,
                         lengths=[sort_length(e) for e in data.examples], micro=fit.micro_batch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, schedule.warmup, schedule.total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, schedule.warmup, schedule.total, cfg.warmup_from_zero))
     model, optimizer = procs.prepare(model, optimizer)
     caches = _teacher_caches(cfg, model, data, tokens, teacher_model, teacher_cache, work, procs)
     teacher_name = _teacher_label(cfg, teacher_spec, caches)

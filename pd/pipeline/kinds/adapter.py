@@ -96,7 +96,7 @@ class Adapter(JobKind):
 
         Raises:
             DataError: no training rows are left (an empty answers file), or too few for a quintile.
-            ConfigError: invalid training settings.
+            ConfigError: invalid training settings, or fewer optimizer steps than ``training.min_steps``.
         """
         from pd.train.launch import launch, resolve_processes
         from pd.train.ranks import in_launch
@@ -117,27 +117,41 @@ class Adapter(JobKind):
         share = 0.2 if spec.subset != "all" else 1.0
         return max(epochs * questions * share, 1.0) / (ref["epochs"] * ref["items"] * ref["per_item"])
 
+    def planned_examples(self, art, plan) -> int:
+        """The passage examples the run will train on, as far as the plan knows: the training questions (those
+        the questions job writes less the held-out ones, :func:`pd.train.rows.heldout_count`; a quintile
+        ``subset``: a fifth), or UFT's passage chunks (:func:`pd.pipeline.sizing.uft_chunks`)."""
+        from pd.pipeline.sizing import uft_chunks
+        from pd.train.rows import heldout_count
+
+        spec = art.spec
+        if spec.answers is None:  # trains on overlapping passage chunks
+            cfg = spec.train_config()
+            return uft_chunks(spec.dataset_cfg, cfg.uft_chunk_tokens, cfg.uft_overlap)
+        questions = questions_behind(art, plan)
+        examples = questions - heldout_count(questions, spec.heldout_fraction)
+        return max(1, round(examples * (0.2 if spec.subset != "all" else 1.0)))
+
     def workload(self, art, plan):
-        """The run's rows (examples x epochs; a quintile ``subset``: a fifth), its global batch and row lengths:
-        PD and SFT rows are question + answer (PD's teacher adds the passages), UFT's are passage chunks,
-        ``pd_reg`` adds instruction rows of up to ``max_reg_tokens`` to every batch."""
+        """The run's rows (examples x epochs, :meth:`planned_examples`), its optimizer steps
+        (:func:`pd.train.steps.run_steps`), its global batch and row lengths: PD and SFT rows are question +
+        answer (PD's teacher adds the passages), UFT's are passage chunks, ``pd_reg`` adds instruction rows of up
+        to ``max_reg_tokens`` to every batch."""
         from pd.cost.shapes import Tokens
         from pd.data import get_loader
-        from pd.pipeline.sizing import Training, lengths, training_tokens
+        from pd.pipeline.sizing import Training, training_tokens
         from pd.train.fit import fixed_layout
         from pd.train.methods import get_method
+        from pd.train.steps import run_steps
 
         spec = art.spec
         cfg = spec.train_config()
         method = get_method(spec.method)
-        passages, _ = dataset_size(spec.dataset_cfg)
-        if spec.answers is None:  # trains on overlapping passage chunks
+        examples = self.planned_examples(art, plan)
+        if spec.answers is None:
             chunk = cfg.uft_chunk_tokens
-            per_passage = max(1, math.ceil(lengths()["passage"] / max(1, chunk - cfg.uft_overlap)))
-            examples = passages * per_passage
             longest = mean = Tokens(chunk, 0, chunk)
         else:
-            examples = questions_behind(art, plan)
             answers = plan.get(spec.answers).spec
             passages_in_prompt = get_loader(spec.dataset_cfg["loader"]).passages_per_item
             longest, mean = training_tokens(answers.sampling.max_new_tokens, cfg.max_answer_tokens,
@@ -145,12 +159,31 @@ class Adapter(JobKind):
         if method.regularised:  # instruction rows, with the base model as their teacher
             reg = cfg.max_reg_tokens
             longest = Tokens(max(longest.student, reg), max(longest.teacher, reg), max(longest.answer, reg * 2 // 3))
-        share = 0.2 if spec.subset != "all" else 1.0
         live = method.distils and not spec.teacher and cfg.teacher_topk == 0
-        return Training(rows=math.ceil(examples * share * cfg.epochs), global_batch=cfg.batch_size, rank=cfg.rank,
+        return Training(rows=math.ceil(examples * cfg.epochs), global_batch=cfg.batch_size, rank=cfg.rank,
                         tokens=longest, mean_tokens=mean, live_teacher=live, reg_rows=cfg.reg_rows,
                         teacher_model=spec.teacher_model if live and spec.teacher_model != spec.model else None,
-                        processes=cfg.processes, **fixed_layout(cfg))
+                        processes=cfg.processes, planned_steps=run_steps(cfg, examples)[1], **fixed_layout(cfg))
+
+    def check_steps(self, art, plan, where: str, fix: str) -> None:
+        """Refuse an adapter whose planned run is shorter than its ``training.min_steps``.
+
+        Args:
+            art: the adapter's artifact.
+            plan: its plan.
+            where: the cell that needs it, for the message.
+            fix: the config key where more steps are set, for the message.
+
+        Raises:
+            ConfigError: fewer planned steps than the minimum (:func:`pd.train.steps.check_min_steps`).
+        """
+        from pd.train.steps import check_min_steps, describe_count, run_steps
+
+        cfg = art.spec.train_config()
+        if cfg.min_steps:
+            examples = self.planned_examples(art, plan)
+            check_min_steps(run_steps(cfg, examples)[1], cfg.min_steps, where,
+                            "estimated: " + describe_count(cfg, examples), fix)
 
     def resumable(self, art) -> bool:
         """A retry resumes from the last checkpoint in ``<adapter>.work`` (on a SLURM site written every
@@ -230,7 +263,8 @@ def train_adapter(spec: AdapterSpec, out: str) -> None:
         out: the adapter folder.
 
     Raises:
-        DataError: no training rows; ConfigError: invalid training settings.
+        DataError: no training rows; ConfigError: invalid training settings, or a run shorter than
+            ``training.min_steps`` (refused before training, from the real example count).
         TrainingInterrupted: SIGTERM stopped training after a checkpoint; the job's retry resumes.
     """
     import dataclasses
@@ -277,7 +311,7 @@ def train_adapter(spec: AdapterSpec, out: str) -> None:
         before = heldout_kl(base, tok, model_spec, examples, cfg.kd_temperature, teacher_model=teacher_model, **measure)
         del base
     result = train(cfg, model_spec, out, rows=rows, dataset=ds, teacher_spec=None if cache else teacher_spec,
-                   teacher_cache=cache)
+                   teacher_cache=cache, min_steps=cfg.min_steps)
     record = {"n_heldout": len(heldout), "temperature": cfg.kd_temperature, "before": before, "after": None,
               "closed_fraction": None, "teacher": teacher_name or spec.model,
               "teacher_targets": f"top-{cfg.teacher_topk} cache" if "teacher_cache" in measure else "full"}
