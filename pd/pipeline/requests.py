@@ -175,15 +175,16 @@ def _layout(detail: dict[str, Any]) -> str:
 
 def format_cost_table(rows: list[dict[str, Any]]) -> list[str]:
     """:func:`cost_table`'s rows as ``pd validate`` prints them, with a total line."""
-    lines = [f"{'kind':<11} {'model':<22} {'jobs':>5} {'GPUs':>5} {'layout / batch':<22} {'GB need/GPU':>15} "
+    kw = max([len("total")] + [len(r["kind"]) for r in rows])  # the kind column fits its longest name
+    lines = [f"{'kind':<{kw}} {'model':<22} {'jobs':>5} {'GPUs':>5} {'layout / batch':<22} {'GB need/GPU':>15} "
              f"{'h need/ask':>13} {'tries':>5} {'GPU-h need':>10} {'GPU-h ask':>10}"]
     for r in rows:
         gpus = "/".join(str(g) for g in sorted(r["gpus"]))
         how = sorted(r["how"])[0] + (f" (+{len(r['how']) - 1})" if len(r["how"]) > 1 else "")
-        lines.append(f"{r['kind']:<11} {r['model']:<22} {r['jobs']:>5} {gpus:>5} {how:<22} "
+        lines.append(f"{r['kind']:<{kw}} {r['model']:<22} {r['jobs']:>5} {gpus:>5} {how:<22} "
                      f"{r['memory_gb']:>7.1f}/{r['gpu_memory_gb']:<7.1f} {r['need_h']:>6.1f}/{r['ask_h']:<6.1f} "
                      f"{r['attempts']:>5} {r['gpu_hours_need']:>10.0f} {r['gpu_hours_ask']:>10.0f}")
     need, ask = sum(r["gpu_hours_need"] for r in rows), sum(r["gpu_hours_ask"] for r in rows)
-    lines.append(f"{'total':<11} {'':<22} {sum(r['jobs'] for r in rows):>5} {'':>5} {'':<22} {'':>15} {'':>13} "
+    lines.append(f"{'total':<{kw}} {'':<22} {sum(r['jobs'] for r in rows):>5} {'':>5} {'':<22} {'':>15} {'':>13} "
                  f"{'':>5} {need:>10.0f} {ask:>10.0f}")
     return lines
