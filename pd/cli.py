@@ -335,14 +335,25 @@ def cmd_inject(args) -> int:
              "answer_temperature": args.answer_temperature, "kd_temperature": args.kd_temperature, "seed": args.seed}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     command = "pd " + " ".join(shlex.quote(a) for a in (args.argv or []))
-    result = inject(args.docs, args.model, args.out, overrides, config=_inject_config(args), command=command)
+    result = inject(args.docs, args.model, args.out, overrides, config=_inject_config(args), command=command,
+                    judge=args.judge)
     kl = result.record["heldout_kl"]
     if result.reused:
         print(f"reused from an earlier run: {', '.join(result.reused)}")
+    _print_recall(result.record["recall"], "the adapter")
     if kl.get("after") is not None:
         print(f"held-out KL(teacher || student): {kl['before']:.4f} -> {kl['after']:.4f} on {kl['n_heldout']} pairs")
     print(f"adapter: {result.out}  (model card: {result.out / 'README.md'}; try: pd ask {result.out} \"...\")")
     return 0
+
+
+def _print_recall(summary: dict, who: str) -> None:
+    """The recall summary: overall, then per document when there are several."""
+    print(f"{who} {summary['line']}")
+    docs = summary.get("documents") or {}
+    if len(docs) > 1:
+        for doc, c in docs.items():
+            print(f"  {doc or '(no document named)'}: {c['line']}")
 
 
 def cmd_ask(args) -> int:
@@ -384,6 +395,9 @@ def _add_injection_commands(sub) -> None:
     s.add_argument("--kd-temperature", type=float,
                    help=f"distillation temperature (default {DEFAULTS['kd_temperature']})")
     s.add_argument("--seed", type=int, help=f"default {DEFAULTS['seed']}")
+    s.add_argument("--judge", metavar="MODEL",
+                   help="grade the recall (held-out questions asked with the adapter, without it and with the passage) "
+                        "with this judge model instead of token F1 against the teacher's answer (pd/recall.py)")
     own = ", ".join(f"{k}={DEFAULTS[k]}" for k in DEFAULTS)
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help=f"any other setting (repeatable), with its default: {own}; or any training setting of "
