@@ -93,6 +93,82 @@ def test_model_card_and_data_match_what_was_measured(injected):
     assert file_hash(adapter_job / "adapter_model.safetensors") == file_hash(out / "adapter_model.safetensors")
 
 
+def test_recall_is_measured_written_and_leads_the_card(injected):
+    """Item 1 of issue 24: the held-out questions asked three ways, graded by token F1 against the teacher's answer."""
+    from pd.recall import F1_THRESHOLD, WAYS, token_f1
+
+    docs, out = injected
+    recall = json.loads((out / "recall.json").read_text())
+    rows = [json.loads(x) for x in (out / "recall_answers.jsonl").read_text().splitlines()]
+    heldout = {h["question_id"]: h for h in map(json.loads, (out / "data" / "heldout.jsonl").read_text().splitlines())}
+    assert len(rows) == 3 * len(heldout)
+    assert {(r["id"], r["way"]) for r in rows} == {(q, w) for q in heldout for w in WAYS}
+    for r in rows:  # each grade follows from the row: the F1 rule against the teacher's held-out answer
+        h = heldout[r["id"]]
+        assert r["rule"] == "f1" and r["references"] == [h["answer"]] and r["doc_id"] == h["doc_id"]
+        assert r["score"] == round(token_f1(r["answer"], h["answer"], h["question"]), 4)
+        assert r["correct"] == (token_f1(r["answer"], h["answer"], h["question"]) >= F1_THRESHOLD)
+    counts = {w: sum(r["correct"] for r in rows if r["way"] == w) for w in WAYS}
+    assert recall["overall"] == {"questions": len(heldout), **counts, "passage_asked": len(heldout)}
+    assert recall["line"] == (f"recalls {counts['adapter']} of {len(heldout)} held-out facts "
+                              f"(base {counts['base']}, with the passage {counts['passage']})")
+    assert set(recall["documents"]) == set(TINY_DOCS)  # every document, with or without a held-out question
+    assert recall["params"]["temperature"] == 0.0 and recall["judge"] is None
+    assert json.loads((out / "inject.json").read_text())["recall"] == recall
+    card = (out / "README.md").read_text()
+    assert card.split("\n## ")[1].startswith("What it learned") and f"**The adapter {recall['line']}.**" in card
+    passages = [json.loads(x) for x in (out / "data" / "passages.jsonl").read_text().splitlines()]
+    assert {p["id"]: p["text"] for p in passages} == {k: v.strip() for k, v in TINY_DOCS.items()}
+
+
+def test_ask_check_grades_a_questions_file_three_ways(injected, capsys, tmp_path):
+    docs, out = injected
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text(json.dumps({"question": "Who built the harbour of Velmora?", "answers": ["Odric Thale"],
+                                 "doc": "harbour.txt"}) + "\n"
+                     + json.dumps({"question": "What do the people of Kessick hang on the old mill?",
+                                   "answers": "blue lanterns", "id": "kessick"}) + "\n")
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--check", qfile, "--max-tokens", "4", "--json")
+    lines = [json.loads(x) for x in stdout.splitlines()]
+    rows, summary = lines[:-1], lines[-1]["summary"]
+    assert rc == 0 and len(rows) == 6 and {r["rule"] for r in rows} == {"substring"}
+    passage = {r["id"]: r for r in rows if r["way"] == "passage"}
+    assert passage["q0000"]["passage_ids"] == ["harbour.txt"] and passage["q0000"]["retrieved"] is False
+    assert passage["kessick"]["passage_ids"] == ["notes/lanterns.md"] and passage["kessick"]["retrieved"] is True
+    assert summary["overall"]["questions"] == 2 and summary["line"].startswith("recalls ")
+    assert summary["overall"]["adapter"] == sum(r["correct"] for r in rows if r["way"] == "adapter")
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--check", qfile, "--max-tokens", "4")
+    assert rc == 0 and f"the adapter {summary['line']}" in stdout
+    assert "What do the people of Kessick hang on the old mill?" in stdout
+    # several questions, --file and --compare: one row per question with both answers
+    listed = tmp_path / "questions.txt"
+    listed.write_text("Where is salt harvested?\n\nWho built the harbour?\n")
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--compare", "Hello?", "--file", listed, "--max-tokens", "3", "--json")
+    rows = [json.loads(x) for x in stdout.splitlines()]
+    assert rc == 0 and [r["question"] for r in rows] == ["Hello?", "Where is salt harvested?", "Who built the harbour?"]
+    assert all(isinstance(r["base_answer"], str) and r["adapter"] == str(out) for r in rows)
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--file", qfile, "--max-tokens", "3", "--json")
+    assert rc == 0 and len(stdout.splitlines()) == 2  # a questions file's questions, answers unused
+
+
+def test_ask_check_refuses_a_bad_row_and_mixed_modes(injected, capsys, tmp_path):
+    docs, out = injected
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Who?", "answers": "x"}\n{"question": "Who built it?"}\n')
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text('{"question": "Who?", "answers": "x", "doc": "nowhere.txt"}\n')
+    cases = [(["--check", bad], f"{bad} row 2: missing field 'answers'"),
+             (["--check", unknown], f"{unknown} row 1: unknown document(s) ['nowhere.txt']"),
+             (["--check", bad, "Who?"], "it takes no questions"),
+             (["--check", bad, "--compare", "--rag", docs], "it takes no --rag, --compare"),
+             (["Who?", "--compare", "--no-adapter"], "drop --no-adapter"),
+             (["--file", tmp_path / "none.txt"], "does not exist"),
+             ([], "needs a question, --file QUESTIONS or --check")]
+    for args, message in cases:
+        rc, _, err = run_cli(capsys, "ask", out, *args)
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
 def test_rerun_reuses_every_job_and_a_changed_setting_only_what_depends_on_it(injected, capsys, caplog):
     import logging
 
@@ -102,6 +178,7 @@ def test_rerun_reuses_every_job_and_a_changed_setting_only_what_depends_on_it(in
     card = (out / "README.md").read_text()
     rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS)
     assert rc == 0 and "reused from an earlier run: questions, answers, adapter" in stdout
+    assert f"the adapter {json.loads((out / 'recall.json').read_text())['line']}" in stdout
     assert file_hash(out / "adapter_model.safetensors") == before and (out / "README.md").read_text() == card
     # A changed training setting: the data jobs are reused, a second adapter job is trained beside the first.
     rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS, "--epochs", "2")
