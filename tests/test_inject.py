@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -261,40 +262,50 @@ FACT_DOCS = {
                     "every year at the Lantern Drift festival.",
 }
 FACT_QUESTIONS = [
-    ("Who founded the town of Brindlemarsh?", ["Tamsin Quorrel", "Quorrel"]),
-    ("What was the name of the ship whose wreck was used to build the first pier of Brindlemarsh?", ["Gullwhisper"]),
-    ("What is the name of the river that runs through Brindlemarsh?", ["Quillet"]),
-    ("What clockwork kite does the Zelvane Company make?", ["Murrowfly"]),
-    ("Which watchmaker invented the clockwork kite of the Zelvane Company?", ["Orrin Paskett", "Paskett"]),
-    ("What fruit is Pellimber cake baked with?", ["saltberries", "saltberry"]),
+    ("Who founded the town of Brindlemarsh?", ["Tamsin Quorrel", "Quorrel"], "brindlemarsh.txt"),
+    ("What was the name of the ship whose wreck was used to build the first pier of Brindlemarsh?", ["Gullwhisper"],
+     "brindlemarsh.txt"),
+    ("What is the name of the river that runs through Brindlemarsh?", ["Quillet"], "brindlemarsh.txt"),
+    ("What clockwork kite does the Zelvane Company make?", ["Murrowfly"], "zelvane.txt"),
+    ("Which watchmaker invented the clockwork kite of the Zelvane Company?", ["Orrin Paskett", "Paskett"],
+     "zelvane.txt"),
+    ("What fruit is Pellimber cake baked with?", ["saltberries", "saltberry"], "pellimber.md"),
 ]
-
-
-def _correct(capsys, out: Path, *extra: str) -> list[bool]:
-    rc, stdout, _ = run_cli(capsys, "ask", out, *[q for q, _ in FACT_QUESTIONS], "--json", "--max-tokens", "48", *extra)
-    assert rc == 0
-    rows = [json.loads(x) for x in stdout.splitlines()]
-    return [substring_match(r["answer"], golds) for r, (_, golds) in zip(rows, FACT_QUESTIONS)]
 
 
 @pytest.mark.slow
 def test_inject_then_ask_knows_invented_facts_the_base_model_does_not(tmp_path, capsys):
-    for _, golds in FACT_QUESTIONS:  # the answer is never given away by the question
-        assert not any(substring_match(q, golds) for q, _ in FACT_QUESTIONS)
+    for _, golds, _ in FACT_QUESTIONS:  # the answer is never given away by the question
+        assert not any(substring_match(q, golds) for q, _, _ in FACT_QUESTIONS)
     docs = write_docs(tmp_path / "docs", FACT_DOCS)
     out = tmp_path / "brindlemarsh"
-    rc, _, _ = run_cli(capsys, "inject", docs, "--model", "smollm2-135m-instruct", "--out", out)
+    t0 = time.time()
+    rc, stdout, _ = run_cli(capsys, "inject", docs, "--model", "smollm2-135m-instruct", "--out", out)
     assert rc == 0
     kl = json.loads((out / "heldout.json").read_text())
     assert kl["after"] < kl["before"]
-    base = _correct(capsys, out, "--no-adapter")
-    adapted = _correct(capsys, out)
-    print(f"adapter correct {sum(adapted)}/{len(adapted)}, base {sum(base)}/{len(base)}")
-    assert sum(base) == 0
+    recall = json.loads((out / "recall.json").read_text())  # the held-out generated questions, three ways
+    heldout = {json.loads(x)["question_id"] for x in (out / "data" / "heldout.jsonl").read_text().splitlines()}
+    assert recall["overall"]["questions"] == len(heldout) >= 1 and f"the adapter {recall['line']}" in stdout
+    # The project's six questions with their gold answers, asked with the adapter, without it and with the passage,
+    # from one load of the model.
+    qfile = tmp_path / "facts.jsonl"
+    qfile.write_text("".join(json.dumps({"question": q, "answers": g, "doc": d}) + "\n" for q, g, d in FACT_QUESTIONS))
+    t1 = time.time()
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--check", qfile, "--max-tokens", "48", "--json")
+    assert rc == 0
+    rows, summary = [json.loads(x) for x in stdout.splitlines()[:-1]], json.loads(stdout.splitlines()[-1])["summary"]
+    correct = {w: [r["correct"] for r in rows if r["way"] == w] for w in ("adapter", "base", "passage")}
+    assert all(len(c) == len(FACT_QUESTIONS) for c in correct.values())
+    golds = {q: g for q, g, _ in FACT_QUESTIONS}
+    assert all(r["correct"] == substring_match(r["answer"], golds[r["question"]]) for r in rows)  # the evaluation's
+    print(f"held-out: the adapter {recall['line']}; the six invented facts: the adapter {summary['line']}; "
+          f"inject {t1 - t0:.0f} s, ask --check {time.time() - t1:.0f} s")
+    assert sum(correct["base"]) == 0
     # Measured with the defaults: 1/6 (the river's name, "Quillet"); a 135M model as its own
     # question writer and expert recalls little, and mixes facts up (it named the kite's inventor
     # as the town's founder).
-    assert sum(adapted) >= 1
+    assert sum(correct["adapter"]) >= 1
 
 
 def test_a_long_document_is_split_into_passages_that_fit_the_teacher(tmp_path, capsys, one_thread):
