@@ -307,6 +307,8 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
     docs, out = Path(docs), Path(out)
     ds = load_folder(docs)
     spec = get_spec(model, project.get("models"))  # an unknown model fails before any work
+    if judge and (project.get("generation") or {}).get("backend") != "openai":
+        get_spec(judge, project.get("models"))  # so does an unknown judge (a server's names are its own)
     _check_out(docs, out)
     chars = _passage_chars(spec, ds, settings, training)
     if chars:

@@ -183,7 +183,8 @@ def load_generators(model: str, adapter: str | Path, project: dict, batch_size: 
     """The adapted and the base generator of ``model``, through the shared completion cache.
 
     With the transformers backend the model is loaded once, with the adapter unmerged, and the
-    base generator switches it off; other backends (vLLM) load a generator for each.
+    base generator switches it off; vLLM loads a generator for each. A project on the ``openai``
+    backend gets transformers here (a server cannot load a local adapter).
 
     Args:
         model: the base model's registry name.
@@ -201,9 +202,9 @@ def load_generators(model: str, adapter: str | Path, project: dict, batch_size: 
     from pd.pipeline.jobtools import generation_cache, make_job_generator
 
     gen = project.get("generation") or {}
-    backend = gen.get("backend", "transformers")
-    common = dict(backend=backend, batch_size=batch_size, base_url=gen.get("openai_base_url"),
-                  models_extra=project.get("models"))
+    # The adapter is a local PEFT folder: an OpenAI-compatible server cannot load it, so the model is loaded here.
+    backend = "transformers" if gen.get("backend") in (None, "openai") else gen["backend"]
+    common = dict(backend=backend, batch_size=batch_size, models_extra=project.get("models"))
     if backend != "transformers":
         return Generators(make_job_generator(model, adapter=str(adapter), **common),
                           make_job_generator(model, **common))

@@ -122,6 +122,19 @@ def test_recall_is_measured_written_and_leads_the_card(injected):
     assert {p["id"]: p["text"] for p in passages} == {k: v.strip() for k, v in TINY_DOCS.items()}
 
 
+def test_a_named_judge_grades_the_recall(injected, capsys, tmp_path):
+    import shutil
+
+    docs, out = injected[0], tmp_path / "adapter"
+    shutil.copytree(injected[1], out)  # the shared output stays as the tests after this one expect it
+    rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS, "--judge", "tiny-llama")
+    recall = json.loads((out / "recall.json").read_text())
+    rows = [json.loads(x) for x in (out / "recall_answers.jsonl").read_text().splitlines()]
+    assert rc == 0 and recall["judge"] == "tiny-llama" and rows and {r["rule"] for r in rows} == {"judge"}
+    assert all(r["judge_valid"] is False and r["correct"] is False for r in rows)  # random weights: no verdict
+    assert "the judge `tiny-llama`" in (out / "README.md").read_text() and f"the adapter {recall['line']}" in stdout
+
+
 def test_ask_check_grades_a_questions_file_three_ways(injected, capsys, tmp_path):
     docs, out = injected
     qfile = tmp_path / "questions.jsonl"
@@ -223,6 +236,8 @@ def test_user_errors_exit_2_with_one_line(injected, capsys, tmp_path):
         (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--set", "colour=3"],
          "unknown inject setting(s) ['colour']; allowed:"),
         (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--lr", "-1"], "must be positive"),
+        (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--judge", "no-such-judge"],
+         "unknown model 'no-such-judge'"),
         (["inject", docs, "--model", "tiny-llama", "--out", docs.parent], "not a `pd inject` output folder"),
         (["ask", docs, "hello?"], "is not an adapter folder written by pd"),
         (["ask", out, "hello?", "--rag", tmp_path / "missing"], "document folder"),
