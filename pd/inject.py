@@ -442,6 +442,9 @@ def _recall_card(record: dict) -> list[str]:
         cells = [c[w] if c[w] is not None else "-" for w in ("adapter", "base", "passage")]
         lines.append(f"| {doc} | {c['questions']} | {' | '.join(map(str, cells))} |")
     lines.append(f"| **all** | {o['questions']} | {o['adapter']} | {o['base']} | {o['passage']} |")
+    if o.get("mean_f1"):
+        lines += ["", "Mean token F1 with the teacher's answer: " + ", ".join(
+            f"{w} {v:.2f}" for w, v in o["mean_f1"].items()) + "."]
     return lines
 
 

@@ -298,7 +298,8 @@ def summarise(graded: Sequence[dict], noun: str = "held-out facts", documents: S
 
     Returns:
         ``{"overall": counts, "documents": {doc_id: counts}, "line": ..., "rules": {rule: answers}}``,
-        counts being ``{"questions": M, "adapter": N, "base": K, "passage": T or None}``.
+        counts being ``{"questions": M, "adapter": N, "base": K, "passage": T or None}`` (a way not asked:
+        None), with ``passage_asked`` and, where answers were graded by F1, ``mean_f1`` per way.
     """
     def counts(rows: list[dict]) -> dict:
         c: dict[str, Any] = {"questions": len({r["id"] for r in rows})}
@@ -307,6 +308,9 @@ def summarise(graded: Sequence[dict], noun: str = "held-out facts", documents: S
             c[way] = sum(r["correct"] for r in got) if got else None
         if c["passage"] is not None:
             c["passage_asked"] = len([r for r in rows if r["way"] == "passage"])
+        f1 = {w: [r["score"] for r in rows if r["way"] == w and r.get("score") is not None] for w in WAYS}
+        if any(f1.values()):  # below the threshold, the mean F1 still tells the ways apart
+            c["mean_f1"] = {w: round(sum(v) / len(v), 4) for w, v in f1.items() if v}
         return c
 
     docs: dict[str, list[dict]] = {d: [] for d in documents}

@@ -110,7 +110,8 @@ def test_recall_is_measured_written_and_leads_the_card(injected):
         assert r["score"] == round(token_f1(r["answer"], h["answer"], h["question"]), 4)
         assert r["correct"] == (token_f1(r["answer"], h["answer"], h["question"]) >= F1_THRESHOLD)
     counts = {w: sum(r["correct"] for r in rows if r["way"] == w) for w in WAYS}
-    assert recall["overall"] == {"questions": len(heldout), **counts, "passage_asked": len(heldout)}
+    mean_f1 = {w: round(sum(r["score"] for r in rows if r["way"] == w) / len(heldout), 4) for w in WAYS}
+    assert recall["overall"] == {"questions": len(heldout), **counts, "passage_asked": len(heldout), "mean_f1": mean_f1}
     assert recall["line"] == (f"recalls {counts['adapter']} of {len(heldout)} held-out facts "
                               f"(base {counts['base']}, with the passage {counts['passage']})")
     assert set(recall["documents"]) == set(TINY_DOCS)  # every document, with or without a held-out question
@@ -317,10 +318,12 @@ def test_inject_then_ask_knows_invented_facts_the_base_model_does_not(tmp_path, 
     print(f"held-out: the adapter {recall['line']}; the six invented facts: the adapter {summary['line']}; "
           f"inject {t1 - t0:.0f} s, ask --check {time.time() - t1:.0f} s")
     assert sum(correct["base"]) == 0
-    # Measured with the defaults: 1/6 (the river's name, "Quillet"); a 135M model as its own
-    # question writer and expert recalls little, and mixes facts up (it named the kite's inventor
-    # as the town's founder).
+    # Measured with the defaults: 1/6 (the river's name, "Quillet"); 2/6 on 2026-12-05 (the river and the founder).
+    # A 135M model as its own question writer and expert recalls little, and mixes facts up (it named the kite's
+    # inventor as the town's founder).
     assert sum(correct["adapter"]) >= 1
+    # With the passage (the teacher's prompt) the base model answered 5 of 6 (measured 2026-12-05).
+    assert sum(correct["passage"]) >= 3
 
 
 def test_a_long_document_is_split_into_passages_that_fit_the_teacher(tmp_path, capsys, one_thread):
