@@ -182,6 +182,12 @@ def test_ask_check_refuses_a_bad_row_and_mixed_modes(injected, capsys, tmp_path)
     for args, message in cases:
         rc, _, err = run_cli(capsys, "ask", out, *args)
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    import shutil
+
+    damaged = shutil.copytree(out, tmp_path / "damaged")
+    (damaged / "data" / "passages.jsonl").write_text('{"id": "harbour.txt", "text": 3}\n')
+    rc, _, err = run_cli(capsys, "ask", damaged, "--check", bad)
+    assert rc == 2 and "passages.jsonl row 1: expected id, source and text strings" in err
 
 
 def test_rerun_reuses_every_job_and_a_changed_setting_only_what_depends_on_it(injected, capsys, caplog):
