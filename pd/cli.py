@@ -350,23 +350,48 @@ def cmd_inject(args) -> int:
              "answer_temperature": args.answer_temperature, "kd_temperature": args.kd_temperature, "seed": args.seed}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     command = "pd " + " ".join(shlex.quote(a) for a in (args.argv or []))
-    result = inject(args.docs, args.model, args.out, overrides, config=_inject_config(args), command=command)
+    result = inject(args.docs, args.model, args.out, overrides, config=_inject_config(args), command=command,
+                    judge=args.judge)
     kl = result.record["heldout_kl"]
     if result.reused:
         print(f"reused from an earlier run: {', '.join(result.reused)}")
+    _print_recall(result.record["recall"], "the adapter")
     if kl.get("after") is not None:
         print(f"held-out KL(teacher || student): {kl['before']:.4f} -> {kl['after']:.4f} on {kl['n_heldout']} pairs")
     print(f"adapter: {result.out}  (model card: {result.out / 'README.md'}; try: pd ask {result.out} \"...\")")
     return 0
 
 
-def cmd_ask(args) -> int:
-    """Answer questions with an injected adapter (closed-book, or with BM25 over --rag DOCS)."""
-    from pd.ask import ask, print_answers
+def _print_recall(summary: dict, who: str) -> None:
+    """The recall summary: overall, then per document when there are several."""
+    print(f"{who} {summary['line']}")
+    docs = summary.get("documents") or {}
+    if len(docs) > 1:
+        for doc, c in docs.items():
+            print(f"  {doc or '(no document named)'}: {c['line']}")
 
-    rows = ask(args.adapter, args.question, rag=args.rag, k=args.k, temperature=args.temperature,
+
+def cmd_ask(args) -> int:
+    """Answer questions with an injected adapter (closed-book, or with BM25 over --rag DOCS), or --check a file."""
+    from pd.ask import ask, check, print_answers, print_check, read_questions
+    from pd.errors import ConfigError
+
+    if args.check:
+        given = [f for f, on in (("questions", args.question), ("--file", args.file), ("--rag", args.rag),
+                                 ("--no-adapter", args.no_adapter), ("--compare", args.compare)) if on]
+        if given:
+            raise ConfigError(f"--check asks its file's questions with and without the adapter and with the passage; "
+                              f"it takes no {', '.join(given)}")
+        summary, rows = check(args.adapter, args.check, temperature=args.temperature, max_tokens=args.max_tokens,
+                              seed=args.seed, config=_inject_config(args))
+        print_check(summary, rows, as_json=args.json)
+        return 0
+    questions = list(args.question) + (read_questions(args.file) if args.file else [])
+    if not questions:
+        raise ConfigError("pd ask needs a question, --file QUESTIONS or --check QUESTIONS.jsonl")
+    rows = ask(args.adapter, questions, rag=args.rag, k=args.k, temperature=args.temperature,
                max_tokens=args.max_tokens, use_adapter=not args.no_adapter, seed=args.seed,
-               config=_inject_config(args))
+               config=_inject_config(args), compare=args.compare)
     print_answers(rows, as_json=args.json)
     return 0
 
@@ -399,6 +424,9 @@ def _add_injection_commands(sub) -> None:
     s.add_argument("--kd-temperature", type=float,
                    help=f"distillation temperature (default {DEFAULTS['kd_temperature']})")
     s.add_argument("--seed", type=int, help=f"default {DEFAULTS['seed']}")
+    s.add_argument("--judge", metavar="MODEL",
+                   help="grade the recall (held-out questions asked with the adapter, without it and with the passage) "
+                        "with this judge model instead of token F1 against the teacher's answer (pd/recall.py)")
     own = ", ".join(f"{k}={DEFAULTS[k]}" for k in DEFAULTS)
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help=f"any other setting (repeatable), with its default: {own}; or any training setting of "
@@ -406,16 +434,30 @@ def _add_injection_commands(sub) -> None:
     s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
     s.set_defaults(func=cmd_inject)
 
-    s = sub.add_parser("ask", help="answer a question with an injected adapter (or --no-adapter, or --rag DOCS)")
+    s = sub.add_parser("ask", help="answer questions with an injected adapter (--compare, --rag DOCS, --check FILE)",
+                       description="Answer questions closed-book with the adapter (or without it, or both with "
+                                   "--compare, from one load); --check grades a questions file with gold answers.")
     s.add_argument("adapter", help="the --out folder of `pd inject`")
-    s.add_argument("question", nargs="+", help="one or more questions")
+    s.add_argument("question", nargs="*", help="one or more questions")
+    s.add_argument("--file", metavar="QUESTIONS",
+                   help="also ask these questions: one per line, or a .jsonl file's 'question' fields")
+    s.add_argument("--compare", action="store_true",
+                   help="answer each question with and without the adapter (the model is loaded once)")
+    s.add_argument("--check", metavar="QUESTIONS.jsonl",
+                   help="grade a questions file (JSONL or CSV rows with question, answers and optionally doc) "
+                        "with the adapter, without it and with the passage; prints 'recalls N of M questions "
+                        "(base K, with the passage T)'")
     s.add_argument("--rag", metavar="DOCS", help="also show the BM25 top-k documents of this folder")
     s.add_argument("--k", type=int, default=ASK_DEFAULTS["k"], help="documents retrieved (default %(default)s)")
-    s.add_argument("--temperature", type=float, default=ASK_DEFAULTS["temperature"], help="default %(default)s")
-    s.add_argument("--max-tokens", type=int, default=ASK_DEFAULTS["max_tokens"], help="default %(default)s")
+    s.add_argument("--temperature", type=float, default=ASK_DEFAULTS["temperature"],
+                   help="sampling temperature of the answers, 0 for greedy (default %(default)s)")
+    s.add_argument("--max-tokens", type=int, default=ASK_DEFAULTS["max_tokens"],
+                   help="the longest answer in tokens (default %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="seed of the answers' sampling (default %(default)s)")
     s.add_argument("--no-adapter", action="store_true", help="answer with the base model, for comparison")
-    s.add_argument("--json", action="store_true", help="one JSON line per question (question, answer, retrieved)")
+    s.add_argument("--json", action="store_true",
+                   help="one JSON line per question (question, answer, retrieved); with --check one per graded "
+                        "answer, then the summary")
     s.add_argument("--config", default=argparse.SUPPRESS, help="project config (model registry, prompts, backend)")
     s.set_defaults(func=cmd_ask)
 
@@ -500,7 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:  # `pd cells EXP FILTER --run -- -n --cores 2`: what follows `--` goes to Snakemake
         at = argv.index("--")
         argv, extra = argv[:at], argv[at + 1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command == "ask" and not any(a.startswith("-") for a in rest):
+        args.question = [*args.question, *rest]  # `pd ask OUT --compare "Q"`: argparse fills a '*' positional early
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.argv = argv
     args.snakemake_args = extra
     if extra and args.command != "cells":

@@ -31,6 +31,8 @@ from pd.config_checks import load_yaml
 from pd.data import load_folder
 from pd.errors import ConfigError, DataError
 from pd.io import atomic_path, read_json, read_jsonl, write_json, write_jsonl, write_text
+from pd.recall import ANSWERS_FILE as RECALL_ANSWERS
+from pd.recall import RECALL_FILE
 
 log = logging.getLogger("pd.inject")
 
@@ -62,6 +64,8 @@ INJECT_KEYS = ("questions", "heldout_fraction", "qgen_mode", "qgen_temperature",
 META_FILE = "pd_meta.json"
 RECORD_FILE = "inject.json"
 DATA_DIR = "data"
+PASSAGES_FILE = "passages.jsonl"  # under DATA_DIR: the passages trained on (id, source, offset, text); pd ask --check
+RECALL_TEMPERATURE = 0.0  # the recall's answers are greedy: the model's most likely answer, the same on a rerun
 RESULTS_DIR = "results"  # the jobs' outputs, as the workflow names them
 DATASET = "documents"  # the folder's name as a dataset of inject's config
 EXPERIMENT = "inject"
@@ -267,7 +271,7 @@ def _run_jobs(plan, target: str, docs: Path) -> tuple[list[str], dict[str, float
 
 
 def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, Any] | None = None, *,
-           config: str | None = None, command: str = "") -> InjectResult:
+           config: str | None = None, command: str = "", judge: str | None = None) -> InjectResult:
     """Questions, answers and a PD adapter for the documents under ``docs``, written to ``out``.
 
     The jobs are the workflow's (:func:`pd.pipeline.plan.build_adapter_plan` over a ``folder``
@@ -281,9 +285,12 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
         overrides: settings over :data:`DEFAULTS` (inject's own and training ones).
         config: a project config for its model registry, prompts and generation backend.
         command: the command line, for the model card.
+        judge: a model that grades the recall's answers against the teacher's (None: token F1;
+            :mod:`pd.recall`).
 
     Returns:
-        The output folder, the reused job kinds and the run's record (``inject.json``).
+        The output folder, the reused job kinds and the run's record (``inject.json``, with the
+        recall summary under ``recall``).
 
     Raises:
         ConfigError: an unknown setting or model, or an invalid value.
@@ -300,6 +307,8 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
     docs, out = Path(docs), Path(out)
     ds = load_folder(docs)
     spec = get_spec(model, project.get("models"))  # an unknown model fails before any work
+    if judge and (project.get("generation") or {}).get("backend") != "openai":
+        get_spec(judge, project.get("models"))  # so does an unknown judge (a server's names are its own)
     _check_out(docs, out)
     chars = _passage_chars(spec, ds, settings, training)
     if chars:
@@ -311,13 +320,17 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
     reused, timings = _run_jobs(plan, adapter, docs)
     if len(reused) == len(plan.in_order(adapter)) and (out / RECORD_FILE).is_file():
         record = read_json(out / RECORD_FILE)
-        if record.get("adapter_job") == str(Path(adapter).relative_to(out)):
+        if (record.get("adapter_job") == str(Path(adapter).relative_to(out)) and isinstance(record.get("recall"), dict)
+                and record["recall"].get("judge") == judge):
             log.info("%s is up to date: every job reused", out)
             return InjectResult(out, reused, record)
     by_kind = {a.kind: a for a in plan.in_order(adapter)}
     questions, answers = read_jsonl(by_kind["questions"].path), read_jsonl(by_kind["answers"].path)
     _, heldout_rows = split_heldout(answers, by_kind["adapter"].spec.heldout_fraction)
     meta, kl = read_json(Path(adapter) / META_FILE), read_json(Path(adapter) / HELDOUT_FILE)
+    t = time.time()
+    summary, recall_rows = measure_recall(model, Path(adapter), heldout_rows, ds, settings, project, judge)
+    timings["recall_s"] = round(time.time() - t, 1)
     record = {
         "pd_version": _version(), "command": command, "model": model, "documents_folder": str(docs),
         "documents": [{"id": d.id, **ds.meta.get("passages", {}).get(d.id, {"source": d.id, "offset": 0}),
@@ -325,18 +338,52 @@ def inject(docs: str | Path, model: str, out: str | Path, overrides: dict[str, A
                        "questions": sum(q["doc_id"] == d.id for q in questions),
                        "answers": sum(a["doc_id"] == d.id for a in answers)} for d in ds.documents.values()],
         "settings": settings, "training": meta["config"], "questions": len(questions), "answers": len(answers),
-        "heldout_pairs": len(heldout_rows), "train_pairs": meta["examples"], "heldout_kl": kl,
+        "heldout_pairs": len(heldout_rows), "train_pairs": meta["examples"], "heldout_kl": kl, "recall": summary,
         "train_steps": meta["steps"], "train_wall_clock_s": meta["wall_clock_s"],
         "wall_clock_s": round(time.time() - t0, 1), "step_times_s": timings, "reused": reused,
         "adapter_job": str(Path(adapter).relative_to(out)), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_output(out, by_kind, heldout_rows, record)
+    _write_output(out, by_kind, heldout_rows, record, ds, recall_rows)
     return InjectResult(out, reused, record)
 
 
-def _write_output(out: Path, by_kind: dict, heldout_rows: list[dict], record: dict) -> None:
-    """The output folder's top level: the adapter's files, the data, the card and, last, the record."""
+def measure_recall(model: str, adapter: Path, heldout_rows: list[dict], ds, settings: dict[str, Any], project: dict,
+                   judge: str | None = None) -> tuple[dict, list[dict]]:
+    """The held-out questions asked three ways (adapter, base, with the passage) and graded (:mod:`pd.recall`).
+
+    Args:
+        model: the base model.
+        adapter: the trained adapter's folder.
+        heldout_rows: the held-out answer rows (the teacher's answers are the references).
+        ds: the dataset trained on (its passages).
+        settings: inject's settings (answer length, seed, batch size).
+        project: the project config, or {}.
+        judge: a judge model's name, or None (token F1).
+
+    Returns:
+        ``(summary, graded rows)`` as :func:`pd.recall.recall` gives them.
+    """
+    from pd.generate import SamplingParams
+    from pd.recall import heldout_cases, judge_generator, load_generators, recall, summarise
+
+    cases = heldout_cases(heldout_rows, {d.id: d.text for d in ds.documents.values()})
+    if not cases:
+        log.info("recall: no held-out questions (heldout_fraction is 0); not measured")
+        return {**summarise([], documents=list(ds.documents)), "judge": judge}, []
+    log.info("recall starts: %d held-out questions asked three ways (adapter, base, with the passage) by %s%s",
+             len(cases), model, f", graded by {judge}" if judge else ", graded by token F1")
+    gens = load_generators(model, adapter, project, settings["generation_batch_size"])
+    params = SamplingParams(temperature=RECALL_TEMPERATURE, max_new_tokens=settings["answer_max_tokens"],
+                            seed=settings["seed"])
+    return recall(gens, cases, params, judge=judge_generator(judge, project) if judge else None, judge_name=judge,
+                  documents=list(ds.documents))
+
+
+def _write_output(out: Path, by_kind: dict, heldout_rows: list[dict], record: dict, ds, recall_rows: list[dict]
+                  ) -> None:
+    """The output folder's top level: the adapter's files, the data, the recall, the card and, last, the record."""
     from pd.io import stats_path
+    from pd.recall import write_recall
 
     (out / RECORD_FILE).unlink(missing_ok=True)  # until the record is back, the folder is not finished
     adapter = Path(by_kind["adapter"].path)
@@ -348,6 +395,10 @@ def _write_output(out: Path, by_kind: dict, heldout_rows: list[dict], record: di
         _link_or_copy(src, out / DATA_DIR / f"{kind}.jsonl")
         _link_or_copy(stats_path(src), out / DATA_DIR / f"{kind}.stats.json")
     write_jsonl(out / DATA_DIR / "heldout.jsonl", heldout_rows)
+    passages = ds.meta.get("passages", {})
+    write_jsonl(out / DATA_DIR / PASSAGES_FILE, [{"id": d.id, **passages.get(d.id, {"source": d.id, "offset": 0}),
+                                                  "text": d.text} for d in ds.documents.values()])
+    write_recall(out, record["recall"], recall_rows)
     write_text(out / "README.md", model_card(record, out))
     write_json(out / RECORD_FILE, record)
 
@@ -370,10 +421,38 @@ def _version() -> str:
 # --------------------------------------------------------------------------- model card
 
 
+def _recall_card(record: dict) -> list[str]:
+    """The card's first section: how many held-out facts the adapter recalls, per document and overall."""
+    from pd.recall import F1_THRESHOLD, WAY_NAMES
+
+    rc = record.get("recall") or {}
+    o = rc.get("overall") or {}
+    if not o.get("questions"):
+        return ["## What it learned", "", "Not measured: no held-out questions (heldout_fraction is 0)."]
+    rule = (f"the judge `{rc['judge']}` compares each answer with the teacher's" if rc.get("judge") else
+            f"an answer counts when its token F1 with the teacher's answer, question words left out, is at least "
+            f"{rc.get('threshold', F1_THRESHOLD):g}")
+    lines = ["## What it learned", "", f"**The adapter {rc['line']}.**", "",
+             f"The held-out questions were generated like the training questions but never trained on; each was "
+             f"asked {WAY_NAMES['adapter']}, {WAY_NAMES['base']}, and by the {WAY_NAMES['passage']}, greedily, and "
+             f"graded against the teacher's answer: {rule} (`pd/recall.py`).", "",
+             "| document | held-out questions | adapter | base | with the passage |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for doc, c in rc["documents"].items():
+        cells = [c[w] if c[w] is not None else "-" for w in ("adapter", "base", "passage")]
+        lines.append(f"| {doc} | {c['questions']} | {' | '.join(map(str, cells))} |")
+    lines.append(f"| **all** | {o['questions']} | {o['adapter']} | {o['base']} | {o['passage']} |")
+    if o.get("mean_f1"):
+        lines += ["", "Mean token F1 with the teacher's answer: " + ", ".join(
+            f"{w} {v:.2f}" for w, v in o["mean_f1"].items()) + "."]
+    return lines
+
+
 def model_card(record: dict, out: Path) -> str:
     """README.md of an inject output: what went in, how, and the measured held-out KL."""
     s, tr, kl = record["settings"], record["training"], record["heldout_kl"]
     lines = [f"# {out.name}: knowledge injected into {record['model']}", "",
+             *_recall_card(record), "",
              f"A LoRA adapter (PEFT) for `{record['model']}` trained by prompt distillation on the documents of "
              f"`{record['documents_folder']}` with `pd inject` (pd {record['pd_version']}).", "",
              "## What was injected", "", "A document longer than the teacher's prompt allows is split into passages "
@@ -406,7 +485,9 @@ def model_card(record: dict, out: Path) -> str:
               "(`peft.PeftModel.from_pretrained(base_model, this_folder)`)",
               f"- `{DATA_DIR}/questions.jsonl`, `{DATA_DIR}/answers.jsonl`: the generated training data "
               f"(with `.stats.json` yields); `{DATA_DIR}/heldout.jsonl`: the held-out pairs",
-              "- `heldout.json`: the KL measurement; `train_log.jsonl`: loss per step", "",
+              "- `heldout.json`: the KL measurement; `train_log.jsonl`: loss per step",
+              f"- `{RECALL_FILE}`: the recall summary; `{RECALL_ANSWERS}`: every answer of the recall, graded; "
+              f"`{DATA_DIR}/{PASSAGES_FILE}`: the passages trained on", "",
               "## Use", "", "```bash", f"pd ask {out} \"your question\"", f"pd ask {out} \"your question\" --rag "
               f"{record['documents_folder']}", f"pd ask {out} \"your question\" --no-adapter   # the base model", "```",
               "", "## Provenance", "",

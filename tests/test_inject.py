@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,102 @@ def test_model_card_and_data_match_what_was_measured(injected):
     assert file_hash(adapter_job / "adapter_model.safetensors") == file_hash(out / "adapter_model.safetensors")
 
 
+def test_recall_is_measured_written_and_leads_the_card(injected):
+    """Item 1 of issue 24: the held-out questions asked three ways, graded by token F1 against the teacher's answer."""
+    from pd.recall import F1_THRESHOLD, WAYS, token_f1
+
+    docs, out = injected
+    recall = json.loads((out / "recall.json").read_text())
+    rows = [json.loads(x) for x in (out / "recall_answers.jsonl").read_text().splitlines()]
+    heldout = {h["question_id"]: h for h in map(json.loads, (out / "data" / "heldout.jsonl").read_text().splitlines())}
+    assert len(rows) == 3 * len(heldout)
+    assert {(r["id"], r["way"]) for r in rows} == {(q, w) for q in heldout for w in WAYS}
+    for r in rows:  # each grade follows from the row: the F1 rule against the teacher's held-out answer
+        h = heldout[r["id"]]
+        assert r["rule"] == "f1" and r["references"] == [h["answer"]] and r["doc_id"] == h["doc_id"]
+        assert r["score"] == round(token_f1(r["answer"], h["answer"], h["question"]), 4)
+        assert r["correct"] == (token_f1(r["answer"], h["answer"], h["question"]) >= F1_THRESHOLD)
+    counts = {w: sum(r["correct"] for r in rows if r["way"] == w) for w in WAYS}
+    mean_f1 = {w: round(sum(r["score"] for r in rows if r["way"] == w) / len(heldout), 4) for w in WAYS}
+    assert recall["overall"] == {"questions": len(heldout), **counts, "passage_asked": len(heldout), "mean_f1": mean_f1}
+    assert recall["line"] == (f"recalls {counts['adapter']} of {len(heldout)} held-out facts "
+                              f"(base {counts['base']}, with the passage {counts['passage']})")
+    assert set(recall["documents"]) == set(TINY_DOCS)  # every document, with or without a held-out question
+    assert recall["params"]["temperature"] == 0.0 and recall["judge"] is None
+    assert json.loads((out / "inject.json").read_text())["recall"] == recall
+    card = (out / "README.md").read_text()
+    assert card.split("\n## ")[1].startswith("What it learned") and f"**The adapter {recall['line']}.**" in card
+    passages = [json.loads(x) for x in (out / "data" / "passages.jsonl").read_text().splitlines()]
+    assert {p["id"]: p["text"] for p in passages} == {k: v.strip() for k, v in TINY_DOCS.items()}
+
+
+def test_a_named_judge_grades_the_recall(injected, capsys, tmp_path):
+    import shutil
+
+    docs, out = injected[0], tmp_path / "adapter"
+    shutil.copytree(injected[1], out)  # the shared output stays as the tests after this one expect it
+    rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS, "--judge", "tiny-llama")
+    recall = json.loads((out / "recall.json").read_text())
+    rows = [json.loads(x) for x in (out / "recall_answers.jsonl").read_text().splitlines()]
+    assert rc == 0 and recall["judge"] == "tiny-llama" and rows and {r["rule"] for r in rows} == {"judge"}
+    assert all(r["judge_valid"] is False and r["correct"] is False for r in rows)  # random weights: no verdict
+    assert "the judge `tiny-llama`" in (out / "README.md").read_text() and f"the adapter {recall['line']}" in stdout
+
+
+def test_ask_check_grades_a_questions_file_three_ways(injected, capsys, tmp_path):
+    docs, out = injected
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text(json.dumps({"question": "Who built the harbour of Velmora?", "answers": ["Odric Thale"],
+                                 "doc": "harbour.txt"}) + "\n"
+                     + json.dumps({"question": "What do the people of Kessick hang on the old mill?",
+                                   "answers": "blue lanterns", "id": "kessick"}) + "\n")
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--check", qfile, "--max-tokens", "4", "--json")
+    lines = [json.loads(x) for x in stdout.splitlines()]
+    rows, summary = lines[:-1], lines[-1]["summary"]
+    assert rc == 0 and len(rows) == 6 and {r["rule"] for r in rows} == {"substring"}
+    passage = {r["id"]: r for r in rows if r["way"] == "passage"}
+    assert passage["q0000"]["passage_ids"] == ["harbour.txt"] and passage["q0000"]["retrieved"] is False
+    assert passage["kessick"]["passage_ids"] == ["notes/lanterns.md"] and passage["kessick"]["retrieved"] is True
+    assert summary["overall"]["questions"] == 2 and summary["line"].startswith("recalls ")
+    assert summary["overall"]["adapter"] == sum(r["correct"] for r in rows if r["way"] == "adapter")
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--check", qfile, "--max-tokens", "4")
+    assert rc == 0 and f"the adapter {summary['line']}" in stdout
+    assert "What do the people of Kessick hang on the old mill?" in stdout
+    # several questions, --file and --compare: one row per question with both answers
+    listed = tmp_path / "questions.txt"
+    listed.write_text("Where is salt harvested?\n\nWho built the harbour?\n")
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--compare", "Hello?", "--file", listed, "--max-tokens", "3", "--json")
+    rows = [json.loads(x) for x in stdout.splitlines()]
+    assert rc == 0 and [r["question"] for r in rows] == ["Hello?", "Where is salt harvested?", "Who built the harbour?"]
+    assert all(isinstance(r["base_answer"], str) and r["adapter"] == str(out) for r in rows)
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--file", qfile, "--max-tokens", "3", "--json")
+    assert rc == 0 and len(stdout.splitlines()) == 2  # a questions file's questions, answers unused
+
+
+def test_ask_check_refuses_a_bad_row_and_mixed_modes(injected, capsys, tmp_path):
+    docs, out = injected
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Who?", "answers": "x"}\n{"question": "Who built it?"}\n')
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text('{"question": "Who?", "answers": "x", "doc": "nowhere.txt"}\n')
+    cases = [(["--check", bad], f"{bad} row 2: missing field 'answers'"),
+             (["--check", unknown], f"{unknown} row 1: unknown document(s) ['nowhere.txt']"),
+             (["--check", bad, "Who?"], "it takes no questions"),
+             (["--check", bad, "--compare", "--rag", docs], "it takes no --rag, --compare"),
+             (["Who?", "--compare", "--no-adapter"], "drop --no-adapter"),
+             (["--file", tmp_path / "none.txt"], "does not exist"),
+             ([], "needs a question, --file QUESTIONS or --check")]
+    for args, message in cases:
+        rc, _, err = run_cli(capsys, "ask", out, *args)
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    import shutil
+
+    damaged = shutil.copytree(out, tmp_path / "damaged")
+    (damaged / "data" / "passages.jsonl").write_text('{"id": "harbour.txt", "text": 3}\n')
+    rc, _, err = run_cli(capsys, "ask", damaged, "--check", bad)
+    assert rc == 2 and "passages.jsonl row 1: expected id, source and text strings" in err
+
+
 def test_rerun_reuses_every_job_and_a_changed_setting_only_what_depends_on_it(injected, capsys, caplog):
     import logging
 
@@ -102,6 +199,7 @@ def test_rerun_reuses_every_job_and_a_changed_setting_only_what_depends_on_it(in
     card = (out / "README.md").read_text()
     rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS)
     assert rc == 0 and "reused from an earlier run: questions, answers, adapter" in stdout
+    assert f"the adapter {json.loads((out / 'recall.json').read_text())['line']}" in stdout
     assert file_hash(out / "adapter_model.safetensors") == before and (out / "README.md").read_text() == card
     # A changed training setting: the data jobs are reused, a second adapter job is trained beside the first.
     rc, stdout, _ = run_cli(capsys, "inject", docs, "--out", out, *TINY_ARGS, "--epochs", "2")
@@ -145,6 +243,8 @@ def test_user_errors_exit_2_with_one_line(injected, capsys, tmp_path):
         (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--set", "colour=3"],
          "unknown inject setting(s) ['colour']; allowed:"),
         (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--lr", "-1"], "must be positive"),
+        (["inject", docs, "--model", "tiny-llama", "--out", tmp_path / "o", "--judge", "no-such-judge"],
+         "unknown model 'no-such-judge'"),
         (["inject", docs, "--model", "tiny-llama", "--out", docs.parent], "not a `pd inject` output folder"),
         (["ask", docs, "hello?"], "is not an adapter folder written by pd"),
         (["ask", out, "hello?", "--rag", tmp_path / "missing"], "document folder"),
@@ -184,40 +284,52 @@ FACT_DOCS = {
                     "every year at the Lantern Drift festival.",
 }
 FACT_QUESTIONS = [
-    ("Who founded the town of Brindlemarsh?", ["Tamsin Quorrel", "Quorrel"]),
-    ("What was the name of the ship whose wreck was used to build the first pier of Brindlemarsh?", ["Gullwhisper"]),
-    ("What is the name of the river that runs through Brindlemarsh?", ["Quillet"]),
-    ("What clockwork kite does the Zelvane Company make?", ["Murrowfly"]),
-    ("Which watchmaker invented the clockwork kite of the Zelvane Company?", ["Orrin Paskett", "Paskett"]),
-    ("What fruit is Pellimber cake baked with?", ["saltberries", "saltberry"]),
+    ("Who founded the town of Brindlemarsh?", ["Tamsin Quorrel", "Quorrel"], "brindlemarsh.txt"),
+    ("What was the name of the ship whose wreck was used to build the first pier of Brindlemarsh?", ["Gullwhisper"],
+     "brindlemarsh.txt"),
+    ("What is the name of the river that runs through Brindlemarsh?", ["Quillet"], "brindlemarsh.txt"),
+    ("What clockwork kite does the Zelvane Company make?", ["Murrowfly"], "zelvane.txt"),
+    ("Which watchmaker invented the clockwork kite of the Zelvane Company?", ["Orrin Paskett", "Paskett"],
+     "zelvane.txt"),
+    ("What fruit is Pellimber cake baked with?", ["saltberries", "saltberry"], "pellimber.md"),
 ]
-
-
-def _correct(capsys, out: Path, *extra: str) -> list[bool]:
-    rc, stdout, _ = run_cli(capsys, "ask", out, *[q for q, _ in FACT_QUESTIONS], "--json", "--max-tokens", "48", *extra)
-    assert rc == 0
-    rows = [json.loads(x) for x in stdout.splitlines()]
-    return [substring_match(r["answer"], golds) for r, (_, golds) in zip(rows, FACT_QUESTIONS)]
 
 
 @pytest.mark.slow
 def test_inject_then_ask_knows_invented_facts_the_base_model_does_not(tmp_path, capsys):
-    for _, golds in FACT_QUESTIONS:  # the answer is never given away by the question
-        assert not any(substring_match(q, golds) for q, _ in FACT_QUESTIONS)
+    for _, golds, _ in FACT_QUESTIONS:  # the answer is never given away by the question
+        assert not any(substring_match(q, golds) for q, _, _ in FACT_QUESTIONS)
     docs = write_docs(tmp_path / "docs", FACT_DOCS)
     out = tmp_path / "brindlemarsh"
-    rc, _, _ = run_cli(capsys, "inject", docs, "--model", "smollm2-135m-instruct", "--out", out)
+    t0 = time.time()
+    rc, stdout, _ = run_cli(capsys, "inject", docs, "--model", "smollm2-135m-instruct", "--out", out)
     assert rc == 0
     kl = json.loads((out / "heldout.json").read_text())
     assert kl["after"] < kl["before"]
-    base = _correct(capsys, out, "--no-adapter")
-    adapted = _correct(capsys, out)
-    print(f"adapter correct {sum(adapted)}/{len(adapted)}, base {sum(base)}/{len(base)}")
-    assert sum(base) == 0
-    # Measured with the defaults: 1/6 (the river's name, "Quillet"); a 135M model as its own
-    # question writer and expert recalls little, and mixes facts up (it named the kite's inventor
-    # as the town's founder).
-    assert sum(adapted) >= 1
+    recall = json.loads((out / "recall.json").read_text())  # the held-out generated questions, three ways
+    heldout = {json.loads(x)["question_id"] for x in (out / "data" / "heldout.jsonl").read_text().splitlines()}
+    assert recall["overall"]["questions"] == len(heldout) >= 1 and f"the adapter {recall['line']}" in stdout
+    # The project's six questions with their gold answers, asked with the adapter, without it and with the passage,
+    # from one load of the model.
+    qfile = tmp_path / "facts.jsonl"
+    qfile.write_text("".join(json.dumps({"question": q, "answers": g, "doc": d}) + "\n" for q, g, d in FACT_QUESTIONS))
+    t1 = time.time()
+    rc, stdout, _ = run_cli(capsys, "ask", out, "--check", qfile, "--max-tokens", "48", "--json")
+    assert rc == 0
+    rows, summary = [json.loads(x) for x in stdout.splitlines()[:-1]], json.loads(stdout.splitlines()[-1])["summary"]
+    correct = {w: [r["correct"] for r in rows if r["way"] == w] for w in ("adapter", "base", "passage")}
+    assert all(len(c) == len(FACT_QUESTIONS) for c in correct.values())
+    golds = {q: g for q, g, _ in FACT_QUESTIONS}
+    assert all(r["correct"] == substring_match(r["answer"], golds[r["question"]]) for r in rows)  # the evaluation's
+    print(f"held-out: the adapter {recall['line']}; the six invented facts: the adapter {summary['line']}; "
+          f"inject {t1 - t0:.0f} s, ask --check {time.time() - t1:.0f} s")
+    assert sum(correct["base"]) == 0
+    # Measured with the defaults: 1/6 (the river's name, "Quillet"); 2/6 on 2026-12-05 (the river and the founder).
+    # A 135M model as its own question writer and expert recalls little, and mixes facts up (it named the kite's
+    # inventor as the town's founder).
+    assert sum(correct["adapter"]) >= 1
+    # With the passage (the teacher's prompt) the base model answered 5 of 6 (measured 2026-12-05).
+    assert sum(correct["passage"]) >= 3
 
 
 def test_a_long_document_is_split_into_passages_that_fit_the_teacher(tmp_path, capsys, one_thread):
