@@ -195,5 +195,6 @@ def test_an_adapter_job_takes_the_sites_checkpoint_minutes_unless_its_config_set
     minutes = [m["config"]["checkpoint_minutes"] for m in metas]
     assert minutes == [0.5, 0.0]
     monkeypatch.setenv("PD_CHECKPOINT_MINUTES", "later")
-    with pytest.raises(PDError, match="PD_CHECKPOINT_MINUTES"):
+    with pytest.raises(SystemExit) as err:  # a user's mistake: one line in the job's log, exit status 2
         run_job("adapter", site_default.as_dict(), [path + "-x"], [str(tmp_path / "x.log")], threads=1)
+    assert err.value.code == 2 and "PD_CHECKPOINT_MINUTES" in (tmp_path / "x.log").read_text()

@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from pd.config import load_config
-from pd.errors import ConfigError, DataError
+from pd.errors import ConfigError
 from pd.io import write_jsonl
 from pd.pipeline.plan import build_plan
 from pd.pipeline.run import run_job
@@ -128,11 +128,14 @@ def test_each_rank_logs_its_job_rank_and_world_size(two_runs):
 def test_a_failing_rank_fails_the_job_with_its_error(tmp_path):
     spec, path = adapter_spec(tmp_path, processes=2, batch_size=4)
     write_answers(spec, n=0)  # an empty answers file: a user mistake every rank finds
-    with pytest.raises(DataError, match="no training rows left") as err:
+    with pytest.raises(SystemExit) as err:  # a user's mistake: one line in the log, exit status 2
         run_job("adapter", spec.as_dict(), [path], [str(tmp_path / "job.log")], threads=1)
-    assert str(tmp_path / "job.log") in str(err.value)
+    assert err.value.code == 2
     assert not Path(path).exists()
-    assert "rank 0 failed" in (tmp_path / "job.log").read_text()
+    job_log = (tmp_path / "job.log").read_text()
+    assert "rank 0 failed" in job_log
+    (line,) = [x for x in job_log.splitlines() if "ERROR" in x and "no training rows left" in x]
+    assert f"(log: {tmp_path / 'job.log'}" in line  # names the failing rank's log
 
 
 def test_processes_setting():
